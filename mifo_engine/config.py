@@ -1,0 +1,311 @@
+"""Frozen, typed run configurations with the paper's defaults (METHOD.md).
+
+Every number of the method is a field here; code never hides one. Resolutions of attention
+layers are given for SD 2.1 at 512 px (a 64x64 latent) and are scaled to the latent size of
+the model actually used, so the same config selects the same places on a tiny test UNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .errors import ConfigError
+
+AttnLoss = Literal["none", "reward", "penalty", "reward_then_penalty"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Phase2Mode = Literal["lora", "full"]
+Place = Literal["down", "mid", "up"]
+
+# Words hidden from every pixel in bounded cross-attention: articles, prepositions,
+# conjunctions. A fixed offline list so no NLP model has to be downloaded.
+FILLER_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "and", "or", "in", "on", "at", "with", "by", "for", "from",
+    "to", "into", "onto", "over", "under", "near", "beside", "next", "behind", "above",
+    "below", "between", "its", "their", "is", "are", "photo", ",", ".",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """One learning run (METHOD sections 1-3 and the learning switches of section 5)."""
+
+    seed: int = 0
+    # --- inputs (section 1)
+    resolution: int | None = None  # None: the base model's native size (512 for SD 2.1)
+    max_instances: int = 8  # more instances dilute each token's share of the attention
+    min_instance_share: float = 0.0  # reject below this share of the image (paper: 0.15)
+    warn_instance_share: float = 0.01  # log a warning below this share
+    mask_threshold: float = 0.5  # foreground = luminance (or alpha) above this fraction
+    init_words: tuple[str, ...] = ()  # one word per instance (e.g. "car"); empty = random init
+    # --- sampling (section 2.1)
+    joint_sampling: bool = True  # False: one instance per step (ablation "separate")
+    flip_prob: float = 0.5
+    prompt_prefix: str = "a photo of"
+    # --- noise schedule (DDPM, section 2.2)
+    train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    # --- losses (section 2.3-2.5)
+    lambda_rec: float = 1.0
+    attn_loss: AttnLoss = "reward_then_penalty"
+    t_attn: int = 500  # attention loss only for t < t_attn: early steps carry the layout
+    attn_loss_place: Place = "up"
+    attn_loss_resolutions: tuple[int, ...] = (16, 32)
+    lambda_reward: float = 1e-2
+    reward_alpha: float = 0.5  # target attention inside the mask: soft, not saturated
+    lambda_penalty: float = 2e-2
+    # --- phase 1 optimisation (section 2.6)
+    reward_steps: int = 200
+    phase1_steps: int = 800  # reward steps included
+    lr: float = 5e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    weight_decay: float = 1e-2
+    lr_warmup_steps: int = 10
+    lr_num_cycles: int = 1
+    grad_clip: float = 1.0
+    # --- phase 2 fine-tune (section 3)
+    phase2: bool = True
+    phase2_mode: Phase2Mode = "lora"
+    phase2_steps: int = 400
+    phase2_lr: float = 2e-6  # full fine-tune
+    phase2_lora_lr: float = 1e-4
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    phase2_lambda_penalty: float = 2e-2
+    phase2_attn_places: tuple[Place, ...] = ("down", "up")
+    phase2_attn_resolutions: tuple[int, ...] = (16,)
+    prior_preservation: bool = False
+    class_prompt: str | None = None  # e.g. "a photo of a toy"; required with prior preservation
+    num_class_images: int = 8
+    prior_loss_weight: float = 1.0
+    class_image_steps: int = 50
+    # --- diagnostics (section 6)
+    diagnostic_timesteps: tuple[int, ...] = (100, 250, 400)
+    # --- execution
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = True
+    tf32: bool = True
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _require(self.phase1_steps >= 0, "phase1_steps", "must be >= 0")
+        _require(self.phase2_steps >= 0, "phase2_steps", "must be >= 0")
+        _require(self.reward_steps >= 0, "reward_steps", "must be >= 0")
+        _require(0 <= self.t_attn <= self.train_timesteps, "t_attn", "must lie in [0, train_timesteps]")
+        _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must lie in [0, 1]")
+        _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "must lie in (0, 1)")
+        _require(self.max_instances >= 1, "max_instances", "must be >= 1")
+        _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "must lie in [0, 1)")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.lora_rank >= 1, "lora_rank", "must be >= 1")
+        _require(
+            not self.prior_preservation or bool(self.class_prompt),
+            "class_prompt",
+            "set class_prompt (e.g. 'a photo of a toy') when prior_preservation is on",
+        )
+        _require(self.resolution is None or self.resolution % 8 == 0, "resolution", "must be a multiple of 8")
+
+    # The attention loss schedule of section 2.4: reward first, penalty afterwards.
+    def attn_term(self, step: int) -> Literal["none", "reward", "penalty"]:
+        """Which attention term phase-1 iteration `step` (0-based) uses."""
+        if self.attn_loss == "none":
+            return "none"
+        if self.attn_loss == "reward":
+            return "reward"
+        if self.attn_loss == "penalty":
+            return "penalty"
+        return "reward" if step < self.reward_steps else "penalty"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> LearnConfig:
+        return _from_mapping(cls, values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LearnConfig:
+        return _from_file(cls, path)
+
+    def replace(self, **changes: Any) -> LearnConfig:
+        return _from_mapping(type(self), {**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """One synthesis request (METHOD section 4 and the synthesis switches of section 5)."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    num_images: int = 1
+    seed: int = 0
+    seeds: tuple[int, ...] | None = None  # explicit seeds; default seed, seed+1, ...
+    negative_prompt: str = ""
+    # --- box control switches (section 5)
+    box_control: bool = True
+    sa_control: bool = True
+    ca_control: bool = True
+    in_box_term: bool = True
+    out_box_term: bool = True
+    weight_decay: bool = True  # False: constant alpha_max
+    mask_refinement: bool = True
+    # --- latent optimisation (Eq. 6-15)
+    guidance_steps: int = 15
+    max_guidance_iters: int = 5
+    loss_threshold: float = 0.2  # stop iterating once the normalised loss is below this
+    step_size_start: float = 8.0
+    step_size_end: float = 2.0
+    alpha_max: float = 0.4
+    alpha_mid: float = 0.1
+    alpha_min: float = 0.01
+    alpha_mid_step: int = 3
+    alpha_min_step: int = 15
+    ca_weight: float = 1.5
+    sa_weight: float = 0.5
+    loss_layers: tuple[tuple[Place, int], ...] = (("mid", 8), ("up", 16))
+    # --- mask refinement (Bounded Attention)
+    refine_start: int = 15
+    refine_every: int = 5
+    refine_place: Place = "up"
+    refine_resolution: int = 16
+    num_clusters: int = 3
+    kmeans_iters: int = 20
+    cluster_score_threshold: float = 0.2
+    ca_mask_sharpness: float = 10.0
+    ca_mask_offset: float = 0.2
+    filler_words: tuple[str, ...] = FILLER_WORDS
+    # --- execution
+    precision: Precision = "auto"
+    tf32: bool = True
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.num_images >= 1, "num_images", "must be >= 1")
+        _require(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1.0")
+        _require(0 <= self.guidance_steps <= self.steps, "guidance_steps", "must lie in [0, steps]")
+        _require(self.max_guidance_iters >= 1, "max_guidance_iters", "must be >= 1")
+        _require(self.num_clusters >= 1, "num_clusters", "must be >= 1")
+        _require(self.refine_every >= 1, "refine_every", "must be >= 1")
+        _require(
+            self.seeds is None or len(self.seeds) == self.num_images,
+            "seeds",
+            "give exactly num_images seeds, or none to use seed, seed+1, ...",
+        )
+
+    def image_seeds(self) -> list[int]:
+        """The seed of each image in the batch."""
+        return list(self.seeds) if self.seeds is not None else [self.seed + i for i in range(self.num_images)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SynthesisConfig:
+        return _from_mapping(cls, values)
+
+    def replace(self, **changes: Any) -> SynthesisConfig:
+        return _from_mapping(type(self), {**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, name: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"Config field '{name}' {rule}.", field=name, fix=f"set '{name}' so that it {rule}")
+
+
+C = TypeVar("C", LearnConfig, SynthesisConfig)
+
+
+def _from_mapping(cls: type[C], values: Mapping[str, Any]) -> C:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.",
+            field=unknown[0],
+            fix=f"remove them; known fields are: {', '.join(known)}",
+        )
+    hints = typing.get_type_hints(cls)
+    coerced = {name: _coerce(name, hints[name], value) for name, value in values.items()}
+    return cls(**coerced)
+
+
+def _from_file(cls: type[C], path: str | Path) -> C:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}.", field="config", fix="pass a JSON object file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a JSON object.", field="config", fix="wrap the fields in {...}")
+    return _from_mapping(cls, data)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn JSON values (lists) into the declared tuple types; leave the rest to _check_fields."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(name, args[0], value) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list | tuple):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, args[0], v) for v in value)
+        return tuple(_coerce(name, a, v) for a, v in zip(args, value, strict=False))
+    return value
+
+
+def _check_fields(obj: Any) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(
+                f"Config field '{f.name}' has the wrong type ({type(value).__name__}: {value!r}).",
+                field=f.name,
+                fix=f"give a value of type {_describe(hints[f.name])}",
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
