@@ -100,7 +100,9 @@ class LearnConfig:
         _require(self.phase1_steps >= 0, "phase1_steps", "must be >= 0")
         _require(self.phase2_steps >= 0, "phase2_steps", "must be >= 0")
         _require(self.reward_steps >= 0, "reward_steps", "must be >= 0")
-        _require(0 <= self.t_attn <= self.train_timesteps, "t_attn", "must lie in [0, train_timesteps]")
+        _require(
+            0 <= self.t_attn <= self.train_timesteps, "t_attn", "must lie in [0, train_timesteps]"
+        )
         _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must lie in [0, 1]")
         _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "must lie in (0, 1)")
         _require(self.max_instances >= 1, "max_instances", "must be >= 1")
@@ -112,7 +114,11 @@ class LearnConfig:
             "class_prompt",
             "set class_prompt (e.g. 'a photo of a toy') when prior_preservation is on",
         )
-        _require(self.resolution is None or self.resolution % 8 == 0, "resolution", "must be a multiple of 8")
+        _require(
+            self.resolution is None or self.resolution % 8 == 0,
+            "resolution",
+            "must be a multiple of 8",
+        )
 
     # The attention loss schedule of section 2.4: reward first, penalty afterwards.
     def attn_term(self, step: int) -> Literal["none", "reward", "penalty"]:
@@ -205,7 +211,11 @@ class SynthesisConfig:
 
     def image_seeds(self) -> list[int]:
         """The seed of each image in the batch."""
-        return list(self.seeds) if self.seeds is not None else [self.seed + i for i in range(self.num_images)]
+        return (
+            list(self.seeds)
+            if self.seeds is not None
+            else [self.seed + i for i in range(self.num_images)]
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SynthesisConfig:
@@ -220,7 +230,9 @@ class SynthesisConfig:
 
 def _require(ok: bool, name: str, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"Config field '{name}' {rule}.", field=name, fix=f"set '{name}' so that it {rule}")
+        raise ConfigError(
+            f"Config field '{name}' {rule}.", field=name, fix=f"set '{name}' so that it {rule}"
+        )
 
 
 C = TypeVar("C", LearnConfig, SynthesisConfig)
@@ -244,9 +256,15 @@ def _from_file(cls: type[C], path: str | Path) -> C:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"Cannot read config file {path}: {exc}.", field="config", fix="pass a JSON object file") from exc
+        raise ConfigError(
+            f"Cannot read config file {path}: {exc}.", field="config", fix="pass a JSON object file"
+        ) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must hold a JSON object.", field="config", fix="wrap the fields in {...}")
+        raise ConfigError(
+            f"Config file {path} must hold a JSON object.",
+            field="config",
+            fix="wrap the fields in {...}",
+        )
     return _from_mapping(cls, data)
 
 
@@ -292,7 +310,9 @@ def _matches(value: Any, hint: Any) -> bool:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return len(args) == len(value) and all(
+            _matches(v, a) for v, a in zip(value, args, strict=True)
+        )
     if hint is type(None):
         return value is None
     if hint is float:
@@ -307,5 +327,3 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-

@@ -1,0 +1,223 @@
+"""Attention layers by place and resolution, and the processors that capture or bound them.
+
+Behaviour lives in processor objects installed with `unet.set_attn_processor` and removed in
+`finally`; a controller object decides, per layer and per call, whether the layer needs an
+additive bias (bounded attention) and whether its probabilities must be materialised (only the
+layers a loss reads). Every other call goes through the fused attention kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+Kind = Literal["self", "cross"]
+Place = Literal["down", "mid", "up"]
+
+REFERENCE_LATENT = 64  # config resolutions are given for SD 2.1 at 512 px
+_NAME = re.compile(
+    r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\..*\.(attn1|attn2)\.processor$"
+)
+
+
+@dataclass(frozen=True)
+class AttnLayer:
+    """One attention module of the UNet, located by place, block and resolution."""
+
+    name: str  # processor key, as in unet.attn_processors
+    place: Place
+    block: int  # index within its place (0 for the mid block)
+    kind: Kind
+    resolution: int  # side of the square feature map this layer sees, for the model's latent
+
+
+def unet_attention_layers(
+    processor_names: Iterable[str], unet_config: Mapping[str, Any], latent_size: int
+) -> list[AttnLayer]:
+    """Describe every attention processor of a UNet from its name and the UNet config."""
+    n_levels = len(unet_config["block_out_channels"])
+    layers = []
+    for name in processor_names:
+        m = _NAME.match(name)
+        if m is None:
+            continue
+        kind: Kind = "self" if m.group(4) == "attn1" else "cross"
+        if m.group(2) is not None:
+            place: Place = "down"
+            block = int(m.group(2))
+            level = block
+        elif m.group(3) is not None:
+            place, block = "up", int(m.group(3))
+            level = n_levels - 1 - block
+        else:
+            place, block, level = "mid", 0, n_levels - 1
+        layers.append(AttnLayer(name, place, block, kind, max(1, latent_size >> level)))
+    return layers
+
+
+def scaled_resolution(reference: int, latent_size: int) -> int:
+    """Map a resolution given for a 64x64 latent to the model's latent size."""
+    return max(1, reference * latent_size // REFERENCE_LATENT)
+
+
+def select_layers(
+    layers: Iterable[AttnLayer],
+    *,
+    kind: Kind,
+    places: Iterable[Place],
+    resolutions: Iterable[int],
+    latent_size: int,
+    first_block_only: bool = False,
+) -> list[AttnLayer]:
+    """Layers of one kind at the given places and (reference) resolutions."""
+    wanted_res = {scaled_resolution(r, latent_size) for r in resolutions}
+    wanted_places = set(places)
+    chosen = [
+        layer
+        for layer in layers
+        if layer.kind == kind and layer.place in wanted_places and layer.resolution in wanted_res
+    ]
+    if first_block_only:
+        # e.g. "the first decoder block at 16x16": only the lowest block index per (place, res)
+        first: dict[tuple[str, int], int] = {}
+        for layer in chosen:
+            key = (layer.place, layer.resolution)
+            first[key] = min(first.get(key, layer.block), layer.block)
+        chosen = [lay for lay in chosen if first[(lay.place, lay.resolution)] == lay.block]
+    return chosen
+
+
+class AttentionController(Protocol):
+    """Decides, per call, what a MifoAttnProcessor does on its layer."""
+
+    def bias(
+        self, layer: AttnLayer, batch: int, q_len: int, k_len: int, dtype: torch.dtype
+    ) -> torch.Tensor | None: ...
+
+    def wants_probs(self, layer: AttnLayer) -> bool: ...
+
+    def record(self, layer: AttnLayer, probs: torch.Tensor) -> None: ...
+
+
+class MifoAttnProcessor:
+    """Scaled dot-product attention with an optional additive bias and optional capture."""
+
+    def __init__(self, layer: AttnLayer, controller: AttentionController):
+        self.layer = layer
+        self.controller = controller
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch, q_len, _ = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        k_len = key.shape[1]
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        bias = self.controller.bias(self.layer, batch, q_len, k_len, query.dtype)
+        if attention_mask is not None:
+            extra = attn.prepare_attention_mask(attention_mask, k_len, batch)
+            extra = extra.view(batch, attn.heads, -1, k_len)
+            bias = extra if bias is None else bias + extra
+
+        if self.controller.wants_probs(self.layer):
+            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+            if bias is not None:
+                scores = scores + bias
+            probs = scores.softmax(dim=-1)
+            self.controller.record(self.layer, probs)
+            out = torch.matmul(probs.to(value.dtype), value)
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=bias, scale=attn.scale
+            )
+
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def installed_processors(unet: Any, processors: Mapping[str, Any]) -> Iterator[None]:
+    """Install processors on the named layers; restore the originals on exit, also on error."""
+    originals = dict(unet.attn_processors)
+    unknown = set(processors) - set(originals)
+    if unknown:
+        raise KeyError(f"not attention layers of this UNet: {sorted(unknown)}")
+    try:
+        unet.set_attn_processor({**originals, **processors})
+        yield
+    finally:
+        unet.set_attn_processor(originals)
+
+
+class CaptureController:
+    """Learning: materialise head-averaged cross-attention on the selected layers while active."""
+
+    def __init__(self, layers: Iterable[AttnLayer]):
+        self.layers = {layer.name: layer for layer in layers}
+        self.wanted: set[str] = set()
+        self.active = False
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def select(self, names: Iterable[str]) -> None:
+        """Capture only these layers from now on (the loss layers of the current phase)."""
+        self.wanted = set(names)
+
+    def reset(self, active: bool) -> None:
+        """Start a forward pass: drop old maps, capture only when `active`."""
+        self.maps = {}
+        self.active = active
+
+    def bias(
+        self, layer: AttnLayer, batch: int, q_len: int, k_len: int, dtype: torch.dtype
+    ) -> None:
+        return None
+
+    def wants_probs(self, layer: AttnLayer) -> bool:
+        return self.active and layer.name in self.wanted
+
+    def record(self, layer: AttnLayer, probs: torch.Tensor) -> None:
+        self.maps[layer.name] = probs.mean(dim=1)  # (B, pixels, tokens)
+
+    def processors(self) -> dict[str, MifoAttnProcessor]:
+        return {name: MifoAttnProcessor(layer, self) for name, layer in self.layers.items()}

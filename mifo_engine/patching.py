@@ -1,0 +1,161 @@
+"""Reversible changes to a base model: new tokens, LoRA adapters, full weights.
+
+A worker keeps one base model for its whole life, so every change made for a learning run or
+a synthesis must be undone on exit, also when the run fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+ADAPTER = "mifo"
+
+
+@contextlib.contextmanager
+def extended_vocabulary(base: Any, tokens: Sequence[str], rows: torch.Tensor) -> Iterator[Any]:
+    """Add `tokens` with embedding `rows` (N, D); yields a tokenizer that knows them."""
+    tokenizer = copy.deepcopy(base.tokenizer)
+    added = tokenizer.add_tokens(list(tokens))
+    if added != len(tokens):
+        raise ValueError(f"tokens {list(tokens)} clash with the base vocabulary")
+    encoder = base.text_encoder
+    old = encoder.get_input_embeddings()
+    n_old, dim = old.weight.shape
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    if ids != list(range(n_old, n_old + len(tokens))):
+        raise ValueError(
+            f"tokenizer ({len(tokenizer)} ids) and text encoder ({n_old} rows) disagree"
+        )
+    new = nn.Embedding(n_old + len(tokens), dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[:n_old] = old.weight
+        new.weight[n_old:] = rows.to(new.weight)
+    new.weight.requires_grad_(False)
+    encoder.set_input_embeddings(new)
+    try:
+        yield tokenizer
+    finally:
+        encoder.set_input_embeddings(old)
+
+
+def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The LoRA adapter parameters of a model, by name."""
+    return {n: p for n, p in model.named_parameters() if ".lora_" in n}
+
+
+@contextlib.contextmanager
+def lora_adapters(
+    unet: nn.Module,
+    text_encoder: nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    seed: int,
+    weights: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> Iterator[None]:
+    """Wrap attention projections with LoRA adapters (fresh, or loaded from `weights`)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    pairs = (("unet", unet, UNET_LORA_TARGETS), ("text_encoder", text_encoder, TEXT_LORA_TARGETS))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _, model, targets in pairs:
+                cfg = LoraConfig(
+                    r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True
+                )
+                inject_adapter_in_model(cfg, model, adapter_name=ADAPTER)
+        for key, model, _ in pairs:
+            params = lora_parameters(model)
+            for p in params.values():
+                p.requires_grad_(False)
+            if weights is not None:
+                _load_exact(model, params, weights[key], key)
+        yield
+    finally:
+        for _, model, _ in pairs:
+            _remove_wrappers(model, LoraLayer)
+
+
+def _load_exact(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    state: Mapping[str, torch.Tensor],
+    key: str,
+) -> None:
+    missing = set(params) - set(state)
+    unexpected = set(state) - set(params)
+    if missing or unexpected:
+        raise ValueError(
+            f"{key} adapter weights do not fit this model: {len(missing)} missing, {len(unexpected)} unexpected"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+
+
+def _remove_wrappers(model: nn.Module, wrapper: type) -> None:
+    """Replace every adapter wrapper by the layer it wraps."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, wrapper) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+
+
+@contextlib.contextmanager
+def swapped_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Load `state` (a subset of the model's parameters) and put the originals back on exit."""
+    own = model.state_dict()
+    unknown = set(state) - set(own)
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} weights do not belong to this model, e.g. {sorted(unknown)[0]}"
+        )
+    backup = {k: own[k].detach().to("cpu", copy=True) for k in state}
+    try:
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in backup.items():
+                own[k].copy_(v)
+
+
+@contextlib.contextmanager
+def preserved_weights(model: nn.Module) -> Iterator[None]:
+    """Keep a CPU copy of every weight and put it back on exit (full fine-tune)."""
+    backup = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    try:
+        yield
+    finally:
+        own = model.state_dict()
+        with torch.no_grad():
+            for k, v in backup.items():
+                own[k].copy_(v)
+
+
+@contextlib.contextmanager
+def training_state(*models: nn.Module) -> Iterator[None]:
+    """Restore requires_grad flags and train/eval mode of `models` on exit."""
+    flags = [[p.requires_grad for p in m.parameters()] for m in models]
+    modes = [m.training for m in models]
+    try:
+        yield
+    finally:
+        for m, fl, mode in zip(models, flags, modes, strict=True):
+            for p, f in zip(m.parameters(), fl, strict=True):
+                p.requires_grad_(f)
+                p.grad = None
+            m.train(mode)

@@ -1,0 +1,60 @@
+"""Pictures for people: attention heat maps and layout previews."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# A short perceptual colour ramp (dark blue -> cyan -> yellow -> red) for heat maps.
+_RAMP = np.array(
+    [[0, 0, 80], [0, 90, 200], [0, 200, 200], [250, 230, 0], [230, 30, 0]], dtype=np.float32
+)
+PALETTE = (
+    (230, 60, 60),
+    (40, 120, 230),
+    (40, 170, 70),
+    (240, 160, 20),
+    (160, 60, 200),
+    (20, 170, 170),
+    (200, 90, 140),
+    (120, 120, 120),
+)
+
+
+def heat_map(attention: torch.Tensor, image: Image.Image, *, opacity: float = 0.6) -> Image.Image:
+    """Overlay a (h, w) attention map, normalised to its maximum, on `image`."""
+    a = attention.detach().float().cpu()
+    a = a / a.max().clamp_min(1e-12)
+    up = torch.nn.functional.interpolate(
+        a[None, None], size=(image.height, image.width), mode="bilinear", align_corners=False
+    )[0, 0]
+    x = up.clamp(0, 1).numpy() * (len(_RAMP) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (x - lo)[..., None]
+    colour = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base * (1 - opacity) + colour * opacity
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def layout_preview(
+    image: Image.Image, boxes: Mapping[str, Sequence[float]], labels: Mapping[str, str]
+) -> Image.Image:
+    """Draw each box (normalised coordinates) and its label on a copy of `image`."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    width = max(1, round(min(out.size) / 128))
+    for k, (token, (x0, y0, x1, y1)) in enumerate(boxes.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        rect = (x0 * out.width, y0 * out.height, x1 * out.width - 1, y1 * out.height - 1)
+        draw.rectangle(rect, outline=colour, width=width)
+        text = labels.get(token, token)
+        tx, ty = rect[0] + width + 1, rect[1] + width + 1
+        bbox = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle(bbox, fill=colour)
+        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
+    return out
