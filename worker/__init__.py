@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that load a job by id, call the engine and record the outcome."""

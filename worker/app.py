@@ -1,0 +1,50 @@
+"""The Celery application. Importing it is cheap (no torch): the API uses it to send tasks."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings, get_settings
+
+QUEUES = ("learn", "synthesize")
+TASK_LEARN = "mifo.learn"
+TASK_SYNTHESIZE = "mifo.synthesize"
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+        }
+    # Redis: an unacknowledged job comes back only after this long, so it must outlast one.
+    return {"visibility_timeout": settings.visibility_timeout}
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mifo", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
+        task_default_queue="learn",
+        task_routes={TASK_LEARN: {"queue": "learn"}, TASK_SYNTHESIZE: {"queue": "synthesize"}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the job row is the result
+        task_acks_late=True,  # a job whose worker dies is delivered again
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one GPU job at a time; others stay with the broker
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+celery_app = create_celery(get_settings())

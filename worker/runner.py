@@ -1,0 +1,204 @@
+"""What a task does: load the job, call the engine, store artifacts, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core import jobs
+from core.db import session_scope
+from core.models import Artifact, Concept, Job
+from worker.cache import ConceptCache
+from worker.context import WorkerContext
+from worker.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {".png": "image/png", ".json": "application/json"}
+
+
+@dataclass
+class Claimed:
+    """The parts of a started job the engine call needs (read in one short transaction)."""
+
+    job_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    concept_id: uuid.UUID
+    names: list[str]
+    prefix: str
+
+
+@dataclass
+class Produced:
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] | None = None
+    written: list[str] = field(default_factory=list)  # storage prefixes to remove on failure
+
+
+def run_job(
+    ctx: WorkerContext, job_id: uuid.UUID, load_base: Callable[[], Any], concepts: ConceptCache
+) -> str:
+    """Run one job to a terminal state and return it ("skipped" when it must not run).
+
+    `load_base` returns the process's base model (loaded on first call): a model that cannot
+    be loaded fails the job with `model_unavailable` instead of leaving it queued.
+    """
+    claimed = _claim(ctx, job_id)
+    ctx.publisher.publish(job_id)
+    if claimed is None:
+        return "skipped"
+
+    import mifo_engine as me
+
+    produced = Produced()
+    try:
+        base = load_base()
+        if claimed.kind == "learn":
+            _learn(ctx, claimed, base, produced)
+        else:
+            concept = concepts.get(claimed.concept_id, ctx.storage, f"{claimed.prefix}concept/")
+            _synthesize(ctx, claimed, base, concept, produced)
+        outcome = _record(ctx, claimed, "succeeded", produced=produced)
+    except me.Cancelled:
+        outcome = _record(ctx, claimed, "canceled")
+    except me.MifoError as exc:
+        outcome = _record(ctx, claimed, "failed", error=(exc.code, str(exc)))
+    except Exception as exc:  # recorded on the job; the traceback goes to the worker log only
+        log.exception("job %s failed", job_id)
+        outcome = _record(ctx, claimed, "failed", error=("internal_error", repr(exc)))
+    if outcome != "succeeded":
+        for prefix in produced.written:  # nothing half-written stays behind
+            ctx.storage.delete_prefix(prefix)
+    ctx.publisher.publish(job_id)
+    return outcome
+
+
+def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | None:
+    with session_scope(ctx.sessions) as session:
+        job = jobs.start(session, job_id=job_id)
+        if job is None:
+            return None
+        concept = session.get(Concept, job.concept_id) if job.concept_id else None
+        if concept is None:  # deleted after the job was queued
+            jobs.finish(session, job_id=job_id, status="canceled")
+            return None
+        return Claimed(job.id, job.kind, dict(job.params), concept.id, list(concept.names),
+                       concept.prefix)  # fmt: skip
+
+
+def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
+    import mifo_engine as me
+
+    storage = ctx.storage
+    image = storage.get(f"{job.prefix}inputs/image.png")
+    masks = [storage.get(key) for key in storage.keys(f"{job.prefix}inputs/masks/")]
+    learned = me.learn(
+        base,
+        image=image,
+        masks=masks,
+        names=job.names,
+        config=me.LearnConfig.from_mapping(job.params.get("options", {})),
+        progress=ProgressReporter(ctx, job.job_id),
+    )
+    out.meta = learned.metadata()
+    target = f"{job.prefix}concept/"
+    with tempfile.TemporaryDirectory(prefix="mifo-learn-") as tmp:
+        learned.save(Path(tmp) / "concept")
+        out.written.append(target)
+        sizes = _upload(ctx, Path(tmp) / "concept", target)
+    maps = out.meta.get("files", {}).get("attention_maps", {})
+    for position, (token, rel) in enumerate(maps.items()):
+        key = target + rel
+        out.artifacts.append(
+            dict(kind="attention", position=position, label=token, key=key, size=sizes[key])
+        )
+    out.result = {"concept_id": str(job.concept_id)}
+
+
+def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced) -> None:
+    import mifo_engine as me
+
+    made = me.synthesize(
+        base,
+        concept,
+        prompt=job.params["prompt"],
+        boxes={token: tuple(box) for token, box in job.params["boxes"].items()},
+        config=me.SynthesisConfig.from_mapping(job.params["config"]),
+        progress=ProgressReporter(ctx, job.job_id),
+    )
+    target = f"{job.prefix}syntheses/{job.job_id}/"
+    with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:
+        made.save(tmp)
+        out.written.append(target)
+        sizes = _upload(ctx, Path(tmp), target)
+    for i in range(len(made.images)):
+        for kind in ("image", "preview"):
+            key = f"{target}{kind}_{i:02d}.png"
+            if key in sizes:
+                out.artifacts.append(dict(kind=kind, position=i, key=key, size=sizes[key]))
+    out.result = {
+        "images": [
+            {"index": i, "seed": int(seed), "diagnostics": diagnostics}
+            for i, (seed, diagnostics) in enumerate(zip(made.seeds, made.diagnostics, strict=True))
+        ]
+    }
+
+
+def _upload(ctx: WorkerContext, folder: Path, prefix: str) -> dict[str, int]:
+    sizes = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = prefix + path.relative_to(folder).as_posix()
+        data = path.read_bytes()
+        ctx.storage.put(key, data, CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        sizes[key] = len(data)
+    return sizes
+
+
+def _record(
+    ctx: WorkerContext,
+    job: Claimed,
+    status: str,
+    *,
+    produced: Produced | None = None,
+    error: tuple[str, str] | None = None,
+) -> str:
+    """Write the terminal state; a cancel or a concept delete that came first wins over success."""
+    with session_scope(ctx.sessions) as session:
+        # Locks the concept row (PostgreSQL) so a concurrent delete waits for this transaction.
+        concept = session.get(Concept, job.concept_id, with_for_update=True)
+        succeeded = (
+            status == "succeeded"
+            and concept is not None
+            and produced is not None
+            and jobs.finish(session, job_id=job.job_id, status="succeeded", result=produced.result)
+        )
+        if succeeded:
+            assert concept is not None and produced is not None
+            for values in produced.artifacts:
+                session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
+            if job.kind == "learn":
+                concept.status, concept.meta = "ready", produced.meta
+            return "succeeded"
+        if status == "succeeded":
+            status = "canceled"
+        error_type, message = error or (None, None)
+        jobs.finish(
+            session, job_id=job.job_id, status=status, error_type=error_type, error_message=message
+        )
+        if job.kind == "learn" and concept is not None and concept.status == "pending":
+            concept.status = "failed" if status == "failed" else "canceled"
+        return _status(session, job.job_id)
+
+
+def _status(session: Session, job_id: uuid.UUID) -> str:
+    job = session.get(Job, job_id, populate_existing=True)
+    return job.status if job is not None else "canceled"
