@@ -1,0 +1,52 @@
+"""MIFO as a library: learn instance tokens from one image, synthesise them with a layout.
+
+Heavy modules (torch, diffusers) load on first use of the names that need them, so that
+`mifo_engine.config`, `.errors` and `.layout` stay cheap for the HTTP front end.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import LearnConfig, SynthesisConfig
+from .errors import (
+    Cancelled,
+    ConceptError,
+    ConfigError,
+    InputError,
+    LayoutError,
+    MifoError,
+    ModelLoadError,
+)
+
+_LAZY = {
+    "BaseModel": "models",
+    "load_base_model": "models",
+    "DEFAULT_BASE_MODEL": "models",
+    "learn": "learn",
+    "Concept": "concept",
+    "Progress": "runtime",
+    "synthesize": "synthesis",
+    "SynthesisResult": "synthesis",
+    "validate_synthesis_request": "layout",
+}
+
+__all__ = [
+    "Cancelled",
+    "ConceptError",
+    "ConfigError",
+    "InputError",
+    "LayoutError",
+    "LearnConfig",
+    "MifoError",
+    "ModelLoadError",
+    "SynthesisConfig",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mifo_engine' has no attribute {name!r}")
