@@ -102,7 +102,8 @@ class AttentionController(Protocol):
 
     def wants_probs(self, layer: AttnLayer) -> bool: ...
 
-    def record(self, layer: AttnLayer, probs: torch.Tensor) -> None: ...
+    def record(self, layer: AttnLayer, probs: torch.Tensor, scores: torch.Tensor) -> None:
+        """probs: (B, heads, Q, K) as used (bias applied); scores: the logits before the bias."""
 
 
 class MifoAttnProcessor:
@@ -157,10 +158,8 @@ class MifoAttnProcessor:
 
         if self.controller.wants_probs(self.layer):
             scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
-            if bias is not None:
-                scores = scores + bias
-            probs = scores.softmax(dim=-1)
-            self.controller.record(self.layer, probs)
+            probs = (scores if bias is None else scores + bias).softmax(dim=-1)
+            self.controller.record(self.layer, probs, scores)
             out = torch.matmul(probs.to(value.dtype), value)
         else:
             out = F.scaled_dot_product_attention(
@@ -216,7 +215,7 @@ class CaptureController:
     def wants_probs(self, layer: AttnLayer) -> bool:
         return self.active and layer.name in self.wanted
 
-    def record(self, layer: AttnLayer, probs: torch.Tensor) -> None:
+    def record(self, layer: AttnLayer, probs: torch.Tensor, scores: torch.Tensor) -> None:
         self.maps[layer.name] = probs.mean(dim=1)  # (B, pixels, tokens)
 
     def processors(self) -> dict[str, MifoAttnProcessor]:

@@ -28,7 +28,7 @@ Place = Literal["down", "mid", "up"]
 FILLER_WORDS: tuple[str, ...] = (
     "a", "an", "the", "of", "and", "or", "in", "on", "at", "with", "by", "for", "from",
     "to", "into", "onto", "over", "under", "near", "beside", "next", "behind", "above",
-    "below", "between", "its", "their", "is", "are", "photo", ",", ".",
+    "below", "between", "across", "through", "around", "but", "nor", "so", "yet", ",", ".",
 )  # fmt: skip
 
 

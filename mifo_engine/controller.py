@@ -1,0 +1,222 @@
+"""The synthesis attention controller: bounded-attention biases, loss maps, refinement maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from .attention import AttnLayer
+from .bounded import (
+    background,
+    box_regions,
+    cross_attention_visibility,
+    mask_regions,
+    self_attention_visibility,
+    to_bias,
+    token_groups,
+)
+from .config import SynthesisConfig
+from .guidance import subject_masses
+from .layout import Layout
+from .refine import assign_clusters, kmeans, soft_cross_attention_masks
+
+
+class BoundedController:
+    """Per-call decisions of the synthesis attention processors.
+
+    Batches are [unconditional, conditional] while denoising and conditional only while the
+    latent is optimised; `mode` says which. Maps are keyed by layer name and cleared by the
+    loop that reads them.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        tokenizer: Any,
+        ids: Sequence[int],
+        batch: int,
+        cfg: SynthesisConfig,
+        device: torch.device,
+        loss_layers: Sequence[AttnLayer],
+        refine_layers: Sequence[AttnLayer],
+    ):
+        self.layout, self.cfg, self.batch, self.device = layout, cfg, batch, device
+        subject_ids = [[tokenizer.convert_tokens_to_ids(s.token)] for s in layout.subjects]
+        self.groups = token_groups(
+            tokenizer.convert_ids_to_tokens(ids),
+            subject_ids,
+            list(ids),
+            tokenizer.eos_token_id,
+            cfg.filler_words,
+        )
+        self.boxes = torch.tensor(
+            [s.box for s in layout.subjects], dtype=torch.float32, device=device
+        ).view(-1, 4)
+        self.loss_layers = [
+            lay
+            for lay in loss_layers
+            if (cfg.ca_control if lay.kind == "cross" else cfg.sa_control)
+        ]
+        self.refine_layers = list(refine_layers)
+        self.diagnostic_layers = [lay for lay in loss_layers if lay.kind == "cross"]
+        self.mode: Literal["denoise", "optimize"] = "denoise"
+        self.accumulating = False
+        self.masks: torch.Tensor | None = None  # refined (B, S, r, r); None: boxes
+        self.opt_maps: dict[str, torch.Tensor] = {}
+        self._regions: dict[int, torch.Tensor] = {}
+        self._boxes: dict[int, torch.Tensor] = {}
+        self._bias: dict[tuple[str, int, str, torch.dtype], torch.Tensor] = {}
+        self._refine_sa: torch.Tensor | None = None
+        self._refine_ca: torch.Tensor | None = None
+        self._refine_count = 0
+        self._centroids: torch.Tensor | None = None
+        self._kmeans_gen = torch.Generator("cpu").manual_seed(cfg.image_seeds()[0])
+        s = len(layout.subjects)
+        self._inbox = torch.zeros(batch, s, device=device)
+        self._mass = torch.zeros(batch, s, device=device)
+
+    # --- regions
+    def box_raster(self, res: int) -> torch.Tensor:
+        """(S, P) rasterised boxes at a layer resolution."""
+        if res not in self._boxes:
+            self._boxes[res] = box_regions(self.boxes, res)
+        return self._boxes[res]
+
+    def regions(self, res: int) -> torch.Tensor:
+        """(B, S, P) current regions: boxes, or refined masks once refinement has run."""
+        if res not in self._regions:
+            boxes = self.box_raster(res)
+            if self.masks is None:
+                self._regions[res] = boxes[None].expand(self.batch, -1, -1)
+            else:
+                self._regions[res] = mask_regions(self.masks, boxes, res)
+        return self._regions[res]
+
+    # --- AttentionController protocol
+    def bias(
+        self, layer: AttnLayer, batch: int, q_len: int, k_len: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        if not self.cfg.box_control or not self.layout.subjects:
+            return None
+        cross = layer.kind == "cross"
+        if not (self.cfg.ca_control if cross else self.cfg.sa_control):
+            return None
+        key = (layer.kind, layer.resolution, self.mode, dtype)
+        if key not in self._bias:
+            regions = self.regions(layer.resolution)
+            if cross:
+                cond = to_bias(
+                    cross_attention_visibility(
+                        regions, self.groups, optimizing=self.mode == "optimize"
+                    ),
+                    dtype,
+                )
+                free = torch.zeros_like(cond)  # the unconditional branch is not bounded
+                self._bias[key] = cond if self.mode == "optimize" else torch.cat([free, cond])
+            else:
+                sa = to_bias(self_attention_visibility(regions), dtype)
+                self._bias[key] = sa if self.mode == "optimize" else torch.cat([sa, sa])
+        bias = self._bias[key]
+        if bias.shape[0] != batch or bias.shape[-1] != k_len:
+            raise RuntimeError(
+                f"attention bias {tuple(bias.shape)} does not fit batch {batch} x {k_len} keys at {layer.name}"
+            )
+        return bias
+
+    def wants_probs(self, layer: AttnLayer) -> bool:
+        if self.mode == "optimize":
+            return layer in self.loss_layers
+        if layer in self.diagnostic_layers:
+            return True
+        return self.accumulating and layer in self.refine_layers
+
+    def record(self, layer: AttnLayer, probs: torch.Tensor, scores: torch.Tensor) -> None:
+        if self.mode == "optimize":
+            self.opt_maps[layer.name] = probs.float().sum(dim=1)  # (B, Q, K), summed over heads
+            return
+        b = self.batch
+        positions = [p[0] for p in self.groups.subjects]
+        with torch.no_grad():
+            if layer in self.diagnostic_layers:
+                # the model's own preference: attention without the bounding bias
+                natural = (
+                    scores[b:].float().softmax(dim=-1).mean(dim=1)[:, :, positions].transpose(1, 2)
+                )  # (B, S, P)
+                self._inbox += (natural * self.box_raster(layer.resolution)[None]).sum(-1)
+                self._mass += natural.sum(-1)
+            if self.accumulating and layer in self.refine_layers:
+                used = probs[b:].float().mean(dim=1)
+                if layer.kind == "self":
+                    self._refine_sa = used if self._refine_sa is None else self._refine_sa + used
+                    self._refine_count += 1
+                else:
+                    maps = used[:, :, positions].transpose(1, 2)
+                    self._refine_ca = maps if self._refine_ca is None else self._refine_ca + maps
+
+    # --- latent optimisation
+    def masses(
+        self,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(fg, bg) per sample and subject for cross- and self-attention, averaged over loss layers."""
+        out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"cross": [], "self": []}
+        end = self.groups.end[:1]
+        for lay in self.loss_layers:
+            attn = self.opt_maps[lay.name]
+            regions = self.regions(lay.resolution)
+            if lay.kind == "cross":
+                ctx = torch.zeros(
+                    self.batch, len(self.groups.subjects), self.groups.length, device=attn.device
+                )
+                for i, pos in enumerate(self.groups.subjects):
+                    ctx[:, i, list(pos) + list(end)] = 1.0
+            else:
+                ctx = regions.float()
+            out[lay.kind].append(subject_masses(attn, ctx, regions, background(regions)))
+        self.opt_maps.clear()
+
+        def mean(
+            pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        ) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if not pairs:
+                return None
+            return torch.stack([p[0] for p in pairs]).mean(0), torch.stack(
+                [p[1] for p in pairs]
+            ).mean(0)
+
+        return mean(out["cross"]), mean(out["self"])
+
+    # --- mask refinement
+    def refine(self) -> None:
+        """Cluster accumulated self-attention into subject masks; regions follow them from now on."""
+        if self._refine_sa is None or self._refine_ca is None:
+            return
+        sa = self._refine_sa / self._refine_count
+        ca = self._refine_ca / self._refine_count
+        res = int(round(sa.shape[-1] ** 0.5))
+        k = self.cfg.num_clusters * len(self.layout.subjects)
+        labels, self._centroids = kmeans(
+            sa, k, iters=self.cfg.kmeans_iters, generator=self._kmeans_gen, init=self._centroids
+        )
+        soft = soft_cross_attention_masks(
+            ca,
+            self.regions(res),
+            sharpness=self.cfg.ca_mask_sharpness,
+            offset=self.cfg.ca_mask_offset,
+        )
+        masks = assign_clusters(labels, k, soft, self.cfg.cluster_score_threshold)
+        self.masks = masks.view(self.batch, -1, res, res).float()
+        self._regions.clear()
+        self._bias.clear()
+        self._refine_sa = self._refine_ca = None
+        self._refine_count = 0
+
+    # --- diagnostics
+    def in_box_shares(self) -> list[dict[str, float]]:
+        """Per image: each subject's share of (unbounded) cross-attention inside its box."""
+        share = (self._inbox / self._mass.clamp_min(1e-12)).cpu()
+        return [
+            {s.token: round(float(share[b, i]), 6) for i, s in enumerate(self.layout.subjects)}
+            for b in range(self.batch)
+        ]

@@ -1,0 +1,229 @@
+"""MIFO synthesis (METHOD section 4): bounded attention, latent optimisation, mask refinement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .attention import MifoAttnProcessor, installed_processors, select_layers, unet_attention_layers
+from .concept import Concept
+from .config import SynthesisConfig
+from .controller import BoundedController
+from .guidance import decay_weight, guidance_loss, step_size
+from .layout import Layout, validate_synthesis_request
+from .render import layout_preview
+from .runtime import Progress, ProgressFn, autocast, configure_backends, report, versions
+from .sampling import ddim_scheduler, decode_images, encode_text, guided_noise, initial_latents
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SynthesisResult:
+    """Generated images with their seeds, layout previews and per-image diagnostics."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    previews: list[Image.Image]
+    diagnostics: list[
+        dict[str, float]
+    ]  # per image: subject token -> share of its attention in its box
+    layout: Layout
+    config: SynthesisConfig
+    concept_base: dict[str, Any]
+    versions: dict[str, str]
+    guidance_losses: list[float] = field(default_factory=list)  # normalised loss per guided step
+
+    def record(self) -> dict[str, Any]:
+        """The content of synthesis.json."""
+        return {
+            "prompt": self.layout.prompt,
+            "boxes": {s.token: {"name": s.name, "box": list(s.box)} for s in self.layout.subjects},
+            "config": self.config.to_dict(),
+            "seeds": self.seeds,
+            "images": [
+                {
+                    "file": f"image_{k:02d}.png",
+                    "preview": f"preview_{k:02d}.png",
+                    "seed": s,
+                    "in_box_share": d,
+                }
+                for k, (s, d) in enumerate(zip(self.seeds, self.diagnostics, strict=True))
+            ],
+            "guidance_losses": self.guidance_losses,
+            "base_model": self.concept_base,
+            "versions": self.versions,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write images, previews and synthesis.json atomically into a new directory."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"{target} already exists and is not empty")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for k, (image, preview) in enumerate(zip(self.images, self.previews, strict=True)):
+                image.save(tmp / f"image_{k:02d}.png")
+                preview.save(tmp / f"preview_{k:02d}.png")
+            (tmp / "synthesis.json").write_text(json.dumps(self.record(), indent=2))
+            if target.exists():
+                target.rmdir()
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+
+def synthesize(
+    base: Any,
+    concept: Concept,
+    prompt: str,
+    boxes: Mapping[str, Sequence[float]] | None = None,
+    *,
+    config: SynthesisConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> SynthesisResult:
+    """Generate images of the concept's instances, each inside its box."""
+    cfg = config or SynthesisConfig()
+    layout = validate_synthesis_request(concept.metadata(), prompt, boxes, base.tokenizer)
+    configure_backends(base.device, cfg.tf32)
+    seeds = cfg.image_seeds()
+    with concept.applied(base) as tokenizer, torch.no_grad():
+        cond, ids = encode_text(base, tokenizer, layout.prompt)
+        uncond, _ = encode_text(base, tokenizer, cfg.negative_prompt)
+        batch = len(seeds)
+        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        scheduler = ddim_scheduler(base, cfg.steps)
+        latents = initial_latents(base, seeds, concept.latent_size) * scheduler.init_noise_sigma
+        layers = unet_attention_layers(
+            base.unet.attn_processors, base.unet.config, concept.latent_size
+        )
+        loss_layers = [
+            lay
+            for place, res in cfg.loss_layers
+            for lay in select_layers(
+                layers,
+                kind="cross",
+                places=[place],
+                resolutions=[res],
+                latent_size=concept.latent_size,
+                first_block_only=True,
+            )
+        ]
+        loss_layers += [
+            lay
+            for place, res in cfg.loss_layers
+            for lay in select_layers(
+                layers,
+                kind="self",
+                places=[place],
+                resolutions=[res],
+                latent_size=concept.latent_size,
+                first_block_only=True,
+            )
+        ]
+        refine_layers = [
+            lay
+            for kind in ("self", "cross")
+            for lay in select_layers(
+                layers,
+                kind=kind,
+                places=[cfg.refine_place],
+                resolutions=[cfg.refine_resolution],
+                latent_size=concept.latent_size,
+                first_block_only=True,
+            )
+        ]  # type: ignore[arg-type]
+        controller = BoundedController(
+            layout, tokenizer, ids, batch, cfg, base.device, loss_layers, refine_layers
+        )
+        control = cfg.box_control and bool(layout.subjects)
+        if not layout.subjects:
+            processors: dict[str, MifoAttnProcessor] = {}
+        elif control:
+            processors = {lay.name: MifoAttnProcessor(lay, controller) for lay in layers}
+        else:  # no bounding: only the layers the diagnostics read
+            processors = {
+                lay.name: MifoAttnProcessor(lay, controller) for lay in controller.diagnostic_layers
+            }
+        losses: list[float] = []
+        with installed_processors(base.unet, processors):
+            report(progress, Progress("synthesis", 0, cfg.steps))
+            for tau, t in enumerate(scheduler.timesteps):
+                loss = None
+                if control and tau < cfg.guidance_steps:
+                    latents, loss = _optimise(base, controller, latents, t, cond, tau, cfg)
+                    losses.append(loss)
+                if control and cfg.mask_refinement:
+                    if tau >= cfg.refine_start and (tau - cfg.refine_start) % cfg.refine_every == 0:
+                        controller.refine()
+                    controller.accumulating = tau >= cfg.refine_start - cfg.refine_every
+                noise = guided_noise(
+                    base, latents, t, uncond, cond, cfg.guidance_scale, cfg.precision
+                )
+                latents = scheduler.step(noise, t, latents, eta=cfg.eta).prev_sample
+                report(
+                    progress,
+                    Progress(
+                        "synthesis", tau + 1, cfg.steps, {} if loss is None else {"guidance": loss}
+                    ),
+                )
+        images = decode_images(base, latents)
+    diagnostics = controller.in_box_shares()
+    labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
+    boxes_by_token = {s.token: s.box for s in layout.subjects}
+    return SynthesisResult(
+        images=images,
+        seeds=seeds,
+        previews=[layout_preview(img, boxes_by_token, labels) for img in images],
+        diagnostics=diagnostics,
+        layout=layout,
+        config=cfg,
+        concept_base=concept.metadata()["base_model"],
+        versions=versions(),
+        guidance_losses=losses,
+    )
+
+
+def _optimise(
+    base: Any,
+    controller: BoundedController,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    tau: int,
+    cfg: SynthesisConfig,
+) -> tuple[torch.Tensor, float]:
+    """Eq. 15: a few gradient steps on the latent, conditional branch only."""
+    alpha, eta = decay_weight(tau, cfg), step_size(tau, cfg)
+    normalised = float("nan")
+    controller.mode = "optimize"
+    try:
+        for _ in range(cfg.max_guidance_iters):
+            z = latents.detach().requires_grad_(True)
+            with torch.enable_grad():
+                with autocast(base.device, cfg.precision):
+                    base.unet(z, t, encoder_hidden_states=cond)
+                ca, sa = controller.masses()
+                loss = guidance_loss(ca, sa, alpha, cfg)
+                normalised = float(loss) / (latents.shape[0] * len(controller.layout.subjects))
+                if normalised < cfg.loss_threshold or not loss.requires_grad:
+                    break
+                (grad,) = torch.autograd.grad(loss, z)
+            latents = (z - eta * grad).detach()
+    finally:
+        controller.mode = "denoise"
+        controller.opt_maps.clear()
+    return latents.detach(), normalised
