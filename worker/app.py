@@ -43,8 +43,27 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # A request must not hang on a dead broker: fail fast, answer 503.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        broker_connection_timeout=5,
     )
     return app
 
 
 celery_app = create_celery(get_settings())
+
+
+def check_broker(app: Celery) -> None:
+    """Raise unless the broker accepts a connection within a few seconds."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=3)
+
+
+def queue_depth(app: Celery, queue: str) -> int | None:
+    """Messages waiting in `queue` (not those a worker holds), or None if the broker is down."""
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+            return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+    except Exception:
+        return None

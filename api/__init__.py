@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI). Never imports torch: validation uses the engine's torch-free modules."""

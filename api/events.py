@@ -1,0 +1,59 @@
+"""The Server-Sent Events stream of one job (GET /v1/jobs/{id}/events)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.present import JOB_LOAD, Presenter
+from api.state import AppState
+from core import events
+from core.jobs import TERMINAL
+from core.models import Job
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def _snapshot(request: Request, state: AppState, job_id: uuid.UUID) -> dict | None:
+    with state.sessions() as session:
+        job = session.scalars(select(Job).where(Job.id == job_id).options(*JOB_LOAD)).one_or_none()
+        if job is None:
+            return None
+        return Presenter(request, state.storage).job(job).model_dump(mode="json")
+
+
+def _event(seq: int, kind: str, data: dict) -> bytes:
+    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def job_stream(request: Request, state: AppState, job_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """Emit the job now and after every change; stop after a terminal state.
+
+    Changes are noticed through Redis pub/sub (workers publish after each write) when
+    MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise."""
+    last: dict | None = None
+    seq = 0
+    quiet_since = time.monotonic()
+    async with events.changes(state.settings.events_url, job_id) as wait:
+        while not await request.is_disconnected():
+            snap = await run_in_threadpool(_snapshot, request, state, job_id)
+            if snap is None:  # deleted with its concept
+                yield _event(seq + 1, "deleted", {"id": str(job_id)})
+                return
+            if snap != last:
+                seq += 1
+                kind = "status" if last is None or snap["status"] != last["status"] else "progress"
+                yield _event(seq, kind, snap)
+                last, quiet_since = snap, time.monotonic()
+                if snap["status"] in TERMINAL:
+                    return
+            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                yield b": keep-alive\n\n"
+                quiet_since = time.monotonic()
+            await wait()

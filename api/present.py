@@ -1,0 +1,143 @@
+"""Rows to response bodies, with download URLs (presigned on S3, an API route otherwise)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from api.schemas import (
+    ConceptPublic,
+    ErrorPublic,
+    ImagePublic,
+    JobPublic,
+    JobResult,
+    ProgressPublic,
+    TokenPublic,
+)
+from core.models import Artifact, Concept, Job
+from core.storage import Storage
+
+
+class Presenter:
+    def __init__(self, request: Request, storage: Storage) -> None:
+        self.request = request
+        self.storage = storage
+
+    def url(self, artifact: Artifact) -> str:
+        direct = self.storage.presigned_url(artifact.key)
+        if direct is not None:
+            return direct
+        return str(self.request.url_for("download_artifact", artifact_id=str(artifact.id)))
+
+    def path(self, name: str, **params: Any) -> str:
+        return self.request.app.url_path_for(name, **{k: str(v) for k, v in params.items()})
+
+    def concept(self, concept: Concept, learn_job_id: uuid.UUID | None) -> ConceptPublic:
+        meta = concept.meta or {}
+        maps = {a.label: self.url(a) for a in concept.artifacts if a.kind == "attention"}
+        names = [t["name"] for t in meta.get("tokens", [])] or list(concept.names)
+        tokens = [
+            TokenPublic(token=f"<asset{i}>", name=name, attention_map=maps.get(f"<asset{i}>"))
+            for i, name in enumerate(names)
+        ]
+        inputs = {
+            "image": next((self.url(a) for a in concept.artifacts if a.kind == "input"), None),
+            "masks": [self.url(a) for a in concept.artifacts if a.kind == "mask"],
+        }
+        return ConceptPublic(
+            id=concept.id,
+            status=concept.status,  # type: ignore[arg-type]
+            base_model=concept.base_model,
+            tokens=tokens,
+            diagnostics=meta.get("diagnostics", {}),
+            width=concept.width,
+            height=concept.height,
+            options=concept.options,
+            learn_job_id=learn_job_id,
+            inputs=inputs,
+            created_at=concept.created_at,
+            updated_at=concept.updated_at,
+            links={
+                "self": self.path("get_concept", concept_id=concept.id),
+                "syntheses": self.path("create_synthesis", concept_id=concept.id),
+            },
+        )
+
+    def job(self, job: Job) -> JobPublic:
+        return JobPublic(
+            id=job.id,
+            kind=job.kind,  # type: ignore[arg-type]
+            status=job.status,  # type: ignore[arg-type]
+            concept_id=job.concept_id,
+            progress=ProgressPublic(
+                phase=job.phase,
+                step=job.step,
+                total=job.total,
+                fraction=job.fraction,
+                eta_seconds=job.eta_seconds,
+            ),
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            request=job.params,
+            error=ErrorPublic(type=job.error_type, message=job.error_message or "")
+            if job.error_type
+            else None,
+            result=self._result(job),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            links={
+                "self": self.path("get_job", job_id=job.id),
+                "events": self.path("job_events", job_id=job.id),
+                "cancel": self.path("cancel_job", job_id=job.id),
+            }
+            | (
+                {"concept": self.path("get_concept", concept_id=job.concept_id)}
+                if job.concept_id
+                else {}
+            ),  # fmt: skip
+        )
+
+    def _result(self, job: Job) -> JobResult | None:
+        if job.status != "succeeded" or job.result is None:
+            return None
+        if job.kind == "learn":
+            if job.concept is None:
+                return JobResult()
+            return JobResult(concept=self.concept(job.concept, job.id))
+        files = {(a.kind, a.position): self.url(a) for a in job.artifacts}
+        return JobResult(
+            images=[
+                ImagePublic(
+                    index=img["index"],
+                    seed=img["seed"],
+                    url=files.get(("image", img["index"])),
+                    preview_url=files.get(("preview", img["index"])),
+                    diagnostics=img.get("diagnostics") or {},
+                )
+                for img in job.result.get("images", [])
+            ]
+        )
+
+
+# Loader options that fetch everything a body needs in a fixed number of queries (no N+1).
+JOB_LOAD = (
+    selectinload(Job.artifacts),
+    selectinload(Job.concept).selectinload(Concept.artifacts),
+)
+CONCEPT_LOAD = (selectinload(Concept.artifacts),)
+
+
+def learn_jobs(session: Session, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The learning job of each concept, in one query."""
+    if not concept_ids:
+        return {}
+    rows = session.execute(
+        select(Job.concept_id, Job.id).where(Job.kind == "learn", Job.concept_id.in_(concept_ids))
+    )
+    return {cid: jid for cid, jid in rows if cid is not None}

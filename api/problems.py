@@ -1,0 +1,162 @@
+"""Errors as problem JSON (RFC 9457) with a stable `type`, the field at fault and the fix."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mifo_engine.errors import MifoError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://mifo.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raised by routes; rendered as problem JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        fix: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.title, self.detail = status, code, title, detail
+        self.field, self.fix, self.headers, self.extra = field, fix, headers, extra
+
+    def body(self, instance: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+        }
+        if self.field is not None:
+            body["field"] = self.field
+        if self.fix is not None:
+            body["fix"] = self.fix
+        return body | self.extra
+
+
+def from_engine(exc: MifoError, *, prefix: str = "", status: int = 422) -> Problem:
+    """An engine rejection as a 4xx problem; `prefix` places the field inside the request."""
+    field = f"{prefix}{exc.field}" if exc.field else (prefix.rstrip(".") or None)
+    return Problem(
+        status, exc.code, _TITLES.get(exc.code, "Invalid request"), exc.message,
+        field=field, fix=exc.fix,
+    )  # fmt: skip
+
+
+def not_found(what: str, ident: object) -> Problem:
+    return Problem(
+        404, "not_found", "Not found", f"No {what} with id {ident}.",
+        fix=f"check the id; list {what}s with GET /v1/{what}s",
+    )  # fmt: skip
+
+
+_TITLES = {
+    "invalid_input": "Invalid input image or mask",
+    "mask_size_mismatch": "Mask size does not match the image",
+    "empty_mask": "Empty mask",
+    "instance_too_small": "Instance too small",
+    "too_many_instances": "Too many instances",
+    "unreadable_image": "Unreadable image",
+    "invalid_config": "Invalid option",
+    "invalid_layout": "Invalid prompt or box layout",
+}
+
+
+def _respond(request: Request, problem: Problem) -> JSONResponse:
+    return JSONResponse(
+        problem.body(request.url.path),
+        status_code=problem.status,
+        media_type=MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "request"
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": _location(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "request", "message": "invalid"}
+    problem = Problem(
+        422, "validation_error", "Request validation failed",
+        f"{first['field']}: {first['message']}",
+        field=first["field"], fix="correct the listed fields (see the OpenAPI schema)",
+        errors=errors,
+    )  # fmt: skip
+    return _respond(request, problem)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    problem = Problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+    return _respond(request, problem)
+
+
+async def _problem(request: Request, exc: Problem) -> JSONResponse:
+    return _respond(request, exc)
+
+
+async def _engine(request: Request, exc: MifoError) -> JSONResponse:
+    return _respond(request, from_engine(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    problem = Problem(
+        500, "internal_error", "Internal error",
+        "The server failed to handle this request; the error was logged.",
+        fix="retry later; report the time of the request if it persists",
+    )  # fmt: skip
+    return _respond(request, problem)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _problem)  # type: ignore[arg-type]
+    app.add_exception_handler(MifoError, _engine)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+
+
+PROBLEM_RESPONSE = {
+    "description": "Problem details (RFC 9457)",
+    "content": {
+        MEDIA_TYPE: {
+            "example": {
+                "type": PROBLEM_BASE + "empty_mask",
+                "title": "Empty mask",
+                "status": 422,
+                "detail": "Mask 1 has no foreground pixels.",
+                "instance": "/v1/concepts",
+                "field": "masks[1]",
+                "fix": "paint the instance white on black, or check the mask threshold",
+            }
+        }
+    },
+}

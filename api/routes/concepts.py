@@ -1,0 +1,203 @@
+"""Concepts: upload one image and its instance masks to learn tokens; read; delete."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from PIL import Image
+from sqlalchemy import delete, func, select
+
+from api.deps import SessionDep, StateDep, StorageDep
+from api.present import CONCEPT_LOAD, Presenter, learn_jobs
+from api.problems import PROBLEM_RESPONSE, Problem, not_found
+from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
+from api.uploads import Upload, read_upload
+from core import jobs
+from core.models import Artifact, Concept, Job
+from core.storage import StorageError
+from worker.app import TASK_LEARN
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
+ERRORS = {
+    404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE, 413: PROBLEM_RESPONSE,
+    422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE,
+}  # fmt: skip
+
+
+@router.post("", status_code=202, response_model=ConceptCreated, responses=ERRORS)
+def create_concept(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+    image: Annotated[UploadFile, File(description="The scene, PNG or JPEG.")],
+    masks: Annotated[
+        list[UploadFile],
+        File(description="One mask per instance, in order: white (or opaque) = the instance."),
+    ],
+    names: Annotated[
+        str | None,
+        Form(description="Comma-separated instance names.", examples=["red car,blue car"]),
+    ] = None,
+    options: Annotated[
+        str | None,
+        Form(
+            description="JSON object of LearnConfig fields.",
+            examples=['{"phase1_steps": 400, "phase2_steps": 200, "seed": 1}'],
+        ),
+    ] = None,
+) -> ConceptCreated:
+    """Validate the inputs with the engine, store them and queue a learning job (202).
+
+    Nothing is stored when the request is rejected. `Location` names the job to poll."""
+    upload = read_upload(image, masks, names, options, state.settings.max_upload_bytes)
+    concept = Concept(
+        id=uuid.uuid4(),
+        status="pending",
+        base_model=state.settings.base_model,
+        names=upload.names or [f"asset{i}" for i in range(len(upload.masks))],
+        options=upload.options,
+        width=upload.width,
+        height=upload.height,
+    )
+    session.add(concept)
+    session.flush()
+    job = jobs.create_job(
+        session, kind="learn", concept_id=concept.id, params={"options": upload.options}
+    )
+    try:
+        _store_inputs(session, state.storage, concept, upload)
+        session.commit()
+    except Exception as exc:  # nothing half-written stays behind
+        session.rollback()
+        state.storage.delete_prefix(concept.prefix)
+        if isinstance(exc, StorageError):
+            raise _unavailable("storage", exc) from exc
+        raise
+    _enqueue(session, state, concept, job)
+    response.headers["Location"] = request.app.url_path_for("get_job", job_id=str(job.id))
+    present = Presenter(request, state.storage)
+    concept = session.scalars(
+        select(Concept).where(Concept.id == concept.id).options(*CONCEPT_LOAD)
+    ).one()
+    return ConceptCreated(concept=present.concept(concept, job.id), job=present.job(job))
+
+
+def _store_inputs(
+    session: SessionDep, storage: StorageDep, concept: Concept, upload: Upload
+) -> None:
+    files = [("input", 0, "inputs/image.png", upload.image)]
+    files += [("mask", i, f"inputs/masks/mask_{i:03d}.png", m) for i, m in enumerate(upload.masks)]
+    for kind, position, name, data in files:
+        png = _as_png(data)
+        key = concept.prefix + name
+        storage.put(key, png, "image/png")
+        session.add(Artifact(concept_id=concept.id, kind=kind, position=position, key=key,
+                             size=len(png), label=name.rsplit("/", 1)[-1]))  # fmt: skip
+
+
+def _as_png(data: bytes) -> bytes:
+    """Inputs are kept as PNG (lossless), whatever format they came in."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "PNG":
+            return data
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        return out.getvalue()
+
+
+def _enqueue(session: SessionDep, state: StateDep, concept: Concept, job: Job) -> None:
+    try:
+        state.celery.send_task(TASK_LEARN, args=[str(job.id)], queue="learn")
+    except Exception as exc:  # the broker is down: undo everything, say so
+        log.error("could not queue job %s: %s", job.id, exc)
+        session.execute(delete(Job).where(Job.id == job.id))
+        session.execute(delete(Concept).where(Concept.id == concept.id))
+        session.commit()
+        state.storage.delete_prefix(concept.prefix)
+        raise _unavailable("broker", exc) from exc
+
+
+def _unavailable(what: str, exc: Exception) -> Problem:
+    return Problem(
+        503, f"{what}_unavailable", f"The {what} is unavailable",
+        f"The request was not accepted because the {what} failed: {exc}",
+        fix="retry later; nothing was stored", headers={"Retry-After": "30"},
+    )  # fmt: skip
+
+
+@router.get("", response_model=ConceptsPublic, responses=ERRORS)
+def list_concepts(
+    request: Request,
+    session: SessionDep,
+    storage: StorageDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ConceptsPublic:
+    """Concepts, newest first."""
+    total = session.scalar(select(func.count()).select_from(Concept)) or 0
+    rows = session.scalars(
+        select(Concept)
+        .options(*CONCEPT_LOAD)
+        .order_by(Concept.created_at.desc(), Concept.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    learn = learn_jobs(session, [c.id for c in rows])
+    present = Presenter(request, storage)
+    return ConceptsPublic(
+        data=[present.concept(c, learn.get(c.id)) for c in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=_next(request, limit, offset, total),
+    )
+
+
+def _next(request: Request, limit: int, offset: int, total: int) -> str | None:
+    if offset + limit >= total:
+        return None
+    return str(request.url.include_query_params(limit=limit, offset=offset + limit))
+
+
+@router.get("/{concept_id}", response_model=ConceptPublic, responses=ERRORS)
+def get_concept(
+    concept_id: uuid.UUID, request: Request, session: SessionDep, storage: StorageDep
+) -> ConceptPublic:
+    """A concept: status, tokens and names, diagnostics, attention maps and input images."""
+    concept = session.scalars(
+        select(Concept).where(Concept.id == concept_id).options(*CONCEPT_LOAD)
+    ).one_or_none()
+    if concept is None:
+        raise not_found("concept", concept_id)
+    return Presenter(request, storage).concept(
+        concept, learn_jobs(session, [concept_id]).get(concept_id)
+    )
+
+
+@router.delete("/{concept_id}", status_code=204, responses=ERRORS)
+def delete_concept(concept_id: uuid.UUID, session: SessionDep, storage: StorageDep) -> Response:
+    """Cancel the concept's unfinished jobs, delete its stored objects and the concept."""
+    concept = session.get(Concept, concept_id, with_for_update=True)
+    if concept is None:
+        raise not_found("concept", concept_id)
+    active = session.scalars(
+        select(Job).where(Job.concept_id == concept_id, Job.status.in_(jobs.ACTIVE))
+    ).all()
+    for job in active:
+        jobs.request_cancel(session, job=job)
+    prefix = concept.prefix
+    session.delete(concept)
+    session.commit()
+    try:
+        storage.delete_prefix(prefix)
+    except StorageError as exc:  # the rows are gone; the objects are orphans, not visible
+        log.error(
+            "concept %s deleted, but its objects under %s remain: %s", concept_id, prefix, exc
+        )
+    return Response(status_code=204)

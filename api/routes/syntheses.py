@@ -1,0 +1,95 @@
+"""Syntheses: a prompt with one box per learned token, against a ready concept."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import SessionDep, StateDep
+from api.present import Presenter
+from api.problems import PROBLEM_RESPONSE, Problem, from_engine, not_found
+from api.schemas import JobPublic, SynthesisCreate
+from core import jobs
+from core.models import Concept, Job
+from mifo_engine.config import SynthesisConfig
+from mifo_engine.errors import MifoError
+from worker.app import TASK_SYNTHESIZE
+
+router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
+ERRORS = {
+    404: PROBLEM_RESPONSE,
+    409: PROBLEM_RESPONSE,
+    422: PROBLEM_RESPONSE,
+    503: PROBLEM_RESPONSE,
+}
+FIELDS = ("num_images", "seed", "steps", "guidance_scale", "box_control")
+
+
+@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS)
+def create_synthesis(
+    concept_id: uuid.UUID,
+    body: SynthesisCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+) -> JobPublic:
+    """Validate the prompt and boxes against the concept and queue a synthesis job (202).
+
+    Box keys may be tokens (`<asset0>`) or the instance names given at learning time."""
+    config = _config(body)
+    concept = session.get(Concept, concept_id)
+    if concept is None:
+        raise not_found("concept", concept_id)
+    if concept.status != "ready" or concept.meta is None:
+        raise Problem(
+            409, "concept_not_ready", "Concept not ready",
+            f"Concept {concept_id} is {concept.status}; it must be ready to synthesise.",
+            field="concept_id", status_of_concept=concept.status,
+            fix="wait for its learning job to succeed (GET /v1/jobs/{id}), or learn it again",
+        )  # fmt: skip
+    from mifo_engine.layout import validate_synthesis_request
+
+    try:
+        layout = validate_synthesis_request(
+            concept.meta, body.prompt, body.boxes, tokenizer=state.tokenizer()
+        )
+    except MifoError as exc:
+        raise from_engine(exc) from exc
+    params = {
+        "prompt": layout.prompt,
+        "boxes": {s.token: list(s.box) for s in layout.subjects},
+        "config": {**body.options, **{f: getattr(body, f) for f in FIELDS}},
+        "seeds": config.image_seeds(),
+    }
+    job = jobs.create_job(session, kind="synthesize", concept_id=concept.id, params=params)
+    session.commit()
+    try:
+        state.celery.send_task(TASK_SYNTHESIZE, args=[str(job.id)], queue="synthesize")
+    except Exception as exc:  # the broker is down: forget the job, say so
+        session.delete(job)
+        session.commit()
+        raise Problem(
+            503, "broker_unavailable", "The broker is unavailable",
+            f"The job was not queued: {exc}", fix="retry later; nothing was stored",
+            headers={"Retry-After": "30"},
+        ) from exc  # fmt: skip
+    response.headers["Location"] = request.app.url_path_for("get_job", job_id=str(job.id))
+    return Presenter(request, state.storage).job(session.get(Job, job.id) or job)
+
+
+def _config(body: SynthesisCreate) -> SynthesisConfig:
+    clash = sorted(set(body.options) & set(FIELDS))
+    if clash:
+        raise Problem(
+            422, "invalid_config", "Invalid option", f"options repeats {clash[0]}.",
+            field=f"options.{clash[0]}", fix=f"set {clash[0]} at the top level of the body",
+        )  # fmt: skip
+    try:
+        return SynthesisConfig.from_mapping(
+            {**body.options, **{f: getattr(body, f) for f in FIELDS}}
+        )
+    except MifoError as exc:
+        prefix = "" if exc.field in FIELDS else "options."
+        raise from_engine(exc, prefix=prefix) from exc

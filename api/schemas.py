@@ -1,0 +1,206 @@
+"""Request and response bodies. Table rows become these in api/present.py."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["learn", "synthesize"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
+Box = tuple[float, float, float, float]
+
+_CID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"
+_JID = "0b7d5a52-3c6e-4f1a-8e0f-5d2f7f9c4e21"
+
+
+class Link(BaseModel):
+    url: str = Field(description="Download URL: presigned (S3) or an API route (local storage).")
+
+
+class TokenPublic(BaseModel):
+    token: str = Field(examples=["<asset0>"])
+    name: str = Field(examples=["red car"])
+    attention_map: str | None = Field(None, description="URL of the token's attention map.")
+
+
+class ConceptPublic(BaseModel):
+    id: uuid.UUID
+    status: ConceptStatus
+    base_model: str
+    tokens: list[TokenPublic]
+    diagnostics: dict[str, Any] = Field(
+        default_factory=dict, description="Per-token attention diagnostics of the engine."
+    )
+    width: int
+    height: int
+    options: dict[str, Any] = Field(description="LearnConfig fields set at creation.")
+    learn_job_id: uuid.UUID | None
+    inputs: dict[str, Any] = Field(description="URLs of the uploaded image and masks.")
+    created_at: datetime
+    updated_at: datetime
+    links: dict[str, str]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": _CID,
+                    "status": "ready",
+                    "base_model": "tiny",
+                    "tokens": [
+                        {"token": "<asset0>", "name": "red car", "attention_map": "http://..."},
+                        {"token": "<asset1>", "name": "blue car", "attention_map": "http://..."},
+                    ],
+                    "diagnostics": {"<asset0>": {"in_mask_share": 0.61}},
+                    "width": 512,
+                    "height": 512,
+                    "options": {"phase1_steps": 800},
+                    "learn_job_id": _JID,
+                    "inputs": {"image": "http://...", "masks": ["http://...", "http://..."]},
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "updated_at": "2025-01-01T12:20:00Z",
+                    "links": {
+                        "self": f"/v1/concepts/{_CID}",
+                        "syntheses": f"/v1/concepts/{_CID}/syntheses",
+                    },
+                }
+            ]
+        }
+    )
+
+
+class Page(BaseModel):
+    total: int = Field(description="Items matching the filters, over all pages.")
+    limit: int
+    offset: int
+    next: str | None = Field(description="URL of the next page, or null on the last one.")
+
+
+class ConceptsPublic(Page):
+    data: list[ConceptPublic]
+
+
+class ProgressPublic(BaseModel):
+    phase: str | None = Field(examples=["phase1"])
+    step: int | None = Field(examples=[120])
+    total: int | None = Field(examples=[800])
+    fraction: float | None = Field(description="Share of the whole job done, 0..1.")
+    eta_seconds: float | None
+
+
+class ErrorPublic(BaseModel):
+    type: str = Field(examples=["instance_too_small"])
+    message: str
+
+
+class ImagePublic(BaseModel):
+    index: int
+    seed: int
+    url: str | None
+    preview_url: str | None = Field(description="The image with its boxes and names drawn.")
+    diagnostics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobResult(BaseModel):
+    concept: ConceptPublic | None = None
+    images: list[ImagePublic] | None = None
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    kind: JobKind
+    status: JobStatus
+    concept_id: uuid.UUID | None
+    progress: ProgressPublic
+    cancel_requested: bool
+    attempts: int
+    request: dict[str, Any] = Field(description="The parameters the job runs with.")
+    error: ErrorPublic | None
+    result: JobResult | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": _JID,
+                    "kind": "synthesize",
+                    "status": "running",
+                    "concept_id": _CID,
+                    "progress": {
+                        "phase": "synthesis", "step": 20, "total": 50,
+                        "fraction": 0.4, "eta_seconds": 12.5,
+                    },
+                    "cancel_requested": False,
+                    "attempts": 1,
+                    "request": {"prompt": "<asset0> and <asset1> on a beach"},
+                    "error": None,
+                    "result": None,
+                    "created_at": "2025-01-01T12:30:00Z",
+                    "started_at": "2025-01-01T12:30:02Z",
+                    "finished_at": None,
+                    "links": {
+                        "self": f"/v1/jobs/{_JID}",
+                        "events": f"/v1/jobs/{_JID}/events",
+                        "cancel": f"/v1/jobs/{_JID}/cancel",
+                    },
+                }
+            ]
+        }
+    )  # fmt: skip
+
+
+class JobsPublic(Page):
+    data: list[JobPublic]
+
+
+class ConceptCreated(BaseModel):
+    concept: ConceptPublic
+    job: JobPublic
+
+
+class SynthesisCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "a photo of <asset0> and <asset1> at the beach",
+                    "boxes": {
+                        "<asset0>": [0.05, 0.3, 0.45, 0.8],
+                        "<asset1>": [0.55, 0.3, 0.95, 0.8],
+                    },
+                    "num_images": 2,
+                    "seed": 7,
+                    "steps": 50,
+                    "guidance_scale": 7.5,
+                    "box_control": True,
+                }
+            ]
+        },
+    )
+
+    prompt: str = Field(min_length=1, max_length=2000, description="Mentions each boxed token.")
+    boxes: dict[str, Box] = Field(
+        description="One box per token (or instance name): [x0, y0, x1, y1] as image fractions."
+    )
+    num_images: int = Field(1, ge=1, le=16)
+    seed: int = Field(0, ge=0)
+    steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=1.0, le=50.0)
+    box_control: bool = Field(True, description="False: plain generation, boxes ignored.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further SynthesisConfig fields (expert use)."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,128 @@
+"""Reading and checking the multipart upload of POST /v1/concepts before anything is stored."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import UploadFile
+from PIL import Image, UnidentifiedImageError
+
+from api.problems import Problem, from_engine
+from mifo_engine.config import LearnConfig
+from mifo_engine.errors import MifoError
+
+
+@dataclass
+class Upload:
+    image: bytes
+    masks: list[bytes]
+    names: list[str] | None
+    options: dict[str, Any]
+    config: LearnConfig
+    width: int
+    height: int
+
+
+def read_file(upload: UploadFile, field: str, limit: int) -> bytes:
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise Problem(
+            413, "file_too_large", "File too large",
+            f"{field} is larger than {limit} bytes.", field=field,
+            fix=f"send at most {limit} bytes (MIFO_MAX_UPLOAD_BYTES on the server)",
+        )  # fmt: skip
+    if not data:
+        raise Problem(
+            422, "empty_file", "Empty file", f"{field} is empty.", field=field,
+            fix="attach the file's content",
+        )  # fmt: skip
+    return data
+
+
+def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
+    if raw is None or not raw.strip():
+        return {}, LearnConfig()
+    try:
+        options = json.loads(raw)
+    except ValueError as exc:
+        raise Problem(
+            422, "invalid_json", "Options are not JSON", f"options: {exc}.", field="options",
+            fix='send a JSON object of LearnConfig fields, e.g. {"phase1_steps": 400}',
+        ) from exc  # fmt: skip
+    if not isinstance(options, dict):
+        raise Problem(
+            422, "invalid_config", "Invalid option", "options must be a JSON object.",
+            field="options", fix='wrap the fields in {...}, e.g. {"seed": 3}',
+        )  # fmt: skip
+    try:
+        return options, LearnConfig.from_mapping(options)
+    except MifoError as exc:
+        raise from_engine(exc, prefix="options.") from exc
+
+
+def parse_names(raw: str | None, count: int) -> list[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    names = [n.strip() for n in raw.split(",")]
+    if len(names) != count or not all(names):
+        raise Problem(
+            422, "invalid_names", "Names do not match the masks",
+            f"Got {len(names)} name(s) for {count} mask(s), or an empty name.", field="names",
+            fix=f"give {count} non-empty comma-separated names, one per mask in order",
+        )  # fmt: skip
+    if len(set(names)) != len(names):
+        raise Problem(
+            422, "invalid_names", "Duplicate names", "Each instance needs its own name.",
+            field="names", fix="make the names distinct",
+        )  # fmt: skip
+    return names
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise Problem(
+            422, "unreadable_image", "Unreadable image", f"image cannot be decoded: {exc}.",
+            field="image", fix="send a PNG or JPEG file",
+        ) from exc  # fmt: skip
+
+
+def check_with_engine(upload: Upload) -> None:
+    """Run the engine's own input preparation, so a job never fails on its inputs later."""
+    from mifo_engine.inputs import prepare_inputs
+
+    config = upload.config
+    resolution = config.resolution or 64  # the check does not depend on the model's size
+    try:
+        prepare_inputs(upload.image, upload.masks, resolution=resolution, config=config)
+    except MifoError as exc:
+        raise from_engine(exc) from exc
+
+
+def read_upload(
+    image: UploadFile,
+    masks: list[UploadFile],
+    names: str | None,
+    options: str | None,
+    limit: int,
+) -> Upload:
+    opts, config = parse_options(options)
+    image_data = read_file(image, "image", limit)
+    mask_data = [read_file(m, f"masks[{i}]", limit) for i, m in enumerate(masks)]
+    width, height = image_size(image_data)
+    upload = Upload(
+        image=image_data,
+        masks=mask_data,
+        names=parse_names(names, len(mask_data)),
+        options=opts,
+        config=config,
+        width=width,
+        height=height,
+    )
+    check_with_engine(upload)
+    return upload

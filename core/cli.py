@@ -1,0 +1,118 @@
+"""Service commands of `mifo`: serve (embedded), api, worker, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("mifo")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("migrate", help="Upgrade the database schema (MIFO_DATABASE_URL) to head.")
+    p.add_argument("--revision", default="head", help="Target revision (default: head).")
+    p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("api", help="Run the HTTP API (production: Postgres, Redis, S3).")
+    _host_port(p)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes.")
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("worker", help="Run a Celery worker (one per GPU).")
+    p.add_argument("--queues", default="learn,synthesize", help="Comma-separated queues.")
+    p.add_argument("--concurrency", type=int, default=1, help="Jobs at a time (default 1).")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser(
+        "serve",
+        help="Embedded mode: API + one worker, SQLite, local files, no servers to install.",
+    )
+    _host_port(p)
+    p.add_argument("--data-dir", help="Folder for the database, broker and files (MIFO_DATA_DIR).")
+    p.add_argument(
+        "--base-model",
+        help="'tiny' (random test weights, CPU), a path, or hub-id@revision (MIFO_BASE_MODEL).",
+    )
+    p.set_defaults(func=_serve)
+
+
+def _host_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from core.db import upgrade
+    from core.settings import Settings
+
+    _logging()
+    settings = Settings()
+    upgrade(settings.db_url, args.revision)
+    log.info("database %s is at %s", _safe(settings.db_url), args.revision)
+    return 0
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _check_db() -> int:
+    from core.db import NotMigrated, check_migrated, make_engine
+    from core.settings import Settings
+
+    engine = make_engine(Settings().db_url)
+    try:
+        check_migrated(engine)
+    except NotMigrated as exc:
+        print(f"mifo: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _logging()
+    if rc := _check_db():
+        return rc
+    uvicorn.run(
+        "api.main:app_factory", factory=True, host=args.host, port=args.port,
+        workers=args.workers, proxy_headers=True,
+    )  # fmt: skip
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _logging()
+    if rc := _check_db():
+        return rc
+    from worker.tasks import celery_app
+
+    argv = ["worker", "--queues", args.queues, "--concurrency", str(args.concurrency),
+            "--pool", args.pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    celery_app.worker_main(argv)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from core.embedded import serve
+
+    if args.data_dir:
+        os.environ["MIFO_DATA_DIR"] = args.data_dir
+    if args.base_model:
+        os.environ["MIFO_BASE_MODEL"] = args.base_model
+    _logging()
+    return serve(args.host, args.port)
