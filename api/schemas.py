@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 JobKind = Literal["learn", "synthesize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
-Box = tuple[float, float, float, float]
 
 _CID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"
 _JID = "0b7d5a52-3c6e-4f1a-8e0f-5d2f7f9c4e21"
@@ -188,7 +187,8 @@ class SynthesisCreate(BaseModel):
     )
 
     prompt: str = Field(min_length=1, max_length=2000, description="Mentions each boxed token.")
-    boxes: dict[str, Box] = Field(
+    # Shape and range are checked by the engine, which names the box: boxes[<asset0>].
+    boxes: dict[str, list[float]] = Field(
         description="One box per token (or instance name): [x0, y0, x1, y1] as image fractions."
     )
     num_images: int = Field(1, ge=1, le=16)

@@ -14,9 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Duplicated from mifo_engine.models so that reading settings never imports the engine;
-# tests/service/test_settings.py checks that the two agree.
-DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-1-base"
+from mifo_engine.models import DEFAULT_BASE_MODEL  # a cheap import: no torch
 
 
 class Settings(BaseSettings):

@@ -64,6 +64,7 @@ def queue_depth(app: Celery, queue: str) -> int | None:
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
-            return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+            # Not passive: Redis drops empty lists, and an absent queue is an empty one.
+            return int(conn.default_channel.queue_declare(queue=queue, durable=True).message_count)
     except Exception:
         return None

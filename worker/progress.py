@@ -5,12 +5,25 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core import jobs
 from core.db import session_scope
 from worker.context import WorkerContext
+
+Plan = Sequence[tuple[str, int]]  # the phases of a job, in order, with their step counts
+
+
+def learn_plan(config: Any) -> Plan:
+    """Phases a learning run reports (mifo_engine.learn), so the job's fraction spans all."""
+    plan: list[tuple[str, int]] = [("phase1", config.phase1_steps)]
+    if config.phase2 and config.phase2_steps > 0:
+        if config.prior_preservation:
+            plan.append(("prior", config.num_class_images))
+        plan.append(("phase2", config.phase2_steps))
+    plan.append(("diagnostics", len(config.diagnostic_timesteps)))
+    return plan
 
 
 class ProgressReporter:
@@ -18,32 +31,35 @@ class ProgressReporter:
 
     Writes reach the database at most once per `settings.progress_interval` seconds (plus the
     last step of each phase), and the cancel flag is read back with each write, so a cancel
-    takes effect within about one interval.
+    takes effect within about one interval. `fraction` and `eta_seconds` cover the whole job
+    when the phases are known in advance (`plan`), the current phase otherwise.
     """
 
     def __init__(
         self,
         ctx: WorkerContext,
         job_id: uuid.UUID,
+        plan: Plan = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
         self.job_id = job_id
+        self.plan = [(name, max(int(n), 0)) for name, n in plan]
         self.clock = clock
+        self.started = clock()
         self.last_write = -math.inf
         self.keep_going = True
-        self.phase_start: dict[str, tuple[float, int]] = {}
 
     def __call__(self, progress: Any) -> bool:
         now = self.clock()
         phase, step, total = str(progress.phase), int(progress.step), int(progress.total)
-        t0, step0 = self.phase_start.setdefault(phase, (now, step))
         last_of_phase = total > 0 and step >= total
         if now - self.last_write < self.ctx.settings.progress_interval and not last_of_phase:
             return self.keep_going
         self.last_write = now
-        done = step - step0
-        eta = (now - t0) / done * max(total - step, 0) if done > 0 else None
+        fraction = self.fraction(phase, step, total)
+        elapsed = now - self.started
+        eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
         with session_scope(self.ctx.sessions) as session:
             self.keep_going = jobs.record_progress(
                 session,
@@ -51,8 +67,18 @@ class ProgressReporter:
                 phase=phase,
                 step=step,
                 total=total,
-                fraction=min(step / total, 1.0) if total > 0 else 0.0,
+                fraction=fraction,
                 eta_seconds=eta,
             )
         self.ctx.publisher.publish(self.job_id)
         return self.keep_going
+
+    def fraction(self, phase: str, step: int, total: int) -> float:
+        names = [name for name, _ in self.plan]
+        if phase not in names:
+            return min(step / total, 1.0) if total > 0 else 0.0
+        whole = sum(n for _, n in self.plan)
+        if whole == 0:
+            return 1.0
+        done = sum(n for _, n in self.plan[: names.index(phase)])
+        return min((done + min(step, self.plan[names.index(phase)][1])) / whole, 1.0)

@@ -17,7 +17,7 @@ from core.db import session_scope
 from core.models import Artifact, Concept, Job
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
-from worker.progress import ProgressReporter
+from worker.progress import ProgressReporter, learn_plan
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,14 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
     storage = ctx.storage
     image = storage.get(f"{job.prefix}inputs/image.png")
     masks = [storage.get(key) for key in storage.keys(f"{job.prefix}inputs/masks/")]
+    config = me.LearnConfig.from_mapping(job.params.get("options", {}))
     learned = me.learn(
         base,
         image=image,
         masks=masks,
         names=job.names,
-        config=me.LearnConfig.from_mapping(job.params.get("options", {})),
-        progress=ProgressReporter(ctx, job.job_id),
+        config=config,
+        progress=ProgressReporter(ctx, job.job_id, learn_plan(config)),
     )
     out.meta = learned.metadata()
     target = f"{job.prefix}concept/"

@@ -60,7 +60,7 @@ def create_synthesis(
     params = {
         "prompt": layout.prompt,
         "boxes": {s.token: list(s.box) for s in layout.subjects},
-        "config": {**body.options, **{f: getattr(body, f) for f in FIELDS}},
+        "config": {f: getattr(config, f) for f in (*body.options, *FIELDS, "guidance_steps")},
         "seeds": config.image_seeds(),
     }
     job = jobs.create_job(session, kind="synthesize", concept_id=concept.id, params=params)
@@ -86,10 +86,11 @@ def _config(body: SynthesisCreate) -> SynthesisConfig:
             422, "invalid_config", "Invalid option", f"options repeats {clash[0]}.",
             field=f"options.{clash[0]}", fix=f"set {clash[0]} at the top level of the body",
         )  # fmt: skip
+    values = {**body.options, **{f: getattr(body, f) for f in FIELDS}}
+    # Few steps (a quick look): guide all of them unless the client chose otherwise.
+    values.setdefault("guidance_steps", min(SynthesisConfig.guidance_steps, body.steps))
     try:
-        return SynthesisConfig.from_mapping(
-            {**body.options, **{f: getattr(body, f) for f in FIELDS}}
-        )
+        return SynthesisConfig.from_mapping(values)
     except MifoError as exc:
         prefix = "" if exc.field in FIELDS else "options."
         raise from_engine(exc, prefix=prefix) from exc

@@ -1,0 +1,99 @@
+"""Test data: rows in known states and small generated images."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+from PIL import Image, ImageDraw
+from sqlalchemy.orm import Session
+
+from core import jobs
+from core.models import Artifact, Concept, Job
+
+
+def png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def scene(size: int = 64) -> tuple[bytes, list[bytes]]:
+    """An image with a red box on the left and a blue disc on the right, and their masks."""
+    image = Image.new("RGB", (size, size), (200, 200, 180))
+    draw = ImageDraw.Draw(image)
+    left = (size // 16, size // 4, size // 2 - size // 16, 3 * size // 4)
+    right = (size // 2 + size // 16, size // 4, size - size // 16, 3 * size // 4)
+    draw.rectangle(left, fill=(220, 30, 30))
+    draw.ellipse(right, fill=(30, 30, 220))
+    masks = []
+    for shape, box in (("rectangle", left), ("ellipse", right)):
+        mask = Image.new("L", (size, size), 0)
+        getattr(ImageDraw.Draw(mask), shape)(box, fill=255)
+        masks.append(png(mask))
+    return png(image), masks
+
+
+def blank_mask(size: int = 64) -> bytes:
+    return png(Image.new("L", (size, size), 0))
+
+
+def concept_meta(names: list[str]) -> dict[str, Any]:
+    """The parts of concept.json the API reads (as written by mifo_engine.Concept.metadata)."""
+    return {
+        "format_version": 1,
+        "tokens": [
+            {"token": f"<asset{i}>", "name": n, "init_word": None} for i, n in enumerate(names)
+        ],
+        "coarsest_attention_resolution": 8,
+        "diagnostics": {f"<asset{i}>": {"in_mask_share": 0.5} for i in range(len(names))},
+        "files": {"attention_maps": {}},
+    }
+
+
+def make_concept(
+    session: Session, *, status: str = "ready", names: tuple[str, ...] = ("red box", "blue disc")
+) -> Concept:
+    concept = Concept(
+        status=status,
+        base_model="tiny",
+        names=list(names),
+        options={},
+        meta=concept_meta(list(names)) if status == "ready" else None,
+        width=64,
+        height=64,
+    )
+    session.add(concept)
+    session.flush()
+    return concept
+
+
+def make_job(
+    session: Session,
+    concept: Concept,
+    *,
+    kind: str = "learn",
+    status: str = "queued",
+    params: dict[str, Any] | None = None,
+) -> Job:
+    job = jobs.create_job(session, kind=kind, concept_id=concept.id, params=params or {})
+    job.status = status
+    session.flush()
+    return job
+
+
+def make_artifact(
+    session: Session, concept: Concept, job: Job | None, kind: str, i: int
+) -> Artifact:
+    art = Artifact(
+        concept_id=concept.id,
+        job_id=job.id if job else None,
+        kind=kind,
+        position=i,
+        key=f"{concept.prefix}{kind}/{uuid.uuid4().hex}.png",
+        size=1,
+    )
+    session.add(art)
+    session.flush()
+    return art

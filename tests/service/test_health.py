@@ -1,0 +1,90 @@
+"""Health, readiness, metrics, OpenAPI and error rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from core import jobs
+from core.settings import Settings
+
+from .factories import make_concept, make_job
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_readyz_is_503_when_storage_is_unreachable(settings: Settings, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    broken = settings.model_copy(update={"storage_url": (blocker / "objects").as_uri()})
+    with TestClient(create_app(broken)) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    assert (
+        r.json()["checks"]["storage"].startswith("error") and r.json()["checks"]["database"] == "ok"
+    )
+
+
+def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
+
+
+def test_metrics_count_jobs_and_durations(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    make_job(session, concept)
+    job = make_job(session, concept, kind="synthesize")
+    jobs.start(session, job_id=job.id)
+    jobs.finish(session, job_id=job.id, status="succeeded", result={})
+    session.commit()
+    text = client.get("/metrics").text
+    assert 'mifo_jobs{kind="learn",status="queued"} 1.0' in text
+    assert 'mifo_jobs{kind="synthesize",status="succeeded"} 1.0' in text
+    assert 'mifo_queue_depth{queue="learn"}' in text
+    assert 'mifo_job_duration_seconds_count{kind="synthesize",status="succeeded"} 1.0' in text
+    assert (
+        'mifo_job_duration_seconds_bucket{kind="synthesize",le="+Inf",status="succeeded"} 1.0'
+        in text
+    )
+
+
+def test_every_route_documents_examples_and_problems(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            assert op.get("summary") and op.get("description"), (method, path)
+            if path.startswith("/v1/"):
+                assert "404" in op["responses"] or "422" in op["responses"], (method, path)
+    schemas = spec["components"]["schemas"]
+    for name in ("ConceptPublic", "JobPublic", "SynthesisCreate"):
+        assert schemas[name].get("examples"), name
+
+
+def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    r = client.put("/v1/concepts")
+    assert r.status_code == 405 and r.json()["type"].endswith("/method_not_allowed")
+
+
+def test_unexpected_errors_are_500_problems_without_traceback(settings: Settings) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.json()["type"].endswith("/internal_error")
+    assert "secret" not in r.text and "Traceback" not in r.text

@@ -1,0 +1,85 @@
+"""POST /v1/concepts/{id}/syntheses: validation before anything is queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.models import Job
+
+from .factories import make_concept
+
+BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
+PROMPT = "a photo of <asset0> and <asset1> at the beach"
+
+
+def _post(client: TestClient, concept_id: Any, **body: Any):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/v1/concepts/{concept_id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES} | body
+    )
+
+
+def _jobs(session: Session) -> int:
+    session.expire_all()
+    return (
+        session.scalar(select(func.count()).select_from(Job).where(Job.kind == "synthesize")) or 0
+    )
+
+
+def test_queues_a_job_with_normalised_boxes(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    boxes = {"red box": BOXES["<asset0>"], "<asset1>": BOXES["<asset1>"]}  # names work too
+    r = _post(client, concept.id, boxes=boxes, num_images=2, seed=7, steps=4)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert (job["kind"], job["status"]) == ("synthesize", "queued")
+    assert job["request"]["boxes"] == BOXES
+    assert job["request"]["config"]["num_images"] == 2 and job["request"]["seeds"] == [7, 8]
+
+
+def test_not_ready_is_409(client: TestClient, session: Session) -> None:
+    concept = make_concept(session, status="pending")
+    session.commit()
+    r = _post(client, concept.id)
+    assert r.status_code == 409 and r.json()["type"].endswith("/concept_not_ready")
+    assert _jobs(session) == 0
+
+
+def test_unknown_concept_is_404(client: TestClient) -> None:
+    assert _post(client, "00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"boxes": {"<asset7>": [0.1, 0.1, 0.5, 0.5]}}, "boxes[<asset7>]"),
+        ({"boxes": {"<asset0>": [0.5, 0.1, 0.2, 0.5]}}, "boxes[<asset0>]"),
+        ({"boxes": {"<asset0>": [0.1, 0.1, 1.5, 0.5]}}, "boxes[<asset0>]"),
+        ({"prompt": "a photo of <asset3>"}, "prompt"),
+        ({"prompt": "a photo of <asset0>"}, "boxes[<asset1>]"),
+        ({"boxes": {"<asset0>": [0.1, 0.2, 0.3]}}, "boxes[<asset0>]"),
+        ({"steps": 0}, "steps"),
+        ({"guidance_scale": 0.5}, "guidance_scale"),
+        ({"options": {"guidance_steps": 99}, "steps": 10}, "options.guidance_steps"),
+        ({"options": {"nonsense": 1}}, "options.nonsense"),
+        ({"options": {"seed": 1}}, "options.seed"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(
+    client: TestClient, session: Session, change: dict[str, Any], field: str
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    r = _post(client, concept.id, **change)
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["field"] == field, problem
+    assert problem["fix"] and problem["detail"] and "Traceback" not in r.text
+    assert _jobs(session) == 0
