@@ -14,6 +14,8 @@ from api.problems import Problem, from_engine
 from mifo_engine.config import LearnConfig
 from mifo_engine.errors import MifoError
 
+CHECK_RESOLUTION = 512
+
 
 @dataclass
 class Upload:
@@ -94,12 +96,13 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 def check_with_engine(upload: Upload) -> None:
     """Run the engine's own input preparation, so a job never fails on its inputs later."""
-    from mifo_engine.inputs import prepare_inputs
+    from mifo_engine.inputs import check_inputs  # torch-free
 
     config = upload.config
-    resolution = config.resolution or 64  # the check does not depend on the model's size
+    # Shares are fractions of the image, so SD 2.1's native size stands in for any model.
+    resolution = config.resolution or CHECK_RESOLUTION
     try:
-        prepare_inputs(upload.image, upload.masks, resolution=resolution, config=config)
+        check_inputs(upload.image, upload.masks, resolution=resolution, config=config)
     except MifoError as exc:
         raise from_engine(exc) from exc
 

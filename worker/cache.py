@@ -24,7 +24,7 @@ class ConceptCache:
         if concept_id in self._items:
             self._items.move_to_end(concept_id)
             return self._items[concept_id][0]
-        import mifo_engine as me
+        from mifo_engine.concept import Concept
 
         folder = tempfile.TemporaryDirectory(prefix="mifo-concept-")
         for key in storage.keys(prefix):
@@ -32,7 +32,7 @@ class ConceptCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(storage.get(key))
         try:
-            concept = me.Concept.load(folder.name)
+            concept = Concept.load(folder.name)
         except BaseException:
             folder.cleanup()
             raise

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from core import jobs
 from core.db import session_scope
 from core.models import Artifact, Concept, Job
+from mifo_engine.config import LearnConfig, SynthesisConfig
+from mifo_engine.errors import Cancelled, MifoError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import ProgressReporter, learn_plan
@@ -57,8 +59,6 @@ def run_job(
     if claimed is None:
         return "skipped"
 
-    import mifo_engine as me
-
     produced = Produced()
     try:
         base = load_base()
@@ -68,9 +68,9 @@ def run_job(
             concept = concepts.get(claimed.concept_id, ctx.storage, f"{claimed.prefix}concept/")
             _synthesize(ctx, claimed, base, concept, produced)
         outcome = _record(ctx, claimed, "succeeded", produced=produced)
-    except me.Cancelled:
+    except Cancelled:
         outcome = _record(ctx, claimed, "canceled")
-    except me.MifoError as exc:
+    except MifoError as exc:
         outcome = _record(ctx, claimed, "failed", error=(exc.code, str(exc)))
     except Exception as exc:  # recorded on the job; the traceback goes to the worker log only
         log.exception("job %s failed", job_id)
@@ -96,13 +96,15 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | None:
 
 
 def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
-    import mifo_engine as me
+    # From the submodules: the package attribute `mifo_engine.learn` turns into the module
+    # of that name once it has been imported.
+    from mifo_engine.learn import learn
 
     storage = ctx.storage
     image = storage.get(f"{job.prefix}inputs/image.png")
     masks = [storage.get(key) for key in storage.keys(f"{job.prefix}inputs/masks/")]
-    config = me.LearnConfig.from_mapping(job.params.get("options", {}))
-    learned = me.learn(
+    config = LearnConfig.from_mapping(job.params.get("options", {}))
+    learned = learn(
         base,
         image=image,
         masks=masks,
@@ -126,14 +128,14 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
 
 
 def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced) -> None:
-    import mifo_engine as me
+    from mifo_engine.synthesis import synthesize
 
-    made = me.synthesize(
+    made = synthesize(
         base,
         concept,
         prompt=job.params["prompt"],
         boxes={token: tuple(box) for token, box in job.params["boxes"].items()},
-        config=me.SynthesisConfig.from_mapping(job.params["config"]),
+        config=SynthesisConfig.from_mapping(job.params["config"]),
         progress=ProgressReporter(ctx, job.job_id),
     )
     target = f"{job.prefix}syntheses/{job.job_id}/"

@@ -33,11 +33,11 @@ class EngineTask(Task):
 
     def base(self) -> Any:
         if EngineTask._base is None:
-            import mifo_engine as me
+            from mifo_engine.models import load_base_model
 
             settings = self.ctx.settings
             log.info("loading base model %s on %s", settings.base_model, settings.device)
-            EngineTask._base = me.load_base_model(settings.base_model, device=settings.device)
+            EngineTask._base = load_base_model(settings.base_model, device=settings.device)
         return EngineTask._base
 
     @property

@@ -1,0 +1,116 @@
+"""The worker's job runner with the real engine on the tiny model (no broker: called directly)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core.settings import Settings
+from tests.helpers.images import encode, make_scene
+from worker.cache import ConceptCache
+from worker.context import WorkerContext
+from worker.runner import run_job
+
+QUICK = '{"phase1_steps": 2, "phase2_steps": 1, "reward_steps": 1, "diagnostic_timesteps": [100]}'
+BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
+
+
+@pytest.fixture(scope="module")
+def base() -> Any:
+    import mifo_engine as me
+
+    return me.load_base_model("tiny", device="cpu")
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> WorkerContext:
+    return WorkerContext.from_settings(settings.model_copy(update={"progress_interval": 0.05}))
+
+
+def _learn_request(client: TestClient, options: str = QUICK) -> dict[str, Any]:
+    image, masks = make_scene()
+    files = [("image", ("scene.png", encode(image), "image/png"))]
+    files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+    r = client.post("/v1/concepts", files=files, data={"names": "left, right", "options": options})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_learn_then_synthesize(client: TestClient, ctx: WorkerContext, base: Any) -> None:
+    cache = ConceptCache(2)
+    created = _learn_request(client)
+    job_id = uuid.UUID(created["job"]["id"])
+    assert run_job(ctx, job_id, lambda: base, cache) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    concept = job["result"]["concept"]
+    assert job["status"] == "succeeded" and job["progress"]["fraction"] == 1.0
+    assert concept["status"] == "ready" and set(concept["diagnostics"]) == {"<asset0>", "<asset1>"}
+    for token in concept["tokens"]:
+        assert client.get(token["attention_map"]).headers["content-type"] == "image/png"
+
+    body = {"prompt": "a photo of <asset0> and left", "boxes": BOXES, "steps": 2, "num_images": 2}
+    r = client.post(f"/v1/concepts/{concept['id']}/syntheses", json=body)
+    assert r.status_code == 422 and r.json()["field"] == "boxes[<asset1>]"
+    body["prompt"] = "a photo of <asset0> and <asset1>"
+    body["options"] = {"max_guidance_iters": 1}
+    synth = client.post(f"/v1/concepts/{concept['id']}/syntheses", json=body).json()
+    assert run_job(ctx, uuid.UUID(synth["id"]), lambda: base, cache) == "succeeded"
+    done = client.get(f"/v1/jobs/{synth['id']}").json()
+    images = done["result"]["images"]
+    assert [i["seed"] for i in images] == [0, 1]
+    for item in images:
+        for url in (item["url"], item["preview_url"]):
+            picture = Image.open(io.BytesIO(client.get(url).content))
+            assert picture.format == "PNG" and picture.size == (64, 64)
+
+
+def test_cancel_while_running_stops_the_engine(
+    client: TestClient, ctx: WorkerContext, base: Any, settings: Settings
+) -> None:
+    created = _learn_request(client, '{"phase1_steps": 400, "phase2_steps": 0}')
+    job_id = created["job"]["id"]
+    outcome: list[str] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(
+            run_job(ctx, uuid.UUID(job_id), lambda: base, ConceptCache(1))
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    thread.join(60)
+    assert outcome == ["canceled"]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["progress"]["step"] < 400
+    assert client.get(f"/v1/concepts/{created['concept']['id']}").json()["status"] == "canceled"
+    assert not ctx.storage.keys(f"concepts/{created['concept']['id']}/concept/")
+
+
+def test_unloadable_model_fails_the_job(client: TestClient, ctx: WorkerContext) -> None:
+    import mifo_engine as me
+
+    def broken() -> Any:
+        return me.load_base_model("/no/such/model", device="cpu")
+
+    job_id = _learn_request(client)["job"]["id"]
+    assert run_job(ctx, uuid.UUID(job_id), broken, ConceptCache(1)) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["error"]["type"] == "model_unavailable" and job["error"]["message"]
+
+
+def test_jobs_of_deleted_concepts_are_skipped(
+    client: TestClient, ctx: WorkerContext, base: Any
+) -> None:
+    created = _learn_request(client)
+    client.delete(f"/v1/concepts/{created['concept']['id']}")
+    assert run_job(ctx, uuid.UUID(created["job"]["id"]), lambda: base, ConceptCache(1)) == "skipped"
