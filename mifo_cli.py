@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The engine never reads the environment; the command line passes this one in.
+    args.env_model = os.environ.get("MIFO_BASE_MODEL") or None
     return int(args.func(args) or 0)
 
 

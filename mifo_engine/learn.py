@@ -306,7 +306,7 @@ class _Run:
             if self.progress is not None:
                 report(
                     self.progress,
-                    Progress(phase, step + 1, steps, {k: float(v) for k, v in losses.items()}),
+                    Progress(phase, step + 1, steps, {k: float(v.detach()) for k, v in losses.items()}),
                 )
 
     @contextlib.contextmanager

@@ -110,6 +110,8 @@ def _remove_wrappers(model: nn.Module, wrapper: type) -> None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 @contextlib.contextmanager

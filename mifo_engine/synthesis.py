@@ -218,7 +218,7 @@ def _optimise(
                     base.unet(z, t, encoder_hidden_states=cond)
                 ca, sa = controller.masses()
                 loss = guidance_loss(ca, sa, alpha, cfg)
-                normalised = float(loss) / (latents.shape[0] * len(controller.layout.subjects))
+                normalised = float(loss.detach()) / (latents.shape[0] * len(controller.layout.subjects))
                 if normalised < cfg.loss_threshold or not loss.requires_grad:
                     break
                 (grad,) = torch.autograd.grad(loss, z)

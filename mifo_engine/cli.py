@@ -1,0 +1,269 @@
+"""`mifo learn` and `mifo synthesize`: the engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import LearnConfig, SynthesisConfig
+from .errors import Cancelled, ConfigError, LayoutError, MifoError
+
+log = logging.getLogger("mifo")
+EXIT_BAD_INPUT = 2
+EXIT_CANCELED = 130
+
+
+def register(sub: Any) -> None:
+    """Add the engine commands to the `mifo` command."""
+    learn = sub.add_parser(
+        "learn",
+        help="learn one token per instance mask from one image",
+        description="Learn one token (<asset0>, <asset1>, ...) per instance mask from one image "
+        "and save the concept to a directory.",
+    )
+    learn.add_argument("image", help="the image (PNG or JPEG)")
+    learn.add_argument(
+        "masks",
+        nargs="+",
+        metavar="MASK",
+        help="one mask per instance, in order (PNG/JPEG; L, RGB or RGBA)",
+    )
+    learn.add_argument("--out", required=True, help="new directory to write the concept to")
+    _model_arg(
+        learn,
+        "base model: 'tiny' (random test model), 'sd21-random', a local diffusers directory, or HUB_ID[@REVISION]; default: $MIFO_BASE_MODEL, else SD 2.1 base",
+    )
+    learn.add_argument(
+        "--names", help="comma-separated instance names, one per mask (default asset0, asset1, ...)"
+    )
+    learn.add_argument(
+        "--init-words", help="comma-separated words to initialise each token from, e.g. car,dog"
+    )
+    learn.add_argument(
+        "--phase1-steps", type=int, help="token-learning steps, reward steps included (default 800; below 200 the first quarter are reward steps)"
+    )
+    learn.add_argument(
+        "--phase2-steps", type=int, help="fine-tune steps (default 400; 0 skips the fine-tune)"
+    )
+    learn.add_argument("--seed", type=int, help="random seed (default 0)")
+    _device_arg(learn)
+    learn.add_argument(
+        "--config", help="JSON file with any LearnConfig fields; the options above override it"
+    )
+    learn.set_defaults(func=_learn)
+
+    synth = sub.add_parser(
+        "synthesize",
+        help="generate images of a learned concept, one box per instance",
+        description="Generate images of a learned concept's instances; each --box pins one token to a region.",
+    )
+    synth.add_argument("concept", metavar="CONCEPT_DIR", help="directory written by `mifo learn`")
+    synth.add_argument(
+        "--prompt", required=True, help='e.g. "a photo of <asset0> and <asset1> at the beach"'
+    )
+    synth.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="TOKEN=x0,y0,x1,y1",
+        help="box of a token (or instance name) as fractions of width and height, repeatable",
+    )
+    synth.add_argument(
+        "--out", required=True, help="new directory for the images, previews and synthesis.json"
+    )
+    synth.add_argument("--num-images", type=int, help="images to generate (default 1)")
+    synth.add_argument(
+        "--seed", type=int, help="seed of the first image; the others use seed+1, ... (default 0)"
+    )
+    synth.add_argument("--steps", type=int, help="DDIM steps (default 50)")
+    synth.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance scale (default 7.5)"
+    )
+    synth.add_argument(
+        "--no-box-control",
+        action="store_true",
+        help="ignore the boxes' control (plain generation; boxes still drive the diagnostics)",
+    )
+    _model_arg(synth, "base model; default: the one the concept was learned on")
+    _device_arg(synth)
+    synth.add_argument(
+        "--config", help="JSON file with any SynthesisConfig fields; the options above override it"
+    )
+    synth.set_defaults(func=_synthesize)
+
+
+def _model_arg(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--model", help=text)
+
+
+def _device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to run (default auto: cuda if available)",
+    )
+
+
+def _learn(args: argparse.Namespace) -> int:
+    return _run(args, _do_learn)
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    return _run(args, _do_synthesize)
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        body(args)
+    except Cancelled:
+        sys.stderr.write(f"mifo {args.command}: interrupted; nothing was written\n")
+        return EXIT_CANCELED
+    except KeyboardInterrupt:
+        sys.stderr.write(f"mifo {args.command}: interrupted; nothing was written\n")
+        return EXIT_CANCELED
+    except MifoError as exc:
+        sys.stderr.write(f"mifo {args.command}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _overrides(pairs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",")]
+
+
+def _check_out(path: str) -> None:
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(
+            f"Output directory {out} already exists and is not empty.",
+            field="--out",
+            fix="choose a new directory",
+        )
+
+
+def _do_learn(args: argparse.Namespace) -> None:
+    from .learn import learn
+    from .models import DEFAULT_BASE_MODEL, load_base_model
+
+    base_cfg = LearnConfig.from_file(args.config) if args.config else LearnConfig()
+    values = base_cfg.to_dict()
+    values.update(
+        _overrides(
+            {
+                "phase1_steps": args.phase1_steps,
+                "phase2_steps": args.phase2_steps,
+                "seed": args.seed,
+            }
+        )
+    )
+    if args.init_words is not None:
+        values["init_words"] = _split(args.init_words)
+    if args.phase1_steps is not None and values["reward_steps"] > args.phase1_steps:
+        values["reward_steps"] = (
+            args.phase1_steps // 4
+        )  # keep the reward share of the paper's schedule
+    cfg = LearnConfig.from_mapping(values)
+    _check_out(args.out)
+    spec = args.model or getattr(args, "env_model", None) or DEFAULT_BASE_MODEL
+    base = load_base_model(spec, device=args.device)
+    with _Bars() as bars:
+        concept = learn(
+            base, args.image, args.masks, names=_split(args.names), config=cfg, progress=bars
+        )
+    concept.save(args.out)
+    for t in concept.tokens:
+        d = concept.diagnostics.get(t.token, {})
+        log.info(
+            "%s (%s): attention outside its mask %.1f%%, inside other instances %.1f%%",
+            t.token,
+            t.name,
+            100 * d.get("leakage_outside_mask", 0),
+            100 * d.get("leakage_into_other_instances", 0),
+        )
+    log.info("concept written to %s", args.out)
+
+
+def _do_synthesize(args: argparse.Namespace) -> None:
+    from .concept import Concept, read_metadata
+    from .models import load_base_model
+    from .synthesis import synthesize
+
+    meta = read_metadata(args.concept)
+    cfg_values = (
+        SynthesisConfig.from_file(args.config) if args.config else SynthesisConfig()
+    ).to_dict()
+    cfg_values.update(
+        _overrides(
+            {
+                "num_images": args.num_images,
+                "seed": args.seed,
+                "steps": args.steps,
+                "guidance_scale": args.guidance_scale,
+            }
+        )
+    )
+    if args.no_box_control:
+        cfg_values["box_control"] = False
+    if args.steps is not None and cfg_values["guidance_steps"] > args.steps:
+        cfg_values["guidance_steps"] = args.steps
+    cfg = SynthesisConfig.from_mapping(cfg_values)
+    boxes = dict(_parse_box(b) for b in args.box)
+    _check_out(args.out)
+    base = load_base_model(args.model or meta["base_model"]["spec"], device=args.device)
+    concept = Concept.load(args.concept)
+    with _Bars() as bars:
+        result = synthesize(base, concept, args.prompt, boxes, config=cfg, progress=bars)
+    result.save(args.out)
+    for k, (seed, diag) in enumerate(zip(result.seeds, result.diagnostics, strict=True)):
+        shares = ", ".join(f"{tok} {100 * v:.0f}% in box" for tok, v in diag.items())
+        log.info("image_%02d.png (seed %d)%s", k, seed, f": {shares}" if shares else "")
+    log.info("images written to %s", args.out)
+
+
+def _parse_box(text: str) -> tuple[str, list[float]]:
+    key, sep, coords = text.partition("=")
+    try:
+        values = [float(v) for v in coords.split(",")]
+    except ValueError:
+        values = []
+    if not sep or not key.strip() or len(values) != 4:
+        raise LayoutError(
+            f"--box {text!r} is not TOKEN=x0,y0,x1,y1.",
+            field="--box",
+            fix='write e.g. --box "<asset0>=0.05,0.30,0.45,0.80"',
+        )
+    return key.strip(), values
+
+
+class _Bars:
+    """One progress bar per phase on stderr."""
+
+    def __enter__(self) -> _Bars:
+        self.bar: Any = None
+        self.phase: str | None = None
+        return self
+
+    def __call__(self, p: Any) -> None:
+        from tqdm import tqdm
+
+        if p.phase != self.phase:
+            if self.bar is not None:
+                self.bar.close()
+            self.phase = p.phase
+            self.bar = tqdm(total=p.total, desc=p.phase, unit="step", file=sys.stderr, leave=True)
+        self.bar.n = p.step
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in p.losses.items()}, refresh=False)
+        self.bar.refresh()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
