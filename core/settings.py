@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         None, description="file:///path or s3://bucket/prefix; default data_dir/objects."
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO...).")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint clients reach for presigned downloads, if not the one above."
+    )
     s3_region: str = "us-east-1"
     presign_seconds: int = Field(3600, ge=60, description="Lifetime of download URLs (S3).")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="'tiny', a path or hub-id@revision.")

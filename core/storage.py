@@ -103,14 +103,18 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.presign_seconds = settings.presign_seconds
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, signature_version="s3v4")
         self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"}, signature_version="s3v4"
-            ),
-        )
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+            config=config,
+        )  # fmt: skip
+        # Inside a compose network the store is http://minio:9000; clients need a public name.
+        self.signer = self.client
+        if settings.s3_public_endpoint_url:
+            self.signer = boto3.client(
+                "s3", endpoint_url=settings.s3_public_endpoint_url,
+                region_name=settings.s3_region, config=config,
+            )  # fmt: skip
 
     def _key(self, key: str) -> str:
         return self.prefix + _clean(key)
@@ -152,7 +156,7 @@ class S3Storage:
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
     def presigned_url(self, key: str) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=self.presign_seconds,
