@@ -1,0 +1,1 @@
+"""Shared test fixtures: synthetic images and masks built in code."""
