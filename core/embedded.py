@@ -6,10 +6,13 @@ transport as the broker. Settings given in the environment still win.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
 log = logging.getLogger("mifo")
 
@@ -36,8 +39,13 @@ def serve(host: str, port: int) -> int:
     )  # fmt: skip
     env = {**os.environ, "MIFO_DATA_DIR": str(settings.data_dir.resolve())}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "mifo_cli", "worker", "--pool", "solo"], env=env
+        [sys.executable, "-m", "mifo_cli", "worker", "--pool", "solo"],
+        env=env,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
     )
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; without a handler of our
+    # own that would end this process before the worker is stopped.
+    signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.run("api.main:app_factory", factory=True, host=host, port=port)
     finally:
@@ -47,3 +55,12 @@ def serve(host: str, port: int) -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
     return 0
+
+
+def _exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the worker child (Linux): receive SIGTERM when `mifo serve` dies, even by SIGKILL."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
