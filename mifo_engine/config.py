@@ -97,27 +97,27 @@ class LearnConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _require(self.phase1_steps >= 0, "phase1_steps", "must be >= 0")
-        _require(self.phase2_steps >= 0, "phase2_steps", "must be >= 0")
-        _require(self.reward_steps >= 0, "reward_steps", "must be >= 0")
+        _require(self.phase1_steps >= 0, "phase1_steps", ">= 0")
+        _require(self.phase2_steps >= 0, "phase2_steps", ">= 0")
+        _require(self.reward_steps >= 0, "reward_steps", ">= 0")
         _require(
-            0 <= self.t_attn <= self.train_timesteps, "t_attn", "must lie in [0, train_timesteps]"
+            0 <= self.t_attn <= self.train_timesteps, "t_attn", "in [0, train_timesteps]"
         )
-        _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must lie in [0, 1]")
-        _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "must lie in (0, 1)")
-        _require(self.max_instances >= 1, "max_instances", "must be >= 1")
-        _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "must lie in [0, 1)")
-        _require(self.lr > 0, "lr", "must be > 0")
-        _require(self.lora_rank >= 1, "lora_rank", "must be >= 1")
+        _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "in [0, 1]")
+        _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "in (0, 1)")
+        _require(self.max_instances >= 1, "max_instances", ">= 1")
+        _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "in [0, 1)")
+        _require(self.lr > 0, "lr", "> 0")
+        _require(self.lora_rank >= 1, "lora_rank", ">= 1")
         _require(
             not self.prior_preservation or bool(self.class_prompt),
             "class_prompt",
-            "set class_prompt (e.g. 'a photo of a toy') when prior_preservation is on",
+            "a class description such as 'a photo of a toy' when prior_preservation is on",
         )
         _require(
             self.resolution is None or self.resolution % 8 == 0,
             "resolution",
-            "must be a multiple of 8",
+            "a multiple of 8",
         )
 
     # The attention loss schedule of section 2.4: reward first, penalty afterwards.
@@ -196,17 +196,17 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _require(self.steps >= 1, "steps", "must be >= 1")
-        _require(self.num_images >= 1, "num_images", "must be >= 1")
-        _require(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1.0")
-        _require(0 <= self.guidance_steps <= self.steps, "guidance_steps", "must lie in [0, steps]")
-        _require(self.max_guidance_iters >= 1, "max_guidance_iters", "must be >= 1")
-        _require(self.num_clusters >= 1, "num_clusters", "must be >= 1")
-        _require(self.refine_every >= 1, "refine_every", "must be >= 1")
+        _require(self.steps >= 1, "steps", ">= 1")
+        _require(self.num_images >= 1, "num_images", ">= 1")
+        _require(self.guidance_scale >= 1.0, "guidance_scale", ">= 1.0")
+        _require(self.guidance_steps >= 0, "guidance_steps", ">= 0")
+        _require(self.max_guidance_iters >= 1, "max_guidance_iters", ">= 1")
+        _require(self.num_clusters >= 1, "num_clusters", ">= 1")
+        _require(self.refine_every >= 1, "refine_every", ">= 1")
         _require(
             self.seeds is None or len(self.seeds) == self.num_images,
             "seeds",
-            "give exactly num_images seeds, or none to use seed, seed+1, ...",
+            "a list of exactly num_images seeds, or null to use seed, seed+1, ...",
         )
 
     def image_seeds(self) -> list[int]:

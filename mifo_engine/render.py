@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 _RAMP = np.array(
     [[0, 0, 80], [0, 90, 200], [0, 200, 200], [250, 230, 0], [230, 30, 0]], dtype=np.float32
 )
+MIN_PREVIEW_SIDE = 256
 PALETTE = (
     (230, 60, 60),
     (40, 120, 230),
@@ -43,8 +44,13 @@ def heat_map(attention: torch.Tensor, image: Image.Image, *, opacity: float = 0.
 def layout_preview(
     image: Image.Image, boxes: Mapping[str, Sequence[float]], labels: Mapping[str, str]
 ) -> Image.Image:
-    """Draw each box (normalised coordinates) and its label on a copy of `image`."""
-    out = image.convert("RGB").copy()
+    """Draw each box (normalised coordinates) and its label on a copy of `image`.
+
+    Small images are enlarged first (nearest neighbour) so that labels stay readable.
+    """
+    out = image.convert("RGB")
+    scale = max(1, -(-MIN_PREVIEW_SIDE // min(out.size)))
+    out = out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST) if scale > 1 else out.copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     width = max(1, round(min(out.size) / 128))

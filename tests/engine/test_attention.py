@@ -1,0 +1,139 @@
+"""Layer selection by place and resolution, and processor installation."""
+
+import pytest
+import torch
+
+from mifo_engine.attention import (
+    CaptureController,
+    installed_processors,
+    select_layers,
+    unet_attention_layers,
+)
+from mifo_engine.config import LearnConfig, SynthesisConfig
+from mifo_engine.models import build_unet_on_meta, sd21_unet_config
+
+
+@pytest.fixture(scope="module")
+def sd21_layers():
+    unet = build_unet_on_meta(sd21_unet_config())
+    assert next(unet.parameters()).device.type == "meta"
+    return unet_attention_layers(unet.attn_processors, unet.config, latent_size=64)
+
+
+def test_sd21_has_16_cross_attention_layers_at_the_expected_resolutions(sd21_layers):
+    cross = [lay for lay in sd21_layers if lay.kind == "cross"]
+    assert len(cross) == 16
+    by_place = {}
+    for lay in cross:
+        by_place.setdefault(lay.place, []).append(lay.resolution)
+    assert sorted(by_place["down"]) == [16, 16, 32, 32, 64, 64]
+    assert by_place["mid"] == [8]
+    assert sorted(by_place["up"]) == [16, 16, 16, 32, 32, 32, 64, 64, 64]
+
+
+def test_sd21_learning_loss_layers_are_the_six_decoder_layers_at_16_and_32(sd21_layers):
+    cfg = LearnConfig()
+    chosen = select_layers(
+        sd21_layers,
+        kind="cross",
+        places=[cfg.attn_loss_place],
+        resolutions=cfg.attn_loss_resolutions,
+        latent_size=64,
+    )
+    assert len(chosen) == 6
+    assert {lay.name.split(".attentions")[0] for lay in chosen} == {"up_blocks.1", "up_blocks.2"}
+    assert all(lay.name.endswith("attn2.processor") for lay in chosen)
+    assert sorted(lay.resolution for lay in chosen) == [16, 16, 16, 32, 32, 32]
+
+
+def test_sd21_phase2_and_synthesis_layers(sd21_layers):
+    cfg = LearnConfig()
+    phase2 = select_layers(
+        sd21_layers,
+        kind="cross",
+        places=cfg.phase2_attn_places,
+        resolutions=cfg.phase2_attn_resolutions,
+        latent_size=64,
+    )
+    assert (
+        sorted(lay.name.split(".attentions")[0] for lay in phase2)
+        == ["down_blocks.2"] * 2 + ["up_blocks.1"] * 3
+    )
+    s = SynthesisConfig()
+    loss = [
+        lay
+        for place, res in s.loss_layers
+        for lay in select_layers(
+            sd21_layers,
+            kind="self",
+            places=[place],
+            resolutions=[res],
+            latent_size=64,
+            first_block_only=True,
+        )
+    ]
+    assert {lay.name.split(".attentions")[0] for lay in loss} == {"mid_block", "up_blocks.1"}
+
+
+def test_same_config_selects_the_same_places_on_the_tiny_model(tiny_base):
+    cfg = LearnConfig()
+    layers = unet_attention_layers(
+        tiny_base.unet.attn_processors, tiny_base.unet.config, tiny_base.latent_size
+    )
+    chosen = select_layers(
+        layers,
+        kind="cross",
+        places=[cfg.attn_loss_place],
+        resolutions=cfg.attn_loss_resolutions,
+        latent_size=tiny_base.latent_size,
+    )
+    assert {lay.name.split(".attentions")[0] for lay in chosen} == {"up_blocks.1", "up_blocks.2"}
+    assert {lay.resolution for lay in chosen} == {
+        tiny_base.latent_size // 4,
+        tiny_base.latent_size // 2,
+    }
+
+
+def test_processors_restored_on_exit_and_on_error(tiny_base):
+    unet = tiny_base.unet
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    layers = unet_attention_layers(unet.attn_processors, unet.config, tiny_base.latent_size)
+    capture = CaptureController(layers[:3])
+    with installed_processors(unet, capture.processors()):
+        assert type(unet.attn_processors[layers[0].name]).__name__ == "MifoAttnProcessor"
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    with pytest.raises(RuntimeError), installed_processors(unet, capture.processors()):
+        raise RuntimeError("boom")
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+
+
+def test_capture_matches_fused_attention_and_only_when_active(tiny_base):
+    unet = tiny_base.unet
+    layers = unet_attention_layers(unet.attn_processors, unet.config, tiny_base.latent_size)
+    cross = [lay for lay in layers if lay.kind == "cross"]
+    capture = CaptureController(cross)
+    capture.select([cross[0].name])
+    z = torch.randn(
+        1,
+        4,
+        tiny_base.latent_size,
+        tiny_base.latent_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    text = torch.randn(
+        1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        reference = unet(z, 10, encoder_hidden_states=text).sample
+        with installed_processors(unet, capture.processors()):
+            capture.reset(False)
+            off = unet(z, 10, encoder_hidden_states=text).sample
+            assert capture.maps == {}
+            capture.reset(True)
+            on = unet(z, 10, encoder_hidden_states=text).sample
+    assert torch.allclose(off, reference, atol=1e-5)
+    assert torch.allclose(on, reference, atol=1e-5)
+    assert list(capture.maps) == [cross[0].name]
+    maps = capture.maps[cross[0].name]
+    assert maps.shape == (1, cross[0].resolution ** 2, 77)
+    assert torch.allclose(maps.sum(-1), torch.ones(1, cross[0].resolution ** 2), atol=1e-5)
