@@ -38,7 +38,7 @@ def create_synthesis(
     """Validate the prompt and boxes against the concept and queue a synthesis job (202).
 
     Box keys may be tokens (`<asset0>`) or the instance names given at learning time."""
-    config = _config(body)
+    config = _config(body)  # 422 before any lookup
     concept = session.get(Concept, concept_id)
     if concept is None:
         raise not_found("concept", concept_id)
@@ -60,7 +60,7 @@ def create_synthesis(
     params = {
         "prompt": layout.prompt,
         "boxes": {s.token: list(s.box) for s in layout.subjects},
-        "config": {f: getattr(config, f) for f in (*body.options, *FIELDS, "guidance_steps")},
+        "config": _values(body),  # only what the client set: engine defaults fill the rest
         "seeds": config.image_seeds(),
     }
     job = jobs.create_job(session, kind="synthesize", concept_id=concept.id, params=params)
@@ -86,11 +86,12 @@ def _config(body: SynthesisCreate) -> SynthesisConfig:
             422, "invalid_config", "Invalid option", f"options repeats {clash[0]}.",
             field=f"options.{clash[0]}", fix=f"set {clash[0]} at the top level of the body",
         )  # fmt: skip
-    values = {**body.options, **{f: getattr(body, f) for f in FIELDS}}
-    # Few steps (a quick look): guide all of them unless the client chose otherwise.
-    values.setdefault("guidance_steps", min(SynthesisConfig.guidance_steps, body.steps))
     try:
-        return SynthesisConfig.from_mapping(values)
+        return SynthesisConfig.from_mapping(_values(body))
     except MifoError as exc:
         prefix = "" if exc.field in FIELDS else "options."
         raise from_engine(exc, prefix=prefix) from exc
+
+
+def _values(body: SynthesisCreate) -> dict[str, object]:
+    return {**body.options, **{f: getattr(body, f) for f in FIELDS}}
