@@ -160,3 +160,41 @@ def test_options_round_trip_as_json(client: TestClient) -> None:
     opts = {"phase1_steps": 2, "phase2_steps": 1, "init_words": ["box", "disc"]}
     body = _post(client, image, masks, options=json.dumps(opts)).json()
     assert body["job"]["request"] == {"options": opts}
+
+
+def test_files_over_the_limit_are_413(settings: Settings, session: Session) -> None:
+    from api.main import create_app
+
+    image, masks = scene()
+    small = settings.model_copy(update={"max_upload_bytes": len(image) - 1})
+    with TestClient(create_app(small)) as client:
+        r = _post(client, image, masks)
+    assert (r.status_code, r.json()["field"]) == (413, "image")
+    _nothing_stored(session, settings)
+
+
+def test_broker_down_is_503_and_nothing_stays(settings: Settings, session: Session) -> None:
+    from api.main import create_app
+
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    image, masks = scene()
+    with TestClient(create_app(down)) as client:
+        r = _post(client, image, masks)
+    assert r.status_code == 503 and r.json()["type"].endswith("/broker_unavailable")
+    assert r.headers["retry-after"]
+    _nothing_stored(session, settings)
+
+
+def test_storage_failure_is_503_and_nothing_stays(
+    settings: Settings, session: Session, tmp_path: Path
+) -> None:
+    from api.main import create_app
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    broken = settings.model_copy(update={"storage_url": blocker.as_uri()})
+    image, masks = scene()
+    with TestClient(create_app(broken)) as client:
+        r = _post(client, image, masks)
+    assert r.status_code == 503 and r.json()["type"].endswith("/storage_unavailable")
+    _nothing_stored(session, settings)

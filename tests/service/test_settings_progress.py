@@ -1,0 +1,125 @@
+"""Settings defaults and validation; the progress reporter's fraction, ETA and throttle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import Settings
+from mifo_engine.config import LearnConfig
+from mifo_engine.models import DEFAULT_BASE_MODEL
+from worker.progress import ProgressReporter, learn_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_embedded_mode_under_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIFO_DATA_DIR", str(tmp_path))
+    s = Settings()
+    assert s.database_url == f"sqlite:///{tmp_path}/mifo.db"
+    assert s.storage_url == (tmp_path / "objects").as_uri()
+    assert s.broker_url == "filesystem://" and s.events_url is None
+    assert s.base_model == DEFAULT_BASE_MODEL
+
+
+def test_redis_broker_also_carries_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIFO_BROKER_URL", "redis://r:6379/0")
+    assert Settings().events_url == "redis://r:6379/0"
+
+
+def test_bad_storage_url_names_the_setting() -> None:
+    with pytest.raises(ValidationError, match="storage_url"):
+        Settings(storage_url="ftp://x")
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(progress_interval=1.0)
+        self.writes: list[dict[str, Any]] = []
+        self.sessions = None
+        self.publisher = SimpleNamespace(publish=lambda job_id: None)
+
+
+def _reporter(plan: Any, clock: list[float], monkeypatch: pytest.MonkeyPatch) -> Any:
+    ctx = _Ctx()
+    import worker.progress as progress
+
+    monkeypatch.setattr(progress, "session_scope", lambda sessions: _NullScope())
+    monkeypatch.setattr(
+        progress.jobs, "record_progress", lambda session, **kw: ctx.writes.append(kw) or True
+    )
+    reporter = ProgressReporter(ctx, uuid.uuid4(), plan, clock=lambda: clock[0])  # type: ignore[arg-type]
+    return reporter, ctx
+
+
+class _NullScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_fraction_spans_the_phases_and_writes_are_throttled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = learn_plan(LearnConfig(phase1_steps=6, phase2_steps=2, diagnostic_timesteps=(1, 2)))
+    assert plan == [("phase1", 6), ("phase2", 2), ("diagnostics", 2)]
+    clock = [0.0]
+    reporter, ctx = _reporter(plan, clock, monkeypatch)
+    for step in range(7):  # phase1: 0.1 s per step; only the first and the last are written
+        clock[0] = step * 0.1
+        assert reporter(SimpleNamespace(phase="phase1", step=step, total=6)) is True
+    assert [w["step"] for w in ctx.writes] == [0, 6]
+    last = ctx.writes[-1]
+    assert last["fraction"] == pytest.approx(0.6)
+    assert last["eta_seconds"] == pytest.approx(0.6 * 0.4 / 0.6)  # elapsed * rest / done
+    clock[0] = 2.0
+    reporter(SimpleNamespace(phase="diagnostics", step=1, total=2))
+    assert ctx.writes[-1]["fraction"] == pytest.approx(0.9)
+
+
+def test_unplanned_phase_uses_its_own_fraction(monkeypatch: pytest.MonkeyPatch) -> None:
+    reporter, ctx = _reporter((), [5.0], monkeypatch)
+    reporter(SimpleNamespace(phase="synthesis", step=5, total=20))
+    assert ctx.writes[-1]["fraction"] == 0.25 and ctx.writes[-1]["eta_seconds"] == 0.0
+
+
+def test_api_never_imports_torch(tmp_path: Path) -> None:
+    code = f"""
+import sys, uuid
+from core.models import Concept
+from tests.service.factories import concept_meta
+from fastapi.testclient import TestClient
+from api.main import create_app
+from core.db import upgrade
+from core.settings import Settings
+from tests.helpers.images import encode, make_scene
+s = Settings(data_dir={str(tmp_path)!r}, broker_url="memory://", base_model="tiny")
+upgrade(s.db_url)
+image, masks = make_scene()
+with TestClient(create_app(s)) as c:
+    files = [("image", ("s.png", encode(image)))] + [("masks", ("m.png", encode(m))) for m in masks]
+    assert c.post("/v1/concepts", files=files).status_code == 202
+    assert c.post("/v1/concepts", files=files[:2]).status_code == 202
+    cid = c.get("/v1/concepts").json()["data"][0]["id"]
+    assert c.post(f"/v1/concepts/{{cid}}/syntheses", json={{"prompt": "x", "boxes": {{}}}}).status_code == 409
+    with c.app.state.mifo.sessions() as db:
+        row = db.get(Concept, uuid.UUID(cid))
+        row.status, row.meta = "ready", concept_meta(["a", "b"])
+        db.commit()
+    body = {{"prompt": "a photo of <asset0>", "boxes": {{"<asset0>": [0.1, 0.1, 0.6, 0.6]}}}}
+    assert c.post(f"/v1/concepts/{{cid}}/syntheses", json=body).status_code == 202
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
