@@ -38,9 +38,9 @@ class JobCollector:
             "mifo_queue_depth", "Messages waiting in each broker queue.", labels=["queue"]
         )
         for queue in QUEUES:
-            n = queue_depth(self.state.celery, queue)
-            if n is not None:
-                depth.add_metric([queue], n)
+            waiting = queue_depth(self.state.celery, queue)
+            if waiting is not None:
+                depth.add_metric([queue], waiting)
         yield depth
 
         hist = HistogramMetricFamily(

@@ -144,7 +144,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-PROBLEM_RESPONSE = {
+PROBLEM_RESPONSE: dict[str, Any] = {
     "description": "Problem details (RFC 9457)",
     "content": {
         MEDIA_TYPE: {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
@@ -23,7 +23,7 @@ from worker.app import TASK_LEARN
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE, 413: PROBLEM_RESPONSE,
     422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE,
 }  # fmt: skip

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from api.deps import SessionDep, StateDep, StorageDep
 from api.events import job_stream
@@ -18,7 +18,11 @@ from core import jobs
 from core.models import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE, 422: PROBLEM_RESPONSE}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: PROBLEM_RESPONSE,
+    409: PROBLEM_RESPONSE,
+    422: PROBLEM_RESPONSE,
+}
 
 
 def load_job(session: SessionDep, job_id: uuid.UUID) -> Job:
@@ -40,7 +44,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by status, kind and concept."""
-    where = []
+    where: list[ColumnElement[bool]] = []
     if status:
         where.append(Job.status.in_(status))
     if kind:

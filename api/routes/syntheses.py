@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -17,7 +18,7 @@ from mifo_engine.errors import MifoError
 from worker.app import TASK_SYNTHESIZE
 
 router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: PROBLEM_RESPONSE,
     409: PROBLEM_RESPONSE,
     422: PROBLEM_RESPONSE,
