@@ -21,6 +21,8 @@ from .errors import ConfigError
 AttnLoss = Literal["none", "reward", "penalty", "reward_then_penalty"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Phase2Mode = Literal["lora", "full"]
+Switch = Literal["auto", "on", "off"]
+Optimizer = Literal["auto", "adamw", "adamw_fused", "adamw_8bit"]
 Place = Literal["down", "mid", "up"]
 
 # Words hidden from every pixel in bounded cross-attention: articles, prepositions,
@@ -91,8 +93,12 @@ class LearnConfig:
     # --- diagnostics (section 6)
     diagnostic_timesteps: tuple[int, ...] = (100, 250, 400)
     # --- execution
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = True
+    precision: Precision = (
+        "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp16 adds loss scaling
+    )
+    gradient_checkpointing: Switch = "auto"  # auto: on for CUDA (memory), off on CPU (speed)
+    optimizer: Optimizer = "auto"  # auto: fused AdamW on CUDA; adamw_8bit needs bitsandbytes
+    phase2_train_text_encoder: bool = True  # off: text encoder frozen, its outputs cached
     tf32: bool = True
 
     def __post_init__(self) -> None:
@@ -100,9 +106,7 @@ class LearnConfig:
         _require(self.phase1_steps >= 0, "phase1_steps", ">= 0")
         _require(self.phase2_steps >= 0, "phase2_steps", ">= 0")
         _require(self.reward_steps >= 0, "reward_steps", ">= 0")
-        _require(
-            0 <= self.t_attn <= self.train_timesteps, "t_attn", "in [0, train_timesteps]"
-        )
+        _require(0 <= self.t_attn <= self.train_timesteps, "t_attn", "in [0, train_timesteps]")
         _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "in [0, 1]")
         _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "in (0, 1)")
         _require(self.max_instances >= 1, "max_instances", ">= 1")

@@ -39,7 +39,18 @@ from .patching import (
     training_state,
 )
 from .render import heat_map
-from .runtime import Progress, ProgressFn, autocast, configure_backends, report, versions
+from .runtime import (
+    LazyLosses,
+    Progress,
+    ProgressFn,
+    autocast,
+    autocast_dtype,
+    configure_backends,
+    make_optimizer,
+    report,
+    use_gradient_checkpointing,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 TOKEN_EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
@@ -88,8 +99,8 @@ def learn(
                     )
                 )
                 run.phase2(
-                    list(lora_parameters(base.unet).values())
-                    + list(lora_parameters(base.text_encoder).values()),
+                    list(lora_parameters(base.unet).values()),
+                    list(lora_parameters(base.text_encoder).values()),
                     latents,
                 )
                 unet_w = _cpu(lora_parameters(base.unet))
@@ -98,7 +109,8 @@ def learn(
                 stack.enter_context(preserved_weights(base.unet))
                 stack.enter_context(preserved_weights(base.text_encoder))
                 run.phase2(
-                    list(base.unet.parameters()) + _text_params_without_table(base.text_encoder),
+                    list(base.unet.parameters()),
+                    _text_params_without_table(base.text_encoder),
                     latents,
                 )
                 unet_w = _cpu(base.unet.state_dict())
@@ -192,6 +204,9 @@ class _Run:
             self.phase1_layers + self.phase2_layers + self.decoder_layers
         )
         self.image_rgb = inputs.image_rgb
+        self._prompts: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
+        self._text_cache: dict[tuple[int, ...], torch.Tensor] | None = None  # set while frozen
+        self.precision = cfg.precision
         self._encode(inputs, latent)
 
     # --- cached inputs (METHOD 1: the VAE posterior once per flip state)
@@ -211,6 +226,12 @@ class _Run:
         self.masks_full = inputs.masks
 
     def _prompt(self, subset: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+        key = tuple(subset)
+        if key not in self._prompts:
+            self._prompts[key] = self._tokenize(key)
+        return self._prompts[key]
+
+    def _tokenize(self, subset: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
         text = f"{self.cfg.prompt_prefix} " + " and ".join(self.tokens[i] for i in subset)
         ids = self.tokenizer(
             text,
@@ -222,6 +243,16 @@ class _Run:
         row = ids[0].tolist()
         positions = [row.index(self.token_ids[i]) for i in subset]
         return ids.to(self.device), positions
+
+    def _text(self, ids: torch.Tensor, subset: tuple[int, ...]) -> torch.Tensor:
+        """Text encoder outputs; cached per prompt while the text encoder is frozen."""
+        if self._text_cache is None:
+            return self.base.text_encoder(ids)[0]
+        key = subset if ids.shape[0] == 1 else (*subset, -1)  # -1: with the class prompt
+        if key not in self._text_cache:
+            with torch.no_grad():
+                self._text_cache[key] = self.base.text_encoder(ids)[0]
+        return self._text_cache[key]
 
     def _draw(self) -> _Sample:
         k = (
@@ -264,7 +295,7 @@ class _Run:
         self.capture.reset(active)
         self.capture.select([lay.name for lay in layers])
         with autocast(self.device, cfg.precision):
-            cond = self.base.text_encoder(ids)[0]
+            cond = self._text(ids, s.subset)
             pred = self.base.unet(zt, t, encoder_hidden_states=cond).sample
         union = self.latent_masks[s.flip, list(s.subset)].amax(dim=0)
         out = {"rec": cfg.lambda_rec * masked_reconstruction_loss(target[:1], pred[:1], union)}
@@ -292,27 +323,30 @@ class _Run:
     ) -> None:
         table = self.base.text_encoder.get_input_embeddings().weight
         frozen_rows = table[: self.n_vocab].detach().clone()
+        # fp16 needs loss scaling to keep small gradients; bf16 and fp32 do not
+        fp16 = autocast_dtype(self.device, self.cfg.precision) == torch.float16
+        scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         report(self.progress, Progress(phase, 0, steps))
         for step in range(steps):
             losses = step_fn(step)
-            total = sum(losses.values())
-            total.backward()  # type: ignore[union-attr]
+            total = torch.stack(list(losses.values())).sum()
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 table[: self.n_vocab] = frozen_rows  # only the new tokens may move
-            if self.progress is not None:
-                report(
-                    self.progress,
-                    Progress(phase, step + 1, steps, {k: float(v.detach()) for k, v in losses.items()}),
-                )
+            report(self.progress, Progress(phase, step + 1, steps, LazyLosses(losses)))
 
     @contextlib.contextmanager
-    def _training(self, checkpointing: bool) -> Iterator[None]:
+    def _training(self) -> Iterator[None]:
         unet = self.base.unet
-        use = checkpointing and getattr(unet, "_supports_gradient_checkpointing", False)
+        use = use_gradient_checkpointing(self.device, self.cfg.gradient_checkpointing) and getattr(
+            unet, "_supports_gradient_checkpointing", False
+        )
         if use:
             unet.enable_gradient_checkpointing()
             unet.train()
@@ -334,9 +368,10 @@ class _Run:
             p.requires_grad_(False)
         table = self.base.text_encoder.get_input_embeddings().weight
         table.requires_grad_(True)
-        opt = torch.optim.AdamW(
-            [table],
-            lr=cfg.lr,
+        opt = make_optimizer(
+            [{"params": [table], "lr": cfg.lr}],
+            self.device,
+            cfg.optimizer,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             weight_decay=cfg.weight_decay,
         )
@@ -353,21 +388,39 @@ class _Run:
             lam = cfg.lambda_reward if term == "reward" else cfg.lambda_penalty
             return self._losses(self._draw(), self.phase1_layers, term, lam, None)
 
-        with self._training(cfg.gradient_checkpointing and self.device.type == "cuda"):
+        with self._training():
             self._train("phase1", cfg.phase1_steps, [table], opt, sched, step_fn)
         table.requires_grad_(False)
 
-    def phase2(self, params: list[torch.nn.Parameter], class_latents: torch.Tensor | None) -> None:
-        """Fine-tune adapters (or the whole UNet and text encoder) with the penalty term."""
+    def phase2(
+        self,
+        unet_params: list[torch.nn.Parameter],
+        text_params: list[torch.nn.Parameter],
+        class_latents: torch.Tensor | None,
+    ) -> None:
+        """Fine-tune adapters (or the whole UNet and text encoder) with the penalty term.
+
+        The new token rows keep training at the full fine-tune rate; with the text encoder
+        frozen they stay as phase 1 left them and its outputs are computed once per prompt.
+        """
         cfg = self.cfg
-        table = self.base.text_encoder.get_input_embeddings().weight
         lr = cfg.phase2_lora_lr if cfg.phase2_mode == "lora" else cfg.phase2_lr
+        params = list(unet_params)
+        groups: list[dict[str, Any]] = [{"params": params, "lr": lr}]
+        if cfg.phase2_train_text_encoder:
+            table = self.base.text_encoder.get_input_embeddings().weight
+            params += [*text_params, table]
+            groups = [{"params": params[:-1], "lr": lr}, {"params": [table], "lr": cfg.phase2_lr}]
+        else:
+            self._text_cache = {}
         for p in params:
             p.requires_grad_(True)
-        table.requires_grad_(True)
-        groups = [{"params": params, "lr": lr}, {"params": [table], "lr": cfg.phase2_lr}]
-        opt = torch.optim.AdamW(
-            groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        opt = make_optimizer(
+            groups,
+            self.device,
+            cfg.optimizer,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
         )
         sched = get_scheduler("constant", opt)
         term = "none" if cfg.attn_loss == "none" else "penalty"
@@ -378,9 +431,12 @@ class _Run:
                 self._draw(), self.phase2_layers, term, cfg.phase2_lambda_penalty, latent
             )
 
-        with self._training(cfg.gradient_checkpointing):
-            self._train("phase2", cfg.phase2_steps, [*params, table], opt, sched, step_fn)
-        for p in (*params, table):
+        try:
+            with self._training():
+                self._train("phase2", cfg.phase2_steps, params, opt, sched, step_fn)
+        finally:
+            self._text_cache = None
+        for p in params:
             p.requires_grad_(False)
 
     @torch.no_grad()

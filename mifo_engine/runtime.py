@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import torch
 
-from .errors import Cancelled
+from .errors import Cancelled, ConfigError
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,29 @@ class Progress:
     step: int  # steps done in this phase
     total: int  # steps of this phase
     losses: Mapping[str, float] = field(default_factory=dict)
+
+
+class LazyLosses(Mapping[str, float]):
+    """Loss values read from the device only when a callback looks at them.
+
+    Reading a GPU tensor waits for the device; a callback that only counts steps, or logs
+    once a second, then costs no synchronisation on the other steps.
+    """
+
+    def __init__(self, tensors: Mapping[str, Any]):
+        self._tensors = dict(tensors)
+        self._values: dict[str, float] = {}
+
+    def __getitem__(self, key: str) -> float:
+        if key not in self._values:
+            self._values[key] = float(self._tensors[key].detach())
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 ProgressFn = Callable[[Progress], bool | None]
@@ -49,6 +72,40 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_gradient_checkpointing(device: torch.device, setting: str) -> bool:
+    """auto: recompute activations on CUDA to save memory; on CPU speed matters more."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def make_optimizer(
+    groups: list[dict[str, Any]],
+    device: torch.device,
+    kind: str,
+    *,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """AdamW: fused on CUDA when `auto`, 8-bit through bitsandbytes when asked for."""
+    if kind == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ConfigError(
+                "optimizer 'adamw_8bit' needs the bitsandbytes package.",
+                field="optimizer",
+                fix="pip install bitsandbytes, or use 'auto'",
+            ) from exc
+        return bnb.optim.AdamW8bit(groups, betas=betas, weight_decay=weight_decay)
+    fused = kind == "adamw_fused" or (kind == "auto" and device.type == "cuda")
+    if fused and device.type != "cuda":
+        raise ConfigError(
+            "optimizer 'adamw_fused' needs a CUDA device.",
+            field="optimizer",
+            fix="use 'auto' or 'adamw' on CPU",
+        )
+    return torch.optim.AdamW(groups, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
 def configure_backends(device: torch.device, tf32: bool) -> None:

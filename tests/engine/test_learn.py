@@ -251,3 +251,29 @@ def test_prior_preservation_needs_a_class_prompt():
     with pytest.raises(ConfigError) as err:
         LearnConfig(prior_preservation=True)
     assert err.value.field == "class_prompt"
+
+
+def test_execution_options_on_cpu(tiny_base, scene):
+    cfg = FAST_LEARN.replace(phase1_steps=2, reward_steps=1, phase2_steps=2)
+    # recomputation and bf16 autocast both run on CPU too
+    learn(tiny_base, *scene, config=cfg.replace(gradient_checkpointing="on", precision="bf16"))
+    with pytest.raises(ConfigError) as err:
+        learn(tiny_base, *scene, config=cfg.replace(optimizer="adamw_fused"))
+    assert err.value.field == "optimizer"
+
+
+def test_frozen_text_encoder_in_phase2(tiny_base, scene):
+    cfg = FAST_LEARN.replace(
+        phase1_steps=2, reward_steps=1, phase2_steps=2, phase2_train_text_encoder=False
+    )
+    rows = []
+
+    def watch(p):
+        if p.phase in ("phase1", "phase2") and p.step == p.total:
+            rows.append(_table(tiny_base)[-2:].detach().clone())
+
+    concept = learn(tiny_base, *scene, config=cfg, progress=watch)
+    assert torch.equal(rows[0], rows[1])  # phase 2 left the tokens alone
+    lora_b = [v for k, v in concept.text_encoder_weights.items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)
+    assert any(torch.count_nonzero(v) for k, v in concept.unet_weights.items() if "lora_B" in k)
