@@ -24,7 +24,7 @@ _LAZY = {
     "BaseModel": "models",
     "load_base_model": "models",
     "DEFAULT_BASE_MODEL": "models",
-    "learn": "learn",
+    "learn": "learning",
     "Concept": "concept",
     "Progress": "runtime",
     "synthesize": "synthesis",

@@ -14,6 +14,7 @@ from .errors import Cancelled, ConfigError, LayoutError, MifoError
 log = logging.getLogger("mifo")
 EXIT_BAD_INPUT = 2
 EXIT_CANCELED = 130
+PREVIEW_RESOLUTION = 512  # for checking files before the model (and its size) is loaded
 
 
 def register(sub: Any) -> None:
@@ -117,7 +118,13 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Messages for the person at the terminal go to the stderr of this call (not a global
+    # logging set-up, which an embedding program may own).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("mifo", "mifo_engine"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         body(args)
     except Cancelled:
@@ -129,6 +136,9 @@ def _run(args: argparse.Namespace, body: Any) -> int:
     except MifoError as exc:
         sys.stderr.write(f"mifo {args.command}: error: {' '.join(str(exc).split())}\n")
         return EXIT_BAD_INPUT
+    finally:
+        for name in ("mifo", "mifo_engine"):
+            logging.getLogger(name).removeHandler(handler)
     return 0
 
 
@@ -144,14 +154,15 @@ def _check_out(path: str) -> None:
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
-            f"Output directory {out} already exists and is not empty.",
+            f"--out {out} already exists and is not empty.",
             field="--out",
             fix="choose a new directory",
         )
 
 
 def _do_learn(args: argparse.Namespace) -> None:
-    from .learn import learn
+    from .inputs import check_inputs
+    from .learning import learn
     from .models import DEFAULT_BASE_MODEL, load_base_model
 
     base_cfg = LearnConfig.from_file(args.config) if args.config else LearnConfig()
@@ -173,6 +184,9 @@ def _do_learn(args: argparse.Namespace) -> None:
         )  # keep the reward share of the paper's schedule
     cfg = LearnConfig.from_mapping(values)
     _check_out(args.out)
+    # Reject bad files before loading a model that may take minutes to load; shares are
+    # checked again at the model's own resolution once it is known.
+    check_inputs(args.image, args.masks, resolution=cfg.resolution or PREVIEW_RESOLUTION, config=cfg)
     spec = args.model or getattr(args, "env_model", None) or DEFAULT_BASE_MODEL
     base = load_base_model(spec, device=args.device)
     with _Bars() as bars:

@@ -16,7 +16,7 @@ Plan = Sequence[tuple[str, int]]  # the phases of a job, in order, with their st
 
 
 def learn_plan(config: Any) -> Plan:
-    """Phases a learning run reports (mifo_engine.learn), so the job's fraction spans all."""
+    """Phases a learning run reports (mifo_engine.learning), so the job's fraction spans all."""
     plan: list[tuple[str, int]] = [("phase1", config.phase1_steps)]
     if config.phase2 and config.phase2_steps > 0:
         if config.prior_preservation:

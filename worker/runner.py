@@ -96,9 +96,7 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | None:
 
 
 def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
-    # From the submodules: the package attribute `mifo_engine.learn` turns into the module
-    # of that name once it has been imported.
-    from mifo_engine.learn import learn
+    from mifo_engine.learning import learn
 
     storage = ctx.storage
     image = storage.get(f"{job.prefix}inputs/image.png")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mifo_engine.config import LearnConfig
-from mifo_engine.learn import learn
+from mifo_engine.learning import learn
 from mifo_engine.models import load_base_model
 from tests.helpers.images import make_scene
 

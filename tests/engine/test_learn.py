@@ -9,7 +9,7 @@ from mifo_engine import attention as attention_mod
 from mifo_engine.concept import Concept
 from mifo_engine.config import LearnConfig
 from mifo_engine.errors import Cancelled, ConfigError, InputError
-from mifo_engine.learn import learn
+from mifo_engine.learning import learn
 from mifo_engine.synthesis import synthesize
 from tests.engine.conftest import FAST_LEARN
 

@@ -12,7 +12,7 @@ from mifo_engine.controller import BoundedController
 from mifo_engine.errors import Cancelled, LayoutError
 from mifo_engine.guidance import decay_weight, guidance_loss
 from mifo_engine.layout import validate_synthesis_request
-from mifo_engine.learn import learn
+from mifo_engine.learning import learn
 from mifo_engine.models import load_base_model
 from mifo_engine.sampling import ddim_scheduler, encode_text, initial_latents
 from mifo_engine.synthesis import _optimise, synthesize

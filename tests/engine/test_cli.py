@@ -1,0 +1,183 @@
+"""`mifo learn` and `mifo synthesize` end to end on the tiny model ('tiny' is for tests)."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from mifo_cli import build_parser, main
+from tests.helpers.images import encode, make_wide_scene, mask_as_jpeg, mask_as_rgba_alpha
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A non-square JPEG scene with an alpha-only RGBA mask and a JPEG-noisy mask."""
+    root = tmp_path_factory.mktemp("inputs")
+    image, masks = make_wide_scene(seed=3)
+    (root / "scene.jpg").write_bytes(encode(image, "JPEG", quality=90))
+    (root / "m0.png").write_bytes(encode(mask_as_rgba_alpha(masks[0])))
+    (root / "m1.jpg").write_bytes(encode(mask_as_jpeg(masks[1]), "JPEG"))
+    return root
+
+
+def test_learn_then_synthesize(inputs, tmp_path, capsys):
+    concept = tmp_path / "concept"
+    code = main(
+        [
+            "learn",
+            str(inputs / "scene.jpg"),
+            str(inputs / "m0.png"),
+            str(inputs / "m1.jpg"),
+            "--out",
+            str(concept),
+            "--model",
+            "tiny",
+            "--names",
+            "left,right",
+            "--init-words",
+            "toy,toy",
+            "--phase1-steps",
+            "4",
+            "--phase2-steps",
+            "2",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    meta = json.loads((concept / "concept.json").read_text())
+    assert [t["name"] for t in meta["tokens"]] == ["left", "right"]
+    assert meta["config"]["phase1_steps"] == 4 and meta["config"]["reward_steps"] == 1
+    assert meta["seed"] == 1 and meta["base_model"]["spec"] == "tiny"
+    assert Image.open(concept / "attention" / "asset1.png").size == (64, 64)
+
+    out = tmp_path / "images"
+    code = main(
+        [
+            "synthesize",
+            str(concept),
+            "--prompt",
+            "a photo of <asset0> and <asset1> at the beach",
+            "--box",
+            "<asset0>=0.05,0.30,0.45,0.80",
+            "--box",
+            "right=0.55,0.30,0.95,0.80",
+            "--out",
+            str(out),
+            "--num-images",
+            "2",
+            "--seed",
+            "4",
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    record = json.loads((out / "synthesis.json").read_text())
+    assert record["seeds"] == [4, 5]
+    assert set(record["boxes"]) == {"<asset0>", "<asset1>"}
+    assert Image.open(out / "image_01.png").size == (64, 64)
+    assert Image.open(out / "preview_00.png").size[0] >= 256
+    assert "in box" in capsys.readouterr().err
+
+
+def test_bad_mask_exits_2_with_one_line_and_writes_nothing(inputs, tmp_path, capsys):
+    small = tmp_path / "small.png"
+    Image.new("L", (10, 10), 255).save(small)
+    out = tmp_path / "never"
+    code = main(
+        [
+            "learn",
+            str(inputs / "scene.jpg"),
+            str(small),
+            "--out",
+            str(out),
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mifo learn: error:") and "masks[0]" in err[0]
+    assert not out.exists()
+
+
+def test_existing_output_refused_before_any_work(inputs, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    code = main(
+        [
+            "learn",
+            str(inputs / "scene.jpg"),
+            str(inputs / "m0.png"),
+            "--out",
+            str(out),
+            "--model",
+            "tiny",
+        ]
+    )
+    assert code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_unknown_model_path_says_how_to_fix(inputs, tmp_path, capsys):
+    code = main(
+        [
+            "learn",
+            str(inputs / "scene.jpg"),
+            str(inputs / "m0.png"),
+            "--out",
+            str(tmp_path / "c"),
+            "--model",
+            str(tmp_path / "no-such-model"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "MIFO_BASE_MODEL" in err
+
+
+def test_bad_box_exits_2(tmp_path, capsys):
+    code = main(
+        [
+            "synthesize",
+            str(tmp_path),
+            "--prompt",
+            "p",
+            "--box",
+            "nonsense",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert "concept.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["learn", "synthesize"])
+def test_help_documents_every_option(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    text = sub.format_help()
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"{command} {action.dest} has no help text"
+            assert (
+                action.option_strings[0] if action.option_strings else action.metavar or action.dest
+            ) in text
+
+
+def test_package_names_stay_functions_after_use():
+    import mifo_engine as me
+
+    first = me.learn
+    import mifo_engine.learning  # noqa: F401  (importing the module must not shadow the name)
+
+    assert me.learn is first and callable(me.learn)
+    assert callable(me.synthesize) and callable(me.load_base_model)
