@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from api.problems import Problem
 from api.state import AppState
+from core.auth import KeyVerifier, Principal, key_id_of
+from core.ratelimit import retry_after
 from core.settings import Settings
 from core.storage import Storage
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `mifo keys create`.")
 
 
 def get_state(request: Request) -> AppState:
@@ -30,7 +38,60 @@ def get_storage(state: Annotated[AppState, Depends(get_state)]) -> Storage:
     return state.storage
 
 
+def _unauthorized(detail: str) -> Problem:
+    return Problem(
+        401, "unauthorized", "Missing or invalid API key", detail, field="Authorization",
+        fix="send `Authorization: Bearer <key>` with a key from `mifo keys create --tenant NAME`",
+        headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
+async def get_principal(
+    request: Request,
+    state: Annotated[AppState, Depends(get_state)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller's tenant, from the bearer key; then one token from its rate-limit bucket."""
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise _unauthorized("The Authorization header is not `Bearer <key>`.")
+        if state.anonymous_tenant is None:
+            raise _unauthorized("This server requires an API key.")
+        principal = Principal(state.anonymous_tenant, None)
+    else:
+        clear = credentials.credentials
+        key_id = key_id_of(clear)
+        if key_id is None:
+            raise _unauthorized("The API key is malformed.")
+        entry = state.verifier.cached(key_id) or await run_in_threadpool(
+            state.verifier.load, state.sessions, key_id
+        )
+        found = KeyVerifier.check(clear, key_id, entry)
+        if found is None:
+            raise _unauthorized("The API key is unknown or revoked.")
+        principal = found
+    if state.buckets is not None:
+        wait = await state.buckets.take(principal.key_id or f"anon:{principal.tenant_id}")
+        if wait > 0:
+            s = state.settings
+            raise Problem(
+                429, "rate_limited", "Too many requests",
+                f"This key may send {s.rate_limit_per_second:g} requests per second "
+                f"(bursts of {s.rate_limit_burst}).", field="Authorization",
+                fix=f"wait {retry_after(wait)} s (Retry-After) and slow down; the limit is "
+                "MIFO_RATE_LIMIT_PER_SECOND / MIFO_RATE_LIMIT_BURST on the server",
+                headers={"Retry-After": retry_after(wait)},
+            )  # fmt: skip
+    return principal
+
+
+def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> uuid.UUID:
+    return principal.tenant_id
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]

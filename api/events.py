@@ -25,7 +25,7 @@ def _snapshot(request: Request, state: AppState, job_id: uuid.UUID) -> dict | No
         job = session.scalars(select(Job).where(Job.id == job_id).options(*JOB_LOAD)).one_or_none()
         if job is None:
             return None
-        return Presenter(request, state.storage).job(job).model_dump(mode="json")
+        return Presenter(request, state).job(job).model_dump(mode="json")
 
 
 def _event(seq: int, kind: str, data: dict) -> bytes:

@@ -1,16 +1,27 @@
-"""The FastAPI application: `create_app(settings)`; `app` for `uvicorn api.main:app`."""
+"""The FastAPI application: `create_app(settings)`; `app_factory` for uvicorn --factory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from api import problems
-from api.routes import artifacts, concepts, health, jobs, syntheses
+from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.state import AppState
+from core.retention import run_maintenance
 from core.settings import Settings, get_settings
+from core.webhooks import dispatch_due
+
+log = logging.getLogger("mifo")
 
 DESCRIPTION = """
 Learn instance tokens from one image and one mask per instance (MIFO on Stable Diffusion
@@ -18,7 +29,8 @@ Learn instance tokens from one image and one mask per instance (MIFO on Stable D
 
 Flow: `POST /v1/concepts` (multipart) -> poll `GET /v1/jobs/{id}` or follow
 `GET /v1/jobs/{id}/events` -> `POST /v1/concepts/{id}/syntheses` -> poll -> download the
-image URLs. Errors are problem JSON (RFC 9457) with `field` and `fix`.
+image URLs. Send `Authorization: Bearer <key>`; every POST takes an `Idempotency-Key`.
+Errors are problem JSON (RFC 9457) with `field` and `fix`.
 """
 
 
@@ -27,24 +39,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Refuses a decompression bomb anywhere PIL decodes, not only in the upload checks.
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         # Raises core.db.NotMigrated (naming `mifo migrate`) before serving anything.
-        app.state.mifo = AppState.build(settings)
+        state = app.state.mifo = AppState.build(settings)
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(_webhook_sender(state, stop))]
+        if settings.embedded:  # production runs the same task from celery beat
+            loops.append(asyncio.create_task(_maintenance(state, stop)))
         try:
             yield
         finally:
-            app.state.mifo.close()
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await state.close()
 
     app = FastAPI(
         title="MIFO",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        responses={500: problems.PROBLEM_RESPONSE},
+        responses={
+            401: problems.PROBLEM_RESPONSE,
+            429: problems.PROBLEM_RESPONSE,
+            500: problems.PROBLEM_RESPONSE,
+            503: problems.PROBLEM_RESPONSE,
+        },
     )
     problems.install(app)
-    for module in (concepts, syntheses, jobs, artifacts, health):
+    for module in (concepts, syntheses, jobs, artifacts, tenant, health):
         app.include_router(module.router)
     return app
+
+
+async def _every(seconds: float, stop: asyncio.Event, work: Callable[[], Any]) -> None:
+    """Run `work` in a thread, again at once while it reports progress, else after `seconds`."""
+    while not stop.is_set():
+        try:
+            busy = await run_in_threadpool(work)
+        except Exception as exc:  # the database may be down: keep trying
+            log.warning("background task failed, retrying: %s", exc)
+            busy = False
+        if not busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _webhook_sender(state: AppState, stop: asyncio.Event) -> None:
+    s = state.settings
+    with httpx.Client(timeout=s.webhook_timeout_seconds, follow_redirects=False) as http:
+        await _every(s.webhook_poll_seconds, stop,
+                     lambda: dispatch_due(state.sessions, s, http))  # fmt: skip
+
+
+async def _maintenance(state: AppState, stop: asyncio.Event) -> None:
+    def once() -> bool:
+        done = run_maintenance(state.sessions, state.storage, state.settings)
+        if any(done.values()):
+            log.info("maintenance: %s", done)
+        return False
+
+    await _every(state.settings.maintenance_interval_seconds, stop, once)
 
 
 def app_factory() -> FastAPI:

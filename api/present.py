@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -19,20 +20,28 @@ from api.schemas import (
     ProgressPublic,
     TokenPublic,
 )
+from api.state import AppState
+from core.auth import sign_link
 from core.models import Artifact, Concept, Job
-from core.storage import Storage
 
 
 class Presenter:
-    def __init__(self, request: Request, storage: Storage) -> None:
+    def __init__(self, request: Request, state: AppState) -> None:
         self.request = request
-        self.storage = storage
+        self.storage = state.storage
+        self.link_key = state.link_key
+        self.lifetime = state.settings.presign_seconds
 
     def url(self, artifact: Artifact) -> str:
+        """Presigned on S3; otherwise an API route with an expiring HMAC signature."""
         direct = self.storage.presigned_url(artifact.key)
         if direct is not None:
             return direct
-        return str(self.request.url_for("download_artifact", artifact_id=str(artifact.id)))
+        # Rounded up to 5 minutes so that a body stays the same between two polls (SSE).
+        expires = -(-int(time.time()) // 300) * 300 + self.lifetime
+        url = self.request.url_for("download_artifact", artifact_id=str(artifact.id))
+        signature = sign_link(self.link_key, artifact.id, expires)
+        return str(url.include_query_params(expires=expires, signature=signature))
 
     def path(self, name: str, **params: Any) -> str:
         return self.request.app.url_path_for(name, **{k: str(v) for k, v in params.items()})
@@ -112,6 +121,7 @@ class Presenter:
             return JobResult(concept=self.concept(job.concept, job.id))
         files = {(a.kind, a.position): self.url(a) for a in job.artifacts}
         return JobResult(
+            expired_at=job.result.get("expired_at"),
             images=[
                 ImagePublic(
                     index=img["index"],
@@ -121,7 +131,7 @@ class Presenter:
                     diagnostics=img.get("diagnostics") or {},
                 )
                 for img in job.result.get("images", [])
-            ]
+            ],
         )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mifo_engine.errors import MifoError
@@ -126,6 +128,18 @@ async def _engine(request: Request, exc: MifoError) -> JSONResponse:
     return _respond(request, from_engine(exc))
 
 
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    problem = Problem(
+        503, "database_unavailable", "The database is unavailable",
+        "The request could not be handled because the database cannot be reached; "
+        "nothing was changed.",
+        fix="retry later (Retry-After); the service reconnects by itself",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+    return _respond(request, problem)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     problem = Problem(
@@ -141,6 +155,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(MifoError, _engine)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    # Connection failures (refused, reset, pool exhausted); SQL mistakes stay 500s.
+    for exc in (OperationalError, InterfaceError, SQLTimeoutError):
+        app.add_exception_handler(exc, _database)
     app.add_exception_handler(Exception, _unexpected)
 
 

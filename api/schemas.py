@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 JobKind = Literal["learn", "synthesize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
+WebhookEvent = Literal["started", "progress", "completed"]
 
 _CID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"
 _JID = "0b7d5a52-3c6e-4f1a-8e0f-5d2f7f9c4e21"
@@ -107,6 +108,9 @@ class ImagePublic(BaseModel):
 class JobResult(BaseModel):
     concept: ConceptPublic | None = None
     images: list[ImagePublic] | None = None
+    expired_at: datetime | None = Field(
+        None, description="When the images were deleted (MIFO_SYNTHESIS_RETENTION_SECONDS)."
+    )
 
 
 class JobPublic(BaseModel):
@@ -199,8 +203,40 @@ class SynthesisCreate(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further SynthesisConfig fields (expert use)."
     )
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="Receives signed job events (Standard Webhooks)."
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Events to send; default: all of them."
+    )
 
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookAttemptPublic(BaseModel):
+    number: int
+    status_code: int | None = Field(description="The receiver's answer; null: no answer.")
+    error: str | None
+    duration_ms: float
+    created_at: datetime
+
+
+class WebhookDeliveryPublic(BaseModel):
+    id: uuid.UUID = Field(description="The `webhook-id` header: the same on every retry.")
+    event: str = Field(examples=["job.completed"])
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttemptPublic]
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="HMAC key, base64 after `whsec_` (Standard Webhooks).")

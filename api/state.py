@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import ipaddress
+import logging
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import check_migrated, make_engine, make_sessionmaker
+from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
+from core.db import check_migrated, make_engine, make_sessionmaker, session_scope
+from core.ratelimit import LocalBuckets, RedisBuckets
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
 from worker.app import create_celery
+
+log = logging.getLogger("mifo")
 
 
 @dataclass
@@ -23,25 +30,60 @@ class AppState:
     sessions: sessionmaker[Session]
     storage: Storage
     celery: Celery
+    link_key: bytes
+    anonymous_tenant: uuid.UUID | None = None  # set: requests without a key belong to it
+    verifier: KeyVerifier = field(default_factory=KeyVerifier)
+    buckets: LocalBuckets | RedisBuckets | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         engine = make_engine(settings.db_url)
         check_migrated(engine)  # refuse to serve an unmigrated database
-        return cls(
+        state = cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             storage=storage_from_settings(settings),
             celery=create_celery(settings),
+            link_key=signing_key(settings),
         )
+        if settings.rate_limit_per_second > 0:
+            rate, burst = settings.rate_limit_per_second, settings.rate_limit_burst
+            url = settings.redis_url
+            state.buckets = RedisBuckets(url, rate, burst) if url else LocalBuckets(rate, burst)
+        if anonymous_allowed(settings):
+            with session_scope(state.sessions) as session:
+                state.anonymous_tenant = get_or_create_tenant(session, LOCAL_TENANT)[0].id
+            log.warning(
+                "API keys are NOT required: embedded mode bound to loopback %s; requests "
+                "without a key belong to tenant %r (MIFO_REQUIRE_API_KEYS=true demands keys)",
+                settings.bind_host, LOCAL_TENANT,
+            )  # fmt: skip
+        else:
+            log.info("API keys required (Authorization: Bearer ...; `mifo keys create`)")
+        return state
 
     def tokenizer(self) -> Any:
         """The base model's tokenizer (no weights, no torch): loaded on first use."""
         return _load_tokenizer(self.settings.base_model)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if isinstance(self.buckets, RedisBuckets):
+            await self.buckets.close()
         self.engine.dispose()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def anonymous_allowed(settings: Settings) -> bool:
+    return settings.embedded and not settings.require_api_keys and is_loopback(settings.bind_host)
 
 
 @functools.cache

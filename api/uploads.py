@@ -11,6 +11,7 @@ from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from api.problems import Problem, from_engine
+from core.settings import Settings
 from mifo_engine.config import LearnConfig
 from mifo_engine.errors import MifoError
 
@@ -83,15 +84,53 @@ def parse_names(raw: str | None, count: int) -> list[str] | None:
     return names
 
 
-def image_size(data: bytes) -> tuple[int, int]:
+def sniff(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
+    """Format and size from the file's header only: nothing is decoded yet.
+
+    The format comes from the content, never from the file name or the declared type; the
+    pixel count is checked before any decoding, so a decompression bomb costs nothing."""
+    formats = [f.upper() for f in settings.image_formats]
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError) as exc:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(field, settings, str(exc)) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise Problem(
-            422, "unreadable_image", "Unreadable image", f"image cannot be decoded: {exc}.",
-            field="image", fix="send a PNG or JPEG file",
+            422, "unsupported_format", "Unsupported or unreadable image",
+            f"{field} is not a readable {' / '.join(formats)} image (judged by its content).",
+            field=field, fix=f"send a {' or '.join(formats)} file (MIFO_IMAGE_FORMATS)",
         ) from exc  # fmt: skip
+    if width * height > settings.max_image_pixels:
+        raise _too_many_pixels(field, settings, f"{width}x{height} pixels")
+    return width, height
+
+
+def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
+    return Problem(
+        422, "image_too_large", "Image has too many pixels",
+        f"{field} is {what}; the limit is {settings.max_image_pixels} pixels.", field=field,
+        fix=f"downscale it to at most {settings.max_image_pixels} pixels "
+        "(MIFO_MAX_IMAGE_PIXELS on the server)",
+    )  # fmt: skip
+
+
+def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Settings) -> None:
+    if len(masks) > settings.max_instances:
+        raise Problem(
+            422, "too_many_instances", "Too many instances",
+            f"Got {len(masks)} masks; this server learns at most {settings.max_instances}.",
+            field="masks", fix=f"send at most {settings.max_instances} masks (MIFO_MAX_INSTANCES)",
+        )  # fmt: skip
+    for name in ("phase1_steps", "phase2_steps"):
+        steps = getattr(config, name)
+        if steps > settings.max_learn_steps:
+            raise Problem(
+                422, "too_many_steps", "Too many steps",
+                f"options.{name} is {steps}; the limit is {settings.max_learn_steps}.",
+                field=f"options.{name}",
+                fix=f"ask for at most {settings.max_learn_steps} (MIFO_MAX_LEARN_STEPS)",
+            )  # fmt: skip
 
 
 def check_with_engine(upload: Upload) -> None:
@@ -112,12 +151,16 @@ def read_upload(
     masks: list[UploadFile],
     names: str | None,
     options: str | None,
-    limit: int,
+    settings: Settings,
 ) -> Upload:
     opts, config = parse_options(options)
+    check_limits(masks, config, settings)
+    limit = settings.max_upload_bytes
     image_data = read_file(image, "image", limit)
     mask_data = [read_file(m, f"masks[{i}]", limit) for i, m in enumerate(masks)]
-    width, height = image_size(image_data)
+    width, height = sniff(image_data, "image", settings)
+    for i, data in enumerate(mask_data):
+        sniff(data, f"masks[{i}]", settings)
     upload = Upload(
         image=image_data,
         masks=mask_data,

@@ -21,10 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_api)
 
     p = sub.add_parser("worker", help="Run a Celery worker (one per GPU).")
-    p.add_argument("--queues", default="learn,synthesize", help="Comma-separated queues.")
+    p.add_argument(
+        "--queues", default="learn,synthesize,maintenance", help="Comma-separated queues."
+    )
     p.add_argument("--concurrency", type=int, default=1, help="Jobs at a time (default 1).")
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("beat", help="Send the periodic retention task (run exactly one).")
+    p.set_defaults(func=_beat)
+
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke.")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("create", help="New key for a tenant (created if new); shown once.")
+    p.add_argument("--tenant", required=True, help="Tenant name, e.g. acme.")
+    p.set_defaults(func=_keys_create)
+    p = ksub.add_parser("list", help="Key ids, tenants and states (never the keys).")
+    p.set_defaults(func=_keys_list)
+    p = ksub.add_parser("revoke", help="Revoke a key by id (effective within seconds).")
+    p.add_argument("key_id")
+    p.set_defaults(func=_keys_revoke)
 
     p = sub.add_parser(
         "serve",
@@ -82,9 +98,76 @@ def _check_db() -> int:
     return 0
 
 
+def _sessions():  # type: ignore[no-untyped-def]
+    from core.db import check_migrated, make_engine, make_sessionmaker
+    from core.settings import Settings
+
+    engine = make_engine(Settings().db_url)
+    check_migrated(engine)
+    return make_sessionmaker(engine)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from core import auth
+    from core.db import session_scope
+
+    name = args.tenant.strip()
+    if not name or len(name) > 100:
+        print("mifo: --tenant needs a name of 1 to 100 characters", file=sys.stderr)
+        return 2
+    with session_scope(_sessions()) as session:
+        tenant, created = auth.get_or_create_tenant(session, name)
+        row, clear = auth.create_key(session, tenant=tenant)
+        print(f"tenant: {tenant.name} ({'created' if created else 'existing'})")
+        if created:
+            print(f"webhook signing secret (also at GET /v1/webhook-secret): {tenant.webhook_secret}")
+        print(f"key id: {row.id}")
+        print("API key (shown once; send it as `Authorization: Bearer <key>`):")
+        print(clear)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from core import auth
+
+    with _sessions()() as session:
+        rows = auth.list_keys(session)
+    print(f"{'KEY ID':<20} {'TENANT':<24} {'CREATED':<26} STATE")
+    for key, tenant in rows:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        print(f"{key.id:<20} {tenant:<24} {key.created_at:%Y-%m-%d %H:%M:%S}{'':<7} {state}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from core import auth
+    from core.db import session_scope
+
+    try:
+        with session_scope(_sessions()) as session:
+            row = auth.revoke_key(session, args.key_id)
+            print(f"revoked {row.id}")
+    except auth.UnknownKey as exc:
+        print(f"mifo: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _beat(args: argparse.Namespace) -> int:
+    _logging()
+    from worker.app import celery_app
+
+    import tempfile
+
+    schedule = os.path.join(tempfile.gettempdir(), "mifo-beat-schedule")
+    celery_app.Beat(loglevel="INFO", schedule=schedule).run()
+    return 0
+
+
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    os.environ["MIFO_BIND_HOST"] = args.host  # uvicorn's workers read settings anew
     _logging()
     if rc := _check_db():
         return rc
@@ -114,5 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["MIFO_DATA_DIR"] = args.data_dir
     if args.base_model:
         os.environ["MIFO_BASE_MODEL"] = args.base_model
+    os.environ["MIFO_EMBEDDED"] = "true"
+    os.environ["MIFO_BIND_HOST"] = args.host
     _logging()
     return serve(args.host, args.port)

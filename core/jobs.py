@@ -4,7 +4,10 @@
     queued --cancel--> canceled          running --cancel--> (cancel_requested) --> canceled
 
 Every transition is one conditional UPDATE, so the API and a worker racing on the same job
-cannot both win (e.g. a cancel arriving while the worker records success).
+cannot both win (e.g. a cancel arriving while the worker records success). `attempts` counts
+deliveries and doubles as a fencing token: a worker whose job was redelivered to another one
+(its own lease ran out) can no longer write progress or an outcome. Webhook events are queued
+in the same transaction as the change they announce (core.webhooks.emit).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core import webhooks
 from core.models import Job, utcnow
 
 KINDS = ("learn", "synthesize")
@@ -33,10 +37,20 @@ class InvalidTransition(Exception):
 
 
 def create_job(
-    session: Session, *, kind: str, concept_id: uuid.UUID, params: dict[str, Any]
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    kind: str,
+    concept_id: uuid.UUID,
+    params: dict[str, Any],
+    webhook_url: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> Job:
     assert kind in KINDS
-    job = Job(kind=kind, status="queued", concept_id=concept_id, params=params)
+    job = Job(
+        tenant_id=tenant_id, kind=kind, status="queued", concept_id=concept_id, params=params,
+        webhook_url=webhook_url, webhook_events=webhook_events,
+    )  # fmt: skip
     session.add(job)
     session.flush()
     return job
@@ -51,10 +65,11 @@ def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> b
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def start(session: Session, *, job_id: uuid.UUID) -> Job | None:
+def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | None:
     """Mark a job running; None when it must not run (gone, finished, or cancel requested).
 
-    A running job may be started again: that is a redelivery after its worker was lost.
+    A running job may be started again: that is a redelivery after its worker was lost. After
+    `max_attempts` deliveries it fails with `worker_lost` instead of running once more.
     """
     canceled = _update(
         session,
@@ -64,6 +79,20 @@ def start(session: Session, *, job_id: uuid.UUID) -> Job | None:
         finished_at=utcnow(),
     )
     if canceled:
+        webhooks.emit(session, job_id, "completed")
+        return None
+    exhausted = _update(
+        session,
+        job_id,
+        (Job.status == "running") & (Job.attempts >= max_attempts),
+        status="failed",
+        error_type="worker_lost",
+        error_message=f"The job's worker stopped (killed, crashed or out of memory) during "
+        f"each of {max_attempts} attempts; it is not retried again.",
+        finished_at=utcnow(),
+    )
+    if exhausted:
+        webhooks.emit(session, job_id, "completed")
         return None
     started = _update(
         session,
@@ -78,7 +107,10 @@ def start(session: Session, *, job_id: uuid.UUID) -> Job | None:
         fraction=None,
         eta_seconds=None,
     )
-    return session.get(Job, job_id, populate_existing=True) if started else None
+    if not started:
+        return None
+    webhooks.emit(session, job_id, "started")
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def record_progress(
@@ -90,22 +122,32 @@ def record_progress(
     total: int,
     fraction: float,
     eta_seconds: float | None,
+    attempt: int | None = None,
+    notify: bool = False,
 ) -> bool:
-    """Store progress; False when the job should stop (cancel requested, or no longer running)."""
-    _update(
+    """Store progress; False when the job should stop (cancel requested, no longer running,
+    or redelivered to another worker). `notify`: also queue a `progress` webhook event."""
+    written = _update(
         session,
         job_id,
-        Job.status == "running",
+        _mine(attempt),
         phase=phase,
         step=step,
         total=total,
         fraction=fraction,
         eta_seconds=eta_seconds,
     )
+    if written and notify:
+        webhooks.emit(session, job_id, "progress")
     row = session.execute(
         select(Job.status, Job.cancel_requested).where(Job.id == job_id)
     ).one_or_none()
-    return row is not None and row.status == "running" and not row.cancel_requested
+    return written and row is not None and row.status == "running" and not row.cancel_requested
+
+
+def _mine(attempt: int | None) -> Any:
+    where = Job.status == "running"
+    return where if attempt is None else where & (Job.attempts == attempt)
 
 
 def finish(
@@ -116,18 +158,19 @@ def finish(
     result: dict[str, Any] | None = None,
     error_type: str | None = None,
     error_message: str | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """Move a running job to a terminal state; False when someone else got there first.
 
     Success is refused once a cancel was requested: the client was told it would stop.
     """
     assert status in TERMINAL
-    where = Job.status == "running"
+    where = _mine(attempt)
     if status == "succeeded":
         where = where & Job.cancel_requested.is_(False)
     now = utcnow()
     started = session.scalar(select(Job.started_at).where(Job.id == job_id))
-    return _update(
+    done = _update(
         session,
         job_id,
         where,
@@ -140,6 +183,9 @@ def finish(
         eta_seconds=0.0 if status == "succeeded" else None,
         fraction=1.0 if status == "succeeded" else Job.fraction,
     )
+    if done:
+        webhooks.emit(session, job_id, "completed")
+    return done
 
 
 def _seconds(start: datetime | None, end: datetime) -> float | None:
@@ -155,9 +201,9 @@ def request_cancel(session: Session, *, job: Job) -> Job:
     if job.status in TERMINAL:
         raise InvalidTransition(job, "canceled")
     # A queued job is canceled at once; the worker skips it when the message arrives.
-    if not _update(
-        session, job.id, Job.status == "queued", status="canceled", finished_at=utcnow()
-    ):
+    if _update(session, job.id, Job.status == "queued", status="canceled", finished_at=utcnow()):
+        webhooks.emit(session, job.id, "completed")
+    else:
         _update(session, job.id, Job.status == "running", cancel_requested=True)
     session.refresh(job)
     return job
@@ -168,3 +214,14 @@ def count_by_kind_status(session: Session) -> list[tuple[str, str, int]]:
         select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
     )
     return [(k, s, n) for k, s, n in rows]
+
+
+def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+        )
+        or 0
+    )

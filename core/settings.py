@@ -7,11 +7,12 @@ Production sets MIFO_DATABASE_URL, MIFO_BROKER_URL and MIFO_STORAGE_URL.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mifo_engine.models import DEFAULT_BASE_MODEL  # a cheap import: no torch
@@ -44,9 +45,60 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Per uploaded file.")
     progress_interval: float = Field(1.0, gt=0, description="Seconds between progress writes.")
     visibility_timeout: int = Field(
-        6 * 3600, ge=60, description="Seconds before an unacknowledged job is redelivered."
+        6 * 3600, ge=1, description="Seconds before an unacknowledged job is redelivered."
     )
     concept_cache_size: int = Field(4, ge=1, description="Concepts kept loaded per worker.")
+
+    # Authentication. Keys are required unless `mifo serve` runs on a loopback address.
+    require_api_keys: bool = Field(False, description="Demand keys even in embedded mode.")
+    embedded: bool = Field(False, description="Set by `mifo serve`.")
+    bind_host: str = Field("127.0.0.1", description="Set by `mifo serve` / `mifo api` --host.")
+    url_signing_key: SecretStr | None = Field(
+        None, description="Signs local download links; default: a random key in data_dir."
+    )
+
+    # Limits: each breach is a problem JSON naming the field and this setting.
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Decoded pixels per file.")
+    image_formats: list[str] = Field(["PNG", "JPEG", "WEBP"], description="Detected by content.")
+    max_instances: int = Field(8, ge=1, description="Masks per concept.")
+    max_images_per_synthesis: int = Field(8, ge=1, description="num_images per request.")
+    max_synthesis_steps: int = Field(150, ge=1, description="Denoising steps per synthesis.")
+    max_learn_steps: int = Field(2000, ge=1, description="phase1_steps and phase2_steps each.")
+    max_prompt_chars: int = Field(500, ge=1, description="Prompt length in characters.")
+    rate_limit_per_second: float = Field(20.0, ge=0, description="Per key; 0 turns it off.")
+    rate_limit_burst: int = Field(40, ge=1, description="Requests a key may send at once.")
+    rate_limit_url: str | None = Field(
+        None, description="Redis for the shared token buckets; default: events_url."
+    )
+    max_active_jobs: int = Field(10, ge=1, description="Queued + running jobs per tenant.")
+    idempotency_seconds: int = Field(24 * 3600, ge=1, description="Idempotency-Key lifetime.")
+
+    # Jobs that crash, hang or run too long.
+    max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it fails.")
+    learn_time_limit: float = Field(4 * 3600, gt=0, description="Seconds per learning job.")
+    synthesize_time_limit: float = Field(1800, gt=0, description="Seconds per synthesis job.")
+
+    # Webhooks.
+    webhook_max_attempts: int = Field(6, ge=1, description="Tries per webhook delivery.")
+    webhook_backoff_seconds: float = Field(
+        2.0, gt=0, description="First retry delay; doubles per try."
+    )
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="Per delivery attempt.")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="How often the sender looks.")
+    webhook_progress_seconds: float = Field(
+        10.0, ge=0, description="Least time between two progress events of a job."
+    )
+    webhook_allowed_networks: list[str] = Field(
+        [], description="CIDRs allowed although private/loopback, e.g. 127.0.0.1/32 in tests."
+    )
+
+    # Retention.
+    synthesis_retention_seconds: int = Field(
+        0, ge=0, description="Delete synthesis images this old; 0 keeps them."
+    )
+    maintenance_interval_seconds: float = Field(
+        300, gt=0, description="Period of the retention task."
+    )
 
     @field_validator("storage_url")
     @classmethod
@@ -65,6 +117,21 @@ class Settings(BaseSettings):
         if self.events_url is None and self.broker_url.startswith(("redis://", "rediss://")):
             self.events_url = self.broker_url
         return self
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)  # raises ValueError naming the bad one
+        return value
+
+    def time_limit(self, kind: str) -> float:
+        return self.learn_time_limit if kind == "learn" else self.synthesize_time_limit
+
+    @property
+    def redis_url(self) -> str | None:
+        """Redis shared by the API processes (rate limits); None: in-process buckets."""
+        return self.rate_limit_url or self.events_url
 
     @property
     def db_url(self) -> str:

@@ -7,9 +7,10 @@ from kombu import Queue
 
 from core.settings import Settings, get_settings
 
-QUEUES = ("learn", "synthesize")
+QUEUES = ("learn", "synthesize", "maintenance")
 TASK_LEARN = "mifo.learn"
 TASK_SYNTHESIZE = "mifo.synthesize"
+TASK_MAINTENANCE = "mifo.maintenance"
 
 
 def transport_options(settings: Settings) -> dict[str, object]:
@@ -32,7 +33,22 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
         task_default_queue="learn",
-        task_routes={TASK_LEARN: {"queue": "learn"}, TASK_SYNTHESIZE: {"queue": "synthesize"}},
+        task_routes={
+            TASK_LEARN: {"queue": "learn"},
+            TASK_SYNTHESIZE: {"queue": "synthesize"},
+            TASK_MAINTENANCE: {"queue": "maintenance"},
+        },
+        # `mifo beat` sends the retention task; any worker on the maintenance queue runs it.
+        beat_schedule={
+            "maintenance": {
+                "task": TASK_MAINTENANCE,
+                "schedule": settings.maintenance_interval_seconds,
+                "options": {
+                    "queue": "maintenance",
+                    "expires": settings.maintenance_interval_seconds,
+                },
+            }
+        },
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # the job row is the result

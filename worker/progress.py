@@ -41,6 +41,8 @@ class ProgressReporter:
         job_id: uuid.UUID,
         plan: Plan = (),
         clock: Callable[[], float] = time.monotonic,
+        attempt: int | None = None,
+        deadline: float = math.inf,
     ) -> None:
         self.ctx = ctx
         self.job_id = job_id
@@ -48,15 +50,25 @@ class ProgressReporter:
         self.clock = clock
         self.started = clock()
         self.last_write = -math.inf
+        self.last_webhook = -math.inf
         self.keep_going = True
+        self.attempt = attempt
+        self.deadline = deadline  # on `clock`; past it the job stops and fails as `timeout`
+        self.timed_out = False
 
     def __call__(self, progress: Any) -> bool:
         now = self.clock()
+        if now > self.deadline:
+            self.timed_out = True
+            return False
         phase, step, total = str(progress.phase), int(progress.step), int(progress.total)
         last_of_phase = total > 0 and step >= total
         if now - self.last_write < self.ctx.settings.progress_interval and not last_of_phase:
             return self.keep_going
         self.last_write = now
+        notify = now - self.last_webhook >= self.ctx.settings.webhook_progress_seconds
+        if notify:
+            self.last_webhook = now
         fraction = self.fraction(phase, step, total)
         elapsed = now - self.started
         eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
@@ -69,6 +81,8 @@ class ProgressReporter:
                 total=total,
                 fraction=fraction,
                 eta_seconds=eta,
+                attempt=self.attempt,
+                notify=notify,
             )
         self.ctx.publisher.publish(self.job_id)
         return self.keep_going

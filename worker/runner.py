@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from core import jobs
 from core.db import session_scope
 from core.models import Artifact, Concept, Job
+from core.storage import StorageError
 from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import Cancelled, MifoError
 from worker.cache import ConceptCache
@@ -36,6 +39,19 @@ class Claimed:
     concept_id: uuid.UUID
     names: list[str]
     prefix: str
+    attempt: int  # fencing token: writes of an older attempt are ignored
+    deadline: float  # time.monotonic() past which the job fails as `timeout`
+
+    @property
+    def output(self) -> str:
+        """Where this job writes: removed before a retry and after a failure."""
+        if self.kind == "learn":
+            return f"{self.prefix}concept/"
+        return f"{self.prefix}syntheses/{self.job_id}/"
+
+
+class TimedOut(Exception):
+    """The job ran past its kind's time limit (MIFO_LEARN_TIME_LIMIT, ...)."""
 
 
 @dataclass
@@ -59,40 +75,64 @@ def run_job(
     if claimed is None:
         return "skipped"
 
-    produced = Produced()
+    produced = Produced(written=[claimed.output])
+    limit = ctx.settings.time_limit(claimed.kind)
     try:
+        # A previous attempt may have died half-way through its upload.
+        ctx.storage.delete_prefix(claimed.output)
         base = load_base()
         if claimed.kind == "learn":
             _learn(ctx, claimed, base, produced)
         else:
             concept = concepts.get(claimed.concept_id, ctx.storage, f"{claimed.prefix}concept/")
             _synthesize(ctx, claimed, base, concept, produced)
+        if time.monotonic() > claimed.deadline:
+            raise TimedOut
         outcome = _record(ctx, claimed, "succeeded", produced=produced)
     except Cancelled:
-        outcome = _record(ctx, claimed, "canceled")
+        if time.monotonic() > claimed.deadline:
+            outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
+        else:
+            outcome = _record(ctx, claimed, "canceled")
+    except (TimedOut, SoftTimeLimitExceeded):
+        outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
     except MifoError as exc:
         outcome = _record(ctx, claimed, "failed", error=(exc.code, str(exc)))
+    except StorageError as exc:
+        log.error("job %s: storage failed: %s", job_id, exc)
+        outcome = _record(ctx, claimed, "failed", error=("storage_error", str(exc)))
     except Exception as exc:  # recorded on the job; the traceback goes to the worker log only
         log.exception("job %s failed", job_id)
         outcome = _record(ctx, claimed, "failed", error=("internal_error", repr(exc)))
-    if outcome != "succeeded":
+    if outcome in ("failed", "canceled"):  # not when another attempt took the job over
         for prefix in produced.written:  # nothing half-written stays behind
-            ctx.storage.delete_prefix(prefix)
+            try:
+                ctx.storage.delete_prefix(prefix)
+            except StorageError as exc:  # no artifact row points there; a retry cleans it
+                log.error("job %s: could not remove %s: %s", job_id, prefix, exc)
     ctx.publisher.publish(job_id)
     return outcome
 
 
+def _timeout(limit: float) -> tuple[str, str]:
+    return "timeout", (
+        f"The job ran longer than its time limit of {limit:g} s and was stopped; raise "
+        "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps."
+    )
+
+
 def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | None:
     with session_scope(ctx.sessions) as session:
-        job = jobs.start(session, job_id=job_id)
+        job = jobs.start(session, job_id=job_id, max_attempts=ctx.settings.max_attempts)
         if job is None:
             return None
         concept = session.get(Concept, job.concept_id) if job.concept_id else None
         if concept is None:  # deleted after the job was queued
             jobs.finish(session, job_id=job_id, status="canceled")
             return None
+        deadline = time.monotonic() + ctx.settings.time_limit(job.kind)
         return Claimed(job.id, job.kind, dict(job.params), concept.id, list(concept.names),
-                       concept.prefix)  # fmt: skip
+                       concept.prefix, job.attempts, deadline)  # fmt: skip
 
 
 def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
@@ -108,13 +148,14 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
         masks=masks,
         names=job.names,
         config=config,
-        progress=ProgressReporter(ctx, job.job_id, learn_plan(config)),
+        progress=ProgressReporter(
+            ctx, job.job_id, learn_plan(config), attempt=job.attempt, deadline=job.deadline
+        ),
     )
     out.meta = learned.metadata()
-    target = f"{job.prefix}concept/"
+    target = job.output
     with tempfile.TemporaryDirectory(prefix="mifo-learn-") as tmp:
         learned.save(Path(tmp) / "concept")
-        out.written.append(target)
         sizes = _upload(ctx, Path(tmp) / "concept", target)
     maps = out.meta.get("files", {}).get("attention_maps", {})
     for position, (token, rel) in enumerate(maps.items()):
@@ -134,12 +175,11 @@ def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: 
         prompt=job.params["prompt"],
         boxes={token: tuple(box) for token, box in job.params["boxes"].items()},
         config=SynthesisConfig.from_mapping(job.params["config"]),
-        progress=ProgressReporter(ctx, job.job_id),
+        progress=ProgressReporter(ctx, job.job_id, attempt=job.attempt, deadline=job.deadline),
     )
-    target = f"{job.prefix}syntheses/{job.job_id}/"
+    target = job.output
     with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:
         made.save(tmp)
-        out.written.append(target)
         sizes = _upload(ctx, Path(tmp), target)
     for i in range(len(made.images)):
         for kind in ("image", "preview"):
@@ -180,7 +220,13 @@ def _record(
             status == "succeeded"
             and concept is not None
             and produced is not None
-            and jobs.finish(session, job_id=job.job_id, status="succeeded", result=produced.result)
+            and jobs.finish(
+                session,
+                job_id=job.job_id,
+                status="succeeded",
+                result=produced.result,
+                attempt=job.attempt,
+            )  # fmt: skip
         )
         if succeeded:
             assert concept is not None and produced is not None
@@ -193,8 +239,9 @@ def _record(
             status = "canceled"
         error_type, message = error or (None, None)
         jobs.finish(
-            session, job_id=job.job_id, status=status, error_type=error_type, error_message=message
-        )
+            session, job_id=job.job_id, status=status, error_type=error_type,
+            error_message=message, attempt=job.attempt,
+        )  # fmt: skip
         if job.kind == "learn" and concept is not None and concept.status == "pending":
             concept.status = "failed" if status == "failed" else "canceled"
         return _status(session, job.job_id)

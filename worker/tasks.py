@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 
 from core.settings import get_settings
-from worker.app import TASK_LEARN, TASK_SYNTHESIZE, celery_app
+from worker.app import TASK_LEARN, TASK_MAINTENANCE, TASK_SYNTHESIZE, celery_app
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.runner import run_job
@@ -52,11 +52,35 @@ class EngineTask(Task):
         return outcome
 
 
-@celery_app.task(name=TASK_LEARN, base=EngineTask, bind=True)
+# The runner stops a job at its time limit between steps; Celery's limits (prefork pool) are
+# the backstop for a job stuck inside one step.
+_settings = get_settings()
+
+
+@celery_app.task(
+    name=TASK_LEARN, base=EngineTask, bind=True,
+    soft_time_limit=_settings.learn_time_limit + 60, time_limit=_settings.learn_time_limit + 120,
+)  # fmt: skip
 def learn(self: EngineTask, job_id: str) -> str:
     return self.run_job(job_id)
 
 
-@celery_app.task(name=TASK_SYNTHESIZE, base=EngineTask, bind=True)
+@celery_app.task(
+    name=TASK_SYNTHESIZE, base=EngineTask, bind=True,
+    soft_time_limit=_settings.synthesize_time_limit + 60,
+    time_limit=_settings.synthesize_time_limit + 120,
+)  # fmt: skip
 def synthesize(self: EngineTask, job_id: str) -> str:
     return self.run_job(job_id)
+
+
+@celery_app.task(name=TASK_MAINTENANCE, bind=True)
+def maintenance(self: Task) -> dict[str, int]:
+    """Periodic (celery beat): expire old synthesis images and idempotency keys."""
+    from core.retention import run_maintenance
+
+    ctx = EngineTask._ctx or WorkerContext.from_settings(get_settings())
+    EngineTask._ctx = ctx
+    done = run_maintenance(ctx.sessions, ctx.storage, ctx.settings)
+    log.info("maintenance: %s", done)
+    return done

@@ -1,14 +1,20 @@
-"""Artifact downloads: a redirect to a presigned URL (S3) or the file itself (local storage)."""
+"""Artifact downloads: a redirect to a presigned URL (S3) or the file itself (local storage).
+
+Links come with jobs and concepts and carry an expiry and an HMAC signature, so they work
+without an API key (a browser, curl) and only for as long as MIFO_PRESIGN_SECONDS."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from api.deps import SessionDep, StorageDep
+from api.deps import SessionDep, StateDep
 from api.problems import PROBLEM_RESPONSE, Problem, not_found
+from core.auth import link_valid
 from core.models import Artifact
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -21,18 +27,31 @@ router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
         200: {"description": "The file.", "content": {"image/png": {}}},
         307: {"description": "Redirect to a presigned S3 URL."},
         404: PROBLEM_RESPONSE,
+        410: PROBLEM_RESPONSE,
     },
 )
-def download_artifact(artifact_id: uuid.UUID, session: SessionDep, storage: StorageDep) -> Response:
-    """Download an input, attention map, image or preview by its id (links come with jobs and
-    concepts)."""
+def download_artifact(
+    artifact_id: uuid.UUID,
+    session: SessionDep,
+    state: StateDep,
+    expires: Annotated[int, Query(description="Unix time the link stops working.")],
+    signature: Annotated[str, Query(max_length=100, description="From the link as given.")],
+) -> Response:
+    """Download an input, attention map, image or preview with a link from a job or concept."""
+    if not link_valid(state.link_key, artifact_id, expires, signature):
+        raise not_found("artifact", artifact_id)  # the same answer as a missing artifact
+    if expires < time.time():
+        raise Problem(
+            410, "link_expired", "Download link expired", "This download link has expired.",
+            field="expires", fix="read the job or concept again for fresh links",
+        )  # fmt: skip
     artifact = session.get(Artifact, artifact_id)
     if artifact is None:
         raise not_found("artifact", artifact_id)
-    url = storage.presigned_url(artifact.key)
+    url = state.storage.presigned_url(artifact.key)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    path = storage.local_path(artifact.key)
+    path = state.storage.local_path(artifact.key)
     if path is None or not path.is_file():
         raise Problem(
             410, "artifact_gone", "Artifact gone", f"The file of artifact {artifact_id} is missing.",

@@ -10,11 +10,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, StateDep, StorageDep
+from api import submit
+from api.deps import SessionDep, StateDep, StorageDep, TenantDep
+from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import CONCEPT_LOAD, Presenter, learn_jobs
-from api.problems import PROBLEM_RESPONSE, Problem, not_found
+from api.problems import PROBLEM_RESPONSE, not_found
 from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
+from api.state import AppState
 from api.uploads import Upload, read_upload
 from core import jobs
 from core.models import Artifact, Concept, Job
@@ -25,7 +29,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: PROBLEM_RESPONSE, 409: PROBLEM_RESPONSE, 413: PROBLEM_RESPONSE,
-    422: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE,
+    422: PROBLEM_RESPONSE, 429: PROBLEM_RESPONSE, 503: PROBLEM_RESPONSE,
 }  # fmt: skip
 
 
@@ -35,7 +39,8 @@ def create_concept(
     response: Response,
     session: SessionDep,
     state: StateDep,
-    image: Annotated[UploadFile, File(description="The scene, PNG or JPEG.")],
+    tenant: TenantDep,
+    image: Annotated[UploadFile, File(description="The scene: PNG, JPEG or WebP (by content).")],
     masks: Annotated[
         list[UploadFile],
         File(description="One mask per instance, in order: white (or opaque) = the instance."),
@@ -51,40 +56,77 @@ def create_concept(
             examples=['{"phase1_steps": 400, "phase2_steps": 200, "seed": 1}'],
         ),
     ] = None,
-) -> ConceptCreated:
+    webhook_url: Annotated[
+        str | None, Form(description="Receives signed job events (Standard Webhooks).")
+    ] = None,
+    webhook_events: Annotated[
+        str | None,
+        Form(description="Comma-separated: started, progress, completed (default: all)."),
+    ] = None,
+    idempotency_key: KeyHeader = None,
+) -> Any:
     """Validate the inputs with the engine, store them and queue a learning job (202).
 
     Nothing is stored when the request is rejected. `Location` names the job to poll."""
-    upload = read_upload(image, masks, names, options, state.settings.max_upload_bytes)
-    concept = Concept(
-        id=uuid.uuid4(),
-        status="pending",
-        base_model=state.settings.base_model,
-        names=upload.names or [f"asset{i}" for i in range(len(upload.masks))],
-        options=upload.options,
-        width=upload.width,
-        height=upload.height,
-    )
-    session.add(concept)
-    session.flush()
-    job = jobs.create_job(
-        session, kind="learn", concept_id=concept.id, params={"options": upload.options}
-    )
+    settings = state.settings
+    upload = read_upload(image, masks, names, options, settings)
+    events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
+    hook_url, hook_events = submit.webhook(webhook_url, events, settings)
+    idem = Idempotency.begin(
+        session, tenant_id=tenant, key=idempotency_key, ttl=settings.idempotency_seconds,
+        fingerprint=fingerprint("POST /v1/concepts", upload.image, *upload.masks,
+                                names or "", options or "", webhook_url or "",
+                                webhook_events or ""),
+        render=lambda job_id: _created(request, session, state, job_id),
+    )  # fmt: skip
+    if idem.replay is not None:
+        return idem.replay
     try:
-        _store_inputs(session, state.storage, concept, upload)
-        session.commit()
-    except Exception as exc:  # nothing half-written stays behind
-        session.rollback()
-        state.storage.delete_prefix(concept.prefix)
-        if isinstance(exc, StorageError):
-            raise _unavailable("storage", exc) from exc
+        submit.check_capacity(session, tenant, settings)
+        concept = Concept(
+            id=uuid.uuid4(),
+            tenant_id=tenant,
+            status="pending",
+            base_model=settings.base_model,
+            names=upload.names or [f"asset{i}" for i in range(len(upload.masks))],
+            options=upload.options,
+            width=upload.width,
+            height=upload.height,
+        )
+        session.add(concept)
+        session.flush()
+        job = jobs.create_job(
+            session, tenant_id=tenant, kind="learn", concept_id=concept.id,
+            params={"options": upload.options}, webhook_url=hook_url, webhook_events=hook_events,
+        )  # fmt: skip
+        idem.attach(job.id, 202)
+        try:
+            _store_inputs(session, state.storage, concept, upload)
+            session.commit()
+        except Exception as exc:  # nothing half-written stays behind
+            session.rollback()
+            state.storage.delete_prefix(concept.prefix)
+            if isinstance(exc, StorageError):
+                raise submit.unavailable("storage", exc) from exc
+            raise
+        _enqueue(session, state, concept, job)
+        body = _created(request, session, state, job.id)
+    except BaseException:
+        idem.abandon()
         raise
-    _enqueue(session, state, concept, job)
-    response.headers["Location"] = request.app.url_path_for("get_job", job_id=str(job.id))
-    present = Presenter(request, state.storage)
+    location = request.app.url_path_for("get_job", job_id=str(job.id))
+    response.headers["Location"] = location
+    idem.complete(body, {"Location": location})
+    return body
+
+
+def _created(request: Request, session: Session, state: AppState, job_id: uuid.UUID) -> Any:
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None and job.concept_id is not None
     concept = session.scalars(
-        select(Concept).where(Concept.id == concept.id).options(*CONCEPT_LOAD)
+        select(Concept).where(Concept.id == job.concept_id).options(*CONCEPT_LOAD)
     ).one()
+    present = Presenter(request, state)
     return ConceptCreated(concept=present.concept(concept, job.id), job=present.job(job))
 
 
@@ -120,36 +162,31 @@ def _enqueue(session: SessionDep, state: StateDep, concept: Concept, job: Job) -
         session.execute(delete(Concept).where(Concept.id == concept.id))
         session.commit()
         state.storage.delete_prefix(concept.prefix)
-        raise _unavailable("broker", exc) from exc
-
-
-def _unavailable(what: str, exc: Exception) -> Problem:
-    return Problem(
-        503, f"{what}_unavailable", f"The {what} is unavailable",
-        f"The request was not accepted because the {what} failed: {exc}",
-        fix="retry later; nothing was stored", headers={"Retry-After": "30"},
-    )  # fmt: skip
+        raise submit.unavailable("broker", exc) from exc
 
 
 @router.get("", response_model=ConceptsPublic, responses=ERRORS)
 def list_concepts(
     request: Request,
     session: SessionDep,
-    storage: StorageDep,
+    state: StateDep,
+    tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ConceptsPublic:
     """Concepts, newest first."""
-    total = session.scalar(select(func.count()).select_from(Concept)) or 0
+    mine = Concept.tenant_id == tenant
+    total = session.scalar(select(func.count()).select_from(Concept).where(mine)) or 0
     rows = session.scalars(
         select(Concept)
+        .where(mine)
         .options(*CONCEPT_LOAD)
         .order_by(Concept.created_at.desc(), Concept.id)
         .limit(limit)
         .offset(offset)
     ).all()
     learn = learn_jobs(session, [c.id for c in rows])
-    present = Presenter(request, storage)
+    present = Presenter(request, state)
     return ConceptsPublic(
         data=[present.concept(c, learn.get(c.id)) for c in rows],
         total=total,
@@ -167,24 +204,32 @@ def _next(request: Request, limit: int, offset: int, total: int) -> str | None:
 
 @router.get("/{concept_id}", response_model=ConceptPublic, responses=ERRORS)
 def get_concept(
-    concept_id: uuid.UUID, request: Request, session: SessionDep, storage: StorageDep
+    concept_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    tenant: TenantDep,
 ) -> ConceptPublic:
     """A concept: status, tokens and names, diagnostics, attention maps and input images."""
     concept = session.scalars(
-        select(Concept).where(Concept.id == concept_id).options(*CONCEPT_LOAD)
+        select(Concept)
+        .where(Concept.id == concept_id, Concept.tenant_id == tenant)
+        .options(*CONCEPT_LOAD)
     ).one_or_none()
     if concept is None:
         raise not_found("concept", concept_id)
-    return Presenter(request, storage).concept(
+    return Presenter(request, state).concept(
         concept, learn_jobs(session, [concept_id]).get(concept_id)
     )
 
 
 @router.delete("/{concept_id}", status_code=204, responses=ERRORS)
-def delete_concept(concept_id: uuid.UUID, session: SessionDep, storage: StorageDep) -> Response:
+def delete_concept(
+    concept_id: uuid.UUID, session: SessionDep, storage: StorageDep, tenant: TenantDep
+) -> Response:
     """Cancel the concept's unfinished jobs, delete its stored objects and the concept."""
     concept = session.get(Concept, concept_id, with_for_update=True)
-    if concept is None:
+    if concept is None or concept.tenant_id != tenant:
         raise not_found("concept", concept_id)
     active = session.scalars(
         select(Job).where(Job.concept_id == concept_id, Job.status.in_(jobs.ACTIVE))

@@ -1,4 +1,5 @@
-"""Jobs: status, progress, result; cancellation; a Server-Sent Events stream of changes."""
+"""Jobs: status, progress, result; cancellation; a Server-Sent Events stream of changes;
+the webhook deliveries of a job."""
 
 from __future__ import annotations
 
@@ -8,14 +9,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import selectinload
 
-from api.deps import SessionDep, StateDep, StorageDep
+from api.deps import SessionDep, StateDep, TenantDep
 from api.events import job_stream
+from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import JOB_LOAD, Presenter
 from api.problems import PROBLEM_RESPONSE, Problem, not_found
-from api.schemas import JobKind, JobPublic, JobsPublic, JobStatus
+from api.schemas import (
+    JobKind,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    WebhookAttemptPublic,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+)
 from core import jobs
-from core.models import Job
+from core.models import Job, WebhookDelivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -25,8 +36,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def load_job(session: SessionDep, job_id: uuid.UUID) -> Job:
-    job = session.scalars(select(Job).where(Job.id == job_id).options(*JOB_LOAD)).one_or_none()
+def load_job(session: SessionDep, job_id: uuid.UUID, tenant: uuid.UUID, *options: Any) -> Job:
+    """The tenant's job; another tenant's job is `not found`, exactly like a missing one."""
+    job = session.scalars(
+        select(Job).where(Job.id == job_id, Job.tenant_id == tenant).options(*options)
+    ).one_or_none()
     if job is None:
         raise not_found("job", job_id)
     return job
@@ -36,7 +50,8 @@ def load_job(session: SessionDep, job_id: uuid.UUID) -> Job:
 def list_jobs(
     request: Request,
     session: SessionDep,
-    storage: StorageDep,
+    state: StateDep,
+    tenant: TenantDep,
     status: Annotated[list[JobStatus] | None, Query(description="Repeat to match several.")] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     concept_id: Annotated[uuid.UUID | None, Query()] = None,
@@ -44,7 +59,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by status, kind and concept."""
-    where: list[ColumnElement[bool]] = []
+    where: list[ColumnElement[bool]] = [Job.tenant_id == tenant]
     if status:
         where.append(Job.status.in_(status))
     if kind:
@@ -60,7 +75,7 @@ def list_jobs(
         .limit(limit)
         .offset(offset)
     ).all()
-    present = Presenter(request, storage)
+    present = Presenter(request, state)
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
@@ -71,29 +86,50 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
 def get_job(
-    job_id: uuid.UUID, request: Request, session: SessionDep, storage: StorageDep
+    job_id: uuid.UUID, request: Request, session: SessionDep, state: StateDep, tenant: TenantDep
 ) -> JobPublic:
     """A job: status, progress, timestamps, error, and the result once it succeeded."""
-    return Presenter(request, storage).job(load_job(session, job_id))
+    # One query while the job runs: artifacts and the concept load only once it succeeded.
+    return Presenter(request, state).job(load_job(session, job_id, tenant))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=ERRORS)
 def cancel_job(
-    job_id: uuid.UUID, request: Request, session: SessionDep, storage: StorageDep
-) -> JobPublic:
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    tenant: TenantDep,
+    idempotency_key: KeyHeader = None,
+) -> Any:
     """Cancel a queued job at once; ask a running one to stop (it ends as `canceled`).
 
     Cancelling a canceled job is a no-op; a succeeded or failed job answers 409."""
-    job = load_job(session, job_id)
+    job = load_job(session, job_id, tenant)
+    present = Presenter(request, state)
+    idem = Idempotency.begin(
+        session, tenant_id=tenant, key=idempotency_key, ttl=state.settings.idempotency_seconds,
+        fingerprint=fingerprint("POST", request.url.path),
+        render=lambda jid: present.job(load_job(session, jid, tenant)),
+    )  # fmt: skip
+    if idem.replay is not None:
+        return idem.replay
     try:
-        jobs.request_cancel(session, job=job)
-    except jobs.InvalidTransition as exc:
-        raise Problem(
-            409, "job_finished", "Job already finished", str(exc), field="job_id",
-            fix="nothing to cancel; delete the concept to remove its results",
-        ) from exc  # fmt: skip
-    session.commit()
-    return Presenter(request, storage).job(load_job(session, job_id))
+        try:
+            jobs.request_cancel(session, job=job)
+        except jobs.InvalidTransition as exc:
+            raise Problem(
+                409, "job_finished", "Job already finished", str(exc), field="job_id",
+                fix="nothing to cancel; delete the concept to remove its results",
+            ) from exc  # fmt: skip
+        idem.attach(job.id, 202)
+        session.commit()
+        body = present.job(load_job(session, job_id, tenant))
+    except BaseException:
+        idem.abandon()
+        raise
+    idem.complete(body, {})
+    return body
 
 
 @router.get(
@@ -113,12 +149,49 @@ def cancel_job(
     },
 )
 def job_events(
-    job_id: uuid.UUID, request: Request, session: SessionDep, state: StateDep
+    job_id: uuid.UUID, request: Request, session: SessionDep, state: StateDep, tenant: TenantDep
 ) -> StreamingResponse:
     """Stream every status and progress change of a job; the stream ends at a terminal state."""
-    load_job(session, job_id)  # 404 before the stream starts
+    load_job(session, job_id, tenant)  # 404 before the stream starts
     return StreamingResponse(
         job_stream(request, state, job_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{job_id}/webhooks", response_model=WebhookDeliveriesPublic, responses=ERRORS)
+def job_webhooks(
+    job_id: uuid.UUID, session: SessionDep, tenant: TenantDep
+) -> WebhookDeliveriesPublic:
+    """Every webhook event of the job, oldest first, with each delivery attempt."""
+    load_job(session, job_id, tenant)
+    rows = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job_id)
+        .options(selectinload(WebhookDelivery.tries))
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).all()
+    return WebhookDeliveriesPublic(
+        data=[
+            WebhookDeliveryPublic(
+                id=d.id,
+                event=d.event,
+                url=d.url,
+                status=d.status,  # type: ignore[arg-type]
+                next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+                created_at=d.created_at,
+                attempts=[
+                    WebhookAttemptPublic(
+                        number=a.number,
+                        status_code=a.status_code,
+                        error=a.error,
+                        duration_ms=a.duration_ms,
+                        created_at=a.created_at,
+                    )
+                    for a in d.tries
+                ],
+            )  # fmt: skip
+            for d in rows
+        ]
     )

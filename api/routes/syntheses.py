@@ -7,12 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import SessionDep, StateDep
+from api import submit
+from api.deps import SessionDep, StateDep, TenantDep
+from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import Presenter
 from api.problems import PROBLEM_RESPONSE, Problem, from_engine, not_found
 from api.schemas import JobPublic, SynthesisCreate
 from core import jobs
 from core.models import Concept, Job
+from core.settings import Settings
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.errors import MifoError
 from worker.app import TASK_SYNTHESIZE
@@ -22,6 +25,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: PROBLEM_RESPONSE,
     409: PROBLEM_RESPONSE,
     422: PROBLEM_RESPONSE,
+    429: PROBLEM_RESPONSE,
     503: PROBLEM_RESPONSE,
 }
 FIELDS = ("num_images", "seed", "steps", "guidance_scale", "box_control")
@@ -35,13 +39,18 @@ def create_synthesis(
     response: Response,
     session: SessionDep,
     state: StateDep,
-) -> JobPublic:
+    tenant: TenantDep,
+    idempotency_key: KeyHeader = None,
+) -> Any:
     """Validate the prompt and boxes against the concept and queue a synthesis job (202).
 
     Box keys may be tokens (`<asset0>`) or the instance names given at learning time."""
+    settings = state.settings
+    _limits(body, settings)
     config = _config(body)  # 422 before any lookup
+    hook_url, hook_events = submit.webhook(body.webhook_url, body.webhook_events, settings)
     concept = session.get(Concept, concept_id)
-    if concept is None:
+    if concept is None or concept.tenant_id != tenant:
         raise not_found("concept", concept_id)
     if concept.status != "ready" or concept.meta is None:
         raise Problem(
@@ -58,26 +67,58 @@ def create_synthesis(
         )
     except MifoError as exc:
         raise from_engine(exc) from exc
-    params = {
-        "prompt": layout.prompt,
-        "boxes": {s.token: list(s.box) for s in layout.subjects},
-        "config": _values(body),  # only what the client set: engine defaults fill the rest
-        "seeds": config.image_seeds(),
-    }
-    job = jobs.create_job(session, kind="synthesize", concept_id=concept.id, params=params)
-    session.commit()
+    present = Presenter(request, state)
+    idem = Idempotency.begin(
+        session, tenant_id=tenant, key=idempotency_key, ttl=settings.idempotency_seconds,
+        fingerprint=fingerprint("POST", request.url.path, body.model_dump_json()),
+        render=lambda job_id: present.job(session.get(Job, job_id)),  # type: ignore[arg-type]
+    )  # fmt: skip
+    if idem.replay is not None:
+        return idem.replay
     try:
-        state.celery.send_task(TASK_SYNTHESIZE, args=[str(job.id)], queue="synthesize")
-    except Exception as exc:  # the broker is down: forget the job, say so
-        session.delete(job)
+        submit.check_capacity(session, tenant, settings)
+        params = {
+            "prompt": layout.prompt,
+            "boxes": {s.token: list(s.box) for s in layout.subjects},
+            "config": _values(body),  # only what the client set: engine defaults fill the rest
+            "seeds": config.image_seeds(),
+        }
+        job = jobs.create_job(
+            session, tenant_id=tenant, kind="synthesize", concept_id=concept.id, params=params,
+            webhook_url=hook_url, webhook_events=hook_events,
+        )  # fmt: skip
+        idem.attach(job.id, 202)
         session.commit()
-        raise Problem(
-            503, "broker_unavailable", "The broker is unavailable",
-            f"The job was not queued: {exc}", fix="retry later; nothing was stored",
-            headers={"Retry-After": "30"},
-        ) from exc  # fmt: skip
-    response.headers["Location"] = request.app.url_path_for("get_job", job_id=str(job.id))
-    return Presenter(request, state.storage).job(session.get(Job, job.id) or job)
+        try:
+            state.celery.send_task(TASK_SYNTHESIZE, args=[str(job.id)], queue="synthesize")
+        except Exception as exc:  # the broker is down: forget the job, say so
+            session.delete(job)
+            session.commit()
+            raise submit.unavailable("broker", exc) from exc
+        out = present.job(session.get(Job, job.id) or job)
+    except BaseException:
+        idem.abandon()
+        raise
+    location = request.app.url_path_for("get_job", job_id=str(job.id))
+    response.headers["Location"] = location
+    idem.complete(out, {"Location": location})
+    return out
+
+
+def _limits(body: SynthesisCreate, settings: Settings) -> None:
+    for field, value, limit, env in (
+        ("prompt", len(body.prompt), settings.max_prompt_chars, "MIFO_MAX_PROMPT_CHARS"),
+        ("num_images", body.num_images, settings.max_images_per_synthesis,
+         "MIFO_MAX_IMAGES_PER_SYNTHESIS"),
+        ("steps", body.steps, settings.max_synthesis_steps, "MIFO_MAX_SYNTHESIS_STEPS"),
+    ):  # fmt: skip
+        if value > limit:
+            what = "characters" if field == "prompt" else ""
+            raise Problem(
+                422, "limit_exceeded", "Over a server limit",
+                f"{field} is {value} {what}; this server allows at most {limit}.".replace("  ", " "),
+                field=field, fix=f"ask for at most {limit} ({env} on the server)",
+            )  # fmt: skip
 
 
 def _config(body: SynthesisCreate) -> SynthesisConfig:

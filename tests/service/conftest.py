@@ -16,10 +16,21 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from core.db import make_engine, make_sessionmaker, upgrade
-from core.models import Artifact, Concept, Job
+from core import auth
+from core.db import make_engine, make_sessionmaker, session_scope, upgrade
+from core.models import (
+    ApiKey,
+    Artifact,
+    Concept,
+    IdempotencyKey,
+    Job,
+    Tenant,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from core.settings import Settings
 
+TENANT = "tests"
 PG_ADMIN = os.environ.get("MIFO_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -56,10 +67,13 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
+TABLES = (WebhookAttempt, WebhookDelivery, IdempotencyKey, Artifact, Job, Concept, ApiKey, Tenant)
+
+
 def wipe(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        for table in (Artifact, Job, Concept):
+        for table in TABLES:
             conn.execute(delete(table))
     engine.dispose()
 
@@ -73,6 +87,10 @@ def settings(db_url: str, tmp_path: Path) -> Iterator[Settings]:
         broker_url="memory://",  # messages are kept in-process; no worker consumes them
         storage_url=(tmp_path / "objects").as_uri(),
         base_model="tiny",  # random test weights: never meaningful images
+        rate_limit_per_second=0,  # tests/service/test_limits.py turns it on
+        webhook_poll_seconds=0.1,
+        webhook_backoff_seconds=0.1,
+        webhook_allowed_networks=["127.0.0.1/32"],
     )
 
 
@@ -85,6 +103,24 @@ def session(settings: Settings) -> Iterator[Session]:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+def api_key(settings: Settings) -> str:
+    """A key of the tenant the factories use (`tests`)."""
+    return new_key(settings, TENANT)
+
+
+def new_key(settings: Settings, tenant: str) -> str:
+    engine = make_engine(settings.db_url)
+    with session_scope(make_sessionmaker(engine)) as s:
+        _, clear = auth.create_key(s, tenant=auth.get_or_create_tenant(s, tenant)[0])
+    engine.dispose()
+    return clear
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def client(settings: Settings, api_key: str) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), headers=bearer(api_key)) as c:
         yield c

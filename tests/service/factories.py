@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from sqlalchemy.orm import Session
 
-from core import jobs
+from core import auth, jobs
 from core.models import Artifact, Concept, Job
 
 
@@ -52,10 +52,20 @@ def concept_meta(names: list[str]) -> dict[str, Any]:
     }
 
 
+def tenant_id(session: Session, name: str = "tests") -> uuid.UUID:
+    """The tenant the `client` fixture's key belongs to (or another, by name)."""
+    return auth.get_or_create_tenant(session, name)[0].id
+
+
 def make_concept(
-    session: Session, *, status: str = "ready", names: tuple[str, ...] = ("red box", "blue disc")
+    session: Session,
+    *,
+    status: str = "ready",
+    names: tuple[str, ...] = ("red box", "blue disc"),
+    tenant: str = "tests",
 ) -> Concept:
     concept = Concept(
+        tenant_id=tenant_id(session, tenant),
         status=status,
         base_model="tiny",
         names=list(names),
@@ -77,7 +87,10 @@ def make_job(
     status: str = "queued",
     params: dict[str, Any] | None = None,
 ) -> Job:
-    job = jobs.create_job(session, kind=kind, concept_id=concept.id, params=params or {})
+    job = jobs.create_job(
+        session, tenant_id=concept.tenant_id, kind=kind, concept_id=concept.id,
+        params=params or {},
+    )  # fmt: skip
     job.status = status
     session.flush()
     return job

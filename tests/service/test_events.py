@@ -17,6 +17,7 @@ from core.db import make_engine, make_sessionmaker, session_scope
 from core.events import Publisher
 from core.settings import Settings
 
+from .conftest import bearer
 from .factories import make_concept, make_job
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -75,6 +76,7 @@ def test_unknown_job_is_404_before_streaming(client: TestClient) -> None:
 
 @pytest.mark.parametrize("mode", ["poll", "redis"])
 def test_stream_follows_every_change_to_the_end(
+    api_key: str,
     settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     if mode == "redis":
@@ -82,7 +84,7 @@ def test_stream_follows_every_change_to_the_end(
         monkeypatch.setattr(events, "FALLBACK_SECONDS", 60.0)  # only a message can wake it
     job = make_job(session, make_concept(session), kind="synthesize")
     session.commit()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=bearer(api_key)) as client:
         thread = _drive(settings, job.id, publish=mode == "redis")
         t0 = time.monotonic()
         seen = [(k, d["status"], d["progress"]["step"]) for k, d in _events(client, job.id)]

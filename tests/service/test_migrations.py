@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from api.main import create_app
 from core.db import NotMigrated, check_migrated, downgrade, make_engine, upgrade
@@ -20,7 +20,10 @@ from core.settings import Settings
 from .conftest import throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "artifacts", "concepts", "jobs"}
+TABLES = {
+    "alembic_version", "artifacts", "concepts", "jobs", "tenants", "api_keys",
+    "idempotency_keys", "webhook_deliveries", "webhook_attempts",
+}  # fmt: skip
 
 
 def test_postgres_upgrade_from_empty_and_downgrade_back() -> None:
@@ -36,6 +39,24 @@ def test_postgres_upgrade_from_empty_and_downgrade_back() -> None:
         upgrade(url)
         check_migrated(engine)
         engine.dispose()
+
+
+def test_rows_from_before_tenants_go_to_a_default_tenant(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO concepts (id, status, base_model, names, options, width, height, "
+            "created_at, updated_at) VALUES ('0b7d5a523c6e4f1a8e0f5d2f7f9c4e21', 'ready', 'tiny', "
+            "'[]', '{}', 64, 64, '2025-01-01', '2025-01-01')"
+        ))  # fmt: skip
+    upgrade(url)
+    with engine.connect() as conn:
+        tenant = conn.execute(text("SELECT id, name FROM tenants")).one()
+        owner = conn.execute(text("SELECT tenant_id FROM concepts")).scalar_one()
+    engine.dispose()
+    assert tenant.name == "default" and owner == tenant.id
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

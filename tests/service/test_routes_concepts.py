@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.models import Artifact, Concept, Job
 from core.settings import Settings
 
+from .conftest import bearer
 from .factories import blank_mask, make_concept, make_job, scene
 
 
@@ -162,23 +163,27 @@ def test_options_round_trip_as_json(client: TestClient) -> None:
     assert body["job"]["request"] == {"options": opts}
 
 
-def test_files_over_the_limit_are_413(settings: Settings, session: Session) -> None:
+def test_files_over_the_limit_are_413(
+    settings: Settings, session: Session, api_key: str
+) -> None:
     from api.main import create_app
 
     image, masks = scene()
     small = settings.model_copy(update={"max_upload_bytes": len(image) - 1})
-    with TestClient(create_app(small)) as client:
+    with TestClient(create_app(small), headers=bearer(api_key)) as client:
         r = _post(client, image, masks)
     assert (r.status_code, r.json()["field"]) == (413, "image")
     _nothing_stored(session, settings)
 
 
-def test_broker_down_is_503_and_nothing_stays(settings: Settings, session: Session) -> None:
+def test_broker_down_is_503_and_nothing_stays(
+    settings: Settings, session: Session, api_key: str
+) -> None:
     from api.main import create_app
 
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     image, masks = scene()
-    with TestClient(create_app(down)) as client:
+    with TestClient(create_app(down), headers=bearer(api_key)) as client:
         r = _post(client, image, masks)
     assert r.status_code == 503 and r.json()["type"].endswith("/broker_unavailable")
     assert r.headers["retry-after"]
@@ -186,6 +191,7 @@ def test_broker_down_is_503_and_nothing_stays(settings: Settings, session: Sessi
 
 
 def test_storage_failure_is_503_and_nothing_stays(
+    api_key: str,
     settings: Settings, session: Session, tmp_path: Path
 ) -> None:
     from api.main import create_app
@@ -194,7 +200,7 @@ def test_storage_failure_is_503_and_nothing_stays(
     blocker.write_text("x")
     broken = settings.model_copy(update={"storage_url": blocker.as_uri()})
     image, masks = scene()
-    with TestClient(create_app(broken)) as client:
+    with TestClient(create_app(broken), headers=bearer(api_key)) as client:
         r = _post(client, image, masks)
     assert r.status_code == 503 and r.json()["type"].endswith("/storage_unavailable")
     _nothing_stored(session, settings)

@@ -68,7 +68,8 @@ def test_listing_uses_a_fixed_number_of_queries(client: TestClient, session: Ses
     def count_queries(url: str) -> int:
         engine = client.app.state.mifo.engine  # type: ignore[attr-defined]
         seen: list[str] = []
-        listener = lambda *a, **k: seen.append(a[2])  # noqa: E731
+        # Not this listing: the webhook sender polling in the background, the API key lookup.
+        listener = lambda *a, **k: _other(a[2]) or seen.append(a[2])  # noqa: E731
         event.listen(engine, "before_cursor_execute", listener)
         try:
             assert client.get(url).status_code == 200
@@ -92,3 +93,7 @@ def test_listing_uses_a_fixed_number_of_queries(client: TestClient, session: Ses
     add(6)
     many = (count_queries("/v1/jobs?limit=100"), count_queries("/v1/concepts?limit=100"))
     assert few == many
+
+
+def _other(statement: str) -> bool:
+    return "webhook_deliveries" in statement or "api_keys" in statement

@@ -43,7 +43,7 @@ def test_bad_storage_url_names_the_setting() -> None:
 
 class _Ctx:
     def __init__(self) -> None:
-        self.settings = SimpleNamespace(progress_interval=1.0)
+        self.settings = SimpleNamespace(progress_interval=1.0, webhook_progress_seconds=10.0)
         self.writes: list[dict[str, Any]] = []
         self.sessions = None
         self.publisher = SimpleNamespace(publish=lambda job_id: None)
@@ -104,7 +104,7 @@ from api.main import create_app
 from core.db import upgrade
 from core.settings import Settings
 from tests.helpers.images import encode, make_scene
-s = Settings(data_dir={str(tmp_path)!r}, broker_url="memory://", base_model="tiny")
+s = Settings(data_dir={str(tmp_path)!r}, broker_url="memory://", base_model="tiny", embedded=True)
 upgrade(s.db_url)
 image, masks = make_scene()
 with TestClient(create_app(s)) as c:

@@ -1,0 +1,175 @@
+"""Webhooks: an outbox of job events, signed the Standard Webhooks way, sent with retries.
+
+A job change and its delivery row are written in one transaction (`emit`), so an accepted
+event survives any crash. Senders (a loop in every API process, `dispatch_due`) lease due rows
+with a conditional UPDATE, so two processes never send the same attempt. Each attempt is a
+row; after `webhook_max_attempts` failures the delivery is `failed`.
+
+Signature: HMAC-SHA256 over "{webhook-id}.{webhook-timestamp}.{body}" with the tenant's
+secret (base64 after "whsec_"), sent as "webhook-signature: v1,<base64>".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.models import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("started", "progress", "completed")
+
+
+class UnsafeTarget(ValueError):
+    """The webhook URL is malformed or points at a private, loopback or link-local address."""
+
+
+def check_url(url: str, allowed: list[str]) -> None:
+    """Raise UnsafeTarget unless every address the host resolves to is public (or allowed)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeTarget("use an absolute http:// or https:// URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError) as exc:
+        raise UnsafeTarget(f"the host {parts.hostname!r} does not resolve: {exc}") from exc
+    networks = [ipaddress.ip_network(n, strict=False) for n in allowed]
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if any(address in net for net in networks):
+            continue
+        if not address.is_global or address.is_multicast:
+            raise UnsafeTarget(
+                f"{parts.hostname} resolves to {address}, a private, loopback or link-local "
+                "address; webhooks go to public addresses only"
+            )
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": str(job.id),
+        "kind": job.kind,
+        "status": job.status,
+        "concept_id": str(job.concept_id) if job.concept_id else None,
+        "attempts": job.attempts,
+        "progress": {
+            "phase": job.phase,
+            "step": job.step,
+            "total": job.total,
+            "fraction": job.fraction,
+        },  # fmt: skip
+        "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
+        "links": {"self": f"/v1/jobs/{job.id}"},
+    }
+
+
+def emit(session: Session, job_id: uuid.UUID, event: str) -> bool:
+    """Queue `event` for the job's webhook, if it has one and subscribed to it."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or not job.webhook_url or event not in (job.webhook_events or EVENTS):
+        return False
+    session.add(
+        WebhookDelivery(
+            job_id=job.id, tenant_id=job.tenant_id, event=f"job.{event}", url=job.webhook_url,
+            payload={"type": f"job.{event}", "timestamp": utcnow().isoformat(),
+                     "data": job_summary(job)},
+        )
+    )  # fmt: skip
+    return True
+
+
+def _lease(session: Session, settings: Settings, limit: int) -> list[uuid.UUID]:
+    now = utcnow()
+    due = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    ).all()
+    until = now + timedelta(seconds=settings.webhook_timeout_seconds * 3 + 5)
+    leased = []
+    for delivery_id, when in due:
+        won = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.next_attempt_at == when)
+            .values(next_attempt_at=until),
+            execution_options={"synchronize_session": False},
+        ).rowcount  # type: ignore[attr-defined]
+        if won:
+            leased.append(delivery_id)
+    session.commit()
+    return leased
+
+
+def _send(http: Any, settings: Settings, delivery: WebhookDelivery, secret: str) -> tuple:
+    """One attempt: (status code or None, error or None, ms, retry?)."""
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    stamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "mifo-webhooks/1",
+        "webhook-id": str(delivery.id),
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, str(delivery.id), stamp, body),
+    }
+    t0 = time.perf_counter()
+    try:
+        check_url(delivery.url, settings.webhook_allowed_networks)  # again: DNS may have changed
+    except UnsafeTarget as exc:
+        return None, f"refused: {exc}", 0.0, False
+    try:
+        r = http.post(delivery.url, content=body, headers=headers)
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000, True
+    ms = (time.perf_counter() - t0) * 1000
+    if 200 <= r.status_code < 300:
+        return r.status_code, None, ms, False
+    return r.status_code, f"HTTP {r.status_code}", ms, True
+
+
+def dispatch_due(sessions: sessionmaker[Session], settings: Settings, http: Any) -> int:
+    """Send every due delivery once; return how many attempts were made."""
+    with sessions() as session:
+        leased = _lease(session, settings, limit=20)
+    for delivery_id in leased:
+        with sessions() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            tenant = session.get(Tenant, delivery.tenant_id) if delivery else None
+            if delivery is None or tenant is None:
+                continue
+            code, error, ms, retry = _send(http, settings, delivery, tenant.webhook_secret)
+            delivery.attempts += 1
+            session.add(WebhookAttempt(delivery_id=delivery.id, number=delivery.attempts,
+                                       status_code=code, error=error, duration_ms=ms))  # fmt: skip
+            if error is None:
+                delivery.status = "delivered"
+            elif retry and delivery.attempts < settings.webhook_max_attempts:
+                wait = settings.webhook_backoff_seconds * 2 ** (delivery.attempts - 1)
+                delivery.next_attempt_at = utcnow() + timedelta(seconds=wait)
+            else:
+                delivery.status = "failed"
+                log.warning("webhook %s for job %s failed: %s", delivery.id, delivery.job_id, error)
+            session.commit()
+    return len(leased)
