@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,8 +92,10 @@ def sniff(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
     pixel count is checked before any decoding, so a decompression bomb costs nothing."""
     formats = [f.upper() for f in settings.image_formats]
     try:
-        with Image.open(io.BytesIO(data), formats=formats) as img:
-            width, height = img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                width, height = img.size
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(field, settings, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:

@@ -1,0 +1,168 @@
+"""API keys, tenants and signed download links."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from core.settings import Settings
+
+from .conftest import bearer, new_key
+from .factories import make_artifact, make_concept, make_job, scene
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db_url(postgres_url: str) -> str:  # auth does not depend on the database kind
+    return postgres_url
+
+
+def _post_concept(client: TestClient, **headers: str):  # type: ignore[no-untyped-def]
+    image, masks = scene()
+    files = [("image", ("s.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    return client.post("/v1/concepts", files=files, headers=headers)
+
+
+def test_requests_without_a_valid_key_are_401(settings: Settings, api_key: str) -> None:
+    with TestClient(create_app(settings)) as c:
+        for headers in ({}, {"Authorization": "Basic abc"}, bearer("mifo_kdeadbeef.nope"),
+                        bearer("not-a-key"), bearer(api_key + "x")):  # fmt: skip
+            r = c.get("/v1/jobs", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.json()["field"] == "Authorization" and "mifo keys create" in r.json()["fix"]
+        assert c.get("/v1/jobs", headers=bearer(api_key)).status_code == 200
+        assert c.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_another_tenants_resources_are_404_like_missing_ones(
+    client: TestClient, settings: Settings, session: Session
+) -> None:
+    concept = make_concept(session, tenant="other")
+    job = make_job(session, concept, kind="synthesize", status="running")
+    session.commit()
+    theirs = bearer(new_key(settings, "other"))
+    assert client.get(f"/v1/jobs/{job.id}", headers=theirs).status_code == 200
+    missing = "00000000-0000-4000-8000-000000000000"
+    for method, path in (
+        ("GET", f"/v1/concepts/{concept.id}"), ("DELETE", f"/v1/concepts/{concept.id}"),
+        ("GET", f"/v1/jobs/{job.id}"), ("POST", f"/v1/jobs/{job.id}/cancel"),
+        ("GET", f"/v1/jobs/{job.id}/events"), ("GET", f"/v1/jobs/{job.id}/webhooks"),
+    ):  # fmt: skip
+        mine = client.request(method, path)
+        gone = client.request(method, path.replace(str(concept.id), missing).replace(
+            str(job.id), missing))  # fmt: skip
+        assert mine.status_code == gone.status_code == 404, (method, path)
+        assert mine.json()["type"] == gone.json()["type"]
+    body = {"prompt": "<asset0>", "boxes": {"<asset0>": [0.1, 0.1, 0.5, 0.5]}}
+    assert client.post(f"/v1/concepts/{concept.id}/syntheses", json=body).status_code == 404
+    assert client.get("/v1/jobs").json()["total"] == 0
+    assert client.get("/v1/concepts").json()["total"] == 0
+    session.refresh(job)
+    assert job.status == "running" and not job.cancel_requested  # nothing was touched
+
+
+def test_download_links_are_signed_and_expire(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    r = _post_concept(client)
+    url = r.json()["concept"]["inputs"]["image"]
+    assert client.get(url).status_code == 200
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert int(query["expires"]) >= time.time() + settings.presign_seconds
+    plain = TestClient(client.app)  # no API key: the link alone is enough
+    assert plain.get(url).status_code == 200
+    assert plain.get(parts.path).status_code == 422  # the id alone is not
+    forged = f"{parts.path}?expires={int(query['expires']) + 10}&signature={query['signature']}"
+    assert plain.get(forged).status_code == 404
+    state = client.app.state.mifo  # type: ignore[attr-defined]
+    from core.auth import sign_link
+
+    aid = parts.path.rsplit("/", 1)[1]
+    import uuid
+
+    past = int(time.time()) - 5
+    expired = (
+        f"{parts.path}?expires={past}&signature={sign_link(state.link_key, uuid.UUID(aid), past)}"
+    )
+    r = plain.get(expired)
+    assert r.status_code == 410 and r.json()["field"] == "expires"
+
+
+def test_artifacts_of_other_tenants_need_their_link(client: TestClient, session: Session) -> None:
+    concept = make_concept(session, tenant="other")
+    art = make_artifact(session, concept, None, "input", 0)
+    session.commit()
+    assert client.get(f"/v1/artifacts/{art.id}?expires=9999999999&signature=x").status_code == 404
+
+
+def test_webhook_secret_route(client: TestClient, settings: Settings) -> None:
+    mine = client.get("/v1/webhook-secret").json()["secret"]
+    theirs = client.get("/v1/webhook-secret", headers=bearer(new_key(settings, "other")))
+    assert mine.startswith("whsec_") and theirs.json()["secret"] != mine
+
+
+@pytest.mark.parametrize(
+    ("embedded", "host", "require", "anonymous"),
+    [(True, "127.0.0.1", False, True), (True, "0.0.0.0", False, False),
+     (True, "::1", True, False), (False, "127.0.0.1", False, False)],
+)  # fmt: skip
+def test_keys_are_optional_only_embedded_on_loopback(
+    settings: Settings, embedded: bool, host: str, require: bool, anonymous: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    s = settings.model_copy(update={"embedded": embedded, "bind_host": host,
+                                    "require_api_keys": require})  # fmt: skip
+    with caplog.at_level("INFO", "mifo"), TestClient(create_app(s)) as c:
+        assert (c.get("/v1/jobs").status_code == 200) is anonymous
+    said = "API keys are NOT required" if anonymous else "API keys required"
+    assert said in caplog.text
+
+
+def test_mifo_keys_create_list_revoke(settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "MIFO_DATABASE_URL": settings.db_url,
+        "MIFO_DATA_DIR": str(settings.data_dir),
+    }
+
+    def mifo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mifo_cli", "keys", *args], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    made = mifo("create", "--tenant", "acme")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("mifo_k") and "whsec_" in made.stdout
+    again = mifo("create", "--tenant", "acme")
+    assert "whsec_" not in again.stdout  # the secret shows only when the tenant is created
+    key_id = key.removeprefix("mifo_").split(".")[0]
+    listed = mifo("list").stdout
+    assert key_id in listed and "acme" in listed and key not in listed
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/jobs", headers=bearer(key)).status_code == 200
+        assert mifo("revoke", key_id).returncode == 0
+        c.app.state.mifo.verifier._cache.clear()  # type: ignore[attr-defined]  # skip the 2 s cache
+        assert c.get("/v1/jobs", headers=bearer(key)).status_code == 401
+    assert "revoked" in mifo("list").stdout
+    assert mifo("revoke", "knothere").returncode == 2
+
+
+def test_keys_are_stored_hashed(settings: Settings, api_key: str, session: Session) -> None:
+    from core.models import ApiKey
+
+    rows = session.query(ApiKey).all()
+    assert rows and all(api_key not in (r.secret_hash, r.id) for r in rows)
+    assert all(len(r.secret_hash) == 64 for r in rows)

@@ -1,0 +1,171 @@
+"""Server limits: each one a setting, each breach a problem naming the field and the fix."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from core.settings import Settings
+
+from .conftest import bearer
+from .factories import make_concept, make_job, png, scene
+
+BOX = {"<asset0>": [0.1, 0.1, 0.5, 0.5]}
+
+
+@pytest.fixture
+def db_url(postgres_url: str) -> str:
+    return postgres_url
+
+
+def _post(client: TestClient, image: bytes, masks: list[bytes], name: str = "s.png", **form: str):  # type: ignore[no-untyped-def]
+    files = [("image", (name, image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    return client.post("/v1/concepts", files=files, data=form)
+
+
+def _bomb(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, followed by a few bytes of data only."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def _problem(r, status: int, field: str) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["field"] == field and body["fix"], body
+    return body
+
+
+def _stored(session: Session) -> int:
+    from sqlalchemy import func, select
+
+    from core.models import Concept, Job
+
+    return (session.scalar(select(func.count()).select_from(Concept)) or 0) + (
+        session.scalar(select(func.count()).select_from(Job)) or 0
+    )
+
+
+def test_decompression_bombs_are_refused_from_the_header(
+    client: TestClient, session: Session
+) -> None:
+    _, masks = scene()
+    body = _problem(_post(client, _bomb(40000, 40000), masks), 422, "image")
+    assert body["type"].endswith("image_too_large") and "MIFO_MAX_IMAGE_PIXELS" in body["fix"]
+    _problem(_post(client, scene()[0], [masks[0], _bomb(5000, 5000)]), 422, "masks[1]")
+    assert _stored(session) == 0
+
+
+def test_formats_are_judged_by_content_not_name(client: TestClient, session: Session) -> None:
+    image, masks = scene()
+    gif = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("P").save(gif, format="GIF")
+    body = _problem(_post(client, gif.getvalue(), masks, name="scene.png"), 422, "image")
+    assert body["type"].endswith("unsupported_format")
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("RGB").save(jpeg, format="JPEG", quality=95)
+    assert _post(client, jpeg.getvalue(), masks, name="scene.gif").status_code == 202
+
+
+def test_instances_and_learning_steps(settings: Settings, session: Session, api_key: str) -> None:
+    s = settings.model_copy(update={"max_instances": 1, "max_learn_steps": 10})
+    image, masks = scene()
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        assert "MIFO_MAX_INSTANCES" in _problem(_post(c, image, masks), 422, "masks")["fix"]
+        r = _post(c, image, masks[:1], options='{"phase1_steps": 5, "phase2_steps": 11}')
+        _problem(r, 422, "options.phase2_steps")
+    assert _stored(session) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "setting"),
+    [("num_images", 3, "max_images_per_synthesis"), ("steps", 21, "max_synthesis_steps"),
+     ("prompt", "<asset0> " + "x" * 40, "max_prompt_chars")],
+)  # fmt: skip
+def test_synthesis_limits(
+    settings: Settings, session: Session, api_key: str, field: str, value: object, setting: str
+) -> None:
+    s = settings.model_copy(
+        update={setting: {"max_prompt_chars": 30}.get(setting, 2 if field == "num_images" else 20)}
+    )
+    concept = make_concept(session)
+    session.commit()
+    body = {"prompt": "<asset0>", "boxes": BOX, field: value}
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        r = c.post(f"/v1/concepts/{concept.id}/syntheses", json=body)
+        assert f"MIFO_{setting.upper()}" in _problem(r, 422, field)["fix"]
+        body[field] = {"num_images": 2, "steps": 20, "prompt": "<asset0> x"}[field]
+        assert c.post(f"/v1/concepts/{concept.id}/syntheses", json=body).status_code == 202
+
+
+def test_upload_size_is_413(settings: Settings, api_key: str) -> None:
+    s = settings.model_copy(update={"max_upload_bytes": 1024})
+    image, masks = scene(size=256)
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        _problem(_post(c, image + b"\0" * 2048, masks), 413, "image")
+
+
+def test_rate_limit_answers_429_with_retry_after(settings: Settings, api_key: str) -> None:
+    s = settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 3})
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        codes = [c.get("/v1/jobs").status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        r = c.get("/v1/jobs")
+        assert int(r.headers["retry-after"]) >= 1 and _problem(r, 429, "Authorization")
+        assert c.get("/healthz").status_code == 200
+
+
+def test_rate_limit_is_shared_by_api_processes_through_redis(
+    settings: Settings, api_key: str
+) -> None:
+    url = "redis://127.0.0.1:6379/14"
+    s = settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 4,
+                                    "rate_limit_url": url})  # fmt: skip
+    try:
+        with (
+            TestClient(create_app(s), headers=bearer(api_key)) as a,
+            TestClient(create_app(s), headers=bearer(api_key)) as b,
+        ):
+            codes = [(a if i % 2 else b).get("/v1/jobs").status_code for i in range(8)]
+        assert codes.count(200) == 4 and codes[-1] == 429
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+def test_active_jobs_per_tenant(settings: Settings, session: Session, api_key: str) -> None:
+    s = settings.model_copy(update={"max_active_jobs": 2})
+    concept = make_concept(session)
+    make_job(session, concept, kind="synthesize", status="running")
+    session.commit()
+    body = {"prompt": "<asset0>", "boxes": BOX}
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        first = c.post(f"/v1/concepts/{concept.id}/syntheses", json=body)
+        assert first.status_code == 202
+        r = c.post(f"/v1/concepts/{concept.id}/syntheses", json=body)
+        assert "MIFO_MAX_ACTIVE_JOBS" in _problem(r, 429, "tenant")["fix"]
+        assert r.headers["retry-after"]
+        c.post(f"/v1/jobs/{first.json()['id']}/cancel")
+        assert c.post(f"/v1/concepts/{concept.id}/syntheses", json=body).status_code == 202
+
+
+def test_pil_refuses_bombs_everywhere(client: TestClient) -> None:
+    assert Image.MAX_IMAGE_PIXELS == 4096 * 4096  # set from MIFO_MAX_IMAGE_PIXELS at start-up
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(_bomb(10000, 10000)))
+    assert Image.open(io.BytesIO(png(Image.new("L", (8, 8))))).size == (8, 8)
