@@ -1,0 +1,197 @@
+"""Webhooks with a real local receiver that verifies Standard Webhooks signatures."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import http.server
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from core.settings import Settings
+from core.webhooks import UnsafeTarget, check_url
+from tests.helpers.images import encode, make_scene
+from worker.cache import ConceptCache
+from worker.context import WorkerContext
+from worker.runner import run_job
+
+QUICK = '{"phase1_steps": 2, "phase2_steps": 1, "reward_steps": 1, "diagnostic_timesteps": [100]}'
+
+
+@pytest.fixture
+def db_url(postgres_url: str) -> str:
+    return postgres_url
+
+
+def verify(secret: str, headers: Any, body: bytes, tolerance: int = 300) -> dict:
+    """What a receiver does (the README's snippet)."""
+    msg_id, stamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if abs(time.time() - int(stamp)) > tolerance:
+        raise ValueError("timestamp too old")
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    ).decode()
+    sent = [s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s.startswith("v1,")]
+    if not any(hmac.compare_digest(expected, s) for s in sent):
+        raise ValueError("bad signature")
+    return json.loads(body)
+
+
+@contextlib.contextmanager
+def receiver(secret: str, fail_first: int = 0) -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP server: answers 500 `fail_first` times, then verifies and records."""
+    got: list[dict] = []
+    calls = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            calls["n"] += 1
+            if calls["n"] <= fail_first:
+                self.send_response(500)
+            else:
+                try:
+                    event = verify(secret, self.headers, body)
+                    got.append({"id": self.headers["webhook-id"], **event})
+                    self.send_response(204)
+                except ValueError:
+                    self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _learn(client: TestClient, **form: str) -> dict:
+    image, masks = make_scene()
+    files = [("image", ("scene.png", encode(image), "image/png"))]
+    files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+    r = client.post("/v1/concepts", files=files, data={"options": QUICK, **form})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def _deliveries(client: TestClient, job_id: str, n: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = client.get(f"/v1/jobs/{job_id}/webhooks").json()["data"]
+        if len(rows) >= n and all(r["status"] != "pending" for r in rows):
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(client.get(f"/v1/jobs/{job_id}/webhooks").json())
+
+
+def test_signed_events_reach_a_real_receiver(
+    client: TestClient, settings: Settings, session: Session
+) -> None:
+    import mifo_engine as me
+
+    secret = client.get("/v1/webhook-secret").json()["secret"]
+    ctx = WorkerContext.from_settings(
+        settings.model_copy(update={"progress_interval": 0.0, "webhook_progress_seconds": 0.0})
+    )
+    with receiver(secret) as (url, got):
+        created = _learn(client, webhook_url=url)
+        job_id = created["job"]["id"]
+        base = me.load_base_model("tiny", device="cpu")
+        assert run_job(ctx, uuid.UUID(job_id), lambda: base, ConceptCache(1)) == "succeeded"
+        rows = _deliveries(client, job_id, 3)
+    kinds = [r["event"] for r in rows]
+    assert kinds[0] == "job.started" and kinds[-1] == "job.completed" and "job.progress" in kinds
+    assert all(r["status"] == "delivered" and r["attempts"][0]["status_code"] == 204 for r in rows)
+    assert sorted(e["id"] for e in got) == sorted(r["id"] for r in rows)
+    done = next(e for e in got if e["type"] == "job.completed")
+    assert done["data"]["id"] == job_id and done["data"]["status"] == "succeeded"
+
+
+def test_failures_are_retried_with_backoff_and_recorded(
+    client: TestClient, settings: Settings
+) -> None:
+    secret = client.get("/v1/webhook-secret").json()["secret"]
+    with receiver(secret, fail_first=2) as (url, got):
+        created = _learn(client, webhook_url=url, webhook_events="completed")
+        job_id = created["job"]["id"]
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202  # queued: completed
+        (row,) = _deliveries(client, job_id, 1)
+    assert row["status"] == "delivered" and [a["status_code"] for a in row["attempts"]] == [
+        500, 500, 204,
+    ]  # fmt: skip
+    at = [datetime.fromisoformat(a["created_at"]) for a in row["attempts"]]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
+    backoff = settings.webhook_backoff_seconds
+    assert gaps[0] >= backoff * 0.9 and gaps[1] >= 2 * backoff * 0.9  # doubling delays
+    assert got[0]["data"]["status"] == "canceled"
+
+
+def test_attempts_are_bounded(settings: Settings, api_key: str) -> None:
+    from api.main import create_app
+
+    from .conftest import bearer
+
+    s = settings.model_copy(update={"webhook_max_attempts": 3})
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        secret = c.get("/v1/webhook-secret").json()["secret"]
+        with receiver(secret, fail_first=100) as (url, _):
+            job_id = _learn(c, webhook_url=url, webhook_events="completed")["job"]["id"]
+            c.post(f"/v1/jobs/{job_id}/cancel")
+            (row,) = _deliveries(c, job_id, 1)
+    assert row["status"] == "failed" and len(row["attempts"]) == 3
+    assert row["attempts"][-1]["error"] == "HTTP 500"
+
+
+@pytest.mark.parametrize(
+    ("url", "events", "field"),
+    [("http://10.1.2.3/x", None, "webhook_url"), ("http://169.254.169.254/", None, "webhook_url"),
+     ("http://localhost:9/x", None, "webhook_url"), ("ftp://example.com/", None, "webhook_url"),
+     ("http://127.0.0.1:9/x", "started,finished", "webhook_events")],
+)  # fmt: skip
+def test_unsafe_targets_and_unknown_events_are_422(
+    client: TestClient, settings: Settings, url: str, events: str | None, field: str
+) -> None:
+    s = (
+        settings.model_copy(update={"webhook_allowed_networks": []})
+        if field == "webhook_url"
+        else settings
+    )
+    client.app.state.mifo.settings = s  # type: ignore[attr-defined]
+    image, masks = make_scene()
+    files = [("image", ("scene.png", encode(image), "image/png"))]
+    files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+    form = {"webhook_url": url, **({"webhook_events": events} if events else {})}
+    r = client.post("/v1/concepts", files=files, data=form)
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
+    assert client.get("/v1/concepts").json()["total"] == 0
+
+
+def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def two(host: str, *a: Any, **k: Any) -> list:
+        return [(2, 1, 6, "", ("93.184.216.34", 80)), (2, 1, 6, "", ("192.168.1.5", 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two)
+    with pytest.raises(UnsafeTarget, match="192.168.1.5"):
+        check_url("http://example.com/hook", [])
+    check_url("http://example.com/hook", ["192.168.0.0/16"])
