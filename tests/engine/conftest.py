@@ -17,11 +17,13 @@ FAST_LEARN = LearnConfig(
 )
 
 
+# The tiny model's matrices are too small to gain from a second thread, and two threads
+# spin against any other busy process on a 2-core machine (seen: 10x slower runs).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_base():
-    # The tiny model's matrices are too small to gain from a second thread, and two threads
-    # spin against any other busy process on a 2-core machine (seen: 10x slower runs).
-    torch.set_num_threads(1)
     return load_base_model("tiny", device="cpu")
 
 
