@@ -115,3 +115,102 @@ def test_jobs_of_deleted_concepts_are_skipped(
     created = _learn_request(client)
     client.delete(f"/v1/concepts/{created['concept']['id']}")
     assert run_job(ctx, uuid.UUID(created["job"]["id"]), lambda: base, ConceptCache(1)) == "skipped"
+
+
+class FailingStorage:
+    """Lets the first `ok` writes through, then fails like an unreachable store."""
+
+    def __init__(self, inner: Any, ok: int) -> None:
+        self.inner, self.ok = inner, ok
+
+    def put(self, key: str, data: bytes, content_type: str = "") -> None:
+        from core.storage import StorageError
+
+        if self.ok <= 0:
+            raise StorageError(f"S3 put_object on {key!r} failed: connection reset")
+        self.ok -= 1
+        self.inner.put(key, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_storage_failure_fails_the_job_and_leaves_nothing(
+    client: TestClient, ctx: WorkerContext, base: Any
+) -> None:
+    created = _learn_request(client)
+    ctx.storage = FailingStorage(ctx.storage, ok=2)  # type: ignore[assignment]
+    job_id = uuid.UUID(created["job"]["id"])
+    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["error"]["type"] == "storage_error" and "connection reset" in job["error"]["message"]
+    prefix = f"concepts/{created['concept']['id']}/"
+    assert not ctx.storage.keys(prefix + "concept/")  # the two files written were removed
+    assert len(ctx.storage.keys(prefix + "inputs/")) == 3  # inputs stay: the concept can retry
+
+
+def test_time_limit_fails_the_job_as_timeout(
+    client: TestClient, ctx: WorkerContext, base: Any
+) -> None:
+    ctx.settings = ctx.settings.model_copy(update={"learn_time_limit": 1.0})
+    created = _learn_request(client, '{"phase1_steps": 2000, "phase2_steps": 0}')
+    t0 = time.monotonic()
+    assert run_job(ctx, uuid.UUID(created["job"]["id"]), lambda: base, ConceptCache(1)) == "failed"
+    assert time.monotonic() - t0 < 15
+    job = client.get(f"/v1/jobs/{created['job']['id']}").json()
+    assert job["error"]["type"] == "timeout" and "MIFO_LEARN_TIME_LIMIT" in job["error"]["message"]
+    assert not ctx.storage.keys(f"concepts/{created['concept']['id']}/concept/")
+
+
+def test_a_queued_job_canceled_never_runs(client: TestClient, ctx: WorkerContext) -> None:
+    created = _learn_request(client)
+    job_id = created["job"]["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+
+    def never() -> Any:
+        raise AssertionError("the model was loaded for a canceled job")
+
+    assert run_job(ctx, uuid.UUID(job_id), never, ConceptCache(1)) == "skipped"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["started_at"] is None and job["attempts"] == 0
+
+
+def test_redelivery_is_bounded_and_cleans_the_last_attempt(
+    client: TestClient, ctx: WorkerContext, base: Any, session: Any
+) -> None:
+    from core import jobs
+    from core.db import session_scope
+
+    created = _learn_request(client)
+    job_id = uuid.UUID(created["job"]["id"])
+    leftover = f"concepts/{created['concept']['id']}/concept/half-written.bin"
+    with session_scope(ctx.sessions) as s:  # two deliveries whose worker died
+        jobs.start(s, job_id=job_id, max_attempts=3)
+        jobs.start(s, job_id=job_id, max_attempts=3)
+    ctx.storage.put(leftover, b"x")
+    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "succeeded"  # third attempt
+    assert leftover not in ctx.storage.keys(f"concepts/{created['concept']['id']}/")
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempts"] == 3
+
+    again = uuid.UUID(_learn_request(client)["job"]["id"])
+    with session_scope(ctx.sessions) as s:
+        for _ in range(3):
+            jobs.start(s, job_id=again, max_attempts=3)
+    assert run_job(ctx, again, lambda: base, ConceptCache(1)) == "skipped"
+    job = client.get(f"/v1/jobs/{again}").json()
+    assert job["status"] == "failed" and job["error"]["type"] == "worker_lost"
+
+
+def test_a_superseded_attempt_cannot_record_an_outcome(
+    client: TestClient, ctx: WorkerContext
+) -> None:
+    from core import jobs
+    from core.db import session_scope
+
+    job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+    with session_scope(ctx.sessions) as s:
+        first = jobs.start(s, job_id=job_id).attempts  # type: ignore[union-attr]
+        jobs.start(s, job_id=job_id)  # redelivered while the first worker still ran
+        assert not jobs.record_progress(s, job_id=job_id, phase="p", step=1, total=2,
+                                        fraction=0.5, eta_seconds=None, attempt=first)  # fmt: skip
+        assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)

@@ -1,0 +1,86 @@
+"""Retention: old synthesis images expire (beat task in production, a loop in `mifo serve`);
+deleting a concept removes every object under it."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from core import jobs
+from core.models import utcnow
+from core.retention import run_maintenance
+from core.settings import Settings
+from core.storage import storage_from_settings
+from worker.app import TASK_MAINTENANCE, create_celery
+
+from .conftest import bearer
+from .factories import make_artifact, make_concept, make_job
+
+
+@pytest.fixture
+def db_url(postgres_url: str) -> str:
+    return postgres_url
+
+
+def _old_synthesis(session: Session, settings: Settings, age: float) -> tuple:
+    storage = storage_from_settings(settings)
+    concept = make_concept(session)
+    job = make_job(session, concept, kind="synthesize", status="running")
+    art = make_artifact(session, concept, job, "image", 0)
+    art.key = f"{concept.prefix}syntheses/{job.id}/image_00.png"
+    jobs.finish(session, job_id=job.id, status="succeeded",
+                result={"images": [{"index": 0, "seed": 0}]})  # fmt: skip
+    job.finished_at = utcnow() - timedelta(seconds=age)
+    session.commit()
+    storage.put(art.key, b"png")
+    storage.put(f"{concept.prefix}inputs/image.png", b"input")
+    return storage, concept, job
+
+
+def test_old_synthesis_images_expire(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    storage, concept, old = _old_synthesis(session, settings, age=120)
+    _, _, fresh = _old_synthesis(session, settings, age=1)
+    s = settings.model_copy(update={"synthesis_retention_seconds": 60})
+    assert run_maintenance(client.app.state.mifo.sessions, storage, s)["syntheses_expired"] == 1  # type: ignore[attr-defined]
+    body = client.get(f"/v1/jobs/{old.id}").json()
+    assert body["result"]["expired_at"] and body["result"]["images"][0]["url"] is None
+    assert storage.keys(f"{concept.prefix}syntheses/") == []
+    assert storage.keys(f"{concept.prefix}inputs/")  # only synthesis images expire
+    assert client.get(f"/v1/jobs/{fresh.id}").json()["result"]["images"][0]["url"]
+
+
+def test_embedded_mode_runs_the_retention_loop(
+    settings: Settings, session: Session, api_key: str
+) -> None:
+    storage, concept, old = _old_synthesis(session, settings, age=120)
+    s = settings.model_copy(update={"embedded": True, "synthesis_retention_seconds": 60,
+                                    "maintenance_interval_seconds": 0.2})  # fmt: skip
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        deadline = time.monotonic() + 10
+        while c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert storage.keys(f"{concept.prefix}syntheses/") == []
+
+
+def test_production_schedules_the_task_with_celery_beat(settings: Settings) -> None:
+    app = create_celery(settings.model_copy(update={"maintenance_interval_seconds": 120}))
+    entry = app.conf.beat_schedule["maintenance"]
+    assert entry["task"] == TASK_MAINTENANCE and entry["schedule"] == 120
+    assert app.conf.task_routes[TASK_MAINTENANCE] == {"queue": "maintenance"}
+
+
+def test_deleting_a_concept_removes_all_its_objects(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    storage, concept, _ = _old_synthesis(session, settings, age=1)
+    storage.put(f"{concept.prefix}concept/concept.json", b"{}")
+    assert client.delete(f"/v1/concepts/{concept.id}").status_code == 204
+    assert storage.keys(concept.prefix) == []
