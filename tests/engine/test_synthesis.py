@@ -321,3 +321,35 @@ def test_layout_errors(tiny_base, tiny_concept, prompt, boxes, field, words):
 def test_overlapping_boxes_are_allowed(tiny_base, tiny_concept):
     boxes = {"<asset0>": [0.0, 0.0, 0.7, 0.7], "<asset1>": [0.3, 0.3, 1.0, 1.0]}
     assert synthesize(tiny_base, tiny_concept, PROMPT, boxes, config=FAST).images
+
+
+def test_refinement_turns_self_attention_clusters_into_subject_masks(tiny_base, tiny_concept):
+    cfg = SynthesisConfig(num_clusters=1)
+    with tiny_concept.applied(tiny_base) as tokenizer:
+        layout, layers, loss, refine = _controller(tiny_base, tiny_concept, cfg)
+        _, ids = encode_text(tiny_base, tokenizer, PROMPT)
+        ctl = BoundedController(layout, tokenizer, ids, 1, cfg, tiny_base.device, loss, refine)
+    res = refine[0].resolution  # 8x8 on the tiny model
+    grid = torch.arange(res * res)
+    rows, cols = grid // res, grid % res
+    # self-attention: pixels attend within their quadrant-row blocks -> two clear clusters
+    top = (rows < res // 2).float()
+    sa = torch.where(top[:, None].bool(), top[None, :], 1 - top[None, :]) / (res * res / 2)
+    # subject 0's cross-attention peaks in its box (top-left); subject 1's is flat
+    ca0 = ((rows < res // 2) & (cols < res // 2)).float()
+    ca = torch.stack([ca0, torch.zeros(res * res)])[None]
+    ctl._refine_sa, ctl._refine_ca, ctl._refine_count = sa[None], ca, 1
+    before = ctl.regions(res).clone()
+    ctl.refine()
+    after = ctl.regions(res)[0]
+    # each subject now owns the cluster that overlaps its box: masks spill beyond the boxes
+    assert (
+        after[0].view(res, res)[: res // 2].all() and not after[0].view(res, res)[res // 2 :].any()
+    )
+    assert (
+        after[1].view(res, res)[res // 2 :].all() and not after[1].view(res, res)[: res // 2].any()
+    )
+    assert not torch.equal(after[0], before[0, 0]) and not torch.equal(after[1], before[0, 1])
+    # every layer follows the refined masks from now on
+    coarse = ctl.regions(res // 2)[0].view(2, res // 2, res // 2)
+    assert coarse[0, : res // 4].all() and coarse[1, res // 4 :].all()
