@@ -81,7 +81,7 @@ class LearnConfig:
     phase2_lr: float = 2e-6  # full fine-tune
     phase2_lora_lr: float = 1e-4
     lora_rank: int = 16
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16  # adapter scale = lora_alpha / lora_rank
     phase2_lambda_penalty: float = 2e-2
     phase2_attn_places: tuple[Place, ...] = ("down", "up")
     phase2_attn_resolutions: tuple[int, ...] = (16,)
@@ -225,6 +225,10 @@ class SynthesisConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> SynthesisConfig:
         return _from_mapping(cls, values)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> SynthesisConfig:
+        return _from_file(cls, path)
+
     def replace(self, **changes: Any) -> SynthesisConfig:
         return _from_mapping(type(self), {**self.to_dict(), **changes})
 
@@ -278,13 +282,15 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(name, args[0], value) if len(args) == 1 else value
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(name, options[0], value) if len(options) == 1 else value
     if origin is tuple and isinstance(value, list | tuple):
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(name, args[0], v) for v in value)
-        return tuple(_coerce(name, a, v) for a, v in zip(args, value, strict=False))
+        if len(args) != len(value):
+            return tuple(value)  # wrong length: _check_fields names the field
+        return tuple(_coerce(name, a, v) for a, v in zip(args, value, strict=True))
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ def lora_adapters(
     text_encoder: nn.Module,
     *,
     rank: int,
-    alpha: float,
+    alpha: int,
     seed: int,
     weights: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Iterator[None]:
@@ -109,7 +109,7 @@ def _remove_wrappers(model: nn.Module, wrapper: type) -> None:
         if isinstance(module, wrapper) and name:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
+            setattr(parent, child, cast(Any, module).get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
 

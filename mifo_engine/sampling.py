@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from PIL import Image
 
 from .runtime import autocast
@@ -97,5 +97,5 @@ def generate_latents(
     )
     for t in scheduler.timesteps:
         noise = guided_noise(base, latents, t, uncond, cond, guidance_scale, precision)
-        latents = scheduler.step(noise, t, latents).prev_sample
+        latents = scheduler.step(noise, t, latents, return_dict=False)[0]
     return latents

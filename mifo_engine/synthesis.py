@@ -173,7 +173,7 @@ def synthesize(
                 noise = guided_noise(
                     base, latents, t, uncond, cond, cfg.guidance_scale, cfg.precision
                 )
-                latents = scheduler.step(noise, t, latents, eta=cfg.eta).prev_sample
+                latents = scheduler.step(noise, t, latents, eta=cfg.eta, return_dict=False)[0]
                 report(
                     progress,
                     Progress(

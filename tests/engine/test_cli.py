@@ -181,3 +181,15 @@ def test_package_names_stay_functions_after_use():
 
     assert me.learn is first and callable(me.learn)
     assert callable(me.synthesize) and callable(me.load_base_model)
+
+
+def test_synthesize_reads_a_config_file(tmp_path):
+    from mifo_engine.config import SynthesisConfig
+
+    path = tmp_path / "s.json"
+    path.write_text('{"steps": 12, "loss_layers": [["mid", 8]], "mask_refinement": false}')
+    cfg = SynthesisConfig.from_file(path)
+    assert cfg.steps == 12 and cfg.loss_layers == (("mid", 8),) and not cfg.mask_refinement
+    path.write_text('{"loss_layers": [["mid", 8, 9]]}')
+    with pytest.raises(Exception, match="loss_layers"):
+        SynthesisConfig.from_file(path)
