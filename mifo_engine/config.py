@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self
 
 from .errors import ConfigError
 
@@ -34,8 +34,52 @@ FILLER_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class _Config:
+    """Construction from JSON-like mappings and files, copies with changes, plain dicts."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
+        """Build from a mapping (e.g. parsed JSON): unknown names and wrong types are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.",
+                field=unknown[0],
+                fix=f"remove them; known fields are: {', '.join(sorted(known))}",
+            )
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _coerce(name, hints[name], value) for name, value in values.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Build from a JSON file holding an object of fields."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"Cannot read config file {path}: {exc}.",
+                field="config",
+                fix="pass a JSON object file",
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"Config file {path} must hold a JSON object.",
+                field="config",
+                fix="wrap the fields in {...}",
+            )
+        return cls.from_mapping(data)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed, validated like a new config."""
+        return self.from_mapping({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(_Config):
     """One learning run (METHOD sections 1-3 and the learning switches of section 5)."""
 
     seed: int = 0
@@ -103,16 +147,18 @@ class LearnConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _require(self.phase1_steps >= 0, "phase1_steps", ">= 0")
-        _require(self.phase2_steps >= 0, "phase2_steps", ">= 0")
-        _require(self.reward_steps >= 0, "reward_steps", ">= 0")
-        _require(0 <= self.t_attn <= self.train_timesteps, "t_attn", "in [0, train_timesteps]")
-        _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "in [0, 1]")
-        _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "in (0, 1)")
-        _require(self.max_instances >= 1, "max_instances", ">= 1")
-        _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "in [0, 1)")
-        _require(self.lr > 0, "lr", "> 0")
-        _require(self.lora_rank >= 1, "lora_rank", ">= 1")
+        _require(self.phase1_steps >= 0, "phase1_steps", "a number >= 0")
+        _require(self.phase2_steps >= 0, "phase2_steps", "a number >= 0")
+        _require(self.reward_steps >= 0, "reward_steps", "a number >= 0")
+        _require(
+            0 <= self.t_attn <= self.train_timesteps, "t_attn", "a number in [0, train_timesteps]"
+        )
+        _require(0.0 <= self.flip_prob <= 1.0, "flip_prob", "a number in [0, 1]")
+        _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "a number in (0, 1)")
+        _require(self.max_instances >= 1, "max_instances", "a number >= 1")
+        _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "a number in [0, 1)")
+        _require(self.lr > 0, "lr", "a number > 0")
+        _require(self.lora_rank >= 1, "lora_rank", "a number >= 1")
         _require(
             not self.prior_preservation or bool(self.class_prompt),
             "class_prompt",
@@ -135,23 +181,9 @@ class LearnConfig:
             return "penalty"
         return "reward" if step < self.reward_steps else "penalty"
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> LearnConfig:
-        return _from_mapping(cls, values)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> LearnConfig:
-        return _from_file(cls, path)
-
-    def replace(self, **changes: Any) -> LearnConfig:
-        return _from_mapping(type(self), {**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class SynthesisConfig:
+class SynthesisConfig(_Config):
     """One synthesis request (METHOD section 4 and the synthesis switches of section 5)."""
 
     steps: int = 50
@@ -200,17 +232,17 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _require(self.steps >= 1, "steps", ">= 1")
-        _require(self.num_images >= 1, "num_images", ">= 1")
-        _require(self.guidance_scale >= 1.0, "guidance_scale", ">= 1.0")
-        _require(self.guidance_steps >= 0, "guidance_steps", ">= 0")
-        _require(self.max_guidance_iters >= 1, "max_guidance_iters", ">= 1")
-        _require(self.num_clusters >= 1, "num_clusters", ">= 1")
-        _require(self.refine_every >= 1, "refine_every", ">= 1")
+        _require(self.steps >= 1, "steps", "a number >= 1")
+        _require(self.num_images >= 1, "num_images", "a number >= 1")
+        _require(self.guidance_scale >= 1.0, "guidance_scale", "a number >= 1.0")
+        _require(self.guidance_steps >= 0, "guidance_steps", "a number >= 0")
+        _require(self.max_guidance_iters >= 1, "max_guidance_iters", "a number >= 1")
+        _require(self.num_clusters >= 1, "num_clusters", "a number >= 1")
+        _require(self.refine_every >= 1, "refine_every", "a number >= 1")
         _require(
             self.seeds is None or len(self.seeds) == self.num_images,
             "seeds",
-            "a list of exactly num_images seeds, or null to use seed, seed+1, ...",
+            "a list of exactly num_images seeds (or null for seed, seed+1 and so on)",
         )
 
     def image_seeds(self) -> list[int]:
@@ -221,59 +253,13 @@ class SynthesisConfig:
             else [self.seed + i for i in range(self.num_images)]
         )
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> SynthesisConfig:
-        return _from_mapping(cls, values)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> SynthesisConfig:
-        return _from_file(cls, path)
-
-    def replace(self, **changes: Any) -> SynthesisConfig:
-        return _from_mapping(type(self), {**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _require(ok: bool, name: str, rule: str) -> None:
+    """Raise a ConfigError unless `ok`; `rule` completes "'name' must be ..."."""
     if not ok:
         raise ConfigError(
-            f"Config field '{name}' {rule}.", field=name, fix=f"set '{name}' so that it {rule}"
+            f"Config field '{name}' must be {rule}.", field=name, fix=f"set '{name}' to {rule}"
         )
-
-
-C = TypeVar("C", LearnConfig, SynthesisConfig)
-
-
-def _from_mapping(cls: type[C], values: Mapping[str, Any]) -> C:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.",
-            field=unknown[0],
-            fix=f"remove them; known fields are: {', '.join(known)}",
-        )
-    hints = typing.get_type_hints(cls)
-    coerced = {name: _coerce(name, hints[name], value) for name, value in values.items()}
-    return cls(**coerced)
-
-
-def _from_file(cls: type[C], path: str | Path) -> C:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"Cannot read config file {path}: {exc}.", field="config", fix="pass a JSON object file"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"Config file {path} must hold a JSON object.",
-            field="config",
-            fix="wrap the fields in {...}",
-        )
-    return _from_mapping(cls, data)
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -300,9 +286,9 @@ def _check_fields(obj: Any) -> None:
         value = getattr(obj, f.name)
         if not _matches(value, hints[f.name]):
             raise ConfigError(
-                f"Config field '{f.name}' has the wrong type ({type(value).__name__}: {value!r}).",
+                f"Config field '{f.name}' cannot be {value!r}.",
                 field=f.name,
-                fix=f"give a value of type {_describe(hints[f.name])}",
+                fix=f"give {_describe(hints[f.name])}",
             )
 
 
@@ -336,4 +322,5 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return f"a value of type {name}"

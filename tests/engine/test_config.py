@@ -1,0 +1,95 @@
+"""Configs: the paper's defaults, and clear refusals naming the field."""
+
+import json
+
+import pytest
+
+from mifo_engine.config import LearnConfig, SynthesisConfig
+from mifo_engine.errors import ConfigError
+
+
+def test_paper_defaults():
+    c = LearnConfig()
+    assert (c.reward_steps, c.phase1_steps, c.phase2_steps, c.t_attn) == (200, 800, 400, 500)
+    assert (c.lambda_reward, c.reward_alpha, c.lambda_penalty, c.lambda_rec) == (
+        1e-2,
+        0.5,
+        2e-2,
+        1.0,
+    )
+    assert (c.lr, c.adam_beta1, c.adam_beta2, c.weight_decay, c.lr_warmup_steps) == (
+        5e-3,
+        0.9,
+        0.99,
+        1e-2,
+        10,
+    )
+    assert (c.beta_start, c.beta_end, c.train_timesteps) == (0.00085, 0.012, 1000)
+    assert c.attn_loss_resolutions == (16, 32) and c.phase2_lr == 2e-6 and c.max_instances == 8
+    s = SynthesisConfig()
+    assert (s.steps, s.guidance_scale, s.guidance_steps, s.max_guidance_iters) == (50, 7.5, 15, 5)
+    assert (s.alpha_max, s.alpha_mid, s.alpha_min, s.step_size_start, s.step_size_end) == (
+        0.4,
+        0.1,
+        0.01,
+        8.0,
+        2.0,
+    )
+    assert (s.ca_weight, s.sa_weight, s.loss_threshold, s.refine_start, s.refine_every) == (
+        1.5,
+        0.5,
+        0.2,
+        15,
+        5,
+    )
+    assert s.box_control and "the" in s.filler_words and "beach" not in s.filler_words
+
+
+def test_attention_term_schedule():
+    c = LearnConfig()
+    assert [c.attn_term(i) for i in (0, 199, 200, 799)] == [
+        "reward",
+        "reward",
+        "penalty",
+        "penalty",
+    ]
+    assert LearnConfig(attn_loss="none").attn_term(0) == "none"
+    assert LearnConfig(attn_loss="penalty").attn_term(0) == "penalty"
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"phase1_steps": "many"}, "phase1_steps"),
+        ({"phase1_steps": True}, "phase1_steps"),
+        ({"phase2_mode": "half"}, "phase2_mode"),
+        ({"flip_prob": 1.5}, "flip_prob"),
+        ({"init_words": "car"}, "init_words"),
+        ({"attn_loss_resolutions": [16, "x"]}, "attn_loss_resolutions"),
+    ],
+)
+def test_refusals_name_the_field(values, field):
+    with pytest.raises(ConfigError) as err:
+        LearnConfig.from_mapping(values)
+    assert err.value.field == field and err.value.fix
+
+
+def test_json_lists_become_tuples_and_files_load(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(
+        json.dumps({"init_words": ["car", "dog"], "attn_loss_resolutions": [16], "seed": 3})
+    )
+    c = LearnConfig.from_file(path)
+    assert c.init_words == ("car", "dog") and c.attn_loss_resolutions == (16,) and c.seed == 3
+    assert LearnConfig.from_mapping(c.to_dict()) == c
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        LearnConfig.from_file(path)
+
+
+def test_replace_validates():
+    with pytest.raises(ConfigError):
+        SynthesisConfig().replace(steps=0)
+    assert SynthesisConfig().replace(num_images=2, seeds=[4, 9]).image_seeds() == [4, 9]
+    assert SynthesisConfig(seed=5, num_images=3).image_seeds() == [5, 6, 7]
