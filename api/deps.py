@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +20,7 @@ from core.ratelimit import retry_after
 from core.settings import Settings
 from core.storage import Storage
 
+log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="An API key from `mifo keys create`.")
 
 
@@ -26,8 +29,16 @@ def get_state(request: Request) -> AppState:
 
 
 def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
-    with state.sessions() as session:
+    session = state.sessions()
+    try:
         yield session
+    finally:
+        # Runs after the response has started: a connection lost meanwhile must not turn
+        # into a second error (the pool drops the dead connection by itself).
+        try:
+            session.close()
+        except SQLAlchemyError as exc:
+            log.warning("closing a database session failed: %s", exc)
 
 
 def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
