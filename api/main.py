@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={
+            400: problems.PROBLEM_RESPONSE,
             401: problems.PROBLEM_RESPONSE,
+            422: problems.PROBLEM_RESPONSE,
             429: problems.PROBLEM_RESPONSE,
             500: problems.PROBLEM_RESPONSE,
             503: problems.PROBLEM_RESPONSE,

@@ -115,8 +115,12 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     problem = Problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+    if exc.status_code == 400:
+        problem.field, problem.fix = "body", "send well-formed JSON or multipart (see /docs)"
     return _respond(request, problem)
 
 

@@ -148,4 +148,7 @@ def sign_link(key: bytes, artifact_id: uuid.UUID, expires: int) -> str:
 
 
 def link_valid(key: bytes, artifact_id: uuid.UUID, expires: int, signature: str) -> bool:
-    return hmac.compare_digest(sign_link(key, artifact_id, expires), signature)
+    # As bytes: compare_digest refuses str with non-ASCII characters.
+    return hmac.compare_digest(
+        sign_link(key, artifact_id, expires).encode(), signature.encode("utf-8", "replace")
+    )

@@ -155,9 +155,9 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 def _beat(args: argparse.Namespace) -> int:
     _logging()
-    from worker.app import celery_app
-
     import tempfile
+
+    from worker.app import celery_app
 
     schedule = os.path.join(tempfile.gettempdir(), "mifo-beat-schedule")
     celery_app.Beat(loglevel="INFO", schedule=schedule).run()
