@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,8 +87,18 @@ def anonymous_allowed(settings: Settings) -> bool:
     return settings.embedded and not settings.require_api_keys and is_loopback(settings.bind_host)
 
 
-@functools.cache
+_TOKENIZER_LOCK = threading.Lock()
+
+
 def _load_tokenizer(spec: str) -> Any:
+    # transformers' lazy imports are not thread-safe: concurrent first requests used to fail
+    # with "cannot import name CLIPTokenizer". One loader at a time, then the cache.
+    with _TOKENIZER_LOCK:
+        return _cached_tokenizer(spec)
+
+
+@functools.cache
+def _cached_tokenizer(spec: str) -> Any:
     from mifo_engine.models import load_tokenizer
 
     return load_tokenizer(spec)

@@ -7,6 +7,14 @@ Read-path latencies (GET /v1/jobs, /v1/concepts, /healthz) come from --clients t
 issuing --requests each; with --jobs, that many concepts are learned and synthesised (use a
 `tiny` service unless you mean to load GPUs), and queue-to-finish times are reported.
 Results print as JSON; --out also writes them to a file (bench/results/ is ignored by git).
+
+    python bench/load.py --compare --pollers 50 --seconds 10
+
+--compare needs no running service: it starts `mifo api` (one uvicorn process) on a
+throwaway PostgreSQL database with Redis rate limiting, and a bare FastAPI JSON endpoint in
+the same uvicorn set-up; concurrent keep-alive clients on loopback submit synthesis jobs,
+then poll their status, and the same number of clients hit the bare endpoint. Throughput
+and p50/p99 latency print side by side.
 """
 
 from __future__ import annotations
@@ -113,6 +121,157 @@ def _wait(http: httpx.Client, job_id: str, timeout: float = 3600) -> dict:
     raise TimeoutError(job_id)
 
 
+# --compare: the service against a bare endpoint -------------------------------------------
+
+try:
+    from fastapi import FastAPI
+
+    bare_app = FastAPI()
+
+    @bare_app.get("/v1/ping")
+    async def ping() -> dict[str, str]:
+        return {"status": "ok"}
+except ImportError:  # pragma: no cover - FastAPI is a dependency of the service
+    pass
+
+
+async def _closed_loop(port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+    """`clients` keep-alive connections, each sending its next request as soon as the last
+    answer is in, for `seconds`. A minimal HTTP/1.1 client: the load generator shares the
+    machine's cores with the server, so it must cost little."""
+    import asyncio
+
+    samples: list[float] = []
+    errors = {"n": 0}
+    stop = time.perf_counter() + seconds
+
+    async def one(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        k = i
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            writer.write(requests[k % len(requests)])
+            k += clients
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            samples.append(time.perf_counter() - t0)
+            if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 202")):
+                errors["n"] += 1
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    wall = time.perf_counter() - t0
+    ordered = sorted(samples)
+    pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
+    return {"requests": len(ordered), "errors": errors["n"], "rps": round(len(ordered) / wall, 1),
+            "p50_ms": pick(0.50), "p99_ms": pick(0.99)}  # fmt: skip
+
+
+def _get(path: str, key: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+
+
+def _post_json(path: str, key: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    return head.encode() + data
+
+
+def compare(pollers: int, seconds: float, submitters: int) -> dict[str, object]:
+    import asyncio
+    import os
+    import random
+    import socket
+    import subprocess
+
+    from core import auth
+    from core.db import make_engine, make_sessionmaker, session_scope, upgrade
+    from core.models import Concept
+    from tests.service.conftest import throwaway_postgres
+    from tests.service.factories import concept_meta
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    def ready(p: int, path: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{p}{path}", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"port {p} never answered {path}")
+
+    root = Path(__file__).resolve().parents[1]
+    broker = f"redis://127.0.0.1:6379/{random.randint(1, 13)}"
+    with throwaway_postgres() as db:
+        upgrade(db)
+        sessions = make_sessionmaker(make_engine(db))
+        with session_scope(sessions) as s:
+            tenant = auth.get_or_create_tenant(s, "bench")[0]
+            keys = [auth.create_key(s, tenant=tenant)[1] for _ in range(pollers)]
+            concept = Concept(tenant_id=tenant.id, status="ready", base_model="tiny",
+                              names=["a", "b"], options={}, meta=concept_meta(["a", "b"]),
+                              width=64, height=64)  # fmt: skip
+            s.add(concept)
+            s.flush()
+            concept_id = concept.id
+        env = {**os.environ, "MIFO_DATABASE_URL": db, "MIFO_BROKER_URL": broker,
+               "MIFO_BASE_MODEL": "tiny", "MIFO_DATA_DIR": "/tmp/mifo-bench",
+               "MIFO_MAX_ACTIVE_JOBS": "1000000", "MIFO_RATE_LIMIT_PER_SECOND": "100000",
+               "MIFO_RATE_LIMIT_BURST": "100000", "MIFO_LOG_LEVEL": "warning"}  # fmt: skip
+        service_port, bare_port = port(), port()
+        log = open("/tmp/mifo-bench-api.log", "wb")  # noqa: SIM115 - closed below
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "mifo_cli", "api", "--port", str(service_port)],
+                             env=env, cwd=root, stdout=log, stderr=log),
+            subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.load:bare_app", "--port",
+                              str(bare_port), "--log-level", "warning"], cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]  # fmt: skip
+        try:
+            ready(service_port, "/readyz")
+            ready(bare_port, "/v1/ping")
+            body = {"prompt": "a photo of <asset0> and <asset1>", "steps": 2,
+                    "boxes": {"<asset0>": [0.05, 0.2, 0.45, 0.8], "<asset1>": [0.55, 0.2, 0.95, 0.8]}}  # fmt: skip
+            path = f"/v1/concepts/{concept_id}/syntheses"
+            submits = [_post_json(path, keys[i % len(keys)], body) for i in range(submitters)]
+            submit = asyncio.run(_closed_loop(service_port, submits, submitters, seconds / 2))
+            with httpx.Client(base_url=f"http://127.0.0.1:{service_port}", timeout=30,
+                              headers={"Authorization": f"Bearer {keys[0]}"}) as http:  # fmt: skip
+                ids = [j["id"] for j in http.get("/v1/jobs?limit=100").json()["data"]]
+            polls = [
+                _get(f"/v1/jobs/{ids[i % len(ids)]}", keys[i % len(keys)]) for i in range(pollers)
+            ]
+            status = asyncio.run(_closed_loop(service_port, polls, pollers, seconds))
+            bare = asyncio.run(_closed_loop(bare_port, [_get("/v1/ping")], pollers, seconds))
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+            log.close()
+            redis_flush(broker)
+    return {
+        "pollers": pollers, "seconds": seconds, "cpus": os.cpu_count(),
+        "submit_synthesis": submit, "poll_job_status": status, "bare_fastapi_json": bare,
+        "status_vs_bare_throughput": round(status["rps"] / bare["rps"], 3),
+    }  # fmt: skip
+
+
+def redis_flush(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -121,7 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=0, help="concepts to learn and synthesise")
     p.add_argument("--steps", type=int, default=2, help="steps per phase for --jobs")
     p.add_argument("--out", type=Path)
+    p.add_argument("--compare", action="store_true", help="service vs bare endpoint (see top)")
+    p.add_argument("--pollers", type=int, default=50, help="--compare: concurrent pollers")
+    p.add_argument("--submitters", type=int, default=8, help="--compare: concurrent submitters")
+    p.add_argument("--seconds", type=float, default=10.0, help="--compare: per measurement")
     args = p.parse_args(argv)
+    if args.compare:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        text = json.dumps(compare(args.pollers, args.seconds, args.submitters), indent=2)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        return 0
     result: dict[str, object] = {
         "url": args.url,
         "reads": read_load(args.url, args.clients, args.requests),
