@@ -1,0 +1,1 @@
+"""Benchmarks of the engine: each module is one command that prints a table and writes JSON."""
