@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 MIFO = [sys.executable, "-m", "mifo_cli"]
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = {"phase1_steps": 3, "phase2_steps": 1, "reward_steps": 1, "diagnostic_timesteps": [100]}
+HEADERS: dict[str, str] = {}  # the production test's API key; embedded mode needs none
 BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
 
 
@@ -70,7 +71,8 @@ def wait_ready(base: str, timeout: float = 120) -> None:
 def follow(base: str, job_id: str, timeout: float = 300) -> list[tuple[str, dict[str, Any]]]:
     """Read the job's event stream to its end."""
     seen = []
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout) as r:
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout,
+                      headers=HEADERS) as r:  # fmt: skip
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         kind = ""
         for line in r.iter_lines():
@@ -84,7 +86,7 @@ def follow(base: str, job_id: str, timeout: float = 300) -> list[tuple[str, dict
 def poll(base: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/v1/jobs/{job_id}").json()
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=HEADERS).json()
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job
         time.sleep(0.5)
@@ -106,7 +108,7 @@ def whole_flow(base: str) -> dict[str, Any]:
     files = [("image", ("scene.png", encode(image), "image/png"))]
     files += [("masks", (f"mask{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
     data = {"names": "left blob,right blob", "options": json.dumps(QUICK)}
-    r = httpx.post(f"{base}/v1/concepts", files=files, data=data, timeout=60)
+    r = httpx.post(f"{base}/v1/concepts", files=files, data=data, timeout=60, headers=HEADERS)
     assert r.status_code == 202, r.text
     concept_id, job_id = r.json()["concept"]["id"], r.json()["job"]["id"]
     assert r.headers["location"] == f"/v1/jobs/{job_id}"
@@ -125,7 +127,9 @@ def whole_flow(base: str) -> dict[str, Any]:
 
     body = {"prompt": "a photo of <asset0> and <asset1> on grass", "boxes": BOXES,
             "num_images": 2, "seed": 5, "steps": 2, "options": {"max_guidance_iters": 1}}  # fmt: skip
-    r = httpx.post(f"{base}/v1/concepts/{concept_id}/syntheses", json=body, timeout=30)
+    r = httpx.post(
+        f"{base}/v1/concepts/{concept_id}/syntheses", json=body, timeout=30, headers=HEADERS
+    )
     assert r.status_code == 202, r.text
     job = poll(base, r.json()["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -161,6 +165,9 @@ def test_production_processes_postgres_redis_s3(tmp_path: Path) -> None:
         assert refused.returncode == 2 and "mifo migrate" in refused.stderr
         migrated = subprocess.run([*MIFO, "migrate"], env=env, cwd=ROOT, capture_output=True)
         assert migrated.returncode == 0, migrated.stderr
+        made = subprocess.run([*MIFO, "keys", "create", "--tenant", "e2e"], env=env, cwd=ROOT,
+                              capture_output=True, text=True)  # fmt: skip
+        HEADERS["Authorization"] = "Bearer " + made.stdout.strip().splitlines()[-1]
         try:
             with processes(env, tmp_path, [*MIFO, "api", "--port", str(port)], [*MIFO, "worker"]):
                 wait_ready(base)
@@ -169,9 +176,11 @@ def test_production_processes_postgres_redis_s3(tmp_path: Path) -> None:
                 s3c = boto3.client("s3", endpoint_url=s3, region_name="us-east-1")
                 prefix = f"service/concepts/{result['concept_id']}/"
                 assert s3c.list_objects_v2(Bucket="mifo-e2e", Prefix=prefix)["KeyCount"] > 0
-                assert httpx.delete(f"{base}/v1/concepts/{result['concept_id']}").status_code == 204
+                gone = httpx.delete(f"{base}/v1/concepts/{result['concept_id']}", headers=HEADERS)
+                assert gone.status_code == 204
                 assert s3c.list_objects_v2(Bucket="mifo-e2e", Prefix=prefix)["KeyCount"] == 0
         finally:
+            HEADERS.clear()
             redis.Redis.from_url(broker).flushdb()
 
 
