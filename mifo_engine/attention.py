@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -178,6 +178,9 @@ class MifoAttnProcessor:
 @contextlib.contextmanager
 def installed_processors(unet: Any, processors: Mapping[str, Any]) -> Iterator[None]:
     """Install processors on the named layers; restore the originals on exit, also on error."""
+    if not processors:
+        yield
+        return
     originals = dict(unet.attn_processors)
     unknown = set(processors) - set(originals)
     if unknown:
@@ -187,6 +190,45 @@ def installed_processors(unet: Any, processors: Mapping[str, Any]) -> Iterator[N
         yield
     finally:
         unet.set_attn_processor(originals)
+
+
+class _StopForward(Exception):
+    """Raised after the last block whose attention a loss reads: the rest is not needed."""
+
+
+def last_block(unet: Any, layers: Iterable[AttnLayer]) -> Any:
+    """The UNet block that runs last among those holding `layers` (down < mid < up)."""
+    order = {"down": 0, "mid": 1, "up": 2}
+    place, block = max(
+        ((lay.place, lay.block) for lay in layers), key=lambda pb: (order[pb[0]], pb[1])
+    )
+    return unet.mid_block if place == "mid" else getattr(unet, f"{place}_blocks")[block]
+
+
+@contextlib.contextmanager
+def truncated_forward(module: Any) -> Iterator[Callable[[Callable[[], Any]], bool]]:
+    """Yield a runner that calls a UNet forward and stops it right after `module`.
+
+    The runner returns True when the forward was cut there. Attention maps captured up to
+    that point (and their autograd graph) are all a latent-guidance loss needs.
+    """
+
+    def stop(*_: Any) -> None:
+        raise _StopForward
+
+    handle = module.register_forward_hook(stop)
+
+    def run(forward: Callable[[], Any]) -> bool:
+        try:
+            forward()
+        except _StopForward:
+            return True
+        return False
+
+    try:
+        yield run
+    finally:
+        handle.remove()
 
 
 class CaptureController:

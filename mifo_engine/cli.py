@@ -44,7 +44,9 @@ def register(sub: Any) -> None:
         "--init-words", help="comma-separated words to initialise each token from, e.g. car,dog"
     )
     learn.add_argument(
-        "--phase1-steps", type=int, help="token-learning steps, reward steps included (default 800; below 200 the first quarter are reward steps)"
+        "--phase1-steps",
+        type=int,
+        help="token-learning steps, reward steps included (default 800; below 200 the first quarter are reward steps)",
     )
     learn.add_argument(
         "--phase2-steps", type=int, help="fine-tune steps (default 400; 0 skips the fine-tune)"
@@ -186,7 +188,9 @@ def _do_learn(args: argparse.Namespace) -> None:
     _check_out(args.out)
     # Reject bad files before loading a model that may take minutes to load; shares are
     # checked again at the model's own resolution once it is known.
-    check_inputs(args.image, args.masks, resolution=cfg.resolution or PREVIEW_RESOLUTION, config=cfg)
+    check_inputs(
+        args.image, args.masks, resolution=cfg.resolution or PREVIEW_RESOLUTION, config=cfg
+    )
     spec = args.model or getattr(args, "env_model", None) or DEFAULT_BASE_MODEL
     base = load_base_model(spec, device=args.device)
     with _Bars() as bars:

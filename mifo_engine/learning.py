@@ -45,7 +45,7 @@ from .runtime import (
     ProgressFn,
     autocast,
     autocast_dtype,
-    configure_backends,
+    backend_settings,
     make_optimizer,
     report,
     use_gradient_checkpointing,
@@ -73,10 +73,10 @@ def learn(
     names = _instance_names(names, n)
     init_words = _init_words(cfg.init_words, n)
     tokens = [f"<asset{i}>" for i in range(n)]
-    configure_backends(base.device, cfg.tf32)
 
     rows = _initial_rows(base, init_words, cfg.seed)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(backend_settings(base.device, cfg.tf32))
         stack.enter_context(training_state(base.unet, base.text_encoder, base.vae))
         tokenizer = stack.enter_context(extended_vocabulary(base, tokens, rows))
         run = _Run(base, tokenizer, tokens, inputs, cfg, progress)

@@ -50,7 +50,11 @@ def layout_preview(
     """
     out = image.convert("RGB")
     scale = max(1, -(-MIN_PREVIEW_SIDE // min(out.size)))
-    out = out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST) if scale > 1 else out.copy()
+    out = (
+        out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
+        if scale > 1
+        else out.copy()
+    )
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     width = max(1, round(min(out.size) / 128))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -108,19 +109,31 @@ def make_optimizer(
     return torch.optim.AdamW(groups, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
-def configure_backends(device: torch.device, tf32: bool) -> None:
-    """TF32 matmuls on CUDA: fp32 range, faster tensor-core maths."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+@contextlib.contextmanager
+def backend_settings(device: torch.device, tf32: bool) -> Iterator[None]:
+    """TF32 matmuls on CUDA (fp32 range, tensor-core speed) for one run; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    out = []
+    for name in ("mifo", "torch", "diffusers", "transformers", "peft"):
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "unknown"))
+    return tuple(out)
 
 
 def versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers of a run."""
-    out = {}
-    for name in ("mifo", "torch", "diffusers", "transformers", "peft"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    return dict(_versions())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -15,14 +16,28 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .attention import MifoAttnProcessor, installed_processors, select_layers, unet_attention_layers
+from .attention import (
+    MifoAttnProcessor,
+    installed_processors,
+    last_block,
+    select_layers,
+    truncated_forward,
+    unet_attention_layers,
+)
 from .concept import Concept
 from .config import SynthesisConfig
 from .controller import BoundedController
 from .guidance import decay_weight, guidance_loss, step_size
 from .layout import Layout, validate_synthesis_request
 from .render import layout_preview
-from .runtime import Progress, ProgressFn, autocast, configure_backends, report, versions
+from .runtime import (
+    Progress,
+    ProgressFn,
+    autocast,
+    backend_settings,
+    report,
+    versions,
+)
 from .sampling import ddim_scheduler, decode_images, encode_text, guided_noise, initial_latents
 
 log = logging.getLogger(__name__)
@@ -98,9 +113,12 @@ def synthesize(
     """Generate images of the concept's instances, each inside its box."""
     cfg = config or SynthesisConfig()
     layout = validate_synthesis_request(concept.metadata(), prompt, boxes, base.tokenizer)
-    configure_backends(base.device, cfg.tf32)
     seeds = cfg.image_seeds()
-    with concept.applied(base) as tokenizer, torch.no_grad():
+    with (
+        backend_settings(base.device, cfg.tf32),
+        concept.applied(base) as tokenizer,
+        torch.no_grad(),
+    ):
         cond, ids = encode_text(base, tokenizer, layout.prompt)
         uncond, _ = encode_text(base, tokenizer, cfg.negative_prompt)
         batch = len(seeds)
@@ -206,23 +224,32 @@ def _optimise(
     tau: int,
     cfg: SynthesisConfig,
 ) -> tuple[torch.Tensor, float]:
-    """Eq. 15: a few gradient steps on the latent, conditional branch only."""
+    """Eq. 15: a few gradient steps on the latent, conditional branch only.
+
+    The forward pass stops after the last block a loss layer lives in (on SD 2.1 the first
+    decoder block): the blocks after it cannot change the loss.
+    """
     alpha, eta = decay_weight(tau, cfg), step_size(tau, cfg)
     normalised = float("nan")
     controller.mode = "optimize"
     try:
-        for _ in range(cfg.max_guidance_iters):
-            z = latents.detach().requires_grad_(True)
-            with torch.enable_grad():
-                with autocast(base.device, cfg.precision):
-                    base.unet(z, t, encoder_hidden_states=cond)
-                ca, sa = controller.masses()
-                loss = guidance_loss(ca, sa, alpha, cfg)
-                normalised = float(loss.detach()) / (latents.shape[0] * len(controller.layout.subjects))
-                if normalised < cfg.loss_threshold or not loss.requires_grad:
-                    break
-                (grad,) = torch.autograd.grad(loss, z)
-            latents = (z - eta * grad).detach()
+        with truncated_forward(
+            last_block(base.unet, controller.loss_layers or controller.diagnostic_layers)
+        ) as run:
+            for _ in range(cfg.max_guidance_iters):
+                z = latents.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    with autocast(base.device, cfg.precision):
+                        run(functools.partial(base.unet, z, t, encoder_hidden_states=cond))
+                    ca, sa = controller.masses()
+                    loss = guidance_loss(ca, sa, alpha, cfg)
+                    normalised = float(loss.detach()) / (
+                        latents.shape[0] * len(controller.layout.subjects)
+                    )
+                    if normalised < cfg.loss_threshold or not loss.requires_grad:
+                        break
+                    (grad,) = torch.autograd.grad(loss, z)
+                latents = (z - eta * grad).detach()
     finally:
         controller.mode = "denoise"
         controller.opt_maps.clear()

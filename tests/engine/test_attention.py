@@ -137,3 +137,26 @@ def test_capture_matches_fused_attention_and_only_when_active(tiny_base):
     maps = capture.maps[cross[0].name]
     assert maps.shape == (1, cross[0].resolution ** 2, 77)
     assert torch.allclose(maps.sum(-1), torch.ones(1, cross[0].resolution ** 2), atol=1e-5)
+
+
+def test_truncated_forward_stops_after_the_last_loss_block(tiny_base):
+    from mifo_engine.attention import last_block, truncated_forward
+
+    unet = tiny_base.unet
+    layers = unet_attention_layers(unet.attn_processors, unet.config, tiny_base.latent_size)
+    loss = [lay for lay in layers if (lay.place, lay.block) in {("mid", 0), ("up", 1)}]
+    block = last_block(unet, loss)
+    assert block is unet.up_blocks[1]
+    reached = []
+    handle = unet.up_blocks[2].register_forward_hook(lambda *a: reached.append(1))
+    z = torch.randn(1, 4, tiny_base.latent_size, tiny_base.latent_size)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim)
+    try:
+        with torch.no_grad(), truncated_forward(block) as run:
+            assert run(lambda: unet(z, 10, encoder_hidden_states=text)) is True
+        assert reached == []
+        with torch.no_grad():
+            unet(z, 10, encoder_hidden_states=text)  # the hook is gone afterwards
+        assert reached == [1]
+    finally:
+        handle.remove()
