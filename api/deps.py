@@ -74,9 +74,9 @@ async def get_principal(
         key_id = key_id_of(clear)
         if key_id is None:
             raise _unauthorized("The API key is malformed.")
-        entry = state.verifier.cached(key_id) or await run_in_threadpool(
-            state.verifier.load, state.sessions, key_id
-        )
+        entry = state.verifier.cached(key_id)
+        if entry is None:
+            entry = await run_in_threadpool(state.verifier.load, state.sessions, key_id)
         found = KeyVerifier.check(clear, key_id, entry)
         if found is None:
             raise _unauthorized("The API key is unknown or revoked.")

@@ -120,7 +120,9 @@ def _keys_create(args: argparse.Namespace) -> int:
         row, clear = auth.create_key(session, tenant=tenant)
         print(f"tenant: {tenant.name} ({'created' if created else 'existing'})")
         if created:
-            print(f"webhook signing secret (also at GET /v1/webhook-secret): {tenant.webhook_secret}")
+            print(
+                f"webhook signing secret (also at GET /v1/webhook-secret): {tenant.webhook_secret}"
+            )
         print(f"key id: {row.id}")
         print("API key (shown once; send it as `Authorization: Bearer <key>`):")
         print(clear)

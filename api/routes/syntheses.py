@@ -48,7 +48,9 @@ def create_synthesis(
     settings = state.settings
     _limits(body, settings)
     config = _config(body)  # 422 before any lookup
-    hook_url, hook_events = submit.webhook(body.webhook_url, body.webhook_events, settings)
+    hook_url, hook_events = submit.webhook(
+        body.webhook_url, list(body.webhook_events or []) or None, settings
+    )
     concept = session.get(Concept, concept_id)
     if concept is None or concept.tenant_id != tenant:
         raise not_found("concept", concept_id)

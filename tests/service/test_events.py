@@ -76,8 +76,7 @@ def test_unknown_job_is_404_before_streaming(client: TestClient) -> None:
 
 @pytest.mark.parametrize("mode", ["poll", "redis"])
 def test_stream_follows_every_change_to_the_end(
-    api_key: str,
-    settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch, mode: str
+    api_key: str, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     if mode == "redis":
         settings = settings.model_copy(update={"events_url": REDIS})

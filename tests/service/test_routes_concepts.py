@@ -163,9 +163,7 @@ def test_options_round_trip_as_json(client: TestClient) -> None:
     assert body["job"]["request"] == {"options": opts}
 
 
-def test_files_over_the_limit_are_413(
-    settings: Settings, session: Session, api_key: str
-) -> None:
+def test_files_over_the_limit_are_413(settings: Settings, session: Session, api_key: str) -> None:
     from api.main import create_app
 
     image, masks = scene()
@@ -191,8 +189,7 @@ def test_broker_down_is_503_and_nothing_stays(
 
 
 def test_storage_failure_is_503_and_nothing_stays(
-    api_key: str,
-    settings: Settings, session: Session, tmp_path: Path
+    api_key: str, settings: Settings, session: Session, tmp_path: Path
 ) -> None:
     from api.main import create_app
 
