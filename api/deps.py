@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="An API key from `mifo keys create`.")
 
 
-def get_state(request: Request) -> AppState:
+# Plain `def` dependencies run in the thread pool: the cheap ones are `async` to skip the hop.
+async def get_state(request: Request) -> AppState:
     return request.app.state.mifo
 
 
@@ -41,11 +42,11 @@ def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Sess
             log.warning("closing a database session failed: %s", exc)
 
 
-def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
+async def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
-def get_storage(state: Annotated[AppState, Depends(get_state)]) -> Storage:
+async def get_storage(state: Annotated[AppState, Depends(get_state)]) -> Storage:
     return state.storage
 
 
@@ -96,7 +97,7 @@ async def get_principal(
     return principal
 
 
-def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> uuid.UUID:
+async def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> uuid.UUID:
     return principal.tenant_id
 
 

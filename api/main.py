@@ -44,7 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Raises core.db.NotMigrated (naming `mifo migrate`) before serving anything.
         state = app.state.mifo = AppState.build(settings)
         stop = asyncio.Event()
-        loops = [asyncio.create_task(_webhook_sender(state, stop))]
+        loops = [
+            asyncio.create_task(_webhook_sender(state, stop)),
+            asyncio.create_task(state.job_cache.follow(stop)),
+        ]
         if settings.embedded:  # production runs the same task from celery beat
             loops.append(asyncio.create_task(_maintenance(state, stop)))
         try:

@@ -14,8 +14,10 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.jobcache import JobCache
 from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
 from core.db import check_migrated, make_engine, make_sessionmaker, session_scope
+from core.events import Publisher
 from core.ratelimit import LocalBuckets, RedisBuckets
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
@@ -35,6 +37,14 @@ class AppState:
     anonymous_tenant: uuid.UUID | None = None  # set: requests without a key belong to it
     verifier: KeyVerifier = field(default_factory=KeyVerifier)
     buckets: LocalBuckets | RedisBuckets | None = None
+    job_cache: JobCache = field(default_factory=lambda: JobCache(None))
+    publisher: Publisher = field(default_factory=lambda: Publisher(None))
+
+    def job_changed(self, *job_ids: uuid.UUID) -> None:
+        """After a route commits job changes: this process' cache, then every other one."""
+        for job_id in job_ids:
+            self.job_cache.changed(job_id)
+            self.publisher.publish(job_id)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -47,6 +57,8 @@ class AppState:
             storage=storage_from_settings(settings),
             celery=create_celery(settings),
             link_key=signing_key(settings),
+            job_cache=JobCache(settings.events_url),
+            publisher=Publisher(settings.events_url),
         )
         if settings.rate_limit_per_second > 0:
             rate, burst = settings.rate_limit_per_second, settings.rate_limit_burst

@@ -19,12 +19,16 @@ POLL_SECONDS = 0.5  # embedded mode: how often a stream re-reads the job row
 FALLBACK_SECONDS = 5.0  # with pub/sub: re-read anyway, in case a message was lost
 
 
+CHANNEL_PREFIX = "mifo:job:"
+
+
 def channel(job_id: uuid.UUID | str) -> str:
-    return f"mifo:job:{job_id}"
+    return f"{CHANNEL_PREFIX}{job_id}"
 
 
 class Publisher:
-    """Used by workers: announce that a job row changed. Never fails the job."""
+    """Announce that a job row changed, after the commit (workers, and API routes that change
+    jobs: their status caches listen). Never fails the job."""
 
     def __init__(self, url: str | None) -> None:
         self._client: Any = None

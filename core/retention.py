@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.events import Publisher
 from core.models import Artifact, Concept, IdempotencyKey, Job, utcnow
 from core.settings import Settings
 from core.storage import Storage, StorageError
@@ -33,6 +34,7 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
         .limit(BATCH)
     ).all()
     expired = 0
+    publisher = Publisher(settings.events_url if rows else None)  # status caches listen
     for job_id, concept_id in rows:
         try:
             storage.delete_prefix(f"concepts/{concept_id}/syntheses/{job_id}/")
@@ -44,6 +46,7 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
         if job is not None and job.result is not None:
             job.result = {**job.result, "expired_at": utcnow().isoformat()}
         session.commit()
+        publisher.publish(job_id)
         expired += 1
     return expired
 

@@ -225,7 +225,11 @@ def get_concept(
 
 @router.delete("/{concept_id}", status_code=204, responses=ERRORS)
 def delete_concept(
-    concept_id: uuid.UUID, session: SessionDep, storage: StorageDep, tenant: TenantDep
+    concept_id: uuid.UUID,
+    session: SessionDep,
+    state: StateDep,
+    storage: StorageDep,
+    tenant: TenantDep,
 ) -> Response:
     """Cancel the concept's unfinished jobs, delete its stored objects and the concept."""
     concept = session.get(Concept, concept_id, with_for_update=True)
@@ -237,8 +241,10 @@ def delete_concept(
     for job in active:
         jobs.request_cancel(session, job=job)
     prefix = concept.prefix
+    changed = session.scalars(select(Job.id).where(Job.concept_id == concept_id)).all()
     session.delete(concept)
     session.commit()
+    state.job_changed(*changed)  # canceled, or lost their concept and its files
     try:
         storage.delete_prefix(prefix)
     except StorageError as exc:  # the rows are gone; the objects are orphans, not visible

@@ -1,0 +1,145 @@
+"""The status cache of GET /v1/jobs/{id}: change events invalidate it, a Redis outage turns
+it off (polls read the database), and tenants stay isolated through it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api.jobcache import JobCache
+from api.main import create_app
+from core.events import Publisher
+from core.models import Job
+from core.settings import Settings
+
+from .conftest import bearer, new_key
+from .factories import make_concept, make_job
+from .servers import TcpProxy
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _set_status(session: Session, job_id: uuid.UUID, status: str) -> None:
+    """Change the row behind the API's back (no event): only a database read can see it."""
+    session.execute(update(Job).where(Job.id == job_id).values(status=status))
+    session.commit()
+
+
+def _live(client: TestClient) -> JobCache:
+    cache: JobCache = client.app.state.mifo.job_cache  # type: ignore[attr-defined]
+    _until(lambda: cache.live)
+    return cache
+
+
+@pytest.fixture
+def cached(settings: Settings, api_key: str) -> Iterator[TestClient]:
+    s = settings.model_copy(update={"events_url": REDIS})
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        _live(c)
+        yield c
+
+
+def test_a_change_event_invalidates_the_cached_body(cached: TestClient, session: Session) -> None:
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
+    _set_status(session, job.id, "running")
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"  # served from cache
+    Publisher(REDIS).publish(job.id)
+    _until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
+
+
+def test_cancel_through_the_api_is_seen_at_once(cached: TestClient, session: Session) -> None:
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
+    assert cached.post(f"/v1/jobs/{job.id}/cancel").status_code == 202
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "canceled"
+
+
+def test_cached_body_equals_the_database_body(
+    cached: TestClient, settings: Settings, api_key: str, session: Session
+) -> None:
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    first = cached.get(f"/v1/jobs/{job.id}")
+    again = cached.get(f"/v1/jobs/{job.id}")
+    with TestClient(create_app(settings), headers=bearer(api_key)) as plain:  # no cache
+        fresh = plain.get(f"/v1/jobs/{job.id}")
+    assert first.json() == again.json() == fresh.json()
+    assert again.headers["content-type"] == fresh.headers["content-type"] == "application/json"
+
+
+def test_another_tenant_gets_404_through_the_cache(
+    cached: TestClient, settings: Settings, session: Session
+) -> None:
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    assert cached.get(f"/v1/jobs/{job.id}").status_code == 200  # now cached
+    other = bearer(new_key(settings, "someone-else"))
+    theirs = cached.get(f"/v1/jobs/{job.id}", headers=other)
+    missing = cached.get(f"/v1/jobs/{uuid.uuid4()}", headers=other)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["type"] == missing.json()["type"]
+    assert theirs.headers["content-type"] == "application/problem+json"
+
+
+def test_redis_outage_turns_the_cache_off(
+    settings: Settings, api_key: str, session: Session
+) -> None:
+    proxy = TcpProxy(("127.0.0.1", 6379))
+    proxy.start()
+    s = settings.model_copy(update={"events_url": f"redis://127.0.0.1:{proxy.port}/0"})
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    try:
+        with TestClient(create_app(s), headers=bearer(api_key)) as client:
+            cache = _live(client)
+            assert client.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
+            proxy.stop()  # events can no longer arrive: nothing cached may be served
+            _until(lambda: not cache.live)
+            _set_status(session, job.id, "running")
+            assert client.get(f"/v1/jobs/{job.id}").json()["status"] == "running"
+            proxy.start()  # subscribed again: cached, and kept fresh by events
+            _live(client)
+            _set_status(session, job.id, "succeeded")
+            Publisher(REDIS).publish(job.id)
+            _until(lambda: client.get(f"/v1/jobs/{job.id}").json()["status"] == "succeeded", 5)
+    finally:
+        proxy.stop()
+
+
+def test_a_read_overtaken_by_an_event_is_not_kept() -> None:
+    cache = JobCache("redis://unused")
+    cache.live = True
+    job, tenant = uuid.uuid4(), uuid.uuid4()
+    mark = cache.mark()
+    cache.changed(job)  # arrives while the database read is in flight
+    cache.put(job, "http://x/", tenant, b"old", mark)
+    assert cache.get(job, "http://x/") is None
+    cache.put(job, "http://x/", tenant, b"new", cache.mark())
+    assert cache.get(job, "http://x/") == (tenant, b"new")
+
+
+def test_entries_expire_after_the_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    cache = JobCache("redis://unused", clock=lambda: now[0])
+    cache.live = True
+    job, tenant = uuid.uuid4(), uuid.uuid4()
+    cache.put(job, "b", tenant, b"x", cache.mark())
+    assert cache.get(job, "b") == (tenant, b"x")
+    now[0] += 5.1
+    assert cache.get(job, "b") is None
