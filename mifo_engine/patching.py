@@ -71,7 +71,11 @@ def lora_adapters(
             torch.manual_seed(seed)
             for _, model, targets in pairs:
                 cfg = LoraConfig(
-                    r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True
+                    r=rank,
+                    lora_alpha=alpha,
+                    target_modules=list(targets),
+                    # loaded weights overwrite the initial ones: skip drawing them
+                    init_lora_weights=weights is None,
                 )
                 inject_adapter_in_model(cfg, model, adapter_name=ADAPTER)
         for key, model, _ in pairs:
