@@ -16,7 +16,9 @@ from mifo_engine.errors import MifoError
 
 log = logging.getLogger(__name__)
 
-PROBLEM_BASE = "https://mifo.dev/problems/"
+# Stable problem types as URI references relative to the API (RFC 9457, 3.1.1): no outside
+# domain is implied; clients compare them as strings.
+PROBLEM_BASE = "/problems/"
 MEDIA_TYPE = "application/problem+json"
 
 
