@@ -157,7 +157,8 @@ class MifoAttnProcessor:
             bias = extra if bias is None else bias + extra
 
         if self.controller.wants_probs(self.layer):
-            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+            # scale before the product: raw fp16 dot products can overflow
+            scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))
             probs = (scores if bias is None else scores + bias).softmax(dim=-1)
             self.controller.record(self.layer, probs, scores)
             out = torch.matmul(probs.to(value.dtype), value)

@@ -164,7 +164,8 @@ class BoundedController:
         end = self.groups.end[:1]
         for lay in self.loss_layers:
             attn = self.opt_maps[lay.name]
-            regions = self.regions(lay.resolution)
+            # Eq. 6-10 measure attention against the boxes, even after masks are refined
+            regions = self.box_raster(lay.resolution)[None].expand(self.batch, -1, -1)
             if lay.kind == "cross":
                 ctx = torch.zeros(
                     self.batch, len(self.groups.subjects), self.groups.length, device=attn.device

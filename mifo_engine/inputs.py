@@ -72,11 +72,18 @@ def load_image(source: ImageSource, *, field: str) -> Image.Image:
     return upright if upright is not None else image
 
 
-def mask_to_binary(mask: Image.Image, threshold: float) -> np.ndarray:
-    """Foreground of a mask (bool H x W): alpha when some pixels are transparent, else luminance.
+# A colour channel counts as a black-and-white mask when nearly all of it is near black or near
+# white (JPEG ringing leaves a thin grey seam); a scene photo is far from that.
+BW_DARK, BW_LIGHT, BW_SHARE = 0.15, 0.85, 0.97
 
-    Transparency marks the shape in alpha-only masks, cut-outs and strokes on a transparent
-    layer; a fully opaque mask (white on black, in any mode) is read by its luminance.
+
+def mask_to_binary(mask: Image.Image, threshold: float) -> np.ndarray:
+    """Foreground of a mask (bool H x W): luminance, or alpha where the colour carries no shape.
+
+    A fully opaque mask (white on black, in any mode) is read by its luminance. With
+    transparency: alpha when the colour is constant (alpha-only masks) or is a picture (a
+    cut-out of the scene); when the colour is itself a black-and-white mask, a pixel must be
+    light and opaque.
     """
     if mask.mode == "1":
         return np.array(mask, dtype=bool)
@@ -85,12 +92,21 @@ def mask_to_binary(mask: Image.Image, threshold: float) -> np.ndarray:
     if mask.mode == "F" or mask.mode.startswith("I"):
         values = np.asarray(mask, dtype=np.float64)
         return values > threshold * _full_scale(mask.mode, values)
+    luminance = np.asarray(mask.convert("L"), dtype=np.float64) / 255.0
     if "A" in mask.getbands():
         alpha = np.asarray(mask.getchannel("A"), dtype=np.float64) / 255.0
         if (alpha <= threshold).any():
+            if _is_black_and_white(luminance):
+                return (luminance > threshold) & (alpha > threshold)
             return alpha > threshold
-    luminance = np.asarray(mask.convert("L"), dtype=np.float64) / 255.0
     return luminance > threshold
+
+
+def _is_black_and_white(luminance: np.ndarray) -> bool:
+    """Whether the colour holds a two-tone mask (not one flat colour, not a photo)."""
+    dark = luminance < BW_DARK
+    light = luminance > BW_LIGHT
+    return bool(dark.any() and light.any() and (dark | light).mean() >= BW_SHARE)
 
 
 def check_inputs(

@@ -332,6 +332,10 @@ class _Run:
             total = torch.stack(list(losses.values())).sum()
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)
+            if (
+                table.grad is not None
+            ):  # base rows are restored anyway: keep them out of the clip norm
+                table.grad[: self.n_vocab] = 0
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
@@ -464,6 +468,7 @@ class _Run:
                     seed=cfg.seed + 1 + k,
                     steps=cfg.class_image_steps,
                     precision=cfg.precision,
+                    latent_size=self.post_mean.shape[-1],
                 )[0]
             )
         report(self.progress, Progress("prior", cfg.num_class_images, cfg.num_class_images))

@@ -33,15 +33,17 @@ def encode_text(base: Any, tokenizer: Any, prompt: str) -> tuple[torch.Tensor, l
     return base.text_encoder(ids.to(base.device))[0], ids[0].tolist()
 
 
-def initial_latents(base: Any, seeds: Sequence[int], latent_size: int) -> torch.Tensor:
-    """One noise latent per seed, each from its own CPU generator (same images on any device)."""
+def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image: its starting noise and any later DDIM noise (eta > 0)."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def initial_latents(
+    base: Any, generators: Sequence[torch.Generator], latent_size: int
+) -> torch.Tensor:
+    """One noise latent per image, each from its own generator (same images on any device)."""
     channels = base.unet.config.in_channels
-    draws = [
-        torch.randn(
-            (1, channels, latent_size, latent_size), generator=torch.Generator("cpu").manual_seed(s)
-        )
-        for s in seeds
-    ]
+    draws = [torch.randn((1, channels, latent_size, latent_size), generator=g) for g in generators]
     return torch.cat(draws).to(base.device, base.unet.dtype)
 
 
@@ -92,9 +94,8 @@ def generate_latents(
     scheduler = ddim_scheduler(base, steps)
     cond, _ = encode_text(base, tokenizer, prompt)
     uncond, _ = encode_text(base, tokenizer, "")
-    latents = (
-        initial_latents(base, [seed], latent_size or base.latent_size) * scheduler.init_noise_sigma
-    )
+    latents = initial_latents(base, image_generators([seed]), latent_size or base.latent_size)
+    latents = latents * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         noise = guided_noise(base, latents, t, uncond, cond, guidance_scale, precision)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]

@@ -38,7 +38,14 @@ from .runtime import (
     report,
     versions,
 )
-from .sampling import ddim_scheduler, decode_images, encode_text, guided_noise, initial_latents
+from .sampling import (
+    ddim_scheduler,
+    decode_images,
+    encode_text,
+    guided_noise,
+    image_generators,
+    initial_latents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,9 @@ def synthesize(
         batch = len(seeds)
         cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
         scheduler = ddim_scheduler(base, cfg.steps)
-        latents = initial_latents(base, seeds, concept.latent_size) * scheduler.init_noise_sigma
+        generators = image_generators(seeds)
+        latents = initial_latents(base, generators, concept.latent_size)
+        latents = latents * scheduler.init_noise_sigma
         layers = unet_attention_layers(
             base.unet.attn_processors, base.unet.config, concept.latent_size
         )
@@ -191,7 +200,14 @@ def synthesize(
                 noise = guided_noise(
                     base, latents, t, uncond, cond, cfg.guidance_scale, cfg.precision
                 )
-                latents = scheduler.step(noise, t, latents, eta=cfg.eta, return_dict=False)[0]
+                latents = scheduler.step(
+                    noise,
+                    t,
+                    latents,
+                    eta=cfg.eta,
+                    generator=generators,  # type: ignore[arg-type]  # a list: one per image
+                    return_dict=False,
+                )[0]
                 report(
                     progress,
                     Progress(

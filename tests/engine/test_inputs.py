@@ -300,3 +300,14 @@ def test_unreadable_files_are_rejected_naming_the_input(tmp_path: Path) -> None:
         with pytest.raises(UnreadableImage, match=message) as caught:
             prepare_inputs(image, [masks[0], source], resolution=R, config=CONFIG)  # type: ignore[list-item]
         assert caught.value.field == "masks[1]"
+
+
+def test_white_on_black_rgba_with_transparent_parts_keeps_its_white_shape():
+    from mifo_engine.inputs import mask_to_binary
+
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[3:6, 3:6, :3] = 255  # nine white pixels
+    rgba[:, 0, 3] = 0  # one transparent column, black
+    got = mask_to_binary(Image.fromarray(rgba, "RGBA"), 0.5)
+    assert got.sum() == 9 and got[3:6, 3:6].all()

@@ -247,6 +247,21 @@ def test_prior_preservation_generates_class_images(tiny_base, scene):
     assert losses and all("prior" in s for s in losses)
 
 
+def test_prior_preservation_below_the_native_resolution(tiny_base, scene):
+    cfg = FAST_LEARN.replace(
+        resolution=32,
+        phase1_steps=1,
+        reward_steps=1,
+        phase2_steps=1,
+        prior_preservation=True,
+        class_prompt="a toy",
+        num_class_images=1,
+        class_image_steps=2,
+    )
+    concept = learn(tiny_base, *scene, config=cfg)
+    assert concept.resolution == 32 and concept.latent_size == 16
+
+
 def test_prior_preservation_needs_a_class_prompt():
     with pytest.raises(ConfigError) as err:
         LearnConfig(prior_preservation=True)

@@ -14,7 +14,7 @@ from mifo_engine.guidance import decay_weight, guidance_loss
 from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.learning import learn
 from mifo_engine.models import load_base_model
-from mifo_engine.sampling import ddim_scheduler, encode_text, initial_latents
+from mifo_engine.sampling import ddim_scheduler, encode_text, image_generators, initial_latents
 from mifo_engine.synthesis import _optimise, synthesize
 from tests.engine.conftest import FAST_LEARN
 
@@ -190,7 +190,7 @@ def test_one_gradient_iteration_lowers_the_loss(tiny_base, tiny_concept):
         )
         from mifo_engine.attention import MifoAttnProcessor, installed_processors
 
-        z = initial_latents(tiny_base, [0], tiny_concept.latent_size)
+        z = initial_latents(tiny_base, image_generators([0]), tiny_concept.latent_size)
         t = ddim_scheduler(tiny_base, 50).timesteps[0]
 
         def loss_at(latents):
@@ -353,3 +353,11 @@ def test_refinement_turns_self_attention_clusters_into_subject_masks(tiny_base, 
     # every layer follows the refined masks from now on
     coarse = ctl.regions(res // 2)[0].view(2, res // 2, res // 2)
     assert coarse[0, : res // 4].all() and coarse[1, res // 4 :].all()
+
+
+def test_eta_noise_comes_from_each_image_seed(tiny_base, tiny_concept):
+    cfg = FAST.replace(eta=1.0, seed=21)
+    a = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=cfg).images[0]
+    torch.manual_seed(12345)  # the global generator must not matter
+    b = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=cfg).images[0]
+    assert list(a.getdata()) == list(b.getdata())
