@@ -13,6 +13,7 @@ in the same transaction as the change they announce (core.webhooks.emit).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import webhooks
-from core.models import Job, utcnow
+from core.models import Concept, Job, utcnow
 
 KINDS = ("learn", "synthesize")
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -56,6 +57,44 @@ def create_job(
     return job
 
 
+@dataclass(frozen=True)
+class Refused:
+    """`start` ended the job instead of running it: what the worker must clean up."""
+
+    job_id: uuid.UUID
+    kind: str
+    status: str  # canceled | failed
+    output: str | None  # storage prefix a previous attempt may have half-written
+
+
+def output_prefix(kind: str, concept_prefix: str, job_id: uuid.UUID) -> str:
+    """Where a job writes: removed before a retry and after a failure."""
+    if kind == "learn":
+        return f"{concept_prefix}concept/"
+    return f"{concept_prefix}syntheses/{job_id}/"
+
+
+def job_output(session: Session, job_id: uuid.UUID) -> str | None:
+    row = session.execute(
+        select(Job.kind, Concept.id).join(Concept, Job.concept_id == Concept.id)
+        .where(Job.id == job_id)
+    ).one_or_none()  # fmt: skip
+    return None if row is None else output_prefix(row[0], f"concepts/{row[1]}/", job_id)
+
+
+def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:
+    """A learn job that ended without success takes its still-pending concept with it."""
+    concept_id = session.scalar(select(Job.concept_id).where(Job.id == job_id, Job.kind == "learn"))
+    if concept_id is None:
+        return
+    session.execute(
+        update(Concept)
+        .where(Concept.id == concept_id, Concept.status == "pending")
+        .values(status="failed" if status == "failed" else "canceled"),
+        execution_options={"synchronize_session": False},
+    )
+
+
 def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> bool:
     values.setdefault("updated_at", utcnow())
     result = session.execute(
@@ -65,8 +104,9 @@ def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> b
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | None:
-    """Mark a job running; None when it must not run (gone, finished, or cancel requested).
+def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | Refused | None:
+    """Mark a job running; None when it must not run (gone or finished), Refused when this
+    call ended it (cancel requested, or attempts exhausted) and its output must be removed.
 
     A running job may be started again: that is a redelivery after its worker was lost. After
     `max_attempts` deliveries it fails with `worker_lost` instead of running once more.
@@ -79,8 +119,7 @@ def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job 
         finished_at=utcnow(),
     )
     if canceled:
-        webhooks.emit(session, job_id, "completed")
-        return None
+        return _refused(session, job_id, "canceled")
     exhausted = _update(
         session,
         job_id,
@@ -92,8 +131,7 @@ def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job 
         finished_at=utcnow(),
     )
     if exhausted:
-        webhooks.emit(session, job_id, "completed")
-        return None
+        return _refused(session, job_id, "failed")
     started = _update(
         session,
         job_id,
@@ -111,6 +149,35 @@ def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job 
         return None
     webhooks.emit(session, job_id, "started")
     return session.get(Job, job_id, populate_existing=True)
+
+
+def _refused(session: Session, job_id: uuid.UUID, status: str) -> Refused:
+    webhooks.emit(session, job_id, "completed")
+    settle_concept(session, job_id, status)
+    kind = session.scalar(select(Job.kind).where(Job.id == job_id)) or "learn"
+    return Refused(job_id, kind, status, job_output(session, job_id))
+
+
+def abandon(session: Session, *, job_id: uuid.UUID, error_type: str, message: str) -> bool:
+    """Fail a job whose worker can no longer record an outcome (hard time limit, a crash
+    outside the runner, a reaped stale job); False when it already ended or moved on."""
+    attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    if attempts is None:
+        return False
+    now = utcnow()
+    done = _update(
+        session,
+        job_id,
+        Job.status.in_(ACTIVE) & (Job.attempts == attempts),  # fenced: no newer delivery
+        status="failed",
+        error_type=error_type,
+        error_message=message,
+        finished_at=now,
+    )
+    if done:
+        webhooks.emit(session, job_id, "completed")
+        settle_concept(session, job_id, "failed")
+    return done
 
 
 def record_progress(
@@ -203,6 +270,7 @@ def request_cancel(session: Session, *, job: Job) -> Job:
     # A queued job is canceled at once; the worker skips it when the message arrives.
     if _update(session, job.id, Job.status == "queued", status="canceled", finished_at=utcnow()):
         webhooks.emit(session, job.id, "completed")
+        settle_concept(session, job.id, "canceled")
     else:
         _update(session, job.id, Job.status == "running", cancel_requested=True)
     session.refresh(job)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core import jobs
@@ -19,7 +20,7 @@ from core.db import session_scope
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
 from mifo_engine.config import LearnConfig, SynthesisConfig
-from mifo_engine.errors import Cancelled, MifoError
+from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import ProgressReporter, learn_plan
@@ -45,9 +46,7 @@ class Claimed:
     @property
     def output(self) -> str:
         """Where this job writes: removed before a retry and after a failure."""
-        if self.kind == "learn":
-            return f"{self.prefix}concept/"
-        return f"{self.prefix}syntheses/{self.job_id}/"
+        return jobs.output_prefix(self.kind, self.prefix, self.job_id)
 
 
 class TimedOut(Exception):
@@ -69,9 +68,19 @@ def run_job(
 
     `load_base` returns the process's base model (loaded on first call): a model that cannot
     be loaded fails the job with `model_unavailable` instead of leaving it queued.
+
+    A lost database connection is not the job's fault: the message goes back to the broker
+    (Reject, requeue) instead of being acknowledged with the job left active.
     """
-    claimed = _claim(ctx, job_id)
+    try:
+        claimed = _claim(ctx, job_id)
+    except OperationalError as exc:
+        log.error("job %s: database unavailable, requeued: %s", job_id, exc)
+        raise Reject(exc, requeue=True) from exc
     ctx.publisher.publish(job_id)
+    if isinstance(claimed, jobs.Refused):  # ended by `start`: a previous attempt's files go
+        _remove(ctx, job_id, [claimed.output] if claimed.output else [])
+        return "skipped"
     if claimed is None:
         return "skipped"
 
@@ -80,7 +89,7 @@ def run_job(
     try:
         # A previous attempt may have died half-way through its upload.
         ctx.storage.delete_prefix(claimed.output)
-        base = load_base()
+        base = _load(load_base)
         if claimed.kind == "learn":
             _learn(ctx, claimed, base, produced)
         else:
@@ -88,7 +97,9 @@ def run_job(
             _synthesize(ctx, claimed, base, concept, produced)
         if time.monotonic() > claimed.deadline:
             raise TimedOut
-        outcome = _record(ctx, claimed, "succeeded", produced=produced)
+        outcome = _recorded(ctx, claimed, "succeeded", produced=produced)
+    except Reject:
+        raise
     except Cancelled:
         if time.monotonic() > claimed.deadline:
             outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
@@ -105,13 +116,37 @@ def run_job(
         log.exception("job %s failed", job_id)
         outcome = _record(ctx, claimed, "failed", error=("internal_error", repr(exc)))
     if outcome in ("failed", "canceled"):  # not when another attempt took the job over
-        for prefix in produced.written:  # nothing half-written stays behind
-            try:
-                ctx.storage.delete_prefix(prefix)
-            except StorageError as exc:  # no artifact row points there; a retry cleans it
-                log.error("job %s: could not remove %s: %s", job_id, prefix, exc)
+        _remove(ctx, job_id, produced.written)  # nothing half-written stays behind
     ctx.publisher.publish(job_id)
     return outcome
+
+
+def _remove(ctx: WorkerContext, job_id: uuid.UUID, prefixes: list[str]) -> None:
+    for prefix in prefixes:
+        try:
+            ctx.storage.delete_prefix(prefix)
+        except StorageError as exc:  # no artifact row points there; a retry cleans it
+            log.error("job %s: could not remove %s: %s", job_id, prefix, exc)
+
+
+def _load(load_base: Callable[[], Any]) -> Any:
+    """The base model; any failure to load it is `model_unavailable`, with the reason."""
+    try:
+        return load_base()
+    except MifoError:
+        raise
+    except Exception as exc:
+        log.exception("base model could not be loaded")
+        raise ModelLoadError(f"The base model could not be loaded: {exc!r}") from exc
+
+
+def _recorded(ctx: WorkerContext, job: Claimed, status: str, **kw: Any) -> str:
+    """`_record`, with a lost database connection sent back to the broker (Reject, requeue)."""
+    try:
+        return _record(ctx, job, status, **kw)
+    except OperationalError as exc:
+        log.error("job %s: database unavailable while recording, requeued: %s", job.job_id, exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 def _timeout(limit: float) -> tuple[str, str]:
@@ -121,11 +156,11 @@ def _timeout(limit: float) -> tuple[str, str]:
     )
 
 
-def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | None:
+def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | None:
     with session_scope(ctx.sessions) as session:
         job = jobs.start(session, job_id=job_id, max_attempts=ctx.settings.max_attempts)
-        if job is None:
-            return None
+        if job is None or isinstance(job, jobs.Refused):
+            return job
         concept = session.get(Concept, job.concept_id) if job.concept_id else None
         if concept is None:  # deleted after the job was queued
             jobs.finish(session, job_id=job_id, status="canceled")

@@ -70,7 +70,9 @@ def test_redelivered_running_job_starts_again_unless_cancel_was_requested(sessio
     again = jobs.start(session, job_id=job.id)  # the worker was lost; the broker redelivered
     assert again is not None and again.attempts == 2
     jobs.request_cancel(session, job=again)
-    assert jobs.start(session, job_id=job.id) is None
+    refused = jobs.start(session, job_id=job.id)
+    assert isinstance(refused, jobs.Refused) and refused.status == "canceled"
+    assert refused.output == jobs.output_prefix(job.kind, f"concepts/{concept.id}/", job.id)
     assert _fresh(session, job).status == "canceled"
 
 

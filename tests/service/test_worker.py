@@ -214,3 +214,61 @@ def test_a_superseded_attempt_cannot_record_an_outcome(
         assert not jobs.record_progress(s, job_id=job_id, phase="p", step=1, total=2,
                                         fraction=0.5, eta_seconds=None, attempt=first)  # fmt: skip
         assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)
+
+
+@pytest.mark.parametrize("ending", ["canceled", "exhausted"])
+def test_a_job_ended_by_start_cleans_up_and_settles_its_concept(
+    client: TestClient, ctx: WorkerContext, ending: str
+) -> None:
+    from core import jobs
+    from core.db import session_scope
+
+    created = _learn_request(client)
+    job_id, concept_id = uuid.UUID(created["job"]["id"]), created["concept"]["id"]
+    with session_scope(ctx.sessions) as s:
+        for _ in range(1 if ending == "canceled" else 3):  # deliveries whose worker died
+            jobs.start(s, job_id=job_id, max_attempts=3)
+    if ending == "canceled":
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    ctx.storage.put(f"concepts/{concept_id}/concept/half-written.bin", b"x")
+
+    def never() -> Any:
+        raise AssertionError("the model was loaded for a job that must not run")
+
+    assert run_job(ctx, job_id, never, ConceptCache(1)) == "skipped"
+    assert not ctx.storage.keys(f"concepts/{concept_id}/concept/")
+    concept = client.get(f"/v1/concepts/{concept_id}").json()
+    assert concept["status"] == ("canceled" if ending == "canceled" else "failed")
+
+
+def test_canceling_a_queued_learn_job_cancels_its_concept(client: TestClient) -> None:
+    created = _learn_request(client)
+    assert client.post(f"/v1/jobs/{created['job']['id']}/cancel").json()["status"] == "canceled"
+    assert client.get(f"/v1/concepts/{created['concept']['id']}").json()["status"] == "canceled"
+
+
+def test_any_base_model_load_failure_is_model_unavailable(
+    client: TestClient, ctx: WorkerContext
+) -> None:
+    def broken() -> Any:
+        raise OSError("CUDA driver missing")
+
+    job_id = _learn_request(client)["job"]["id"]
+    assert run_job(ctx, uuid.UUID(job_id), broken, ConceptCache(1)) == "failed"
+    error = client.get(f"/v1/jobs/{job_id}").json()["error"]
+    assert error["type"] == "model_unavailable" and "CUDA driver missing" in error["message"]
+
+
+def test_a_lost_database_requeues_the_message(client: TestClient, ctx: WorkerContext) -> None:
+    from celery.exceptions import Reject
+    from sqlalchemy.exc import OperationalError
+
+    job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+
+    def down() -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    ctx.sessions = down  # type: ignore[assignment]
+    with pytest.raises(Reject) as caught:
+        run_job(ctx, job_id, lambda: None, ConceptCache(1))
+    assert caught.value.requeue
