@@ -1,5 +1,6 @@
 """Retention: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS and expired
-Idempotency-Keys are removed. Run by celery beat in production (`mifo beat` sends
+Idempotency-Keys are removed; running jobs silent for longer than their time limit plus
+MIFO_STALE_JOB_GRACE_SECONDS fail as `timeout` (their worker is gone). Run by celery beat in production (`mifo beat` sends
 `mifo.maintenance` every MIFO_MAINTENANCE_INTERVAL_SECONDS) and by a loop in `mifo serve`."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import jobs
 from core.events import Publisher
 from core.models import Artifact, Concept, IdempotencyKey, Job, utcnow
 from core.settings import Settings
@@ -57,6 +59,39 @@ def expire_idempotency_keys(session: Session) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> int:
+    """Fail running jobs whose worker stopped writing (hard kill, lost message) and remove
+    their half-written output, so they stop holding the tenant's active-job slots."""
+    reaped = 0
+    publisher = Publisher(settings.events_url)
+    for kind in jobs.KINDS:
+        silent = settings.time_limit(kind) + settings.stale_job_grace_seconds
+        cutoff = utcnow() - timedelta(seconds=silent)
+        ids = session.scalars(
+            select(Job.id)
+            .where(Job.kind == kind, Job.status == "running", Job.updated_at < cutoff)
+            .limit(BATCH)
+        ).all()
+        for job_id in ids:
+            output = jobs.job_output(session, job_id)
+            message = (
+                f"The job's worker stopped reporting for over {silent:g} s (its time limit "
+                "plus MIFO_STALE_JOB_GRACE_SECONDS); it was stopped and its output removed."
+            )
+            if not jobs.abandon(session, job_id=job_id, error_type="timeout", message=message):
+                session.rollback()
+                continue
+            session.commit()
+            reaped += 1
+            publisher.publish(job_id)
+            try:
+                if output:
+                    storage.delete_prefix(output)
+            except StorageError as exc:  # no artifact row points there
+                log.error("could not remove the output of stale job %s: %s", job_id, exc)
+    return reaped
+
+
 def run_maintenance(
     sessions: sessionmaker[Session], storage: Storage, settings: Settings
 ) -> dict[str, int]:
@@ -64,4 +99,5 @@ def run_maintenance(
         return {
             "syntheses_expired": expire_syntheses(session, storage, settings),
             "idempotency_keys_expired": expire_idempotency_keys(session),
+            "stale_jobs_failed": reap_stale_jobs(session, storage, settings),
         }

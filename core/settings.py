@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     maintenance_interval_seconds: float = Field(
         300, gt=0, description="Period of the retention task."
     )
+    stale_job_grace_seconds: float = Field(
+        600, gt=120, description="A running job silent this long past its time limit fails."
+    )
 
     @field_validator("storage_url")
     @classmethod

@@ -121,6 +121,18 @@ def run_job(
     return outcome
 
 
+def abandon_job(ctx: WorkerContext, job_id: uuid.UUID, error_type: str, message: str) -> bool:
+    """Fail a job whose task died outside the runner (hard time limit, an escaped error) and
+    remove its output; False when the job had already ended or was taken over."""
+    with session_scope(ctx.sessions) as session:
+        output = jobs.job_output(session, job_id)
+        done = jobs.abandon(session, job_id=job_id, error_type=error_type, message=message)
+    if done:
+        _remove(ctx, job_id, [output] if output else [])
+        ctx.publisher.publish(job_id)
+    return done
+
+
 def _remove(ctx: WorkerContext, job_id: uuid.UUID, prefixes: list[str]) -> None:
     for prefix in prefixes:
         try:

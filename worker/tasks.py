@@ -7,12 +7,13 @@ import uuid
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 
 from core.settings import get_settings
 from worker.app import TASK_LEARN, TASK_MAINTENANCE, TASK_SYNTHESIZE, celery_app
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
-from worker.runner import run_job
+from worker.runner import abandon_job, run_job
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,22 @@ class EngineTask(Task):
         outcome = run_job(self.ctx, uuid.UUID(job_id), self.base, self.concepts)
         log.info("job %s: %s", job_id, outcome)
         return outcome
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The message is acknowledged anyway (hard time limit: in the parent process, after
+        killing the child): end the job here rather than leave it active forever."""
+        job_id = (list(args) or [kwargs.get("job_id")])[0]
+        if job_id is None:
+            return
+        if isinstance(exc, TimeLimitExceeded):
+            error = ("timeout", "The job hit the worker's hard time limit and was killed; "
+                     "raise MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.")  # fmt: skip
+        else:
+            error = ("internal_error", f"The worker failed outside the job: {exc!r}")
+        try:
+            abandon_job(self.ctx, uuid.UUID(str(job_id)), *error)
+        except Exception:  # the reaper (maintenance) fails it later
+            log.exception("job %s: could not record the failure", job_id)
 
 
 # The runner stops a job at its time limit between steps; Celery's limits (prefork pool) are

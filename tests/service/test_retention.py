@@ -84,3 +84,28 @@ def test_deleting_a_concept_removes_all_its_objects(
     storage.put(f"{concept.prefix}concept/concept.json", b"{}")
     assert client.delete(f"/v1/concepts/{concept.id}").status_code == 204
     assert storage.keys(concept.prefix) == []
+
+
+def test_stale_running_jobs_fail_as_timeout_and_lose_their_output(
+    session: Session, settings: Settings
+) -> None:
+    from core.models import Concept, Job
+
+    storage = storage_from_settings(settings)
+    concept = make_concept(session, status="pending")
+    stale, fresh = make_job(session, concept), make_job(session, concept)
+    for job in (stale, fresh):
+        jobs.start(session, job_id=job.id)
+    silent = settings.learn_time_limit + settings.stale_job_grace_seconds + 60
+    session.get(Job, stale.id).updated_at = utcnow() - timedelta(seconds=silent)  # type: ignore[union-attr]
+    session.commit()
+    storage.put(f"{concept.prefix}concept/half.bin", b"x")
+    from core.db import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    assert run_maintenance(sessions, storage, settings)["stale_jobs_failed"] == 1
+    session.expire_all()
+    assert session.get(Job, stale.id).error_type == "timeout"  # type: ignore[union-attr]
+    assert session.get(Job, fresh.id).status == "running"  # type: ignore[union-attr]
+    assert session.get(Concept, concept.id).status == "failed"  # type: ignore[union-attr]
+    assert not storage.keys(f"{concept.prefix}concept/")

@@ -272,3 +272,31 @@ def test_a_lost_database_requeues_the_message(client: TestClient, ctx: WorkerCon
     with pytest.raises(Reject) as caught:
         run_job(ctx, job_id, lambda: None, ConceptCache(1))
     assert caught.value.requeue
+
+
+@pytest.mark.parametrize("error", ["hard_limit", "escaped"])
+def test_a_task_failure_outside_the_runner_ends_the_job(
+    client: TestClient, ctx: WorkerContext, error: str
+) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    from core import jobs
+    from core.db import session_scope
+    from worker import tasks
+
+    created = _learn_request(client)
+    job_id, concept_id = created["job"]["id"], created["concept"]["id"]
+    with session_scope(ctx.sessions) as s:
+        jobs.start(s, job_id=uuid.UUID(job_id))
+    ctx.storage.put(f"concepts/{concept_id}/concept/half.bin", b"x")
+    exc = TimeLimitExceeded(10) if error == "hard_limit" else RuntimeError("boom")
+    saved, tasks.EngineTask._ctx = tasks.EngineTask._ctx, ctx
+    try:
+        tasks.learn.on_failure(exc, "task-id", (job_id,), {}, None)
+    finally:
+        tasks.EngineTask._ctx = saved
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == ("timeout" if error == "hard_limit" else "internal_error")
+    assert client.get(f"/v1/concepts/{concept_id}").json()["status"] == "failed"
+    assert not ctx.storage.keys(f"concepts/{concept_id}/concept/")
