@@ -105,7 +105,10 @@ def create_concept(
             session.commit()
         except Exception as exc:  # nothing half-written stays behind
             session.rollback()
-            state.storage.delete_prefix(concept.prefix)
+            try:
+                state.storage.delete_prefix(concept.prefix)
+            except StorageError as cleanup:  # the first error is the one to report
+                log.error("could not remove the inputs of concept %s: %s", concept.id, cleanup)
             if isinstance(exc, StorageError):
                 raise submit.unavailable("storage", exc) from exc
             raise
@@ -172,7 +175,7 @@ def list_concepts(
     state: StateDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> ConceptsPublic:
     """Concepts, newest first."""
     mine = Concept.tenant_id == tenant

@@ -201,3 +201,25 @@ def test_storage_failure_is_503_and_nothing_stays(
         r = _post(client, image, masks)
     assert r.status_code == 503 and r.json()["type"].endswith("/storage_unavailable")
     _nothing_stored(session, settings)
+
+
+def test_storage_down_during_cleanup_still_answers_503(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.storage import StorageError
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise StorageError("S3 unreachable: connection refused")
+
+    storage = client.app.state.mifo.storage  # type: ignore[attr-defined]
+    monkeypatch.setattr(storage, "put", down)
+    monkeypatch.setattr(storage, "delete_prefix", down)
+    image, masks = scene()
+    r = _post(client, image, masks)
+    assert r.status_code == 503 and r.json()["type"].endswith("/storage_unavailable")
+
+
+def test_list_offset_is_bounded(client: TestClient) -> None:
+    r = client.get("/v1/concepts", params={"offset": 2**63})
+    assert r.status_code == 422
+    assert client.get("/v1/concepts", params={"offset": 10**9}).status_code == 200
