@@ -196,7 +196,7 @@ class SynthesisCreate(BaseModel):
         description="One box per token (or instance name): [x0, y0, x1, y1] as image fractions."
     )
     num_images: int = Field(1, ge=1, le=16)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     steps: int = Field(50, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0)
     box_control: bool = Field(True, description="False: plain generation, boxes ignored.")

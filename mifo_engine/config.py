@@ -78,6 +78,9 @@ class _Config:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit number
+
+
 @dataclass(frozen=True)
 class LearnConfig(_Config):
     """One learning run (METHOD sections 1-3 and the learning switches of section 5)."""
@@ -147,6 +150,7 @@ class LearnConfig(_Config):
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _require(0 <= self.seed <= MAX_SEED, "seed", f"a number from 0 to {MAX_SEED}")
         _require(self.phase1_steps >= 0, "phase1_steps", "a number >= 0")
         _require(self.phase2_steps >= 0, "phase2_steps", "a number >= 0")
         _require(self.reward_steps >= 0, "reward_steps", "a number >= 0")
@@ -239,6 +243,14 @@ class SynthesisConfig(_Config):
         _require(self.max_guidance_iters >= 1, "max_guidance_iters", "a number >= 1")
         _require(self.num_clusters >= 1, "num_clusters", "a number >= 1")
         _require(self.refine_every >= 1, "refine_every", "a number >= 1")
+        _require(
+            0 <= self.seed <= MAX_SEED - self.num_images, "seed", f"a number from 0 to {MAX_SEED}"
+        )
+        _require(
+            self.seeds is None or all(0 <= x <= MAX_SEED for x in self.seeds),
+            "seeds",
+            f"numbers from 0 to {MAX_SEED}",
+        )
         _require(
             self.seeds is None or len(self.seeds) == self.num_images,
             "seeds",

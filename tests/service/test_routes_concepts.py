@@ -56,6 +56,7 @@ def test_create_stores_inputs_and_queues_a_learn_job(
         ('{"phase1_steps": -1}', "options.phase1_steps"),
         ('{"no_such_field": 1}', "options.no_such_field"),
         ('{"seed": "x"}', "options.seed"),
+        ('{"seed": 1180591620717411303424}', "options.seed"),
         ("[1, 2]", "options"),
         ("{not json", "options"),
     ],

@@ -69,6 +69,8 @@ def test_unknown_concept_is_404(client: TestClient) -> None:
         ({"options": {"max_guidance_iters": 0}}, "options.max_guidance_iters"),
         ({"options": {"nonsense": 1}}, "options.nonsense"),
         ({"options": {"seed": 1}}, "options.seed"),
+        ({"seed": 2**70}, "seed"),
+        ({"options": {"seeds": [2**70]}}, "options.seeds"),
         ({"extra": 1}, "extra"),
     ],
 )
