@@ -3,7 +3,8 @@
 The database row is the truth. Entries are used only while this process is subscribed to the
 "job changed" events (Redis pub/sub, published after every committed change), and an event
 removes its job's entry as soon as it arrives, so a poll never answers a state older than a
-change event this process has received. A lost message costs at most TTL_SECONDS. A body
+change event this process has received. A lost message costs at most TTL_SECONDS; polled
+entries are re-read in the background before they expire. A body
 read from the database is kept only if no event arrived while it was read, so a slow read
 cannot put back an older state. Without pub/sub, or while Redis is unreachable, every poll
 reads the database.
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.events import CHANNEL_PREFIX
@@ -24,6 +26,8 @@ from core.events import CHANNEL_PREFIX
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 5.0  # like the event streams' fallback re-read (core.events.FALLBACK_SECONDS)
+REREAD_SECONDS = 4.0  # a poll of an older entry re-reads the job in the background
+REREADERS = 2  # background re-reads at a time
 MAX_JOBS = 10_000
 RETRY_SECONDS = 1.0  # after losing Redis, between attempts to subscribe again
 
@@ -37,15 +41,43 @@ class JobCache:
         self._entries: dict[uuid.UUID, dict[str, Entry]] = {}  # job -> base URL -> entry
         self._events = 0  # change events seen, of any job
         self._lock = threading.Lock()  # routes in worker threads call changed() too
+        self._rereading: set[uuid.UUID] = set()
+        # Few at a time: many entries fall due together, and a burst of reads in the thread
+        # pool starves the event loop (every poll waited ~100 ms in tests with 50 jobs).
+        self._readers = asyncio.Semaphore(REREADERS)
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def get(self, job_id: uuid.UUID, base: str) -> tuple[uuid.UUID, bytes] | None:
-        """(tenant, body), or None: read the database."""
+    def get(self, job_id: uuid.UUID, base: str) -> tuple[uuid.UUID, bytes, bool] | None:
+        """(tenant, body, due for a re-read), or None: read the database."""
         if not self.live:
             return None
         hit = self._entries.get(job_id, {}).get(base)
-        if hit is None or self.clock() - hit[0] > TTL_SECONDS:
+        if hit is None:
             return None
-        return hit[1], hit[2]
+        age = self.clock() - hit[0]
+        if age > TTL_SECONDS:
+            return None
+        return hit[1], hit[2], age > REREAD_SECONDS
+
+    def reread(self, job_id: uuid.UUID, read: Callable[[], Awaitable[object]]) -> None:
+        """Run `read` (which puts the fresh body) in the background, once per job at a time:
+        a polled job is re-read before its entry expires, so no poll waits for it."""
+        if job_id in self._rereading:
+            return
+        self._rereading.add(job_id)
+
+        async def run() -> None:
+            try:
+                async with self._readers:
+                    await read()
+            except Exception as exc:  # the database may be down: the entry just expires
+                log.warning("re-reading job %s failed: %s", job_id, exc)
+            finally:
+                self._rereading.discard(job_id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def mark(self) -> int:
         """Take before reading the database; give to put() with what was read."""
@@ -67,6 +99,11 @@ class JobCache:
                 self._entries.clear()
             else:
                 self._entries.pop(job_id, None)
+
+    def drop(self, job_id: uuid.UUID) -> None:
+        """Forget a job found missing (reads in flight may still be kept)."""
+        with self._lock:
+            self._entries.pop(job_id, None)
 
     def _down(self) -> None:
         with self._lock:

@@ -27,6 +27,8 @@ from core.settings import Settings
 PREFIX = "mifo_"
 LOCAL_TENANT = "local"  # embedded mode on loopback: requests without a key belong to it
 CACHE_SECONDS = 2.0  # a revoked key stops working within this long on every API process
+REFRESH_SECONDS = 1.0  # keys in use are reloaded this often, ahead of CACHE_SECONDS
+IDLE_SECONDS = 60.0  # keys unused for this long are forgotten
 
 
 class UnknownKey(LookupError):
@@ -96,12 +98,39 @@ class KeyVerifier:
 
     def __init__(self) -> None:
         self._cache: dict[str, KeyVerifier.Entry] = {}
+        self._used: dict[str, float] = {}  # key id: last request
         self._lock = threading.Lock()
 
     def cached(self, key_id: str) -> KeyVerifier.Entry | None:
+        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key_id)
-        return hit if hit is not None and time.monotonic() - hit[0] <= CACHE_SECONDS else None
+            self._used[key_id] = now
+        return hit if hit is not None and now - hit[0] <= CACHE_SECONDS else None
+
+    def refresh(self, sessions: sessionmaker[Session]) -> bool:
+        """Reload every key used lately in one query (the API runs this every REFRESH_SECONDS),
+        so that requests find fresh entries instead of each waiting for a query."""
+        since = time.monotonic() - IDLE_SECONDS
+        with self._lock:
+            wanted = [k for k, used in self._used.items() if used >= since and k in self._cache]
+            for k in [k for k, used in self._used.items() if used < since]:
+                self._used.pop(k, None)
+                self._cache.pop(k, None)
+        if not wanted:
+            return False
+        loaded_at = time.monotonic()  # before the query: never fresher than the row read
+        with sessions() as session:
+            rows = {r.id: r for r in session.scalars(select(ApiKey).where(ApiKey.id.in_(wanted)))}
+        with self._lock:
+            for key_id in wanted:
+                row = rows.get(key_id)
+                self._cache[key_id] = (
+                    (loaded_at, "", uuid.UUID(int=0), True)
+                    if row is None
+                    else (loaded_at, row.secret_hash, row.tenant_id, row.revoked_at is not None)
+                )
+        return False
 
     def load(self, sessions: sessionmaker[Session], key_id: str) -> KeyVerifier.Entry:
         with sessions() as session:
@@ -114,6 +143,7 @@ class KeyVerifier:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
+                self._used.clear()
             self._cache[key_id] = entry
         return entry
 

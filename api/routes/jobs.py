@@ -91,17 +91,32 @@ async def get_job(job_id: uuid.UUID, request: Request, state: StateDep, tenant: 
     # The hot path of polling clients: the cached body (api/jobcache.py) answers without a
     # thread or the database; a miss reads the row in the thread pool.
     base = str(request.base_url)  # download URLs in the body are absolute
-    hit = state.job_cache.get(job_id, base)
-    if hit is None:
-        mark = state.job_cache.mark()
-        hit = await run_in_threadpool(_job_body, request, state, job_id)
-        if hit is None:
+    cached = state.job_cache.get(job_id, base)
+    if cached is None:
+        found = await _read_job(request, state, job_id, base)
+        if found is None:
             raise not_found("job", job_id)
-        state.job_cache.put(job_id, base, *hit, mark)
-    owner, body = hit
+        owner, body = found
+    else:
+        owner, body, due = cached
+        if due:
+            state.job_cache.reread(job_id, lambda: _read_job(request, state, job_id, base))
     if owner != tenant:  # another tenant's job is `not found`, exactly like a missing one
         raise not_found("job", job_id)
     return Response(body, media_type="application/json")
+
+
+async def _read_job(
+    request: Request, state: StateDep, job_id: uuid.UUID, base: str
+) -> tuple[uuid.UUID, bytes] | None:
+    """(tenant, body) from the database, kept in the cache."""
+    mark = state.job_cache.mark()
+    found = await run_in_threadpool(_job_body, request, state, job_id)
+    if found is None:
+        state.job_cache.drop(job_id)  # gone: nothing cached may answer for it
+    else:
+        state.job_cache.put(job_id, base, *found, mark)
+    return found
 
 
 def _job_body(

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
+from core import auth
 from core.settings import Settings
 
 from .conftest import bearer, new_key
@@ -166,3 +167,21 @@ def test_keys_are_stored_hashed(settings: Settings, api_key: str, session: Sessi
     rows = session.query(ApiKey).all()
     assert rows and all(api_key not in (r.secret_hash, r.id) for r in rows)
     assert all(len(r.secret_hash) == 64 for r in rows)
+
+
+def test_key_refresh_reloads_used_keys_and_sees_revocation(settings: Settings) -> None:
+    from core.db import make_engine, make_sessionmaker, session_scope
+
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    with session_scope(sessions) as s:
+        row, clear = auth.create_key(s, tenant=auth.get_or_create_tenant(s, "refresh")[0])
+        key_id = row.id
+    verifier = auth.KeyVerifier()
+    assert verifier.cached(key_id) is None
+    verifier.load(sessions, key_id)
+    with session_scope(sessions) as s:
+        auth.revoke_key(s, key_id)
+    verifier.refresh(sessions)
+    entry = verifier.cached(key_id)
+    assert entry is not None and auth.KeyVerifier.check(clear, key_id, entry) is None
+    sessions.kw["bind"].dispose()

@@ -131,7 +131,7 @@ def test_a_read_overtaken_by_an_event_is_not_kept() -> None:
     cache.put(job, "http://x/", tenant, b"old", mark)
     assert cache.get(job, "http://x/") is None
     cache.put(job, "http://x/", tenant, b"new", cache.mark())
-    assert cache.get(job, "http://x/") == (tenant, b"new")
+    assert cache.get(job, "http://x/") == (tenant, b"new", False)
 
 
 def test_entries_expire_after_the_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,6 +140,20 @@ def test_entries_expire_after_the_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     cache.live = True
     job, tenant = uuid.uuid4(), uuid.uuid4()
     cache.put(job, "b", tenant, b"x", cache.mark())
-    assert cache.get(job, "b") == (tenant, b"x")
+    assert cache.get(job, "b") == (tenant, b"x", False)
     now[0] += 5.1
     assert cache.get(job, "b") is None
+
+
+def test_a_polled_entry_is_reread_before_it_expires(
+    cached: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import jobcache
+
+    monkeypatch.setattr(jobcache, "REREAD_SECONDS", 0.0)  # every hit is due
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
+    _set_status(session, job.id, "running")  # no event: only the re-read can see it
+    assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"  # answers at once
+    _until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
