@@ -135,15 +135,19 @@ except ImportError:  # pragma: no cover - FastAPI is a dependency of the service
     pass
 
 
-async def _closed_loop(port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+async def _closed_loop(
+    port: int, requests: list[bytes], clients: int, seconds: float, warmup: float = 0.0
+) -> dict:
     """`clients` keep-alive connections, each sending its next request as soon as the last
-    answer is in, for `seconds`. A minimal HTTP/1.1 client: the load generator shares the
-    machine's cores with the server, so it must cost little."""
+    answer is in, for `warmup` + `seconds`; only the last `seconds` are measured (the first
+    requests fill the server's caches and connection pool). A minimal HTTP/1.1 client: the
+    load generator shares the machine's cores with the server, so it must cost little."""
     import asyncio
 
     samples: list[float] = []
     errors = {"n": 0}
-    stop = time.perf_counter() + seconds
+    start = time.perf_counter() + warmup
+    stop = start + seconds
 
     async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -155,14 +159,15 @@ async def _closed_loop(port: int, requests: list[bytes], clients: int, seconds: 
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
+            if t0 < start:
+                continue
             samples.append(time.perf_counter() - t0)
             if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 202")):
                 errors["n"] += 1
         writer.close()
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(clients)))
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - start
     ordered = sorted(samples)
     pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
     return {"requests": len(ordered), "errors": errors["n"], "rps": round(len(ordered) / wall, 1),
@@ -181,7 +186,9 @@ def _post_json(path: str, key: str, body: dict) -> bytes:
     return head.encode() + data
 
 
-def compare(pollers: int, seconds: float, submitters: int) -> dict[str, object]:
+def compare(
+    pollers: int, seconds: float, submitters: int, warmup: float = 1.0
+) -> dict[str, object]:
     import asyncio
     import os
     import random
@@ -251,8 +258,10 @@ def compare(pollers: int, seconds: float, submitters: int) -> dict[str, object]:
             polls = [
                 _get(f"/v1/jobs/{ids[i % len(ids)]}", keys[i % len(keys)]) for i in range(pollers)
             ]
-            status = asyncio.run(_closed_loop(service_port, polls, pollers, seconds))
-            bare = asyncio.run(_closed_loop(bare_port, [_get("/v1/ping")], pollers, seconds))
+            status = asyncio.run(_closed_loop(service_port, polls, pollers, seconds, warmup))
+            bare = asyncio.run(
+                _closed_loop(bare_port, [_get("/v1/ping")], pollers, seconds, warmup)
+            )
         finally:
             for proc in procs:
                 proc.terminate()
@@ -260,7 +269,7 @@ def compare(pollers: int, seconds: float, submitters: int) -> dict[str, object]:
             log.close()
             redis_flush(broker)
     return {
-        "pollers": pollers, "seconds": seconds, "cpus": os.cpu_count(),
+        "pollers": pollers, "seconds": seconds, "warmup_seconds": warmup, "cpus": os.cpu_count(),
         "submit_synthesis": submit, "poll_job_status": status, "bare_fastapi_json": bare,
         "status_vs_bare_throughput": round(status["rps"] / bare["rps"], 3),
     }  # fmt: skip
@@ -284,10 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pollers", type=int, default=50, help="--compare: concurrent pollers")
     p.add_argument("--submitters", type=int, default=8, help="--compare: concurrent submitters")
     p.add_argument("--seconds", type=float, default=10.0, help="--compare: per measurement")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="--compare: unmeasured seconds of polling (and bare) load first")  # fmt: skip
     args = p.parse_args(argv)
     if args.compare:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        text = json.dumps(compare(args.pollers, args.seconds, args.submitters), indent=2)
+        text = json.dumps(
+            compare(args.pollers, args.seconds, args.submitters, args.warmup), indent=2
+        )
         print(text)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
