@@ -69,7 +69,7 @@ def test_bad_options_are_422_naming_the_field(
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
     problem = r.json()
-    assert problem["field"] == field and problem["fix"] and problem["type"].startswith("https://")
+    assert problem["field"] == field and problem["fix"] and problem["type"].startswith("/problems/")
     _nothing_stored(session, settings)
 
 
