@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .attention import (
+    AttnLayer,
     MifoAttnProcessor,
     installed_processors,
     last_block,
@@ -137,42 +138,7 @@ def synthesize(
         layers = unet_attention_layers(
             base.unet.attn_processors, base.unet.config, concept.latent_size
         )
-        loss_layers = [
-            lay
-            for place, res in cfg.loss_layers
-            for lay in select_layers(
-                layers,
-                kind="cross",
-                places=[place],
-                resolutions=[res],
-                latent_size=concept.latent_size,
-                first_block_only=True,
-            )
-        ]
-        loss_layers += [
-            lay
-            for place, res in cfg.loss_layers
-            for lay in select_layers(
-                layers,
-                kind="self",
-                places=[place],
-                resolutions=[res],
-                latent_size=concept.latent_size,
-                first_block_only=True,
-            )
-        ]
-        refine_layers = [
-            lay
-            for kind in ("self", "cross")
-            for lay in select_layers(
-                layers,
-                kind=kind,
-                places=[cfg.refine_place],
-                resolutions=[cfg.refine_resolution],
-                latent_size=concept.latent_size,
-                first_block_only=True,
-            )
-        ]  # type: ignore[arg-type]
+        loss_layers, refine_layers = _controlled_layers(layers, cfg, concept.latent_size)
         controller = BoundedController(
             layout, tokenizer, ids, batch, cfg, base.device, loss_layers, refine_layers
         )
@@ -229,6 +195,32 @@ def synthesize(
         versions=versions(),
         guidance_losses=losses,
     )
+
+
+def _controlled_layers(
+    layers: Sequence[AttnLayer], cfg: SynthesisConfig, latent_size: int
+) -> tuple[list[AttnLayer], list[AttnLayer]]:
+    """The loss layers (cross then self) and the refinement layers, by place and resolution."""
+
+    def pick(kind: str, place: str, res: int) -> list[AttnLayer]:
+        return select_layers(
+            layers,
+            kind=kind,  # type: ignore[arg-type]
+            places=[place],  # type: ignore[list-item]
+            resolutions=[res],
+            latent_size=latent_size,
+            first_block_only=True,
+        )
+
+    loss = [
+        lay for kind in ("cross", "self") for p, r in cfg.loss_layers for lay in pick(kind, p, r)
+    ]
+    refine = [
+        lay
+        for kind in ("self", "cross")
+        for lay in pick(kind, cfg.refine_place, cfg.refine_resolution)
+    ]
+    return loss, refine
 
 
 def _optimise(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from mifo_engine.attention import select_layers, unet_attention_layers
+from mifo_engine.attention import unet_attention_layers
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.controller import BoundedController
 from mifo_engine.errors import Cancelled, LayoutError
@@ -15,7 +15,7 @@ from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.learning import learn
 from mifo_engine.models import load_base_model
 from mifo_engine.sampling import ddim_scheduler, encode_text, image_generators, initial_latents
-from mifo_engine.synthesis import _optimise, synthesize
+from mifo_engine.synthesis import _controlled_layers, _optimise, synthesize
 from tests.engine.conftest import FAST_LEARN
 
 PROMPT = "a photo of <asset0> and <asset1> at the beach"
@@ -121,35 +121,11 @@ def test_cancel_from_the_callback(tiny_base, tiny_concept):
     assert "guidance" in seen[1].losses
 
 
-def _controller(tiny_base, tiny_concept, cfg, batch=1):
+def _controller(tiny_base, tiny_concept, cfg):
     layout = validate_synthesis_request(tiny_concept.metadata(), PROMPT, BOXES, tiny_base.tokenizer)
     latent = tiny_concept.latent_size
     layers = unet_attention_layers(tiny_base.unet.attn_processors, tiny_base.unet.config, latent)
-    loss = [
-        lay
-        for kind in ("cross", "self")
-        for place, res in cfg.loss_layers
-        for lay in select_layers(
-            layers,
-            kind=kind,
-            places=[place],
-            resolutions=[res],
-            latent_size=latent,
-            first_block_only=True,
-        )
-    ]
-    refine = [
-        lay
-        for kind in ("self", "cross")
-        for lay in select_layers(
-            layers,
-            kind=kind,
-            places=["up"],
-            resolutions=[cfg.refine_resolution],
-            latent_size=latent,
-            first_block_only=True,
-        )
-    ]
+    loss, refine = _controlled_layers(layers, cfg, latent)
     return layout, layers, loss, refine
 
 
