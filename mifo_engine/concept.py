@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from .config import LearnConfig
 from .errors import ConceptError, LayoutError
 from .patching import extended_vocabulary, lora_adapters, swapped_weights
+from .runtime import atomic_directory
 
 FORMAT_VERSION = 1
 Adaptation = Literal["none", "lora", "full"]
@@ -147,17 +145,8 @@ class Concept:
 
     def save(self, directory: str | Path) -> Path:
         """Write the concept atomically: a reader sees either nothing or the whole directory."""
-        target = Path(directory)
-        if target.exists() and any(target.iterdir()):
-            raise ConceptError(
-                f"{target} already exists and is not empty.",
-                field="out",
-                fix="choose a new directory",
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            files = self._file_names()
+        files = self._file_names()
+        with atomic_directory(directory) as tmp:
             save_file(
                 {k: v.contiguous() for k, v in self.embeddings.items()},
                 str(tmp / files["embeddings"]),
@@ -171,13 +160,7 @@ class Concept:
             if self.input_image is not None:
                 self.input_image.save(tmp / "input.png")
             (tmp / "concept.json").write_text(json.dumps(self.metadata(), indent=2))
-            if target.exists():
-                target.rmdir()
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> Concept:

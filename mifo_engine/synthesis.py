@@ -5,9 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from .render import layout_preview
 from .runtime import (
     Progress,
     ProgressFn,
+    atomic_directory,
     autocast,
     backend_settings,
     report,
@@ -90,23 +88,12 @@ class SynthesisResult:
 
     def save(self, directory: str | Path) -> Path:
         """Write images, previews and synthesis.json atomically into a new directory."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() and any(target.iterdir()):
-            raise FileExistsError(f"{target} already exists and is not empty")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             for k, (image, preview) in enumerate(zip(self.images, self.previews, strict=True)):
                 image.save(tmp / f"image_{k:02d}.png")
                 preview.save(tmp / f"preview_{k:02d}.png")
             (tmp / "synthesis.json").write_text(json.dumps(self.record(), indent=2))
-            if target.exists():
-                target.rmdir()
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory)
 
 
 def synthesize(
