@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
+from api.costs import LEARN_CAPS, check_costs, check_step_counts
 from api.problems import Problem, from_engine
 from core.settings import Settings
 from mifo_engine.config import LearnConfig
@@ -125,15 +126,9 @@ def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Setting
             f"Got {len(masks)} masks; this server learns at most {settings.max_instances}.",
             field="masks", fix=f"send at most {settings.max_instances} masks (MIFO_MAX_INSTANCES)",
         )  # fmt: skip
-    for name in ("phase1_steps", "phase2_steps"):
-        steps = getattr(config, name)
-        if steps > settings.max_learn_steps:
-            raise Problem(
-                422, "too_many_steps", "Too many steps",
-                f"options.{name} is {steps}; the limit is {settings.max_learn_steps}.",
-                field=f"options.{name}",
-                fix=f"ask for at most {settings.max_learn_steps} (MIFO_MAX_LEARN_STEPS)",
-            )  # fmt: skip
+    steps = ("phase1_steps", "phase2_steps", "reward_steps")
+    check_step_counts(config, settings.max_learn_steps, steps, "MIFO_MAX_LEARN_STEPS")
+    check_costs(config, LEARN_CAPS)
 
 
 def check_with_engine(upload: Upload) -> None:

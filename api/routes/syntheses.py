@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from api import submit
+from api.costs import SYNTHESIS_CAPS, check_costs
 from api.deps import SessionDep, StateDep, TenantDep
 from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import Presenter
@@ -131,10 +132,12 @@ def _config(body: SynthesisCreate) -> SynthesisConfig:
             field=f"options.{clash[0]}", fix=f"set {clash[0]} at the top level of the body",
         )  # fmt: skip
     try:
-        return SynthesisConfig.from_mapping(_values(body))
+        config = SynthesisConfig.from_mapping(_values(body))
     except MifoError as exc:
         prefix = "" if exc.field in FIELDS else "options."
         raise from_engine(exc, prefix=prefix) from exc
+    check_costs(config, SYNTHESIS_CAPS)
+    return config
 
 
 def _values(body: SynthesisCreate) -> dict[str, object]:

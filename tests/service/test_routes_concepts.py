@@ -57,6 +57,13 @@ def test_create_stores_inputs_and_queues_a_learn_job(
         ('{"no_such_field": 1}', "options.no_such_field"),
         ('{"seed": "x"}', "options.seed"),
         ('{"seed": 1180591620717411303424}', "options.seed"),
+        ('{"resolution": 40000}', "options.resolution"),
+        ('{"reward_steps": 1000000}', "options.reward_steps"),
+        ('{"num_class_images": 100000}', "options.num_class_images"),
+        (
+            '{"diagnostic_timesteps": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}',
+            "options.diagnostic_timesteps",
+        ),
         ("[1, 2]", "options"),
         ("{not json", "options"),
     ],

@@ -67,6 +67,8 @@ def test_unknown_concept_is_404(client: TestClient) -> None:
         ({"steps": 0}, "steps"),
         ({"guidance_scale": 0.5}, "guidance_scale"),
         ({"options": {"max_guidance_iters": 0}}, "options.max_guidance_iters"),
+        ({"options": {"max_guidance_iters": 1000}}, "options.max_guidance_iters"),
+        ({"options": {"kmeans_iters": 10**6}}, "options.kmeans_iters"),
         ({"options": {"nonsense": 1}}, "options.nonsense"),
         ({"options": {"seed": 1}}, "options.seed"),
         ({"seed": 2**70}, "seed"),
