@@ -57,7 +57,7 @@ def list_jobs(
     kind: Annotated[JobKind | None, Query()] = None,
     concept_id: Annotated[uuid.UUID | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by status, kind and concept."""
     where: list[ColumnElement[bool]] = [Job.tenant_id == tenant]

@@ -28,6 +28,8 @@ def test_filters_and_pagination(client: TestClient, session: Session) -> None:
     assert len(page["data"]) == 3 and "offset=3" in page["next"]
     r = client.get("/v1/jobs", params={"status": "done"})
     assert r.status_code == 422 and r.json()["field"] == "status[0]"
+    r = client.get("/v1/jobs", params={"offset": 2**63})  # past any database integer
+    assert r.status_code == 422 and r.json()["field"] == "offset"
 
 
 def test_cancel_queued_running_and_finished(client: TestClient, session: Session) -> None:
