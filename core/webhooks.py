@@ -22,7 +22,7 @@ import time
 import uuid
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,7 @@ from core.models import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 EVENTS = ("started", "progress", "completed")
 
@@ -39,8 +40,14 @@ class UnsafeTarget(ValueError):
     """The webhook URL is malformed or points at a private, loopback or link-local address."""
 
 
-def check_url(url: str, allowed: list[str]) -> None:
-    """Raise UnsafeTarget unless every address the host resolves to is public (or allowed)."""
+# IPv6 forms that carry an IPv4 address: the IPv4 part decides whether the target is public.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def check_url(url: str, allowed: list[str]) -> IPAddress:
+    """The address to send to; UnsafeTarget unless every address the host resolves to is
+    public (or in an allowed network)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("use an absolute http:// or https:// URL")
@@ -50,15 +57,45 @@ def check_url(url: str, allowed: list[str]) -> None:
     except (OSError, ValueError) as exc:
         raise UnsafeTarget(f"the host {parts.hostname!r} does not resolve: {exc}") from exc
     networks = [ipaddress.ip_network(n, strict=False) for n in allowed]
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
         if any(address in net for net in networks):
             continue
-        if not address.is_global or address.is_multicast:
+        if not _public(address):
             raise UnsafeTarget(
                 f"{parts.hostname} resolves to {address}, a private, loopback or link-local "
                 "address; webhooks go to public addresses only"
             )
+    if not addresses:
+        raise UnsafeTarget(f"the host {parts.hostname!r} has no address")
+    return addresses[0]
+
+
+def _public(address: IPAddress) -> bool:
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped or address.sixtofour
+        if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            return _public(inner)
+    return True
+
+
+def pinned_request(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """URL, headers and request extensions that reach `address` while naming the original host.
+
+    The connection goes to the address that was checked (no second DNS lookup that could
+    answer differently); the Host header and the TLS server name stay the URL's host.
+    """
+    parts = urlsplit(url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    target = urlunsplit(parts._replace(netloc=netloc))
+    host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return target, {"host": host_header or ""}, extensions
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -136,11 +173,12 @@ def _send(http: Any, settings: Settings, delivery: WebhookDelivery, secret: str)
     }
     t0 = time.perf_counter()
     try:
-        check_url(delivery.url, settings.webhook_allowed_networks)  # again: DNS may have changed
+        address = check_url(delivery.url, settings.webhook_allowed_networks)  # DNS may change
     except UnsafeTarget as exc:
         return None, f"refused: {exc}", 0.0, False
+    target, host, extensions = pinned_request(delivery.url, address)
     try:
-        r = http.post(delivery.url, content=body, headers=headers)
+        r = http.post(target, content=body, headers={**headers, **host}, extensions=extensions)
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000, True
     ms = (time.perf_counter() - t0) * 1000

@@ -195,3 +195,60 @@ def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(UnsafeTarget, match="192.168.1.5"):
         check_url("http://example.com/hook", [])
     check_url("http://example.com/hook", ["192.168.0.0/16"])
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::7f00:1", "2002:7f00:1::1", "::ffff:127.0.0.1", "::127.0.0.1", "::ffff:10.0.0.1"],
+)
+def test_ipv6_forms_of_private_ipv4_are_refused(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    import socket
+
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(10, 1, 6, "", (address, 80, 0, 0))]
+    )
+    with pytest.raises(UnsafeTarget, match="private, loopback or link-local"):
+        check_url("http://rebind.example/hook", [])
+
+
+def test_a_delivery_connects_to_the_checked_address(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """A name that answers a public address, then loopback: the send must not look it up again."""
+    import socket
+    from types import SimpleNamespace
+
+    from core.auth import new_webhook_secret
+    from core.webhooks import _send
+
+    answers = iter(["93.184.216.34", "127.0.0.1", "127.0.0.1"])
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", (next(answers), 443))]
+    )
+    sent: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    class Http:
+        def post(
+            self, url: str, *, content: bytes, headers: dict[str, str], extensions: dict[str, Any]
+        ) -> Any:
+            sent.append((url, headers, extensions))
+            return SimpleNamespace(status_code=204)
+
+    delivery = SimpleNamespace(
+        id=uuid.uuid4(),
+        payload={"type": "job.completed"},
+        url="https://rebind.example:8443/hook?x=1",
+    )
+    code, error, _, _ = _send(
+        Http(),
+        settings.model_copy(update={"webhook_allowed_networks": []}),
+        delivery,
+        new_webhook_secret(),
+    )
+    assert (code, error) == (204, None)
+    url, headers, extensions = sent[0]
+    assert url == "https://93.184.216.34:8443/hook?x=1"
+    assert headers["host"] == "rebind.example:8443"
+    assert extensions == {"sni_hostname": "rebind.example"}
