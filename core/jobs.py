@@ -212,6 +212,11 @@ def record_progress(
     return written and row is not None and row.status == "running" and not row.cancel_requested
 
 
+def is_current(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
+    """Whether `attempt` still owns the job: running, and no redelivery has taken it over."""
+    return session.scalar(select(Job.id).where((Job.id == job_id) & _mine(attempt))) is not None
+
+
 def _mine(attempt: int | None) -> Any:
     where = Job.status == "running"
     return where if attempt is None else where & (Job.attempts == attempt)

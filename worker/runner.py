@@ -53,6 +53,10 @@ class TimedOut(Exception):
     """The job ran past its kind's time limit (MIFO_LEARN_TIME_LIMIT, ...)."""
 
 
+class Superseded(Exception):
+    """A redelivery took the job over: this attempt must not write anything more."""
+
+
 @dataclass
 class Produced:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
@@ -100,6 +104,11 @@ def run_job(
         outcome = _recorded(ctx, claimed, "succeeded", produced=produced)
     except Reject:
         raise
+    except Superseded:  # the newer attempt owns the output prefix now: leave it alone
+        log.warning(
+            "job %s: attempt %d superseded by a redelivery; stopped", job_id, claimed.attempt
+        )
+        return "superseded"
     except Cancelled:
         if time.monotonic() > claimed.deadline:
             outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
@@ -203,7 +212,7 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
     target = job.output
     with tempfile.TemporaryDirectory(prefix="mifo-learn-") as tmp:
         learned.save(Path(tmp) / "concept")
-        sizes = _upload(ctx, Path(tmp) / "concept", target)
+        sizes = _upload(ctx, job, Path(tmp) / "concept", target)
     maps = out.meta.get("files", {}).get("attention_maps", {})
     for position, (token, rel) in enumerate(maps.items()):
         key = target + rel
@@ -227,7 +236,7 @@ def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: 
     target = job.output
     with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:
         made.save(tmp)
-        sizes = _upload(ctx, Path(tmp), target)
+        sizes = _upload(ctx, job, Path(tmp), target)
     for i in range(len(made.images)):
         for kind in ("image", "preview"):
             key = f"{target}{kind}_{i:02d}.png"
@@ -241,9 +250,17 @@ def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: 
     }
 
 
-def _upload(ctx: WorkerContext, folder: Path, prefix: str) -> dict[str, int]:
+def _upload(ctx: WorkerContext, job: Claimed, folder: Path, prefix: str) -> dict[str, int]:
+    """Store every file of `folder` under `prefix`, while this attempt still owns the job.
+
+    An attempt that outlived its delivery (the broker handed the job to another worker) stops
+    before its next write instead of overwriting the newer attempt's files.
+    """
     sizes = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with session_scope(ctx.sessions) as session:
+            if not jobs.is_current(session, job_id=job.job_id, attempt=job.attempt):
+                raise Superseded
         key = prefix + path.relative_to(folder).as_posix()
         data = path.read_bytes()
         ctx.storage.put(key, data, CONTENT_TYPES.get(path.suffix, "application/octet-stream"))

@@ -216,6 +216,36 @@ def test_a_superseded_attempt_cannot_record_an_outcome(
         assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)
 
 
+def test_a_superseded_attempt_stops_uploading(
+    client: TestClient, ctx: WorkerContext, tmp_path: Any
+) -> None:
+    from core import jobs
+    from core.db import session_scope
+    from worker.runner import Claimed, Superseded, _upload
+
+    created = _learn_request(client)
+    job_id = uuid.UUID(created["job"]["id"])
+    with session_scope(ctx.sessions) as s:
+        first = jobs.start(s, job_id=job_id).attempts  # type: ignore[union-attr]
+    folder = tmp_path / "upload"  # tmp_path also holds this test's storage
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"first")
+    prefix = f"concepts/{created['concept']['id']}/concept/"
+
+    def claimed(attempt: int) -> Claimed:
+        return Claimed(
+            job_id, "learn", {}, uuid.UUID(created["concept"]["id"]), [], "", attempt, 0.0
+        )
+
+    assert _upload(ctx, claimed(first), folder, prefix) == {prefix + "a.png": 5}
+    with session_scope(ctx.sessions) as s:
+        jobs.start(s, job_id=job_id)  # redelivered while the first attempt still runs
+    (folder / "a.png").write_bytes(b"stale")
+    with pytest.raises(Superseded):
+        _upload(ctx, claimed(first), folder, prefix)
+    assert ctx.storage.get(prefix + "a.png") == b"first"  # nothing overwritten
+
+
 @pytest.mark.parametrize("ending", ["canceled", "exhausted"])
 def test_a_job_ended_by_start_cleans_up_and_settles_its_concept(
     client: TestClient, ctx: WorkerContext, ending: str
