@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from .config import LearnConfig, SynthesisConfig
-from .errors import Cancelled, ConfigError, LayoutError, MifoError
+from .errors import Cancelled, LayoutError, MifoError
+from .runtime import check_new_directory
 
 log = logging.getLogger("mifo")
 EXIT_BAD_INPUT = 2
@@ -152,16 +152,6 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [s.strip() for s in text.split(",")]
 
 
-def _check_out(path: str) -> None:
-    out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(
-            f"--out {out} already exists and is not empty.",
-            field="--out",
-            fix="choose a new directory",
-        )
-
-
 def _do_learn(args: argparse.Namespace) -> None:
     from .inputs import check_inputs
     from .learning import learn
@@ -185,7 +175,7 @@ def _do_learn(args: argparse.Namespace) -> None:
             args.phase1_steps // 4
         )  # keep the reward share of the paper's schedule
     cfg = LearnConfig.from_mapping(values)
-    _check_out(args.out)
+    check_new_directory(args.out, field="--out")
     # Reject bad files before loading a model that may take minutes to load; shares are
     # checked again at the model's own resolution once it is known.
     check_inputs(
@@ -235,7 +225,7 @@ def _do_synthesize(args: argparse.Namespace) -> None:
         cfg_values["guidance_steps"] = args.steps
     cfg = SynthesisConfig.from_mapping(cfg_values)
     boxes = dict(_parse_box(b) for b in args.box)
-    _check_out(args.out)
+    check_new_directory(args.out, field="--out")
     base = load_base_model(args.model or meta["base_model"]["spec"], device=args.device)
     concept = Concept.load(args.concept)
     with _Bars() as bars:

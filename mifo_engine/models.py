@@ -547,31 +547,20 @@ def _load_directory(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    def safetensors(component: str) -> bool:
-        return weights[component][0].suffix == ".safetensors"
+    def load(cls: Any, component: str) -> Any:
+        safetensors = weights[component][0].suffix == ".safetensors"
+        return cls.from_pretrained(
+            directory,
+            subfolder=component,
+            dtype=dtype,
+            use_safetensors=safetensors,
+            local_files_only=True,
+        )
 
     try:
-        unet = UNet2DConditionModel.from_pretrained(
-            directory,
-            subfolder="unet",
-            dtype=dtype,
-            use_safetensors=safetensors("unet"),
-            local_files_only=True,
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            directory,
-            subfolder="text_encoder",
-            dtype=dtype,
-            use_safetensors=safetensors("text_encoder"),
-            local_files_only=True,
-        )
-        vae = AutoencoderKL.from_pretrained(
-            directory,
-            subfolder="vae",
-            dtype=dtype,
-            use_safetensors=safetensors("vae"),
-            local_files_only=True,
-        )
+        unet = load(UNet2DConditionModel, "unet")
+        text_encoder = load(CLIPTextModel, "text_encoder")
+        vae = load(AutoencoderKL, "vae")
         scheduler_config = _read_json(directory / "scheduler" / "scheduler_config.json")
     except Exception as exc:  # loaders raise many unrelated types for one broken directory
         raise ModelLoadError(

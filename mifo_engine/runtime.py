@@ -79,6 +79,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def check_new_directory(directory: str | Path, *, field: str = "out") -> None:
+    """Refuse an output directory that exists and is not empty (results never overwrite)."""
+    target = Path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(
+            f"{field} {target} already exists and is not empty.",
+            field=field,
+            fix="choose a new directory",
+        )
+
+
 @contextlib.contextmanager
 def atomic_directory(directory: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that becomes `directory` only if the block succeeds.
