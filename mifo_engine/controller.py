@@ -61,6 +61,10 @@ class BoundedController:
         ]
         self.refine_layers = list(refine_layers)
         self.diagnostic_layers = [lay for lay in loss_layers if lay.kind == "cross"]
+        # membership tests run on every attention call: compare names, not whole records
+        self._loss_names = {lay.name for lay in self.loss_layers}
+        self._diagnostic_names = {lay.name for lay in self.diagnostic_layers}
+        self._refine_names = {lay.name for lay in self.refine_layers}
         self.mode: Literal["denoise", "optimize"] = "denoise"
         self.accumulating = False
         self.masks: torch.Tensor | None = None  # refined (B, S, r, r); None: boxes
@@ -127,10 +131,10 @@ class BoundedController:
 
     def wants_probs(self, layer: AttnLayer) -> bool:
         if self.mode == "optimize":
-            return layer in self.loss_layers
-        if layer in self.diagnostic_layers:
+            return layer.name in self._loss_names
+        if layer.name in self._diagnostic_names:
             return True
-        return self.accumulating and layer in self.refine_layers
+        return self.accumulating and layer.name in self._refine_names
 
     def record(self, layer: AttnLayer, probs: torch.Tensor, scores: torch.Tensor) -> None:
         if self.mode == "optimize":
@@ -139,14 +143,14 @@ class BoundedController:
         b = self.batch
         positions = [p[0] for p in self.groups.subjects]
         with torch.no_grad():
-            if layer in self.diagnostic_layers:
+            if layer.name in self._diagnostic_names:
                 # the model's own preference: attention without the bounding bias
                 natural = (
                     scores[b:].float().softmax(dim=-1).mean(dim=1)[:, :, positions].transpose(1, 2)
                 )  # (B, S, P)
                 self._inbox += (natural * self.box_raster(layer.resolution)[None]).sum(-1)
                 self._mass += natural.sum(-1)
-            if self.accumulating and layer in self.refine_layers:
+            if self.accumulating and layer.name in self._refine_names:
                 used = probs[b:].float().mean(dim=1)
                 if layer.kind == "self":
                     self._refine_sa = used if self._refine_sa is None else self._refine_sa + used
