@@ -187,7 +187,7 @@ def _post_json(path: str, key: str, body: dict) -> bytes:
 
 
 def compare(
-    pollers: int, seconds: float, submitters: int, warmup: float = 1.0
+    pollers: int, seconds: float, submitters: int, warmup: float = 1.0, access_log: bool = False
 ) -> dict[str, object]:
     import asyncio
     import os
@@ -234,15 +234,18 @@ def compare(
         env = {**os.environ, "MIFO_DATABASE_URL": db, "MIFO_BROKER_URL": broker,
                "MIFO_BASE_MODEL": "tiny", "MIFO_DATA_DIR": "/tmp/mifo-bench",
                "MIFO_MAX_ACTIVE_JOBS": "1000000", "MIFO_RATE_LIMIT_PER_SECOND": "100000",
-               "MIFO_RATE_LIMIT_BURST": "100000", "MIFO_LOG_LEVEL": "warning"}  # fmt: skip
+               "MIFO_RATE_LIMIT_BURST": "100000", "MIFO_ACCESS_LOG": str(access_log).lower(),
+               "MIFO_LOG_LEVEL": "info" if access_log else "warning"}  # fmt: skip
+        # Both servers log alike: an access line per request with --access-log, else nothing.
+        bare_logging = ["--log-level", "info"] if access_log else ["--log-level", "warning",
+                                                                   "--no-access-log"]  # fmt: skip
         service_port, bare_port = port(), port()
         log = open("/tmp/mifo-bench-api.log", "wb")  # noqa: SIM115 - closed below
         procs = [
             subprocess.Popen([sys.executable, "-m", "mifo_cli", "api", "--port", str(service_port)],
                              env=env, cwd=root, stdout=log, stderr=log),
             subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.load:bare_app", "--port",
-                              str(bare_port), "--log-level", "warning"], cwd=root,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                              str(bare_port), *bare_logging], cwd=root, stdout=log, stderr=log),
         ]  # fmt: skip
         try:
             ready(service_port, "/readyz")
@@ -270,6 +273,7 @@ def compare(
             redis_flush(broker)
     return {
         "pollers": pollers, "seconds": seconds, "warmup_seconds": warmup, "cpus": os.cpu_count(),
+        "access_log": access_log,
         "submit_synthesis": submit, "poll_job_status": status, "bare_fastapi_json": bare,
         "status_vs_bare_throughput": round(status["rps"] / bare["rps"], 3),
     }  # fmt: skip
@@ -293,13 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pollers", type=int, default=50, help="--compare: concurrent pollers")
     p.add_argument("--submitters", type=int, default=8, help="--compare: concurrent submitters")
     p.add_argument("--seconds", type=float, default=10.0, help="--compare: per measurement")
-    p.add_argument("--warmup", type=float, default=1.0,
-                   help="--compare: unmeasured seconds of polling (and bare) load first")  # fmt: skip
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="--compare: unmeasured seconds of polling (and bare) load first",
+    )
+    p.add_argument("--access-log", action="store_true",
+                   help="--compare: both servers log every request (default: neither does)")  # fmt: skip
     args = p.parse_args(argv)
     if args.compare:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         text = json.dumps(
-            compare(args.pollers, args.seconds, args.submitters, args.warmup), indent=2
+            compare(args.pollers, args.seconds, args.submitters, args.warmup, args.access_log),
+            indent=2,
         )
         print(text)
         if args.out:

@@ -60,10 +60,13 @@ def _host_port(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging() -> str:
+    """Configure logging at MIFO_LOG_LEVEL; returns that level's name (e.g. "INFO")."""
+    from core.settings import Settings
+
+    level = Settings().log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return level
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -156,38 +159,42 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _beat(args: argparse.Namespace) -> int:
-    _logging()
+    level = _logging()
     import tempfile
 
     from worker.app import celery_app
 
     schedule = os.path.join(tempfile.gettempdir(), "mifo-beat-schedule")
-    celery_app.Beat(loglevel="INFO", schedule=schedule).run()
+    celery_app.Beat(loglevel=level, schedule=schedule).run()
     return 0
 
 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.settings import Settings
+
     os.environ["MIFO_BIND_HOST"] = args.host  # uvicorn's workers read settings anew
     _logging()
     if rc := _check_db():
         return rc
+    settings = Settings()
     uvicorn.run(
         "api.main:app_factory", factory=True, host=args.host, port=args.port,
-        workers=args.workers, proxy_headers=True,
+        workers=args.workers, proxy_headers=True, log_level=settings.log_level,
+        access_log=settings.access_log,
     )  # fmt: skip
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    _logging()
+    level = _logging()
     if rc := _check_db():
         return rc
     from worker.tasks import celery_app
 
     argv = ["worker", "--queues", args.queues, "--concurrency", str(args.concurrency),
-            "--pool", args.pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+            "--pool", args.pool, "--loglevel", level, "--without-gossip", "--without-mingle"]  # fmt: skip
     celery_app.worker_main(argv)
     return 0
 

@@ -47,7 +47,10 @@ def serve(host: str, port: int) -> int:
     # own that would end this process before the worker is stopped.
     signal.signal(signal.SIGTERM, _exit)
     try:
-        uvicorn.run("api.main:app_factory", factory=True, host=host, port=port)
+        uvicorn.run(
+            "api.main:app_factory", factory=True, host=host, port=port,
+            log_level=settings.log_level, access_log=settings.access_log,
+        )  # fmt: skip
     finally:
         worker.terminate()
         try:

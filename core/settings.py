@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
         6 * 3600, ge=1, description="Seconds before an unacknowledged job is redelivered."
     )
     concept_cache_size: int = Field(4, ge=1, description="Concepts kept loaded per worker.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least level logged by every mifo process."
+    )
+    access_log: bool = Field(True, description="The API logs one line per request.")
 
     # Authentication. Keys are required unless `mifo serve` runs on a loopback address.
     require_api_keys: bool = Field(False, description="Demand keys even in embedded mode.")

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import selectinload
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, StateDep, TenantDep
+from api.deps import BEARER_SECURITY, SessionDep, StateDep, TenantDep, authenticate
 from api.events import job_stream
 from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import JOB_LOAD, Presenter
@@ -26,6 +26,7 @@ from api.schemas import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
 )
+from api.state import AppState
 from core import jobs
 from core.models import Job, WebhookDelivery
 
@@ -85,11 +86,17 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
-async def get_job(job_id: uuid.UUID, request: Request, state: StateDep, tenant: TenantDep) -> Any:
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses=ERRORS,
+    openapi_extra={"security": BEARER_SECURITY},
+)  # fmt: skip
+async def get_job(job_id: uuid.UUID, request: Request) -> Any:
     """A job: status, progress, timestamps, error, and the result once it succeeded."""
-    # The hot path of polling clients: the cached body (api/jobcache.py) answers without a
-    # thread or the database; a miss reads the row in the thread pool.
+    # The hot path of polling clients: no dependencies to solve (it authenticates by itself,
+    # and documents the bearer scheme above), and the cached body (api/jobcache.py) answers
+    # without a thread or the database; a miss reads the row in the thread pool.
+    state: AppState = request.app.state.mifo
+    tenant = (await authenticate(request)).tenant_id
     base = str(request.base_url)  # download URLs in the body are absolute
     cached = state.job_cache.get(job_id, base)
     if cached is None:

@@ -35,16 +35,46 @@ def _post_concept(client: TestClient, **headers: str):  # type: ignore[no-untype
     return client.post("/v1/concepts", files=files, headers=headers)
 
 
-def test_requests_without_a_valid_key_are_401(settings: Settings, api_key: str) -> None:
+def test_requests_without_a_valid_key_are_401(
+    settings: Settings, api_key: str, session: Session
+) -> None:
+    job = make_job(session, make_concept(session), kind="synthesize", status="running")
+    session.commit()
     with TestClient(create_app(settings)) as c:
-        for headers in ({}, {"Authorization": "Basic abc"}, bearer("mifo_kdeadbeef.nope"),
-                        bearer("not-a-key"), bearer(api_key + "x")):  # fmt: skip
-            r = c.get("/v1/jobs", headers=headers)
-            assert r.status_code == 401, headers
-            assert r.headers["www-authenticate"] == "Bearer"
-            assert r.json()["field"] == "Authorization" and "mifo keys create" in r.json()["fix"]
-        assert c.get("/v1/jobs", headers=bearer(api_key)).status_code == 200
+        # The status poll authenticates without FastAPI's dependencies: it must answer alike.
+        for path in ("/v1/jobs", f"/v1/jobs/{job.id}"):
+            for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
+                            {"Authorization": "Bearer "}, bearer("mifo_kdeadbeef.nope"),
+                            bearer("not-a-key"), bearer(api_key + "x")):  # fmt: skip
+                r = c.get(path, headers=headers)
+                assert r.status_code == 401, (path, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
+                problem = r.json()
+                assert problem["field"] == "Authorization" and "mifo keys create" in problem["fix"]
+            assert c.get(path, headers=bearer(api_key)).status_code == 200
+            assert c.get(path, headers={"Authorization": f"bearer {api_key}"}).status_code == 200
         assert c.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_openapi_documents_the_bearer_key_on_every_route_that_needs_it(
+    settings: Settings, api_key: str
+) -> None:
+    public = {"/healthz", "/readyz", "/metrics", "/v1/artifacts/{artifact_id}"}
+    with TestClient(create_app(settings)) as c:
+        schema = c.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        for path, operations in schema["paths"].items():
+            for method, op in operations.items():
+                if path in public:
+                    assert "security" not in op, (method, path)
+                    continue
+                assert op.get("security") == [{"HTTPBearer": []}], (method, path)
+                assert "401" in op["responses"] and "429" in op["responses"], (method, path)
+                # ... and it is enforced: no key, no answer but 401.
+                url = path.replace("{concept_id}", "00000000-0000-4000-8000-000000000000")
+                url = url.replace("{job_id}", "00000000-0000-4000-8000-000000000000")
+                r = c.request(method.upper(), url)
+                assert r.status_code == 401, (method, path, r.status_code)
 
 
 def test_another_tenants_resources_are_404_like_missing_ones(

@@ -128,6 +128,10 @@ def test_rate_limit_answers_429_with_retry_after(settings: Settings, api_key: st
         assert codes == [200, 200, 200, 429, 429]
         r = c.get("/v1/jobs")
         assert int(r.headers["retry-after"]) >= 1 and _problem(r, 429, "Authorization")
+        # The status poll (which authenticates by itself) draws on the same bucket.
+        missing = "00000000-0000-4000-8000-000000000000"
+        r = c.get(f"/v1/jobs/{missing}")
+        assert int(r.headers["retry-after"]) >= 1 and _problem(r, 429, "Authorization")
         assert c.get("/healthz").status_code == 200
 
 

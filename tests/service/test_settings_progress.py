@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -123,3 +124,49 @@ assert "torch" not in sys.modules, "torch was imported"
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    set_by_commands = {"embedded", "bind_host"}  # `mifo serve` / `--host` set these
+    missing = [
+        name
+        for name in Settings.model_fields
+        if name not in set_by_commands and f"| `MIFO_{name.upper()}` |" not in readme
+    ]
+    assert not missing, f"add rows for {missing} to the README's configuration table"
+
+
+@pytest.mark.parametrize("command", ["api", "serve"])
+def test_log_level_and_access_log_reach_uvicorn(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    import core.cli
+    import core.embedded
+    from core.db import upgrade
+    from mifo_cli import main
+
+    monkeypatch.setenv("MIFO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MIFO_LOG_LEVEL", "warning")
+    monkeypatch.setenv("MIFO_ACCESS_LOG", "false")
+    for name in ("MIFO_EMBEDDED", "MIFO_BIND_HOST"):  # the commands set these: undone after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
+    upgrade(Settings().db_url)
+    ran: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
+    # `serve` also starts a worker process and installs a SIGTERM handler: not here.
+    worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0)
+    monkeypatch.setattr(core.embedded.subprocess, "Popen", lambda *a, **kw: worker)
+    monkeypatch.setattr(core.embedded.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(core.cli, "_logging", lambda: "WARNING")
+    assert main([command, "--port", "8123"]) == 0
+    assert ran["app"] == "api.main:app_factory" and ran["port"] == 8123
+    assert ran["log_level"] == "warning" and ran["access_log"] is False
+
+
+def test_bad_log_level_names_the_setting() -> None:
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings(log_level="loud")
