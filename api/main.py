@@ -57,11 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         if settings.embedded:  # production runs the same task from celery beat
             loops.append(asyncio.create_task(_maintenance(state, stop)))
+        warming = asyncio.create_task(_warm_tokenizer(state))
         try:
             yield
         finally:
             stop.set()
-            await asyncio.gather(*loops, return_exceptions=True)
+            warming.cancel()  # a load still running finishes in its thread, unawaited
+            await asyncio.gather(*loops, warming, return_exceptions=True)
             await state.close()
 
     app = FastAPI(
@@ -102,6 +104,16 @@ async def _webhook_sender(state: AppState, stop: asyncio.Event) -> None:
     with httpx.Client(timeout=s.webhook_timeout_seconds, follow_redirects=False) as http:
         await _every(s.webhook_poll_seconds, stop,
                      lambda: dispatch_due(state.sessions, s, http))  # fmt: skip
+
+
+async def _warm_tokenizer(state: AppState) -> None:
+    """Load the base model's tokenizer now rather than in the first request that checks a
+    prompt (importing transformers took ~0.6 s of that request). A failure is only logged:
+    such a request then loads it again and answers with the reason."""
+    try:
+        await run_in_threadpool(state.tokenizer)
+    except Exception as exc:
+        log.warning("tokenizer of %s not loaded at start-up: %s", state.settings.base_model, exc)
 
 
 async def _key_refresher(state: AppState, stop: asyncio.Event) -> None:

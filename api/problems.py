@@ -12,7 +12,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mifo_engine.errors import MifoError
+from mifo_engine.errors import MifoError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,18 @@ class Problem(Exception):
 
 
 def from_engine(exc: MifoError, *, prefix: str = "", status: int = 422) -> Problem:
-    """An engine rejection as a 4xx problem; `prefix` places the field inside the request."""
+    """An engine rejection as a 4xx problem; `prefix` places the field inside the request.
+
+    A base model the server cannot load is the server's problem, not the request's: 503."""
+    if isinstance(exc, ModelLoadError):
+        log.error("base model unavailable: %s", exc)
+        return Problem(
+            503, exc.code, "The base model is unavailable",
+            f"The server could not load its base model: {exc.message} Nothing was stored.",
+            fix=f"retry later; the operator must fix MIFO_BASE_MODEL ({exc.fix})"
+            if exc.fix else "retry later; the operator must fix MIFO_BASE_MODEL",
+            headers={"Retry-After": "30"},
+        )  # fmt: skip
     field = f"{prefix}{exc.field}" if exc.field else (prefix.rstrip(".") or None)
     return Problem(
         status, exc.code, _TITLES.get(exc.code, "Invalid request"), exc.message,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pytest
@@ -9,7 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api.main import create_app
 from core.models import Job
+from core.settings import Settings
 
 from .factories import make_concept
 
@@ -87,3 +91,37 @@ def test_bad_requests_are_422_naming_the_field(
     assert problem["field"] == field, problem
     assert problem["fix"] and problem["detail"] and "Traceback" not in r.text
     assert _jobs(session) == 0
+
+
+def test_the_tokenizer_loads_at_start_up_not_in_the_first_request(
+    settings: Settings, session: Session, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api import state as api_state
+
+    api_state._cached_tokenizer.cache_clear()
+    with TestClient(create_app(settings)):
+        deadline = time.monotonic() + 60
+        while api_state._cached_tokenizer.cache_info().currsize == 0:
+            assert time.monotonic() < deadline, "the tokenizer was never loaded"
+            time.sleep(0.05)
+    # A base model whose tokenizer cannot be loaded does not stop the API from starting;
+    # the request that needs it answers with the reason.
+    broken = settings.model_copy(update={"base_model": str(settings.data_dir / "no-such-model")})
+    concept = make_concept(session)
+    session.commit()
+    app = create_app(broken)
+    with caplog.at_level(logging.WARNING, logger="mifo"), TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        deadline = time.monotonic() + 60
+        while "not loaded at start-up" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        r = c.post(
+            f"/v1/concepts/{concept.id}/syntheses",
+            json={"prompt": PROMPT, "boxes": BOXES},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        problem = r.json()
+        assert r.status_code == 503 and problem["type"] == "/problems/model_unavailable"
+        assert "MIFO_BASE_MODEL" in problem["fix"] and r.headers["retry-after"] == "30"
+    assert _jobs(session) == 0  # nothing was queued
