@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,3 +253,120 @@ def test_a_delivery_connects_to_the_checked_address(
     assert url == "https://93.184.216.34:8443/hook?x=1"
     assert headers["host"] == "rebind.example:8443"
     assert extensions == {"sni_hostname": "rebind.example"}
+
+
+def _certificates(tmp: Path, host: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for `host` signed by it: (ca, cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def build(subject: str, issuer: x509.Name, key: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mifo test CA")])
+    ca = (
+        build("mifo test CA", ca_name, ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        build(host, ca_name, key)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@contextlib.contextmanager
+def tls_receiver(cert: Path, key: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """An HTTPS server on 127.0.0.1 that records the TLS server name and Host it was sent."""
+    import ssl
+
+    seen: dict[str, Any] = {}
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: seen.__setitem__("sni", name)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["content-length"]))
+            seen["host"] = self.headers["host"]
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("certified", ["hooks.example", "someone-else.example"])
+def test_https_deliveries_verify_the_certificate_of_the_url_host_at_the_pinned_address(
+    certified: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """Real TLS: the connection goes to the checked address, yet the server name sent and the
+    certificate checked are the URL's host, so a certificate for another name is refused."""
+    import socket
+    import ssl
+    from types import SimpleNamespace
+
+    import httpx
+
+    from core.auth import new_webhook_secret
+    from core.webhooks import _send
+
+    ca, cert, key = _certificates(tmp_path, certified)
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolve(host: str, port: int, *a: Any, **k: Any) -> list:
+        if host != "127.0.0.1":  # connecting to an address literal still passes through here
+            lookups.append(host)
+        return real_getaddrinfo("127.0.0.1", port, *a, **k)  # every name is the receiver
+
+    with tls_receiver(cert, key) as (port, seen):
+        url = f"https://hooks.example:{port}/hook"
+        delivery = SimpleNamespace(id=uuid.uuid4(), payload={"type": "job.completed"}, url=url)
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        trusted = ssl.create_default_context(cafile=str(ca))
+        with httpx.Client(verify=trusted, timeout=5) as http_client:
+            code, error, _, retry = _send(http_client, settings, delivery, new_webhook_secret())
+    assert lookups == ["hooks.example"]  # one check; the connection went to its answer
+    if certified == "hooks.example":
+        assert (code, error) == (204, None)
+        assert seen == {"sni": "hooks.example", "host": f"hooks.example:{port}"}
+    else:
+        assert code is None and retry and "certificate" in (error or "").lower(), error
+        assert seen.get("sni") == "hooks.example" and "host" not in seen
