@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +20,7 @@ from api.state import AppState
 from core.auth import REFRESH_SECONDS
 from core.retention import run_maintenance
 from core.settings import Settings, get_settings
-from core.webhooks import dispatch_due
+from core.webhooks import dispatch_due, http_client
 
 log = logging.getLogger("mifo")
 
@@ -101,7 +100,7 @@ async def _every(seconds: float, stop: asyncio.Event, work: Callable[[], Any]) -
 
 async def _webhook_sender(state: AppState, stop: asyncio.Event) -> None:
     s = state.settings
-    with httpx.Client(timeout=s.webhook_timeout_seconds, follow_redirects=False) as http:
+    with http_client(s) as http:
         await _every(s.webhook_poll_seconds, stop,
                      lambda: dispatch_due(state.sessions, s, http))  # fmt: skip
 

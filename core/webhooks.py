@@ -98,6 +98,15 @@ def pinned_request(url: str, address: IPAddress) -> tuple[str, dict[str, str], d
     return target, {"host": host_header or ""}, extensions
 
 
+def http_client(settings: Settings) -> Any:
+    """The sender's HTTP client: no redirects (a 3xx is a failed attempt, never followed to
+    an unchecked address); certificates checked against certifi's CAs, or the bundle named
+    by SSL_CERT_FILE / SSL_CERT_DIR for receivers with a private CA."""
+    import httpx
+
+    return httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body

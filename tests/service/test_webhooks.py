@@ -337,15 +337,13 @@ def test_https_deliveries_verify_the_certificate_of_the_url_host_at_the_pinned_a
     certified: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
     """Real TLS: the connection goes to the checked address, yet the server name sent and the
-    certificate checked are the URL's host, so a certificate for another name is refused."""
+    certificate checked are the URL's host, so a certificate for another name is refused.
+    The receiver's private CA is trusted the documented way, through SSL_CERT_FILE."""
     import socket
-    import ssl
     from types import SimpleNamespace
 
-    import httpx
-
     from core.auth import new_webhook_secret
-    from core.webhooks import _send
+    from core.webhooks import _send, http_client
 
     ca, cert, key = _certificates(tmp_path, certified)
     lookups: list[str] = []
@@ -360,9 +358,9 @@ def test_https_deliveries_verify_the_certificate_of_the_url_host_at_the_pinned_a
         url = f"https://hooks.example:{port}/hook"
         delivery = SimpleNamespace(id=uuid.uuid4(), payload={"type": "job.completed"}, url=url)
         monkeypatch.setattr(socket, "getaddrinfo", resolve)
-        trusted = ssl.create_default_context(cafile=str(ca))
-        with httpx.Client(verify=trusted, timeout=5) as http_client:
-            code, error, _, retry = _send(http_client, settings, delivery, new_webhook_secret())
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        with http_client(settings) as http:
+            code, error, _, retry = _send(http, settings, delivery, new_webhook_secret())
     assert lookups == ["hooks.example"]  # one check; the connection went to its answer
     if certified == "hooks.example":
         assert (code, error) == (204, None)
