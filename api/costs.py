@@ -52,7 +52,7 @@ def check_step_counts(config: Any, limit: int, names: tuple[str, ...], env: str)
     """Step-like fields share the server's step limit."""
     for name in names:
         value = getattr(config, name)
-        if value > limit:
+        if value is not None and value > limit:
             raise Problem(
                 422, "too_many_steps", "Too many steps",
                 f"options.{name} is {value}; the limit is {limit}.", field=f"options.{name}",

@@ -170,10 +170,6 @@ def _do_learn(args: argparse.Namespace) -> None:
     )
     if args.init_words is not None:
         values["init_words"] = _split(args.init_words)
-    if args.phase1_steps is not None and values["reward_steps"] > args.phase1_steps:
-        values["reward_steps"] = (
-            args.phase1_steps // 4
-        )  # keep the reward share of the paper's schedule
     cfg = LearnConfig.from_mapping(values)
     check_new_directory(args.out, field="--out")
     # Reject bad files before loading a model that may take minutes to load; shares are

@@ -54,21 +54,7 @@ class _Config:
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
         """Build from a JSON file holding an object of fields."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"Cannot read config file {path}: {exc}.",
-                field="config",
-                fix="pass a JSON object file",
-            ) from exc
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"Config file {path} must hold a JSON object.",
-                field="config",
-                fix="wrap the fields in {...}",
-            )
-        return cls.from_mapping(data)
+        return cls.from_mapping(read_fields(path))
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed, validated like a new config."""
@@ -76,6 +62,25 @@ class _Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def read_fields(path: str | Path) -> dict[str, Any]:
+    """The JSON object of config fields in the file at `path` (ConfigError otherwise)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Cannot read config file {path}: {exc}.",
+            field="config",
+            fix="pass a JSON object file",
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a JSON object.",
+            field="config",
+            fix="wrap the fields in {...}",
+        )
+    return data
 
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit number
@@ -112,7 +117,10 @@ class LearnConfig(_Config):
     reward_alpha: float = 0.5  # target attention inside the mask: soft, not saturated
     lambda_penalty: float = 2e-2
     # --- phase 1 optimisation (section 2.6)
-    reward_steps: int = 200
+    # None: the first quarter of phase 1 (the paper: 200 reward + 600 penalty = 800 steps),
+    # so that a shorter or longer run keeps the schedule's shape instead of running
+    # reward-only once phase1_steps < 200. `reward_iterations` is the resolved number.
+    reward_steps: int | None = None
     phase1_steps: int = 800  # reward steps included
     lr: float = 5e-3
     adam_beta1: float = 0.9
@@ -153,7 +161,11 @@ class LearnConfig(_Config):
         _require(0 <= self.seed <= MAX_SEED, "seed", f"a number from 0 to {MAX_SEED}")
         _require(self.phase1_steps >= 0, "phase1_steps", "a number >= 0")
         _require(self.phase2_steps >= 0, "phase2_steps", "a number >= 0")
-        _require(self.reward_steps >= 0, "reward_steps", "a number >= 0")
+        _require(
+            self.reward_steps is None or self.reward_steps >= 0,
+            "reward_steps",
+            "a number >= 0, or null for the first quarter of phase1_steps",
+        )
         _require(
             0 <= self.t_attn <= self.train_timesteps, "t_attn", "a number in [0, train_timesteps]"
         )
@@ -174,6 +186,11 @@ class LearnConfig(_Config):
             "a multiple of 8",
         )
 
+    @property
+    def reward_iterations(self) -> int:
+        """Phase-1 iterations that use the reward term before the penalty takes over."""
+        return self.phase1_steps // 4 if self.reward_steps is None else self.reward_steps
+
     # The attention loss schedule of section 2.4: reward first, penalty afterwards.
     def attn_term(self, step: int) -> Literal["none", "reward", "penalty"]:
         """Which attention term phase-1 iteration `step` (0-based) uses."""
@@ -183,7 +200,7 @@ class LearnConfig(_Config):
             return "reward"
         if self.attn_loss == "penalty":
             return "penalty"
-        return "reward" if step < self.reward_steps else "penalty"
+        return "reward" if step < self.reward_iterations else "penalty"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mifo_cli import build_parser, main
+from mifo_engine.config import LearnConfig
 from tests.helpers.images import encode, make_wide_scene, mask_as_jpeg, mask_as_rgba_alpha
 
 
@@ -49,7 +50,8 @@ def test_learn_then_synthesize(inputs, tmp_path, capsys):
     assert code == 0
     meta = json.loads((concept / "concept.json").read_text())
     assert [t["name"] for t in meta["tokens"]] == ["left", "right"]
-    assert meta["config"]["phase1_steps"] == 4 and meta["config"]["reward_steps"] == 1
+    assert meta["config"]["phase1_steps"] == 4 and meta["config"]["reward_steps"] is None
+    assert LearnConfig.from_mapping(meta["config"]).reward_iterations == 1  # a quarter
     assert meta["seed"] == 1 and meta["base_model"]["spec"] == "tiny"
     assert Image.open(concept / "attention" / "asset1.png").size == (64, 64)
 

@@ -10,7 +10,7 @@ from mifo_engine.errors import ConfigError
 
 def test_paper_defaults():
     c = LearnConfig()
-    assert (c.reward_steps, c.phase1_steps, c.phase2_steps, c.t_attn) == (200, 800, 400, 500)
+    assert (c.reward_iterations, c.phase1_steps, c.phase2_steps, c.t_attn) == (200, 800, 400, 500)
     assert (c.lambda_reward, c.reward_alpha, c.lambda_penalty, c.lambda_rec) == (
         1e-2,
         0.5,
@@ -93,3 +93,25 @@ def test_replace_validates():
         SynthesisConfig().replace(steps=0)
     assert SynthesisConfig().replace(num_images=2, seeds=[4, 9]).image_seeds() == [4, 9]
     assert SynthesisConfig(seed=5, num_images=3).image_seeds() == [5, 6, 7]
+
+
+def test_reward_steps_default_to_the_first_quarter_of_phase_1():
+    """Any phase-1 length keeps the paper's reward-then-penalty shape (200 + 600 of 800);
+    a run shorter than 200 steps must not silently become reward-only."""
+    assert LearnConfig().reward_steps is None and LearnConfig().reward_iterations == 200
+    short = LearnConfig(phase1_steps=40)
+    assert short.reward_iterations == 10
+    assert [short.attn_term(i) for i in (0, 9, 10, 39)] == ["reward"] * 2 + ["penalty"] * 2
+    assert LearnConfig().replace(phase1_steps=8).reward_iterations == 2  # follows phase1_steps
+    assert LearnConfig.from_mapping({"phase1_steps": 100}).reward_iterations == 25
+    assert (
+        LearnConfig.from_mapping({"phase1_steps": 100, "reward_steps": None}).reward_iterations
+        == 25
+    )
+    explicit = LearnConfig(phase1_steps=40, reward_steps=40)  # given: used as given
+    assert explicit.reward_iterations == 40 and explicit.attn_term(39) == "reward"
+    again = LearnConfig.from_mapping(json.loads(json.dumps(short.to_dict())))
+    assert again == short and again.reward_iterations == 10
+    with pytest.raises(ConfigError) as info:
+        LearnConfig(reward_steps=-1)
+    assert info.value.field == "reward_steps" and "null" in (info.value.fix or "")
