@@ -15,6 +15,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from api import problems
+from api.dispatch import SWEEP_SECONDS, resend_unsent
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.state import AppState
 from core.auth import REFRESH_SECONDS
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_webhook_sender(state, stop)),
             asyncio.create_task(state.job_cache.follow(stop)),
             asyncio.create_task(_key_refresher(state, stop)),
+            asyncio.create_task(_every(SWEEP_SECONDS, stop, lambda: resend_unsent(state))),
         ]
         if settings.embedded:  # production runs the same task from celery beat
             loops.append(asyncio.create_task(_maintenance(state, stop)))

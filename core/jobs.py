@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -102,6 +102,36 @@ def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> b
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
+    """Record that the broker took the job's message."""
+    _update(session, job_id, Job.enqueued_at.is_(None), enqueued_at=utcnow())
+
+
+def claim_unsent(
+    session: Session, *, older_than: float, limit: int = 50
+) -> list[tuple[uuid.UUID, str]]:
+    """(id, kind) of queued jobs created over `older_than` seconds ago whose message was never
+    sent, each claimed (marked as sent) by one conditional UPDATE so that one caller sends it."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    rows = session.execute(
+        select(Job.id, Job.kind)
+        .where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    unsent = (Job.status == "queued") & Job.enqueued_at.is_(None)
+    return [
+        (job_id, kind)
+        for job_id, kind in rows
+        if _update(session, job_id, unsent, enqueued_at=utcnow())
+    ]
+
+
+def unmark_enqueued(session: Session, job_id: uuid.UUID) -> None:
+    """Undo a claim whose send failed: the job is sent again later."""
+    _update(session, job_id, Job.status == "queued", enqueued_at=None)
 
 
 def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | Refused | None:

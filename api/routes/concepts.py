@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from api import submit
+from api import dispatch, submit
 from api.deps import SessionDep, StateDep, StorageDep, TenantDep
 from api.idempotency import Idempotency, KeyHeader, fingerprint
 from api.present import CONCEPT_LOAD, Presenter, learn_jobs
@@ -23,7 +23,6 @@ from api.uploads import Upload, read_upload
 from core import jobs
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
-from worker.app import TASK_LEARN
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
@@ -158,7 +157,7 @@ def _as_png(data: bytes) -> bytes:
 
 def _enqueue(session: SessionDep, state: StateDep, concept: Concept, job: Job) -> None:
     try:
-        state.celery.send_task(TASK_LEARN, args=[str(job.id)], queue="learn")
+        dispatch.send(state, session, job.id, "learn")
     except Exception as exc:  # the broker is down: undo everything, say so
         log.error("could not queue job %s: %s", job.id, exc)
         session.execute(delete(Job).where(Job.id == job.id))

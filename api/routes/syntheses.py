@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from api import submit
+from api import dispatch, submit
 from api.costs import SYNTHESIS_CAPS, check_costs
 from api.deps import SessionDep, StateDep, TenantDep
 from api.idempotency import Idempotency, KeyHeader, fingerprint
@@ -19,7 +19,6 @@ from core.models import Concept, Job
 from core.settings import Settings
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.errors import MifoError
-from worker.app import TASK_SYNTHESIZE
 
 router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -93,7 +92,7 @@ def create_synthesis(
         idem.attach(job.id, 202)
         session.commit()
         try:
-            state.celery.send_task(TASK_SYNTHESIZE, args=[str(job.id)], queue="synthesize")
+            dispatch.send(state, session, job.id, "synthesize")
         except Exception as exc:  # the broker is down: forget the job, say so
             session.delete(job)
             session.commit()

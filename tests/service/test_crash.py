@@ -12,18 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core import auth
 from core.db import make_engine, make_sessionmaker, session_scope, upgrade
-from core.models import Artifact, Concept
+from core.models import Artifact, Concept, Job, utcnow
 from core.storage import LocalStorage
 from tests.helpers.images import encode, make_scene
 
@@ -161,6 +163,26 @@ def test_api_restart_loses_no_accepted_job(stack: Stack) -> None:
     stack.api("api2")
     for created in (first, second):
         assert stack.until(created["job"]["id"], done)["status"] == "succeeded"
+
+
+def test_a_job_accepted_but_never_sent_runs_after_the_api_restarts(stack: Stack) -> None:
+    """The API died between committing a job and sending its message: the job is in the
+    database (a retry with its Idempotency-Key would answer 202) but not in the broker."""
+    stack.api()
+    created = stack.learn(steps=3)  # no worker yet: the message waits in Redis
+    job_id = created["job"]["id"]
+    redis.Redis.from_url(stack.env["MIFO_BROKER_URL"]).flushdb()  # ... and now it never left
+    with session_scope(stack.sessions) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(job_id))
+            .values(enqueued_at=None, created_at=utcnow() - timedelta(minutes=5))
+        )
+    stack.kill("api")
+    stack.api("api2")  # sends what was never sent, at start-up
+    stack.start("worker", "worker", "--pool", "solo")
+    job = stack.until(job_id, done)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
 
 
 def test_database_outage_is_503_and_the_api_recovers(stack: Stack) -> None:

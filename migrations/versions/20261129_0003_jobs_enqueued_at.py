@@ -1,0 +1,32 @@
+"""jobs.enqueued_at: when the job's broker message was sent
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-29 09:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import core.models
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("enqueued_at", core.models.UTCDateTime(timezone=True), nullable=True)
+        )
+    # Jobs from before this column were sent when they were created.
+    op.execute("UPDATE jobs SET enqueued_at = created_at")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("enqueued_at")
