@@ -74,6 +74,12 @@ def output_prefix(kind: str, concept_prefix: str, job_id: uuid.UUID) -> str:
     return f"{concept_prefix}syntheses/{job_id}/"
 
 
+def attempt_prefix(output: str, attempt: int) -> str:
+    """Where one attempt of a job writes, inside the job's output prefix: a superseded attempt
+    that still writes can never touch the files of the attempt that replaced it."""
+    return f"{output}attempt-{attempt}/"
+
+
 def job_output(session: Session, job_id: uuid.UUID) -> str | None:
     row = session.execute(
         select(Job.kind, Concept.id).join(Concept, Job.concept_id == Concept.id)

@@ -81,6 +81,8 @@ class Concept(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column()  # the engine's concept.json once ready
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    # The learned concept's folder: the prefix of the learning attempt that succeeded.
+    files: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -92,6 +94,11 @@ class Concept(Base):
     def prefix(self) -> str:
         """Storage key prefix holding every object of this concept."""
         return f"concepts/{self.id}/"
+
+    @property
+    def files_prefix(self) -> str:
+        """Where the learned concept is (`concept/` for concepts from before `files`)."""
+        return self.files or f"{self.prefix}concept/"
 
 
 class Job(Base):

@@ -40,13 +40,19 @@ class Claimed:
     concept_id: uuid.UUID
     names: list[str]
     prefix: str
+    concept_files: str  # where the learned concept is (synthesis jobs read it)
     attempt: int  # fencing token: writes of an older attempt are ignored
     deadline: float  # time.monotonic() past which the job fails as `timeout`
 
     @property
     def output(self) -> str:
-        """Where this job writes: removed before a retry and after a failure."""
+        """The job's output: emptied when an attempt starts, removed after a failure."""
         return jobs.output_prefix(self.kind, self.prefix, self.job_id)
+
+    @property
+    def files(self) -> str:
+        """Where this attempt writes, inside `output`."""
+        return jobs.attempt_prefix(self.output, self.attempt)
 
 
 class TimedOut(Exception):
@@ -63,6 +69,7 @@ class Produced:
     result: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     written: list[str] = field(default_factory=list)  # storage prefixes to remove on failure
+    recorded: bool = False  # this attempt's success is the job's outcome
 
 
 def run_job(
@@ -91,23 +98,24 @@ def run_job(
     produced = Produced(written=[claimed.output])
     limit = ctx.settings.time_limit(claimed.kind)
     try:
-        # A previous attempt may have died half-way through its upload.
+        # Earlier attempts may have died half-way through their uploads.
         ctx.storage.delete_prefix(claimed.output)
         base = _load(load_base)
         if claimed.kind == "learn":
             _learn(ctx, claimed, base, produced)
         else:
-            concept = concepts.get(claimed.concept_id, ctx.storage, f"{claimed.prefix}concept/")
+            concept = concepts.get(claimed.concept_id, ctx.storage, claimed.concept_files)
             _synthesize(ctx, claimed, base, concept, produced)
         if time.monotonic() > claimed.deadline:
             raise TimedOut
         outcome = _recorded(ctx, claimed, "succeeded", produced=produced)
     except Reject:
         raise
-    except Superseded:  # the newer attempt owns the output prefix now: leave it alone
+    except Superseded:  # the newer attempt owns the job: remove this attempt's own folder
         log.warning(
             "job %s: attempt %d superseded by a redelivery; stopped", job_id, claimed.attempt
         )
+        _remove(ctx, job_id, [claimed.files])
         return "superseded"
     except Cancelled:
         if time.monotonic() > claimed.deadline:
@@ -124,8 +132,10 @@ def run_job(
     except Exception as exc:  # recorded on the job; the traceback goes to the worker log only
         log.exception("job %s failed", job_id)
         outcome = _record(ctx, claimed, "failed", error=("internal_error", repr(exc)))
-    if outcome in ("failed", "canceled"):  # not when another attempt took the job over
+    if outcome in ("failed", "canceled"):
         _remove(ctx, job_id, produced.written)  # nothing half-written stays behind
+    elif not produced.recorded:  # a newer attempt owns the job: this one's folder goes
+        _remove(ctx, job_id, [claimed.files])
     ctx.publisher.publish(job_id)
     return outcome
 
@@ -188,7 +198,7 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
             return None
         deadline = time.monotonic() + ctx.settings.time_limit(job.kind)
         return Claimed(job.id, job.kind, dict(job.params), concept.id, list(concept.names),
-                       concept.prefix, job.attempts, deadline)  # fmt: skip
+                       concept.prefix, concept.files_prefix, job.attempts, deadline)  # fmt: skip
 
 
 def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
@@ -209,7 +219,7 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
         ),
     )
     out.meta = learned.metadata()
-    target = job.output
+    target = job.files
     with tempfile.TemporaryDirectory(prefix="mifo-learn-") as tmp:
         learned.save(Path(tmp) / "concept")
         sizes = _upload(ctx, job, Path(tmp) / "concept", target)
@@ -233,7 +243,7 @@ def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: 
         config=SynthesisConfig.from_mapping(job.params["config"]),
         progress=ProgressReporter(ctx, job.job_id, attempt=job.attempt, deadline=job.deadline),
     )
-    target = job.output
+    target = job.files
     with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:
         made.save(tmp)
         sizes = _upload(ctx, job, Path(tmp), target)
@@ -297,16 +307,18 @@ def _record(
             for values in produced.artifacts:
                 session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
             if job.kind == "learn":
-                concept.status, concept.meta = "ready", produced.meta
+                concept.status, concept.meta, concept.files = "ready", produced.meta, job.files
+            produced.recorded = True
             return "succeeded"
         if status == "succeeded":
             status = "canceled"
         error_type, message = error or (None, None)
-        jobs.finish(
+        ended = jobs.finish(
             session, job_id=job.job_id, status=status, error_type=error_type,
             error_message=message, attempt=job.attempt,
         )  # fmt: skip
-        if job.kind == "learn" and concept is not None and concept.status == "pending":
+        # Refused: a newer attempt owns the job (and its concept) now.
+        if ended and job.kind == "learn" and concept is not None and concept.status == "pending":
             concept.status = "failed" if status == "failed" else "canceled"
         return _status(session, job.job_id)
 

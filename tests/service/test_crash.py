@@ -150,7 +150,8 @@ def test_worker_killed_mid_job_is_redelivered_once_and_leaves_one_concept(stack:
     assert all(k.startswith(f"concepts/{concept_id}/") for k in stored)
     assert keys <= stored  # every artifact is there ...
     learned = {k for k in stored if "/concept/" in k}
-    assert f"concepts/{concept_id}/concept/concept.json" in learned  # ... and one concept's files
+    folder = f"concepts/{concept_id}/concept/attempt-2/"  # ... and one concept's files only
+    assert f"{folder}concept.json" in learned and all(k.startswith(folder) for k in learned)
     assert not any(".part-" in k for k in stored)
 
 

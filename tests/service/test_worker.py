@@ -216,34 +216,87 @@ def test_a_superseded_attempt_cannot_record_an_outcome(
         assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)
 
 
-def test_a_superseded_attempt_stops_uploading(
-    client: TestClient, ctx: WorkerContext, tmp_path: Any
+def test_a_superseded_attempt_stops_uploading_and_never_touches_the_new_files(
+    client: TestClient, ctx: WorkerContext, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core import jobs
     from core.db import session_scope
     from worker.runner import Claimed, Superseded, _upload
 
     created = _learn_request(client)
-    job_id = uuid.UUID(created["job"]["id"])
+    job_id, concept_id = uuid.UUID(created["job"]["id"]), uuid.UUID(created["concept"]["id"])
     with session_scope(ctx.sessions) as s:
         first = jobs.start(s, job_id=job_id).attempts  # type: ignore[union-attr]
     folder = tmp_path / "upload"  # tmp_path also holds this test's storage
     folder.mkdir()
-    (folder / "a.png").write_bytes(b"first")
-    prefix = f"concepts/{created['concept']['id']}/concept/"
 
     def claimed(attempt: int) -> Claimed:
-        return Claimed(
-            job_id, "learn", {}, uuid.UUID(created["concept"]["id"]), [], "", attempt, 0.0
-        )
+        return Claimed(job_id, "learn", {}, concept_id, [], f"concepts/{concept_id}/", "",
+                       attempt, 0.0)  # fmt: skip
 
-    assert _upload(ctx, claimed(first), folder, prefix) == {prefix + "a.png": 5}
+    old, new = claimed(first), claimed(first + 1)
+    assert old.files != new.files and old.files.startswith(old.output)
+    (folder / "a.png").write_bytes(b"first")
+    assert _upload(ctx, old, folder, old.files) == {old.files + "a.png": 5}
     with session_scope(ctx.sessions) as s:
         jobs.start(s, job_id=job_id)  # redelivered while the first attempt still runs
+    (folder / "a.png").write_bytes(b"newer")
+    _upload(ctx, new, folder, new.files)
     (folder / "a.png").write_bytes(b"stale")
-    with pytest.raises(Superseded):
-        _upload(ctx, claimed(first), folder, prefix)
-    assert ctx.storage.get(prefix + "a.png") == b"first"  # nothing overwritten
+    with pytest.raises(Superseded):  # the fence: checked before every file
+        _upload(ctx, old, folder, old.files)
+    # The instant between a fence check and its write: the stale attempt passed the check
+    # just before the redelivery. It writes, but only into its own folder.
+    monkeypatch.setattr(jobs, "is_current", lambda *a, **k: True)
+    _upload(ctx, old, folder, old.files)
+    assert ctx.storage.get(new.files + "a.png") == b"newer"
+
+
+def test_an_attempt_overtaken_before_recording_removes_its_own_folder(
+    client: TestClient, ctx: WorkerContext, base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt finished learning, but a redelivery took the job over just before it
+    recorded success: the record is refused, and its files (in its own folder) are removed,
+    leaving the newer attempt's folder alone."""
+    import worker.runner as runner
+    from core import jobs
+    from core.db import session_scope
+
+    created = _learn_request(client)
+    job_id, concept_id = uuid.UUID(created["job"]["id"]), created["concept"]["id"]
+    newer = f"concepts/{concept_id}/concept/attempt-2/"
+    real = runner._recorded
+
+    def overtaken(ctx_: Any, job: Any, status: str, **kw: Any) -> str:
+        assert ctx.storage.keys(job.files)  # this attempt uploaded its concept
+        with session_scope(ctx.sessions) as s:
+            assert jobs.start(s, job_id=job_id).attempts == 2  # type: ignore[union-attr]
+        ctx.storage.put(newer + "concept.json", b"{}")  # the newer attempt's first file
+        return real(ctx_, job, status, **kw)
+
+    monkeypatch.setattr(runner, "_recorded", overtaken)
+    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "running"
+    assert ctx.storage.keys(f"concepts/{concept_id}/concept/") == [newer + "concept.json"]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["attempts"] == 2
+    assert client.get(f"/v1/concepts/{concept_id}").json()["status"] == "pending"
+
+
+def test_a_learned_concept_lives_in_its_attempts_folder(
+    client: TestClient, ctx: WorkerContext, base: Any, session: Any
+) -> None:
+    from core.models import Concept
+
+    created = _learn_request(client)
+    concept_id = uuid.UUID(created["concept"]["id"])
+    assert run_job(ctx, uuid.UUID(created["job"]["id"]), lambda: base, ConceptCache(1)) == (
+        "succeeded"
+    )
+    concept = session.get(Concept, concept_id)
+    assert concept.files == f"concepts/{concept_id}/concept/attempt-1/"
+    stored = ctx.storage.keys(f"concepts/{concept_id}/concept/")
+    assert stored and all(k.startswith(concept.files) for k in stored)
+    assert concept.files + "concept.json" in stored
 
 
 @pytest.mark.parametrize("ending", ["canceled", "exhausted"])

@@ -1,4 +1,5 @@
-"""jobs.enqueued_at: when the job's broker message was sent
+"""jobs.enqueued_at: when the job's broker message was sent; concepts.files: where the
+learning attempt that succeeded wrote the concept
 
 Revision ID: 0003
 Revises: 0002
@@ -25,8 +26,13 @@ def upgrade() -> None:
         )
     # Jobs from before this column were sent when they were created.
     op.execute("UPDATE jobs SET enqueued_at = created_at")
+    # NULL: a concept learned before attempts had their own folders (<prefix>concept/).
+    with op.batch_alter_table("concepts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("files", sa.String(length=300), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("concepts", schema=None) as batch_op:
+        batch_op.drop_column("files")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("enqueued_at")
