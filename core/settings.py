@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     url_signing_key: SecretStr | None = Field(
         None, description="Signs local download links; default: a random key in data_dir."
     )
+    metrics_token: SecretStr | None = Field(
+        None, description="Set: GET /metrics needs `Authorization: Bearer <this token>`."
+    )
 
     # Limits: each breach is a problem JSON naming the field and this setting.
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Decoded pixels per file.")

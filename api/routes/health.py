@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.deps import StateDep
 from api.metrics import registry_for
+from api.problems import PROBLEM_RESPONSE, Problem
 from api.schemas import Health
 from core.db import check_migrated
 from worker.app import check_broker
@@ -55,9 +58,24 @@ def _database(state: StateDep) -> None:
     "/metrics",
     response_class=Response,
     responses={
-        200: {"content": {"text/plain": {"example": 'mifo_jobs{kind="learn",status="queued"} 2.0'}}}
+        200: {
+            "content": {"text/plain": {"example": 'mifo_jobs{kind="learn",status="queued"} 2.0'}}
+        },
+        401: PROBLEM_RESPONSE,
     },
 )
-def metrics(state: StateDep) -> Response:
-    """Prometheus text format: jobs by kind and status, queue depth, job durations."""
+def metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus text format: jobs by kind and status, queue depth, job durations (counts
+    over every tenant). With MIFO_METRICS_TOKEN set, send `Authorization: Bearer <token>`."""
+    token = state.settings.metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
+            raise Problem(
+                401, "unauthorized", "Missing or wrong metrics token",
+                "This server protects /metrics with MIFO_METRICS_TOKEN.", field="Authorization",
+                fix="send `Authorization: Bearer <MIFO_METRICS_TOKEN>` (Prometheus: "
+                "`authorization: {credentials: ...}` in the scrape config)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
     return Response(generate_latest(registry_for(state)), media_type=CONTENT_TYPE_LATEST)

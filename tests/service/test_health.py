@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from api.main import create_app
@@ -88,3 +89,15 @@ def test_unexpected_errors_are_500_problems_without_traceback(settings: Settings
         r = client.get("/boom")
     assert r.status_code == 500 and r.json()["type"].endswith("/internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_metrics_token_protects_metrics_only(settings: Settings) -> None:
+    guarded = settings.model_copy(update={"metrics_token": SecretStr("scrape-me")})
+    with TestClient(create_app(guarded)) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me"}):
+            r = c.get("/metrics", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.json()["field"] == "Authorization" and "MIFO_METRICS_TOKEN" in r.json()["fix"]
+        ok = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert ok.status_code == 200 and "mifo_jobs" in ok.text
+        assert c.get("/healthz").status_code == 200  # probes stay open
