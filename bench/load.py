@@ -254,7 +254,9 @@ def compare(
                     "boxes": {"<asset0>": [0.05, 0.2, 0.45, 0.8], "<asset1>": [0.55, 0.2, 0.95, 0.8]}}  # fmt: skip
             path = f"/v1/concepts/{concept_id}/syntheses"
             submits = [_post_json(path, keys[i % len(keys)], body) for i in range(submitters)]
-            submit = asyncio.run(_closed_loop(service_port, submits, submitters, seconds / 2, warmup))
+            submit = asyncio.run(
+                _closed_loop(service_port, submits, submitters, seconds / 2, warmup)
+            )
             with httpx.Client(base_url=f"http://127.0.0.1:{service_port}", timeout=30,
                               headers={"Authorization": f"Bearer {keys[0]}"}) as http:  # fmt: skip
                 ids = [j["id"] for j in http.get("/v1/jobs?limit=100").json()["data"]]
