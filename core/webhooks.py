@@ -40,6 +40,12 @@ class UnsafeTarget(ValueError):
     """The webhook URL is malformed or points at a private, loopback or link-local address."""
 
 
+class Unresolvable(UnsafeTarget):
+    """The webhook host did not resolve (perhaps for a while only: DNS can fail and recover).
+
+    A job is refused with such a URL; a delivery tries again later."""
+
+
 # IPv6 forms that carry an IPv4 address: the IPv4 part decides whether the target is public.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
@@ -53,9 +59,14 @@ def check_url(url: str, allowed: list[str]) -> IPAddress:
         raise UnsafeTarget("use an absolute http:// or https:// URL")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeTarget(f"the port is not a number from 0 to 65535: {exc}") from exc
+    try:
         infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
-    except (OSError, ValueError) as exc:
-        raise UnsafeTarget(f"the host {parts.hostname!r} does not resolve: {exc}") from exc
+    except OSError as exc:  # socket.gaierror: no answer now; perhaps one later
+        raise Unresolvable(f"the host {parts.hostname!r} does not resolve: {exc}") from exc
+    except ValueError as exc:  # a name that cannot be encoded (IDNA): no answer ever
+        raise UnsafeTarget(f"the host {parts.hostname!r} is not a valid name: {exc}") from exc
     networks = [ipaddress.ip_network(n, strict=False) for n in allowed]
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
@@ -67,7 +78,7 @@ def check_url(url: str, allowed: list[str]) -> IPAddress:
                 "address; webhooks go to public addresses only"
             )
     if not addresses:
-        raise UnsafeTarget(f"the host {parts.hostname!r} has no address")
+        raise Unresolvable(f"the host {parts.hostname!r} has no address")
     return addresses[0]
 
 
@@ -183,6 +194,8 @@ def _send(http: Any, settings: Settings, delivery: WebhookDelivery, secret: str)
     t0 = time.perf_counter()
     try:
         address = check_url(delivery.url, settings.webhook_allowed_networks)  # DNS may change
+    except Unresolvable as exc:  # DNS may be down for a while: try again with the backoff
+        return None, f"unresolved: {exc}", (time.perf_counter() - t0) * 1000, True
     except UnsafeTarget as exc:
         return None, f"refused: {exc}", 0.0, False
     target, host, extensions = pinned_request(delivery.url, address)

@@ -368,3 +368,69 @@ def test_https_deliveries_verify_the_certificate_of_the_url_host_at_the_pinned_a
     else:
         assert code is None and retry and "certificate" in (error or "").lower(), error
         assert seen.get("sni") == "hooks.example" and "host" not in seen
+
+
+def test_a_dns_failure_at_delivery_is_retried_with_backoff(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, session: Session
+) -> None:
+    """A resolver that fails for a while (EAI_AGAIN) delays the delivery; it does not end it."""
+    import socket
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from core import jobs, webhooks
+    from core.db import make_engine, make_sessionmaker
+    from core.models import WebhookDelivery
+
+    from .factories import make_concept
+
+    concept = make_concept(session)
+    job = jobs.create_job(
+        session, tenant_id=concept.tenant_id, kind="learn", concept_id=concept.id, params={},
+        webhook_url="https://hooks.example/x", webhook_events=["completed"],
+    )  # fmt: skip
+    assert webhooks.emit(session, job.id, "completed")
+    session.commit()
+
+    failures = iter([True, True])  # down twice, then answers
+
+    def resolve(host: str, port: int, *a: Any, **k: Any) -> list:
+        if next(failures, False):
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(2, 1, 6, "", ("93.184.216.34", port))]
+
+    posted: list[str] = []
+
+    class Http:
+        def post(self, url: str, **_: Any) -> Any:
+            posted.append(url)
+            return SimpleNamespace(status_code=204)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    s = settings.model_copy(update={"webhook_allowed_networks": [], "webhook_max_attempts": 3})
+    engine = make_engine(s.db_url)
+    sessions = make_sessionmaker(engine)
+    deadline = time.monotonic() + 10
+    try:
+        while not posted:
+            assert time.monotonic() < deadline, "never delivered"
+            webhooks.dispatch_due(sessions, s, Http())
+            time.sleep(0.02)
+        with sessions() as check:
+            (row,) = check.scalars(
+                select(WebhookDelivery).options(selectinload(WebhookDelivery.tries))
+            ).all()
+            tries = sorted(row.tries, key=lambda a: a.number)
+            assert row.status == "delivered" and row.attempts == 3
+            assert [a.status_code for a in tries] == [None, None, 204]
+            assert all("Temporary failure in name resolution" in (a.error or "") for a in tries[:2])
+            assert tries[2].error is None
+            at = [a.created_at for a in tries]
+            gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
+            assert gaps[0] >= s.webhook_backoff_seconds * 0.9
+            assert gaps[1] >= 2 * s.webhook_backoff_seconds * 0.9  # the normal doubling delays
+    finally:
+        engine.dispose()
+    assert posted == ["https://93.184.216.34/x"]
