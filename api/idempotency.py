@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Header
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,16 +95,15 @@ class Idempotency:
                 this.replay = JSONResponse(body, status_code=row.status_code, headers=headers)
                 this.replay.headers["Idempotent-Replayed"] = "true"
                 return this
-            if (now - row.created_at).total_seconds() < STALE_SECONDS:
-                raise Problem(
-                    409, "idempotency_key_in_use", "Request in progress",
-                    f"A request with the key {key!r} is still being handled.",
-                    field="Idempotency-Key", fix="retry in a second; it will answer the same job",
-                    headers={"Retry-After": "1"},
-                )  # fmt: skip
-            row.created_at = now  # abandoned by a process that died: take it over
-            session.commit()
-            return cls(session, row)
+            stale = (now - row.created_at).total_seconds() >= STALE_SECONDS
+            if stale and _take_over(session, row, now):  # abandoned by a process that died
+                return cls(session, row)
+            raise Problem(
+                409, "idempotency_key_in_use", "Request in progress",
+                f"A request with the key {key!r} is still being handled.",
+                field="Idempotency-Key", fix="retry in a second; it will answer the same job",
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
         raise Problem(
             409, "idempotency_key_in_use", "Request in progress", "Concurrent use of the key.",
             field="Idempotency-Key", fix="retry in a second", headers={"Retry-After": "1"},
@@ -129,3 +129,26 @@ class Idempotency:
         if row is not None and (row.job_id is None or self.session.get(Job, row.job_id) is None):
             self.session.delete(row)
             self.session.commit()
+
+
+def _take_over(session: Session, row: IdempotencyKey, now: datetime) -> bool:
+    """Claim a key abandoned by a process that died; False when a concurrent request did.
+
+    One conditional UPDATE (the claim time read, still no job) decides among concurrent
+    retries on PostgreSQL and SQLite alike: only one of them matches the row."""
+    won = session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.tenant_id == row.tenant_id,
+            IdempotencyKey.key == row.key,
+            IdempotencyKey.created_at == row.created_at,
+            IdempotencyKey.job_id.is_(None),
+        )
+        .values(created_at=now),
+        execution_options={"synchronize_session": False},
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if won != 1:
+        return False
+    session.refresh(row)
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -99,3 +100,63 @@ def test_keys_are_per_tenant_and_expire(settings: Settings, session: Session, ap
         time.sleep(1.1)
         # An expired key that is still stored is ignored too.
         assert c.post(path, headers={"Idempotency-Key": "e-1"}).status_code == 202
+
+
+def test_an_abandoned_claim_is_taken_over_by_one_retry_only(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent retries of a request whose process died after claiming its key: one job."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import delete, update
+
+    from api import idempotency
+    from core.models import utcnow
+
+    concept = make_concept(session)
+    session.commit()
+    url = f"/v1/concepts/{concept.id}/syntheses"
+    body = {"prompt": "<asset0>", "boxes": BOX}
+    h = {"Idempotency-Key": "crashed"}
+    assert client.post(url, json=body, headers=h).status_code == 202
+    # What a process killed between its claim and its job leaves behind: a claim, no job.
+    session.execute(delete(Job))
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.key == "crashed")
+        .values(job_id=None, status_code=None, response=None,
+                created_at=utcnow() - timedelta(seconds=120))
+    )  # fmt: skip
+    session.commit()
+    assert _count(session, Job) == 0
+
+    n = 8
+    barrier, read = threading.Barrier(n), threading.Barrier(n, timeout=20)
+    answers: list[tuple[int, dict]] = []
+    waiting = iter(range(n))
+
+    def after_reading_the_claim() -> Any:
+        if next(waiting, None) is not None:  # every retry has read the stale claim
+            read.wait()
+        return utcnow()
+
+    monkeypatch.setattr(idempotency, "utcnow", after_reading_the_claim)
+
+    def retry() -> None:
+        barrier.wait()
+        r = client.post(url, json=body, headers=h)
+        answers.append((r.status_code, r.json()))
+
+    threads = [threading.Thread(target=retry) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _count(session, Job) == 1
+    codes = sorted(code for code, _ in answers)
+    assert len(codes) == n and set(codes) <= {202, 409}, answers
+    assert len({b["id"] for code, b in answers if code == 202}) == 1
+    assert all(b["type"].endswith("idempotency_key_in_use") for code, b in answers if code == 409)
+    assert client.post(url, json=body, headers=h).status_code == 202  # now a replay
+    assert _count(session, Job) == 1
