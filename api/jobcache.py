@@ -29,6 +29,7 @@ TTL_SECONDS = 5.0  # like the event streams' fallback re-read (core.events.FALLB
 REREAD_SECONDS = 4.0  # a poll of an older entry re-reads the job in the background
 REREADERS = 2  # background re-reads at a time
 MAX_JOBS = 10_000
+MAX_BASES = 4  # base URLs (Host headers) kept per job; the oldest goes first
 RETRY_SECONDS = 1.0  # after losing Redis, between attempts to subscribe again
 
 Entry = tuple[float, uuid.UUID, bytes]  # stored at, tenant, body
@@ -56,8 +57,24 @@ class JobCache:
             return None
         age = self.clock() - hit[0]
         if age > TTL_SECONDS:
+            with self._lock:
+                bases = self._entries.get(job_id, {})
+                if bases.get(base) is hit:
+                    del bases[base]
+                    if not bases:
+                        del self._entries[job_id]
             return None
         return hit[1], hit[2], age > REREAD_SECONDS
+
+    def owner(self, job_id: uuid.UUID) -> uuid.UUID | None:
+        """The tenant of a job with a fresh entry under any base URL, or None: not known."""
+        if not self.live:
+            return None
+        now = self.clock()
+        for stored, tenant, _ in list(self._entries.get(job_id, {}).values()):
+            if now - stored <= TTL_SECONDS:
+                return tenant
+        return None
 
     def reread(self, job_id: uuid.UUID, read: Callable[[], Awaitable[object]]) -> None:
         """Run `read` (which puts the fresh body) in the background, once per job at a time:
@@ -84,12 +101,33 @@ class JobCache:
         return self._events
 
     def put(self, job_id: uuid.UUID, base: str, tenant: uuid.UUID, body: bytes, mark: int) -> None:
+        """Keep the body read for the job's owner `tenant` (never for anyone else's request).
+
+        Each job keeps its MAX_BASES newest base URLs; expired entries go when one is put."""
         with self._lock:
             if not self.live or mark != self._events:
                 return
-            if len(self._entries) >= MAX_JOBS:
-                self._entries.clear()
-            self._entries.setdefault(job_id, {})[base] = (self.clock(), tenant, body)
+            now = self.clock()
+            if job_id not in self._entries and len(self._entries) >= MAX_JOBS:
+                self._sweep(now)
+                if len(self._entries) >= MAX_JOBS:
+                    self._entries.clear()
+            bases = self._entries.setdefault(job_id, {})
+            bases.pop(base, None)  # re-inserted as the newest
+            for old in [b for b, e in bases.items() if now - e[0] > TTL_SECONDS]:
+                del bases[old]
+            while len(bases) >= MAX_BASES:
+                del bases[next(iter(bases))]
+            bases[base] = (now, tenant, body)
+
+    def _sweep(self, now: float) -> None:
+        """Drop every expired entry (the caller holds the lock)."""
+        for job_id in list(self._entries):
+            bases = self._entries[job_id]
+            for base in [b for b, e in bases.items() if now - e[0] > TTL_SECONDS]:
+                del bases[base]
+            if not bases:
+                del self._entries[job_id]
 
     def changed(self, job_id: uuid.UUID | None = None) -> None:
         """Forget a job (None: every job); reads in flight will not be kept."""

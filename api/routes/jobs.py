@@ -98,42 +98,51 @@ async def get_job(job_id: uuid.UUID, request: Request) -> Any:
     state: AppState = request.app.state.mifo
     tenant = (await authenticate(request)).tenant_id
     base = str(request.base_url)  # download URLs in the body are absolute
-    cached = state.job_cache.get(job_id, base)
-    if cached is None:
-        found = await _read_job(request, state, job_id, base)
-        if found is None:
-            raise not_found("job", job_id)
-        owner, body = found
-    else:
-        owner, body, due = cached
+    cache = state.job_cache
+    cached = cache.get(job_id, base)
+    if cached is not None and cached[0] == tenant:
+        _, body, due = cached
         if due:
-            state.job_cache.reread(job_id, lambda: _read_job(request, state, job_id, base))
-    if owner != tenant:  # another tenant's job is `not found`, exactly like a missing one
+            cache.reread(job_id, lambda: _read_job(request, state, job_id, base, tenant))
+        return Response(body, media_type="application/json")
+    # Another tenant's job is `not found`, exactly like a missing one: known from the cache
+    # when it holds the job (under any base URL), else from one read that keeps nothing.
+    if cached is not None or cache.owner(job_id) not in (None, tenant):
         raise not_found("job", job_id)
-    return Response(body, media_type="application/json")
+    found = await _read_job(request, state, job_id, base, tenant)
+    if found is None:
+        raise not_found("job", job_id)
+    return Response(found, media_type="application/json")
 
 
 async def _read_job(
-    request: Request, state: StateDep, job_id: uuid.UUID, base: str
-) -> tuple[uuid.UUID, bytes] | None:
-    """(tenant, body) from the database, kept in the cache."""
+    request: Request, state: StateDep, job_id: uuid.UUID, base: str, tenant: uuid.UUID
+) -> bytes | None:
+    """The job's body for its owner `tenant`, kept in the cache; None: missing or another
+    tenant's (then nothing is kept, and nothing is rendered)."""
     mark = state.job_cache.mark()
-    found = await run_in_threadpool(_job_body, request, state, job_id)
+    found = await run_in_threadpool(_job_body, request, state, job_id, tenant)
     if found is None:
         state.job_cache.drop(job_id)  # gone: nothing cached may answer for it
-    else:
-        state.job_cache.put(job_id, base, *found, mark)
-    return found
+        return None
+    owner, body = found
+    if body is None:
+        return None
+    state.job_cache.put(job_id, base, owner, body, mark)
+    return body
 
 
 def _job_body(
-    request: Request, state: StateDep, job_id: uuid.UUID
-) -> tuple[uuid.UUID, bytes] | None:
+    request: Request, state: StateDep, job_id: uuid.UUID, tenant: uuid.UUID
+) -> tuple[uuid.UUID, bytes | None] | None:
+    """(owner, body), the body only for the owner `tenant`; None when the job is missing."""
     with state.sessions() as session:
         # One query while the job runs: artifacts and the concept load only once it succeeded.
         job = session.get(Job, job_id)
         if job is None:
             return None
+        if job.tenant_id != tenant:
+            return job.tenant_id, None
         return job.tenant_id, Presenter(request, state).job(job).model_dump_json().encode()
 
 

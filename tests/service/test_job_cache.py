@@ -157,3 +157,71 @@ def test_a_polled_entry_is_reread_before_it_expires(
     _set_status(session, job.id, "running")  # no event: only the re-read can see it
     assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"  # answers at once
     _until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
+
+
+def _entries(cache: JobCache, job_id: uuid.UUID) -> int:
+    return len(cache._entries.get(job_id, {}))
+
+
+def test_another_tenant_varying_the_host_keeps_nothing(
+    cached: TestClient, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies are kept for their owner only: another tenant's polls, under any Host, store
+    nothing; once the owner's body is cached they do not even read the database."""
+    from api.routes import jobs as job_routes
+
+    cache = _live(cached)
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    other = bearer(new_key(settings, "someone-else"))
+    missing = cached.get(f"/v1/jobs/{uuid.uuid4()}", headers=other)
+
+    def problem(r: object) -> dict:
+        body = r.json()  # type: ignore[attr-defined]
+        return {k: v for k, v in body.items() if k not in ("detail", "instance")}
+
+    for i in range(100):
+        r = cached.get(f"/v1/jobs/{job.id}", headers={**other, "Host": f"h{i}.example"})
+        assert r.status_code == missing.status_code == 404
+        assert problem(r) == problem(missing)
+        assert r.headers["content-type"] == "application/problem+json"
+    assert cache._entries == {}
+
+    assert cached.get(f"/v1/jobs/{job.id}").status_code == 200  # the owner's: kept
+    assert _entries(cache, job.id) == 1
+    reads: list[uuid.UUID] = []
+    body = job_routes._job_body
+    monkeypatch.setattr(
+        job_routes, "_job_body", lambda r, s, j, t: reads.append(j) or body(r, s, j, t)
+    )
+    for i in range(100):
+        r = cached.get(f"/v1/jobs/{job.id}", headers={**other, "Host": f"g{i}.example"})
+        assert r.status_code == 404
+    assert reads == [] and _entries(cache, job.id) == 1
+
+
+def test_the_owner_varying_the_host_keeps_a_few_bases(cached: TestClient, session: Session) -> None:
+    from api.jobcache import MAX_BASES
+
+    cache = _live(cached)
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    for i in range(100):
+        r = cached.get(f"/v1/jobs/{job.id}", headers={"Host": f"h{i}.example"})
+        assert r.status_code == 200
+    assert _entries(cache, job.id) == MAX_BASES
+    assert sorted(cache._entries[job.id]) == sorted(f"http://h{i}.example/" for i in range(96, 100))
+
+
+def test_expired_entries_are_evicted() -> None:
+    now = [100.0]
+    cache = JobCache("redis://unused", clock=lambda: now[0])
+    cache.live = True
+    job, other, tenant = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    cache.put(job, "a", tenant, b"x", cache.mark())
+    cache.put(other, "a", tenant, b"y", cache.mark())
+    now[0] += 5.1
+    cache.put(job, "b", tenant, b"x", cache.mark())  # a put drops the job's expired bases
+    assert list(cache._entries[job]) == ["b"]
+    assert cache.get(other, "a") is None and other not in cache._entries  # so does a get
+    assert cache.owner(job) == tenant and cache.owner(other) is None
