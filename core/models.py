@@ -166,6 +166,19 @@ class Artifact(Base):
     concept: Mapped[Concept] = relationship(back_populates="artifacts")
 
 
+class StorageCleanup(Base):
+    """A storage prefix whose removal failed after the rows pointing at it were deleted; the
+    maintenance task tries again until it is gone (core/cleanup.py)."""
+
+    __tablename__ = "storage_cleanups"
+
+    prefix: Mapped[str] = mapped_column(String(500), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class IdempotencyKey(Base):
     """A POST accepted under an Idempotency-Key: replayed for the same key and body."""
 

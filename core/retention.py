@@ -1,6 +1,7 @@
 """Retention: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS and expired
 Idempotency-Keys are removed; running jobs silent for longer than their time limit plus
-MIFO_STALE_JOB_GRACE_SECONDS fail as `timeout` (their worker is gone). Run by celery beat in production (`mifo beat` sends
+MIFO_STALE_JOB_GRACE_SECONDS fail as `timeout` (their worker is gone); storage prefixes whose
+removal failed earlier are tried again (core/cleanup.py). Run by celery beat in production (`mifo beat` sends
 `mifo.maintenance` every MIFO_MAINTENANCE_INTERVAL_SECONDS) and by a loop in `mifo serve`."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import jobs
+from core import cleanup, jobs
 from core.events import Publisher
 from core.models import Artifact, Concept, IdempotencyKey, Job, utcnow
 from core.settings import Settings
@@ -84,11 +85,13 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
             session.commit()
             reaped += 1
             publisher.publish(job_id)
+            if not output:
+                continue
             try:
-                if output:
-                    storage.delete_prefix(output)
-            except StorageError as exc:  # no artifact row points there
+                storage.delete_prefix(output)
+            except StorageError as exc:  # no artifact row points there: try again later
                 log.error("could not remove the output of stale job %s: %s", job_id, exc)
+                cleanup.defer(session, output, str(exc))
     return reaped
 
 
@@ -100,4 +103,5 @@ def run_maintenance(
             "syntheses_expired": expire_syntheses(session, storage, settings),
             "idempotency_keys_expired": expire_idempotency_keys(session),
             "stale_jobs_failed": reap_stale_jobs(session, storage, settings),
+            "storage_cleanups_done": cleanup.retry(session, storage),
         }

@@ -15,7 +15,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core import jobs
+from core import cleanup, jobs
 from core.db import session_scope
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
@@ -153,11 +153,8 @@ def abandon_job(ctx: WorkerContext, job_id: uuid.UUID, error_type: str, message:
 
 
 def _remove(ctx: WorkerContext, job_id: uuid.UUID, prefixes: list[str]) -> None:
-    for prefix in prefixes:
-        try:
-            ctx.storage.delete_prefix(prefix)
-        except StorageError as exc:  # no artifact row points there; a retry cleans it
-            log.error("job %s: could not remove %s: %s", job_id, prefix, exc)
+    for prefix in prefixes:  # no artifact row points there; maintenance retries a failure
+        cleanup.remove(ctx.storage, ctx.sessions, prefix, f"the output of job {job_id}")
 
 
 def _load(load_base: Callable[[], Any]) -> Any:

@@ -22,7 +22,7 @@ from .conftest import throwaway_postgres
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
     "alembic_version", "artifacts", "concepts", "jobs", "tenants", "api_keys",
-    "idempotency_keys", "webhook_deliveries", "webhook_attempts",
+    "idempotency_keys", "webhook_deliveries", "webhook_attempts", "storage_cleanups",
 }  # fmt: skip
 
 

@@ -109,3 +109,48 @@ def test_stale_running_jobs_fail_as_timeout_and_lose_their_output(
     assert session.get(Job, fresh.id).status == "running"  # type: ignore[union-attr]
     assert session.get(Concept, concept.id).status == "failed"  # type: ignore[union-attr]
     assert not storage.keys(f"{concept.prefix}concept/")
+
+
+def test_objects_that_could_not_be_removed_are_removed_by_maintenance(
+    client: TestClient, session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage down while a concept is deleted: the rows go at once, the objects as soon as
+    the maintenance task finds storage working again."""
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Concept, StorageCleanup
+    from core.storage import StorageError
+
+    storage, concept, _ = _old_synthesis(session, settings, age=1)
+    prefix, concept_id = concept.prefix, concept.id
+    served = client.app.state.mifo.storage  # type: ignore[attr-defined]
+    working = served.delete_prefix
+
+    def down(prefix: str) -> None:
+        raise StorageError("storage unreachable")
+
+    monkeypatch.setattr(served, "delete_prefix", down)
+    assert client.delete(f"/v1/concepts/{concept_id}").status_code == 204
+    session.expire_all()
+    assert session.get(Concept, concept_id) is None
+    assert storage.keys(prefix)  # still there, and recorded:
+    row = session.get(StorageCleanup, prefix)
+    assert row is not None and "unreachable" in (row.last_error or "")
+
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    monkeypatch.setattr(storage, "delete_prefix", down)
+    assert run_maintenance(sessions, storage, settings)["storage_cleanups_done"] == 0
+    session.expire_all()
+    assert session.get(StorageCleanup, prefix).attempts == 2  # type: ignore[union-attr]
+    monkeypatch.setattr(storage, "delete_prefix", working)
+    assert run_maintenance(sessions, storage, settings)["storage_cleanups_done"] == 1
+    assert storage.keys(prefix) == []
+    session.expire_all()
+    assert session.get(StorageCleanup, prefix) is None
+
+
+def test_only_object_folders_are_recorded_for_removal(session: Session) -> None:
+    from core import cleanup
+
+    for prefix in ("", "/", "concepts/", "concepts"):
+        with pytest.raises(ValueError):
+            cleanup.defer(session, prefix, "x")

@@ -1,0 +1,74 @@
+"""Removing stored objects once nothing points at them, and again if that failed.
+
+Rows go first (a concept, a failed job's output), so no response ever names an object that
+is gone. When removing the objects then fails (storage unreachable), the prefix is recorded
+in `storage_cleanups` and the maintenance task tries again until it succeeds: no object
+outlives what it belonged to.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.models import StorageCleanup, utcnow
+from core.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+def remove(storage: Storage, sessions: sessionmaker[Session], prefix: str, what: str) -> bool:
+    """Delete every object under `prefix`; on a storage error, record it for a later try.
+    `what` names the objects in the log. True when they are gone now."""
+    try:
+        storage.delete_prefix(prefix)
+        return True
+    except StorageError as exc:
+        log.error("could not remove %s under %s, will try again: %s", what, prefix, exc)
+        try:
+            with sessions() as session:
+                defer(session, prefix, str(exc))
+        except SQLAlchemyError as db:  # both down: logged, nothing more to do now
+            log.error("could not record %s for removal either: %s", prefix, db)
+        return False
+
+
+def defer(session: Session, prefix: str, error: str) -> None:
+    """Record `prefix` for the maintenance task (and commit)."""
+    if not prefix.endswith("/") or prefix.count("/") < 2:  # never the whole bucket
+        raise ValueError(f"not an object folder: {prefix!r}")
+    row = session.get(StorageCleanup, prefix)
+    if row is None:
+        session.add(StorageCleanup(prefix=prefix, last_error=error[:2000]))
+    else:
+        row.attempts += 1
+        row.last_error = error[:2000]
+    try:
+        session.commit()
+    except SQLAlchemyError:  # another process recorded it at the same moment: that will do
+        session.rollback()
+
+
+def retry(session: Session, storage: Storage) -> int:
+    """Try the recorded prefixes again; how many are gone now."""
+    done = 0
+    for row in session.scalars(
+        select(StorageCleanup).order_by(StorageCleanup.updated_at).limit(BATCH)
+    ).all():
+        try:
+            storage.delete_prefix(row.prefix)
+        except StorageError as exc:
+            row.attempts += 1
+            row.last_error = str(exc)[:2000]
+            row.updated_at = utcnow()
+            session.commit()
+            continue
+        session.delete(row)
+        session.commit()
+        done += 1
+    return done
