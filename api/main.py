@@ -15,6 +15,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from api import problems
+from api.bodylimit import BodyLimit
 from api.dispatch import SWEEP_SECONDS, resend_unsent
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.state import AppState
@@ -82,6 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     problems.install(app)
+    # Before anything reads the body: an oversized upload is refused without receiving it.
+    app.add_middleware(
+        BodyLimit,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_instances=settings.max_instances,
+    )
     for module in (concepts, syntheses, jobs, artifacts, tenant, health):
         app.include_router(module.router)
     return app

@@ -172,6 +172,7 @@ class ConceptCreated(BaseModel):
 class SynthesisCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,  # JSON has no NaN or Infinity, though Python's parser takes them
         json_schema_extra={
             "examples": [
                 {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,20 @@ class AppState:
     buckets: LocalBuckets | RedisBuckets | None = None
     job_cache: JobCache = field(default_factory=lambda: JobCache(None))
     publisher: Publisher = field(default_factory=lambda: Publisher(None))
+    _creating: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def creating_job(self) -> Iterator[None]:
+        """Hold from the capacity check (api.submit.check_capacity) to the commit of the new job.
+
+        PostgreSQL serialises a tenant's requests on its locked row. SQLite ignores FOR UPDATE
+        and opens the write transaction only at the INSERT, so concurrent requests would all
+        count the same active jobs: there (embedded mode, one API process) they take turns."""
+        if self.engine.dialect.name != "sqlite":
+            yield
+            return
+        with self._creating:
+            yield
 
     def job_changed(self, *job_ids: uuid.UUID) -> None:
         """After a route commits job changes: this process' cache, then every other one."""

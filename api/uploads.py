@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +53,12 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
     if raw is None or not raw.strip():
         return {}, LearnConfig()
     try:
-        options = json.loads(raw)
+        options = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise Problem(
             422, "invalid_json", "Options are not JSON", f"options: {exc}.", field="options",
-            fix='send a JSON object of LearnConfig fields, e.g. {"phase1_steps": 400}',
+            fix='send a JSON object of LearnConfig fields, e.g. {"phase1_steps": 400}, with '
+            "finite numbers only (no NaN or Infinity)",
         ) from exc  # fmt: skip
     if not isinstance(options, dict):
         raise Problem(
@@ -66,6 +69,18 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
         return options, LearnConfig.from_mapping(options)
     except MifoError as exc:
         raise from_engine(exc, prefix="options.") from exc
+
+
+def _no_constant(name: str) -> float:
+    """JSON has no NaN or Infinity; Python's parser accepts them unless told otherwise."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def parse_names(raw: str | None, count: int) -> list[str] | None:
@@ -86,17 +101,19 @@ def parse_names(raw: str | None, count: int) -> list[str] | None:
     return names
 
 
-def sniff(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
+def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB") -> tuple[int, int]:
     """Format and size from the file's header only: nothing is decoded yet.
 
     The format comes from the content, never from the file name or the declared type; the
-    pixel count is checked before any decoding, so a decompression bomb costs nothing."""
+    pixel count is checked before any decoding, so a decompression bomb costs nothing. The
+    colour mode must have a reading as `reads_as` (RGB for the image, L for a mask)."""
     formats = [f.upper() for f in settings.image_formats]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
             with Image.open(io.BytesIO(data), formats=formats) as img:
                 width, height = img.size
+                mode = img.mode
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(field, settings, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -107,7 +124,25 @@ def sniff(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
         ) from exc  # fmt: skip
     if width * height > settings.max_image_pixels:
         raise _too_many_pixels(field, settings, f"{width}x{height} pixels")
+    if not _converts(mode, reads_as):
+        what = "greyscale" if reads_as == "L" else "RGB"
+        raise Problem(
+            422, "unsupported_mode", "Unsupported colour mode",
+            f"{field} is a {mode} image, which has no {what} reading.", field=field,
+            fix="export it as RGB or greyscale"
+            + (" (the instance white on black)" if reads_as == "L" else ""),
+        )  # fmt: skip
     return width, height
+
+
+@functools.cache
+def _converts(mode: str, target: str) -> bool:
+    """Whether PIL converts images of `mode` to `target` (LAB has no greyscale, say)."""
+    try:
+        Image.new(mode, (1, 1)).convert(target)
+    except ValueError:
+        return False
+    return True
 
 
 def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
@@ -158,7 +193,7 @@ def read_upload(
     mask_data = [read_file(m, f"masks[{i}]", limit) for i, m in enumerate(masks)]
     width, height = sniff(image_data, "image", settings)
     for i, data in enumerate(mask_data):
-        sniff(data, f"masks[{i}]", settings)
+        sniff(data, f"masks[{i}]", settings, reads_as="L")
     upload = Upload(
         image=image_data,
         masks=mask_data,

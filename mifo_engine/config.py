@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -319,6 +320,12 @@ def _check_fields(obj: Any) -> None:
                 field=f.name,
                 fix=f"give {_describe(hints[f.name])}",
             )
+        if not _finite(value, hints[f.name]):
+            raise ConfigError(
+                f"Config field '{f.name}' must be a finite number, not {value!r}.",
+                field=f.name,
+                fix=f"give '{f.name}' a finite number (NaN and infinities are not settings)",
+            )
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -345,6 +352,24 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+def _finite(value: Any, hint: Any) -> bool:
+    """Whether every number in a float-typed place of `value` is finite (given `_matches`)."""
+    if hint is float:
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            return False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(_finite(value, a) for a in typing.get_args(hint) if _matches(value, a))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_finite(v, args[0]) for v in value)
+        return all(_finite(v, a) for v, a in zip(value, args, strict=True))
+    return True
 
 
 def _describe(hint: Any) -> str:

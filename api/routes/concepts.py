@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
 from sqlalchemy import delete, func, select
@@ -20,7 +21,7 @@ from api.problems import PROBLEM_RESPONSE, not_found
 from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
 from api.state import AppState
 from api.uploads import Upload, read_upload
-from core import jobs
+from core import cleanup, jobs
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
 
@@ -81,36 +82,36 @@ def create_concept(
     if idem.replay is not None:
         return idem.replay
     try:
-        submit.check_capacity(session, tenant, settings)
-        concept = Concept(
-            id=uuid.uuid4(),
-            tenant_id=tenant,
-            status="pending",
-            base_model=settings.base_model,
-            names=upload.names or [f"asset{i}" for i in range(len(upload.masks))],
-            options=upload.options,
-            width=upload.width,
-            height=upload.height,
-        )
-        session.add(concept)
-        session.flush()
-        job = jobs.create_job(
-            session, tenant_id=tenant, kind="learn", concept_id=concept.id,
-            params={"options": upload.options}, webhook_url=hook_url, webhook_events=hook_events,
-        )  # fmt: skip
-        idem.attach(job.id, 202)
-        try:
-            _store_inputs(session, state.storage, concept, upload)
-            session.commit()
-        except Exception as exc:  # nothing half-written stays behind
-            session.rollback()
+        with state.creating_job():  # the capacity check counts until the commit
+            submit.check_capacity(session, tenant, settings)
+            concept = Concept(
+                id=uuid.uuid4(),
+                tenant_id=tenant,
+                status="pending",
+                base_model=settings.base_model,
+                names=upload.names or [f"asset{i}" for i in range(len(upload.masks))],
+                options=upload.options,
+                width=upload.width,
+                height=upload.height,
+            )
+            session.add(concept)
+            session.flush()
+            job = jobs.create_job(
+                session, tenant_id=tenant, kind="learn", concept_id=concept.id,
+                params={"options": upload.options}, webhook_url=hook_url,
+                webhook_events=hook_events,
+            )  # fmt: skip
+            idem.attach(job.id, 202)
             try:
-                state.storage.delete_prefix(concept.prefix)
-            except StorageError as cleanup:  # the first error is the one to report
-                log.error("could not remove the inputs of concept %s: %s", concept.id, cleanup)
-            if isinstance(exc, StorageError):
-                raise submit.unavailable("storage", exc) from exc
-            raise
+                _store_inputs(session, state.storage, concept, upload)
+                session.commit()
+            except Exception as exc:  # nothing half-written stays behind
+                session.rollback()
+                what = f"the inputs of rejected concept {concept.id}"
+                cleanup.remove(state.storage, state.sessions, concept.prefix, what)
+                if isinstance(exc, StorageError):
+                    raise submit.unavailable("storage", exc) from exc
+                raise
         _enqueue(session, state, concept, job)
         body = _created(request, session, state, job.id)
     except BaseException:
@@ -135,21 +136,40 @@ def _created(request: Request, session: Session, state: AppState, job_id: uuid.U
 def _store_inputs(
     session: SessionDep, storage: StorageDep, concept: Concept, upload: Upload
 ) -> None:
-    files = [("input", 0, "inputs/image.png", upload.image)]
-    files += [("mask", i, f"inputs/masks/mask_{i:03d}.png", m) for i, m in enumerate(upload.masks)]
-    for kind, position, name, data in files:
-        png = _as_png(data)
+    threshold = upload.config.mask_threshold
+    files = [("input", 0, "inputs/image.png", _as_png(upload.image, None))]
+    files += [
+        ("mask", i, f"inputs/masks/mask_{i:03d}.png", _as_png(m, threshold))
+        for i, m in enumerate(upload.masks)
+    ]
+    for kind, position, name, png in files:
         key = concept.prefix + name
         storage.put(key, png, "image/png")
         session.add(Artifact(concept_id=concept.id, kind=kind, position=position, key=key,
                              size=len(png), label=name.rsplit("/", 1)[-1]))  # fmt: skip
 
 
-def _as_png(data: bytes) -> bytes:
-    """Inputs are kept as PNG (lossless), whatever format they came in."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.format == "PNG":
+# Modes PIL's PNG writer stores as they are.
+PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"})
+
+
+def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
+    """Inputs are kept as PNG (lossless), whatever format they came in, meaning to the engine
+    what the upload meant: upright (PNG keeps no EXIF orientation of the original) and, for a
+    mode PNG cannot store (CMYK, YCbCr, LAB, 32-bit...), as the engine reads it: the image
+    as its RGB view, a mask (`mask_threshold` given) as its foreground, white on black."""
+    from mifo_engine.inputs import _to_rgb, load_image, mask_to_binary  # torch-free
+
+    with Image.open(io.BytesIO(data)) as original:
+        if original.format == "PNG":
             return data
+        img = load_image(original, field="image")
+        if img.mode not in PNG_MODES:
+            if mask_threshold is None:
+                img = _to_rgb(img)
+            else:
+                foreground = mask_to_binary(img, mask_threshold)
+                img = Image.fromarray(foreground.astype(np.uint8) * 255)
         out = io.BytesIO()
         img.save(out, format="PNG")
         return out.getvalue()
@@ -163,7 +183,8 @@ def _enqueue(session: SessionDep, state: StateDep, concept: Concept, job: Job) -
         session.execute(delete(Job).where(Job.id == job.id))
         session.execute(delete(Concept).where(Concept.id == concept.id))
         session.commit()
-        state.storage.delete_prefix(concept.prefix)
+        what = f"the inputs of unqueued concept {concept.id}"
+        cleanup.remove(state.storage, state.sessions, concept.prefix, what)
         raise submit.unavailable("broker", exc) from exc
 
 
@@ -247,10 +268,6 @@ def delete_concept(
     session.delete(concept)
     session.commit()
     state.job_changed(*changed)  # canceled, or lost their concept and its files
-    try:
-        storage.delete_prefix(prefix)
-    except StorageError as exc:  # the rows are gone; the objects are orphans, not visible
-        log.error(
-            "concept %s deleted, but its objects under %s remain: %s", concept_id, prefix, exc
-        )
+    # The rows are gone; objects that cannot be removed now are removed by maintenance.
+    cleanup.remove(storage, state.sessions, prefix, f"the objects of deleted concept {concept_id}")
     return Response(status_code=204)

@@ -6,6 +6,9 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api import dispatch, submit
 from api.costs import SYNTHESIS_CAPS, check_costs
@@ -24,6 +27,7 @@ router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["synthese
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: PROBLEM_RESPONSE,
     409: PROBLEM_RESPONSE,
+    413: PROBLEM_RESPONSE,
     422: PROBLEM_RESPONSE,
     429: PROBLEM_RESPONSE,
     503: PROBLEM_RESPONSE,
@@ -78,19 +82,27 @@ def create_synthesis(
     if idem.replay is not None:
         return idem.replay
     try:
-        submit.check_capacity(session, tenant, settings)
-        params = {
-            "prompt": layout.prompt,
-            "boxes": {s.token: list(s.box) for s in layout.subjects},
-            "config": _values(body),  # only what the client set: engine defaults fill the rest
-            "seeds": config.image_seeds(),
-        }
-        job = jobs.create_job(
-            session, tenant_id=tenant, kind="synthesize", concept_id=concept.id, params=params,
-            webhook_url=hook_url, webhook_events=hook_events,
-        )  # fmt: skip
-        idem.attach(job.id, 202)
-        session.commit()
+        with state.creating_job():
+            submit.check_capacity(session, tenant, settings)
+            _keep_concept(session, concept_id, tenant)
+            params = {
+                "prompt": layout.prompt,
+                "boxes": {s.token: list(s.box) for s in layout.subjects},
+                "config": _values(body),  # only what the client set: engine defaults fill the rest
+                "seeds": config.image_seeds(),
+            }
+            try:
+                job = jobs.create_job(
+                    session, tenant_id=tenant, kind="synthesize", concept_id=concept.id,
+                    params=params, webhook_url=hook_url, webhook_events=hook_events,
+                )  # fmt: skip
+                idem.attach(job.id, 202)
+                session.commit()
+            except IntegrityError as exc:  # the concept was deleted after all (SQLite: no lock)
+                session.rollback()
+                if session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None:
+                    raise not_found("concept", concept_id) from exc
+                raise
         try:
             dispatch.send(state, session, job.id, "synthesize")
         except Exception as exc:  # the broker is down: forget the job, say so
@@ -105,6 +117,18 @@ def create_synthesis(
     response.headers["Location"] = location
     idem.complete(out, {"Location": location})
     return out
+
+
+def _keep_concept(session: Session, concept_id: uuid.UUID, tenant: uuid.UUID) -> None:
+    """404 when the concept was deleted since it was read; on PostgreSQL, a share lock keeps
+    it until the job is committed (a concurrent DELETE waits, then cancels the new job)."""
+    kept = session.scalar(
+        select(Concept.id)
+        .where(Concept.id == concept_id, Concept.tenant_id == tenant)
+        .with_for_update(read=True)
+    )
+    if kept is None:
+        raise not_found("concept", concept_id)
 
 
 def _limits(body: SynthesisCreate, settings: Settings) -> None:

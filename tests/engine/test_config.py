@@ -1,6 +1,9 @@
 """Configs: the paper's defaults, and clear refusals naming the field."""
 
+import dataclasses
 import json
+import math
+import typing
 
 import pytest
 
@@ -115,3 +118,36 @@ def test_reward_steps_default_to_the_first_quarter_of_phase_1():
     with pytest.raises(ConfigError) as info:
         LearnConfig(reward_steps=-1)
     assert info.value.field == "reward_steps" and "null" in (info.value.fix or "")
+
+
+def _float_fields(cls):
+    hints = typing.get_type_hints(cls)
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if hints[f.name] is float or float in typing.get_args(hints[f.name])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [(LearnConfig, n) for n in _float_fields(LearnConfig)]
+    + [(SynthesisConfig, n) for n in _float_fields(SynthesisConfig)],
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_field_refuses_nan_and_infinities(cls, name, value):
+    """NaN passes every comparison-based check (`nan > 0` and `nan < 0` are both false) and
+    infinities pass the one-sided ones: neither must reach a run, a database or a log."""
+    for build in (lambda: cls(**{name: value}), lambda: cls.from_mapping({name: value})):
+        with pytest.raises(ConfigError) as err:
+            build()
+        assert err.value.field == name and "finite" in (err.value.fix or "")
+    with pytest.raises(ConfigError):
+        cls().replace(**{name: value})
+    with pytest.raises(ConfigError):  # an int no float can hold is no finite number either
+        cls(**{name: 10**400})
+
+
+def test_float_fields_are_found():
+    assert {"lr", "mask_threshold", "beta_end"} <= set(_float_fields(LearnConfig))
+    assert {"guidance_scale", "eta", "ca_mask_offset"} <= set(_float_fields(SynthesisConfig))

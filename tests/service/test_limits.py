@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import struct
+import time
 import zlib
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -17,13 +21,15 @@ from core.settings import Settings
 
 from .conftest import bearer
 from .factories import make_concept, make_job, png, scene
+from .servers import free_port
 
 BOX = {"<asset0>": [0.1, 0.1, 0.5, 0.5]}
 
 
 @pytest.fixture
-def db_url(postgres_url: str) -> str:
-    return postgres_url
+def db_url(request: pytest.FixtureRequest) -> str:
+    """PostgreSQL, unless a test asks for another (`indirect` parametrisation)."""
+    return request.getfixturevalue(f"{getattr(request, 'param', 'postgres')}_url")
 
 
 def _post(client: TestClient, image: bytes, masks: list[bytes], name: str = "s.png", **form: str):  # type: ignore[no-untyped-def]
@@ -168,6 +174,56 @@ def test_active_jobs_per_tenant(settings: Settings, session: Session, api_key: s
         assert c.post(f"/v1/concepts/{concept.id}/syntheses", json=body).status_code == 202
 
 
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_concurrent_posts_do_not_exceed_the_active_jobs(
+    settings: Settings, session: Session, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learning and synthesis POSTs at once, one job allowed: one is accepted, the rest 429."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from core import jobs
+    from core.models import Job
+
+    s = settings.model_copy(update={"max_active_jobs": 1})
+    concept = make_concept(session)
+    session.commit()
+    counted = jobs.count_active
+
+    def slow_count(*a: object, **k: object) -> int:
+        n = counted(*a, **k)  # type: ignore[arg-type]
+        time.sleep(0.2)  # every request counts before any inserts, unless they take turns
+        return n
+
+    monkeypatch.setattr(jobs, "count_active", slow_count)
+    image, masks = scene()
+    n = 8
+    barrier = threading.Barrier(n)
+    codes: list[int] = []
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+
+        def post(i: int) -> None:
+            barrier.wait()
+            if i % 2:
+                r = _post(c, image, masks)
+            else:
+                r = c.post(f"/v1/concepts/{concept.id}/syntheses",
+                           json={"prompt": "<asset0>", "boxes": BOX})  # fmt: skip
+            if r.status_code == 429:
+                _problem(r, 429, "tenant")
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(codes) == [202] + [429] * (n - 1), codes
+    session.expire_all()
+    assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
 def test_pil_refuses_bombs_everywhere(client: TestClient) -> None:
     assert Image.MAX_IMAGE_PIXELS == 4096 * 4096  # set from MIFO_MAX_IMAGE_PIXELS at start-up
     with pytest.raises(Image.DecompressionBombError):
@@ -197,3 +253,125 @@ def test_redis_bucket_leases_keep_the_shared_limit() -> None:
         assert any(w > 0 for w in waits[8:]) and all(w < 1 for w in waits)
     finally:
         redis.Redis.from_url(url).flushdb()
+
+
+def _bound(s: Settings) -> int:
+    """The most a valid upload can be (api/bodylimit.py): every file at the limit, and 1 MiB."""
+    return s.max_upload_bytes * (1 + s.max_instances) + (1 << 20)
+
+
+def _counting(total: int, chunk: int = 64 << 10) -> tuple[Iterator[bytes], list[int]]:
+    pulled: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        sent = 0
+        while sent < total:
+            pulled.append(min(chunk, total - sent))
+            yield b"\0" * pulled[-1]
+            sent += pulled[-1]
+
+    return body(), pulled
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=b0und"}
+
+
+def test_an_upload_larger_than_any_valid_one_is_413_unread(
+    settings: Settings, session: Session, api_key: str
+) -> None:
+    s = settings.model_copy(update={"max_upload_bytes": 4096, "max_instances": 2})
+    image, masks = scene()
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        body, pulled = _counting(_bound(s) + 1)
+        headers = MULTIPART | {"content-length": str(_bound(s) + 1)}
+        r = c.post("/v1/concepts", content=body, headers=headers)
+        problem = _problem(r, 413, "body")
+        assert problem["type"] == "/problems/file_too_large"
+        assert "MIFO_MAX_UPLOAD_BYTES" in problem["fix"] and "4096" in problem["fix"]
+        assert pulled == []  # answered from the header: not one byte of the body was read
+        # The same body without a length (chunked) is cut off once past the bound.
+        body, pulled = _counting(_bound(s) + 1)
+        r = c.post("/v1/concepts", content=body, headers=MULTIPART)
+        assert r.request.headers["transfer-encoding"] == "chunked"
+        assert _problem(r, 413, "body")["type"] == "/problems/file_too_large"
+        # A body under the bound reaches the per-file check; a valid upload works.
+        assert _post(c, image, masks).status_code == 202
+        big = image + b"\0" * 8192
+        assert _problem(_post(c, big, masks), 413, "image")["type"].endswith("file_too_large")
+    assert _stored(session) == 2  # the valid upload's concept and job only
+
+
+def test_json_bodies_are_capped(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    url = f"/v1/concepts/{concept.id}/syntheses"
+    r = client.post(
+        url, content=b"{" + b" " * (1 << 20) + b"}", headers={"content-type": "application/json"}
+    )
+    assert _problem(r, 413, "body")["type"] == "/problems/body_too_large"
+    body = {"prompt": "<asset0>", "boxes": BOX}
+    assert client.post(url, json=body).status_code == 202
+    assert client.get(f"/v1/concepts/{concept.id}").status_code == 200
+
+
+@contextlib.contextmanager
+def _serving(s: Settings) -> Iterator[int]:
+    """The app behind a real HTTP server (uvicorn) on a free port."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(s), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    return data
+
+
+def test_a_real_server_answers_413_before_the_body_arrives(
+    settings: Settings, session: Session, api_key: str
+) -> None:
+    """uvicorn: a Content-Length over the bound is answered with no body sent at all; a
+    chunked body is answered once past the bound, while the client has not finished."""
+    s = settings.model_copy(update={"max_upload_bytes": 4096, "max_instances": 1})
+    head = (
+        "POST /v1/concepts HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {api_key}\r\nContent-Type: {MULTIPART['content-type']}\r\n"
+    )
+    part = (b'--b0und\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")  # fmt: skip
+    with _serving(s) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"{head}Content-Length: {300 << 20}\r\n\r\n".encode())
+            answer = _answer(sock)  # nothing of the 300 MiB was sent
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"MIFO_MAX_UPLOAD_BYTES" in answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            chunk = b"\0" * (64 << 10)
+            for _ in range(_bound(s) // len(chunk) + 2):  # just past the bound; no last chunk
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            answer = _answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"/problems/file_too_large" in answer
+    assert _stored(session) == 0

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.models import Artifact, Concept, Job
 from core.settings import Settings
+from mifo_engine.config import LearnConfig
+from mifo_engine.inputs import mask_to_binary
+from tests.helpers.images import with_exif_orientation
 
 from .conftest import bearer
-from .factories import blank_mask, make_concept, make_job, scene
+from .factories import blank_mask, make_concept, make_job, png, scene
 
 
 def _post(client: TestClient, image: bytes, masks: list[bytes], **form: str):  # type: ignore[no-untyped-def]
@@ -231,3 +237,103 @@ def test_list_offset_is_bounded(client: TestClient) -> None:
     r = client.get("/v1/concepts", params={"offset": 2**63})
     assert r.status_code == 422
     assert client.get("/v1/concepts", params={"offset": 10**9}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "options",
+    ['{"lambda_rec": NaN}', '{"lr": Infinity}', '{"mask_threshold": -Infinity}',
+     '{"lr": 1e999}', '{"init_words": ["box", NaN]}'],
+)  # fmt: skip
+def test_non_finite_numbers_in_options_are_422(
+    client: TestClient, session: Session, settings: Settings, options: str
+) -> None:
+    """Python's JSON parser takes NaN and Infinity; JSON (and PostgreSQL's json) has neither."""
+    image, masks = scene()
+    r = _post(client, image, masks, options=options)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["field"] == "options" and "finite" in problem["fix"]
+    _nothing_stored(session, settings)
+
+
+def _jpeg(img: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=95, **options)
+    return out.getvalue()
+
+
+def _stored(client: TestClient, url: str) -> Image.Image:
+    data = client.get(url).content
+    stored = Image.open(io.BytesIO(data))
+    assert stored.format == "PNG"
+    stored.load()  # the whole file decodes
+    return stored
+
+
+def test_cmyk_jpeg_image_and_mask_are_stored_as_png_meaning_the_same(
+    client: TestClient, session: Session
+) -> None:
+    """PNG cannot hold CMYK: the image is kept as the RGB the engine reads, a mask as the
+    foreground the engine reads from it."""
+    image, masks = scene()
+    cmyk = _jpeg(Image.open(io.BytesIO(image)).convert("CMYK"))
+    cmyk_mask = _jpeg(Image.open(io.BytesIO(masks[1])).convert("CMYK"))
+    assert Image.open(io.BytesIO(cmyk)).mode == Image.open(io.BytesIO(cmyk_mask)).mode == "CMYK"
+    files = [("image", ("s.jpg", cmyk, "image/jpeg")), ("masks", ("m0.png", masks[0], "image/png")),
+             ("masks", ("m1.jpg", cmyk_mask, "image/jpeg"))]  # fmt: skip
+    r = client.post("/v1/concepts", files=files)
+    assert r.status_code == 202, r.text
+    inputs = r.json()["concept"]["inputs"]
+    stored = _stored(client, inputs["image"])
+    assert stored.mode == "RGB" and stored.size == (64, 64)
+    expected = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"), dtype=np.int16)
+    assert np.abs(np.asarray(stored, dtype=np.int16) - expected).max() <= 1
+    assert client.get(inputs["masks"][0]).content == masks[0]  # PNG: kept byte for byte
+    mask = _stored(client, inputs["masks"][1])
+    assert mask.mode == "L"
+    threshold = LearnConfig().mask_threshold
+    uploaded = mask_to_binary(Image.open(io.BytesIO(cmyk_mask)), threshold)
+    assert uploaded.any() and (mask_to_binary(mask, threshold) == uploaded).all()
+    assert session.scalar(select(func.count()).select_from(Artifact)) == 3
+
+
+def test_jpeg_is_stored_upright(client: TestClient) -> None:
+    """PNG keeps no EXIF orientation of the JPEG: the pixels are stored turned upright, as the
+    engine (and the masks, drawn on the upright picture) see them."""
+    image, masks = scene()
+    upright = Image.open(io.BytesIO(image)).crop((0, 0, 64, 48))  # not square: a turn shows
+    masks = [png(Image.open(io.BytesIO(m)).crop((0, 0, 64, 48))) for m in masks]
+    turned = with_exif_orientation(upright, 6, "JPEG")
+    assert Image.open(io.BytesIO(turned)).size == (48, 64)
+    files = [("image", ("s.jpg", turned, "image/jpeg"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    r = client.post("/v1/concepts", files=files)
+    assert r.status_code == 202, r.text
+    stored = _stored(client, r.json()["concept"]["inputs"]["image"])
+    assert stored.size == (64, 48) and stored.getexif().get(0x0112) is None
+    diff = np.asarray(stored, dtype=np.int16) - np.asarray(upright, dtype=np.int16)
+    assert np.abs(diff).mean() < 4  # JPEG noise only, not a turned picture
+
+
+def test_mask_without_a_greyscale_reading_is_422(
+    settings: Settings, session: Session, api_key: str
+) -> None:
+    """A LAB mask (TIFF) has no luminance PIL can compute: refused, naming the mask."""
+    from api.main import create_app
+
+    image, masks = scene()
+    lab = io.BytesIO()
+    Image.open(io.BytesIO(masks[1])).convert("RGB").convert("LAB").save(lab, format="TIFF")
+    tiff = settings.model_copy(update={"image_formats": ["PNG", "JPEG", "WEBP", "TIFF"]})
+    with TestClient(create_app(tiff), headers=bearer(api_key)) as client:
+        r = client.post(
+            "/v1/concepts",
+            files=[("image", ("s.png", image, "image/png")),
+                   ("masks", ("m0.png", masks[0], "image/png")),
+                   ("masks", ("m1.tif", lab.getvalue(), "image/tiff"))],
+        )  # fmt: skip
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["field"] == "masks[1]" and problem["fix"]
+    _nothing_stored(session, settings)

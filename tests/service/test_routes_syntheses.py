@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from core.models import Job
+from core.models import IdempotencyKey, Job
 from core.settings import Settings
 
 from .factories import make_concept
@@ -125,3 +126,106 @@ def test_the_tokenizer_loads_at_start_up_not_in_the_first_request(
         assert r.status_code == 503 and problem["type"] == "/problems/model_unavailable"
         assert "MIFO_BASE_MODEL" in problem["fix"] and r.headers["retry-after"] == "30"
     assert _jobs(session) == 0  # nothing was queued
+
+
+def test_a_concept_deleted_while_the_job_is_created_is_404(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE that commits between the concept read and the job insert: 404, as if it
+    had never been there; no job, and the Idempotency-Key is free again."""
+    from api import submit
+    from core.models import IdempotencyKey
+
+    concept = make_concept(session)
+    session.commit()
+    checked = submit.check_capacity
+
+    def deleted_meanwhile(*a: Any, **k: Any) -> None:
+        assert client.delete(f"/v1/concepts/{concept.id}").status_code == 204
+        checked(*a, **k)
+
+    monkeypatch.setattr(submit, "check_capacity", deleted_meanwhile)
+    r = client.post(
+        f"/v1/concepts/{concept.id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES},
+        headers={"Idempotency-Key": "gone"},
+    )  # fmt: skip
+    missing = _post(client, "00000000-0000-0000-0000-000000000000")
+    assert r.status_code == missing.status_code == 404, r.text
+    assert r.json()["type"] == missing.json()["type"] == "/problems/not_found"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert _jobs(session) == 0
+    assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+
+
+def test_a_concept_deleted_at_the_job_insert(
+    client: TestClient, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has no row lock: the insert fails on the foreign key and answers 404 too.
+    PostgreSQL keeps the concept locked: the DELETE waits, then cancels the new job."""
+    import threading
+
+    from core import jobs
+    from core.models import Concept
+
+    concept_id = make_concept(session).id
+    session.commit()
+    create = jobs.create_job
+    deletes: list[int] = []
+
+    def delete() -> None:
+        deletes.append(client.delete(f"/v1/concepts/{concept_id}").status_code)
+
+    waiter = threading.Thread(target=delete)
+    sqlite = settings.db_url.startswith("sqlite")
+
+    def deleted_at_insert(*a: Any, **k: Any) -> Job:
+        if sqlite:
+            delete()
+        else:
+            waiter.start()  # blocks on the concept's lock until this request commits
+            time.sleep(0.3)
+        return create(*a, **k)
+
+    monkeypatch.setattr(jobs, "create_job", deleted_at_insert)
+    r = _post(client, concept_id)
+    if not sqlite:
+        waiter.join(10)
+    assert deletes == [204]
+    session.expire_all()
+    assert session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None
+    if sqlite:
+        assert r.status_code == 404 and r.json()["type"] == "/problems/not_found", r.text
+        assert _jobs(session) == 0
+    else:
+        assert r.status_code == 202, r.text
+        assert client.get(f"/v1/jobs/{r.json()['id']}").json()["status"] == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("member", "field"),
+    [('"options": {"eta": NaN}', "options.eta"),
+     ('"options": {"alpha_max": Infinity}', "options.alpha_max"),
+     ('"options": {"loss_threshold": -Infinity}', "options.loss_threshold"),
+     ('"options": {"ca_mask_offset": 1e999}', "options.ca_mask_offset"),
+     ('"guidance_scale": NaN', "guidance_scale"),
+     ('"boxes": {"<asset0>": [NaN, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}',
+      "boxes.<asset0>[0]")],
+)  # fmt: skip
+def test_non_finite_numbers_are_422_naming_the_field(
+    client: TestClient, session: Session, member: str, field: str
+) -> None:
+    """Python's JSON parser takes NaN and Infinity (and 1e999 as infinity); JSON has neither,
+    and PostgreSQL's json column refuses them."""
+    concept = make_concept(session)
+    session.commit()
+    body = json.dumps({"prompt": PROMPT, "boxes": BOXES})[:-1] + ", " + member + "}"
+    r = client.post(
+        f"/v1/concepts/{concept.id}/syntheses",
+        content=body,
+        headers={"content-type": "application/json", "Idempotency-Key": "non-finite"},
+    )
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["field"] == field and "finite" in problem["detail"] + problem["fix"], problem
+    assert _jobs(session) == 0
+    assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
