@@ -190,7 +190,9 @@ class LearnConfig(_Config):
     @property
     def reward_iterations(self) -> int:
         """Phase-1 iterations that use the reward term before the penalty takes over."""
-        return self.phase1_steps // 4 if self.reward_steps is None else self.reward_steps
+        if self.reward_steps is None:  # a quarter, rounded: 200 of 800, 1 of 2
+            return (self.phase1_steps + 2) // 4
+        return self.reward_steps
 
     # The attention loss schedule of section 2.4: reward first, penalty afterwards.
     def attn_term(self, step: int) -> Literal["none", "reward", "penalty"]:

@@ -106,6 +106,9 @@ def test_reward_steps_default_to_the_first_quarter_of_phase_1():
     assert short.reward_iterations == 10
     assert [short.attn_term(i) for i in (0, 9, 10, 39)] == ["reward"] * 2 + ["penalty"] * 2
     assert LearnConfig().replace(phase1_steps=8).reward_iterations == 2  # follows phase1_steps
+    assert [LearnConfig(phase1_steps=n).reward_iterations for n in (0, 1, 2, 3, 6)] == [
+        0, 0, 1, 1, 2
+    ]  # fmt: skip
     assert LearnConfig.from_mapping({"phase1_steps": 100}).reward_iterations == 25
     assert (
         LearnConfig.from_mapping({"phase1_steps": 100, "reward_steps": None}).reward_iterations
