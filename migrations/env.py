@@ -31,6 +31,12 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode drops and re-creates tables: with foreign keys enforced, dropping one
+            # would fire ON DELETE on the rows of every table pointing at it. (Outside a
+            # transaction: SQLite ignores this pragma inside one.)
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,60 @@ def test_rows_from_before_tenants_go_to_a_default_tenant(tmp_path: Path) -> None
         owner = conn.execute(text("SELECT tenant_id FROM concepts")).scalar_one()
     engine.dispose()
     assert tenant.name == "default" and owner == tenant.id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrades_and_downgrades_keep_related_rows(backend: str, tmp_path: Path) -> None:
+    """SQLite's batch mode re-creates tables: the rows pointing at them must survive (their
+    ON DELETE actions must not fire), in both directions."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'rows.db'}"
+        else:
+            url = stack.enter_context(throwaway_postgres())
+        upgrade(url, "0002")
+        engine = make_engine(url)
+        ids = {name: uuid.uuid4().hex for name in ("tenant", "concept", "job", "art", "hook")}
+        with engine.begin() as conn:
+            for sql in (
+                "INSERT INTO tenants (id, name, webhook_secret, created_at) "
+                "VALUES (:tenant, 't', 's', '2025-01-01')",
+                "INSERT INTO concepts (id, tenant_id, status, base_model, names, options, width, "
+                "height, created_at, updated_at) VALUES (:concept, :tenant, 'ready', 'tiny', "
+                "'[]', '{}', 64, 64, '2025-01-01', '2025-01-01')",
+                "INSERT INTO jobs (id, tenant_id, kind, status, concept_id, params, "
+                "cancel_requested, attempts, created_at, updated_at) VALUES (:job, :tenant, "
+                "'learn', 'succeeded', :concept, '{}', false, 1, '2025-01-01', '2025-01-01')",
+                "INSERT INTO artifacts (id, concept_id, job_id, kind, position, key, content_type, "
+                "size, created_at) VALUES (:art, :concept, :job, 'input', 0, 'k', 'image/png', 1, "
+                "'2025-01-01')",
+                "INSERT INTO webhook_deliveries (id, tenant_id, job_id, event, url, payload, "
+                "status, attempts, next_attempt_at, created_at) VALUES (:hook, :tenant, "
+                ":job, 'job.completed', 'https://x.example/', '{}', 'delivered', 1, "
+                "'2025-01-01', '2025-01-01')",
+            ):
+                conn.execute(text(sql), ids)
+
+        def related() -> tuple:
+            with engine.connect() as conn:
+                return (
+                    conn.execute(
+                        text("SELECT count(*) FROM artifacts WHERE job_id IS NOT NULL")
+                    ).scalar_one(),
+                    conn.execute(
+                        text("SELECT count(*) FROM jobs WHERE concept_id IS NOT NULL")
+                    ).scalar_one(),
+                    conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar_one(),
+                )
+
+        assert related() == (1, 1, 1)
+        upgrade(url)
+        assert related() == (1, 1, 1)
+        with engine.connect() as conn:  # jobs from before were sent when they were created
+            assert conn.execute(text("SELECT enqueued_at FROM jobs")).scalar_one() is not None
+        downgrade(url, "0002")
+        assert related() == (1, 1, 1)
+        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
