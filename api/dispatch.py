@@ -4,9 +4,10 @@ A job row is committed before its message is sent, so a worker never receives a 
 cannot read yet. An API process that stops between the two (killed, crashed, its host lost)
 would leave the job queued forever, and a client retrying with its Idempotency-Key would be
 told it was accepted. So every job records when its message was sent (`enqueued_at`), and
-each API process sends, every SWEEP_SECONDS and at start-up, the message of any job queued
-for GRACE_SECONDS without one. Should a message ever go out twice (a send slower than the
-grace period), the worker's attempt counter lets only one run write anything.
+each API process, every SWEEP_SECONDS and at start-up, claims the jobs queued without one and
+untouched for GRACE_SECONDS, and sends them (core.jobs.claim_unsent). A claim lapses after
+GRACE_SECONDS, so a failed send or a process dying mid-sweep only delays a job. Should a
+message ever go out twice, the worker's attempt counter lets only one run write anything.
 """
 
 from __future__ import annotations
@@ -42,17 +43,19 @@ def send(state: Any, session: Session, job_id: uuid.UUID, kind: str) -> None:
 
 
 def resend_unsent(state: Any) -> int:
-    """Send the messages of jobs accepted but never sent; how many were claimed."""
+    """Send the messages of jobs accepted but never sent; how many were sent."""
     with session_scope(state.sessions) as session:
         claimed = jobs.claim_unsent(session, older_than=GRACE_SECONDS)
+    sent = 0
     for job_id, kind in claimed:
         task, queue = TASKS[kind]
         try:
             state.celery.send_task(task, args=[str(job_id)], queue=queue)
-        except Exception as exc:  # the broker is down: unclaim, the next sweep tries again
+        except Exception as exc:  # the broker is down: these claims lapse, a later sweep retries
             log.error("could not send job %s to the broker: %s", job_id, exc)
-            with session_scope(state.sessions) as session:
-                jobs.unmark_enqueued(session, job_id)
-            return 0
+            return sent
+        with session_scope(state.sessions) as session:
+            jobs.mark_enqueued(session, job_id)
+        sent += 1
         log.warning("job %s was accepted but its message never sent; sent now", job_id)
-    return len(claimed)
+    return sent

@@ -118,26 +118,26 @@ def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
 def claim_unsent(
     session: Session, *, older_than: float, limit: int = 50
 ) -> list[tuple[uuid.UUID, str]]:
-    """(id, kind) of queued jobs created over `older_than` seconds ago whose message was never
-    sent, each claimed (marked as sent) by one conditional UPDATE so that one caller sends it."""
+    """(id, kind) of queued jobs whose message was never sent and that nothing has touched for
+    `older_than` seconds (the request that created a job touches it just before its commit).
+
+    Each is claimed for `older_than` seconds by moving its `updated_at` forward in one
+    conditional UPDATE, so one caller sends it; `enqueued_at` is set only once the broker took
+    the message (mark_enqueued). A claim whose send failed, or whose process died before
+    sending, lapses by itself and the job is claimed again."""
     cutoff = utcnow() - timedelta(seconds=older_than)
     rows = session.execute(
-        select(Job.id, Job.kind)
-        .where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < cutoff)
-        .order_by(Job.created_at)
+        select(Job.id, Job.kind, Job.updated_at)
+        .where(Job.status == "queued", Job.enqueued_at.is_(None), Job.updated_at < cutoff)
+        .order_by(Job.updated_at)
         .limit(limit)
     ).all()
-    unsent = (Job.status == "queued") & Job.enqueued_at.is_(None)
-    return [
-        (job_id, kind)
-        for job_id, kind in rows
-        if _update(session, job_id, unsent, enqueued_at=utcnow())
-    ]
-
-
-def unmark_enqueued(session: Session, job_id: uuid.UUID) -> None:
-    """Undo a claim whose send failed: the job is sent again later."""
-    _update(session, job_id, Job.status == "queued", enqueued_at=None)
+    claimed = []
+    for job_id, kind, seen in rows:
+        unsent = (Job.status == "queued") & Job.enqueued_at.is_(None) & (Job.updated_at == seen)
+        if _update(session, job_id, unsent):  # _update moves updated_at to now
+            claimed.append((job_id, kind))
+    return claimed
 
 
 def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | Refused | None:

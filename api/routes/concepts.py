@@ -22,7 +22,7 @@ from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
 from api.state import AppState
 from api.uploads import Upload, read_upload
 from core import cleanup, jobs
-from core.models import Artifact, Concept, Job
+from core.models import Artifact, Concept, Job, utcnow
 from core.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def create_concept(
             idem.attach(job.id, 202)
             try:
                 _store_inputs(session, state.storage, concept, upload)
+                job.updated_at = utcnow()  # the re-send grace (api/dispatch.py) starts now
                 session.commit()
             except Exception as exc:  # nothing half-written stays behind
                 session.rollback()

@@ -177,7 +177,7 @@ def test_a_job_accepted_but_never_sent_runs_after_the_api_restarts(stack: Stack)
         s.execute(
             update(Job)
             .where(Job.id == uuid.UUID(job_id))
-            .values(enqueued_at=None, created_at=utcnow() - timedelta(minutes=5))
+            .values(enqueued_at=None, updated_at=utcnow() - timedelta(minutes=5))
         )
     stack.kill("api")
     stack.api("api2")  # sends what was never sent, at start-up

@@ -8,6 +8,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -35,10 +36,10 @@ def _state(settings: Settings, broker: Broker) -> Any:
     return SimpleNamespace(sessions=make_sessionmaker(make_engine(settings.db_url)), celery=broker)
 
 
-def _age(session: Session, job: Job, seconds: float) -> None:
-    session.execute(
-        update(Job).where(Job.id == job.id).values(created_at=utcnow() - timedelta(seconds=seconds))
-    )
+def _age(session: Session, job: Job, seconds: float = dispatch.GRACE_SECONDS + 5) -> None:
+    """As if nothing had touched the job for `seconds`."""
+    then = utcnow() - timedelta(seconds=seconds)
+    session.execute(update(Job).where(Job.id == job.id).values(created_at=then, updated_at=then))
     session.commit()
 
 
@@ -50,7 +51,7 @@ def test_a_job_accepted_but_never_sent_is_sent_once(settings: Settings, session:
     canceled = make_job(session, concept, kind="synthesize", status="canceled")
     session.commit()
     for job in (lost, sent, canceled):
-        _age(session, job, dispatch.GRACE_SECONDS + 5)
+        _age(session, job)
     session.execute(update(Job).where(Job.id == sent.id).values(enqueued_at=utcnow()))
     session.commit()
 
@@ -65,18 +66,57 @@ def test_a_job_accepted_but_never_sent_is_sent_once(settings: Settings, session:
     assert session.get(Job, fresh.id).enqueued_at is None  # type: ignore[union-attr]
 
 
-def test_a_failed_resend_is_tried_again(settings: Settings, session: Session) -> None:
+def test_a_failed_or_interrupted_resend_is_tried_again(
+    settings: Settings, session: Session
+) -> None:
     concept = make_concept(session)
-    lost = make_job(session, concept, kind="learn")
+    first, second = make_job(session, concept, kind="learn"), make_job(session, concept)
     session.commit()
-    _age(session, lost, dispatch.GRACE_SECONDS + 5)
+    _age(session, first, dispatch.GRACE_SECONDS + 10)
+    _age(session, second)
     down = Broker(fail=True)
-    assert dispatch.resend_unsent(_state(settings, down)) == 0
+    assert dispatch.resend_unsent(_state(settings, down)) == 0  # both claimed, none sent
     session.expire_all()
-    assert session.get(Job, lost.id).enqueued_at is None  # type: ignore[union-attr]
+    assert session.get(Job, first.id).enqueued_at is None  # type: ignore[union-attr]
     up = Broker()
-    assert dispatch.resend_unsent(_state(settings, up)) == 1
-    assert up.sent == [("mifo.learn", [str(lost.id)], "learn")]
+    assert dispatch.resend_unsent(_state(settings, up)) == 0  # the claims still hold
+    for job in (first, second):  # ... until they lapse (or the claiming process died)
+        _age(session, job)
+    assert dispatch.resend_unsent(_state(settings, up)) == 2
+    assert sorted(args[0] for _, args, _ in up.sent) == sorted([str(first.id), str(second.id)])
+    session.expire_all()
+    assert all(session.get(Job, j.id).enqueued_at for j in (first, second))  # type: ignore[union-attr]
+
+
+def test_a_slow_upload_does_not_make_its_job_look_unsent(
+    client: TestClient, session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace period counts from the request's commit, not from the job's creation before
+    the inputs were uploaded: a sweep between commit and send must not claim it."""
+    import time
+
+    from api.routes import concepts
+    from core import jobs
+    from tests.helpers.images import encode, make_scene
+
+    served = client.app.state.mifo.storage  # type: ignore[attr-defined]
+    put = served.put
+    monkeypatch.setattr(served, "put", lambda *a, **k: (time.sleep(0.3), put(*a, **k))[1])
+    claimed: list = []
+    real_send = concepts.dispatch.send
+
+    def send_after_a_sweep(*args: Any) -> None:
+        with make_sessionmaker(make_engine(settings.db_url))() as other:
+            claimed.extend(jobs.claim_unsent(other, older_than=0.2))
+            other.commit()
+        real_send(*args)
+
+    monkeypatch.setattr(concepts.dispatch, "send", send_after_a_sweep)
+    image, masks = make_scene()
+    files = [("image", ("s.png", encode(image), "image/png"))]
+    files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+    assert client.post("/v1/concepts", files=files).status_code == 202
+    assert claimed == []
 
 
 def test_jobs_created_over_http_are_marked_as_sent(client: TestClient, session: Session) -> None:
