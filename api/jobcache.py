@@ -103,15 +103,14 @@ class JobCache:
     def put(self, job_id: uuid.UUID, base: str, tenant: uuid.UUID, body: bytes, mark: int) -> None:
         """Keep the body read for the job's owner `tenant` (never for anyone else's request).
 
-        Each job keeps its MAX_BASES newest base URLs; expired entries go when one is put."""
+        Each job keeps its MAX_BASES newest base URLs; expired entries go when one is put. At
+        MAX_JOBS jobs, the job cached longest ago makes room (O(1), under the lock)."""
         with self._lock:
             if not self.live or mark != self._events:
                 return
             now = self.clock()
-            if job_id not in self._entries and len(self._entries) >= MAX_JOBS:
-                self._sweep(now)
-                if len(self._entries) >= MAX_JOBS:
-                    self._entries.clear()
+            while job_id not in self._entries and len(self._entries) >= MAX_JOBS:
+                del self._entries[next(iter(self._entries))]  # the job cached longest ago
             bases = self._entries.setdefault(job_id, {})
             bases.pop(base, None)  # re-inserted as the newest
             for old in [b for b, e in bases.items() if now - e[0] > TTL_SECONDS]:
@@ -119,15 +118,6 @@ class JobCache:
             while len(bases) >= MAX_BASES:
                 del bases[next(iter(bases))]
             bases[base] = (now, tenant, body)
-
-    def _sweep(self, now: float) -> None:
-        """Drop every expired entry (the caller holds the lock)."""
-        for job_id in list(self._entries):
-            bases = self._entries[job_id]
-            for base in [b for b, e in bases.items() if now - e[0] > TTL_SECONDS]:
-                del bases[base]
-            if not bases:
-                del self._entries[job_id]
 
     def changed(self, job_id: uuid.UUID | None = None) -> None:
         """Forget a job (None: every job); reads in flight will not be kept."""

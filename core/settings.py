@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         600, gt=120, description="A running job silent this long past its time limit fails."
     )
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("storage_url")
     @classmethod
     def _known_storage(cls, value: str | None) -> str | None:

@@ -225,3 +225,20 @@ def test_expired_entries_are_evicted() -> None:
     assert list(cache._entries[job]) == ["b"]
     assert cache.get(other, "a") is None and other not in cache._entries  # so does a get
     assert cache.owner(job) == tenant and cache.owner(other) is None
+
+
+def test_a_full_cache_makes_room_by_dropping_the_job_cached_longest_ago(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import api.jobcache
+
+    monkeypatch.setattr(api.jobcache, "MAX_JOBS", 3)
+    cache = JobCache("redis://unused")
+    cache.live = True
+    tenant = uuid.uuid4()
+    jobs = [uuid.uuid4() for _ in range(5)]
+    for job in jobs:
+        cache.put(job, "a", tenant, b"x", cache.mark())
+    assert list(cache._entries) == jobs[2:]  # the two oldest made room, the rest stayed
+    cache.put(jobs[3], "b", tenant, b"x", cache.mark())  # a known job takes no room
+    assert list(cache._entries) == jobs[2:]

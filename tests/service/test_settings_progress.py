@@ -170,3 +170,10 @@ def test_log_level_and_access_log_reach_uvicorn(
 def test_bad_log_level_names_the_setting() -> None:
     with pytest.raises(ValidationError, match="log_level"):
         Settings(log_level="loud")
+
+
+def test_an_empty_metrics_token_leaves_metrics_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIFO_METRICS_TOKEN", "")
+    assert Settings().metrics_token is None
+    monkeypatch.setenv("MIFO_METRICS_TOKEN", "t")
+    assert Settings().metrics_token is not None
