@@ -98,8 +98,7 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-# The bearer scheme is a dependency so that the OpenAPI schema documents it; `authenticate`
-# reads the header itself.
+# What `bearer` adds to each operation of the OpenAPI schema, for routes without it.
 BEARER_SECURITY: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
 
 
@@ -107,6 +106,8 @@ async def get_principal(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
+    # `bearer` is here so that the OpenAPI schema documents the scheme; `authenticate` reads
+    # the header itself.
     return await authenticate(request)
 
 

@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 30.0  # far longer than a request takes from its commit to its send
 SWEEP_SECONDS = 10.0
-TASKS = {"learn": (TASK_LEARN, "learn"), "synthesize": (TASK_SYNTHESIZE, "synthesize")}
+TASKS = {"learn": TASK_LEARN, "synthesize": TASK_SYNTHESIZE}  # each kind has its own queue
+
+
+def _message(state: Any, job_id: uuid.UUID, kind: str) -> None:
+    state.celery.send_task(TASKS[kind], args=[str(job_id)], queue=kind)
 
 
 def send(state: Any, session: Session, job_id: uuid.UUID, kind: str) -> None:
     """Send the job's message (raising what the broker raised), then record that it went."""
-    task, queue = TASKS[kind]
-    state.celery.send_task(task, args=[str(job_id)], queue=queue)
+    _message(state, job_id, kind)
     try:
         jobs.mark_enqueued(session, job_id)
         session.commit()
@@ -48,9 +51,8 @@ def resend_unsent(state: Any) -> int:
         claimed = jobs.claim_unsent(session, older_than=GRACE_SECONDS)
     sent = 0
     for job_id, kind in claimed:
-        task, queue = TASKS[kind]
         try:
-            state.celery.send_task(task, args=[str(job_id)], queue=queue)
+            _message(state, job_id, kind)
         except Exception as exc:  # the broker is down: these claims lapse, a later sweep retries
             log.error("could not send job %s to the broker: %s", job_id, exc)
             return sent
