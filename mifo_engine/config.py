@@ -55,7 +55,21 @@ class _Config:
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
         """Build from a JSON file holding an object of fields."""
-        return cls.from_mapping(read_fields(path))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"Cannot read config file {path}: {exc}.",
+                field="config",
+                fix="pass a JSON object file",
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"Config file {path} must hold a JSON object.",
+                field="config",
+                fix="wrap the fields in {...}",
+            )
+        return cls.from_mapping(data)
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed, validated like a new config."""
@@ -63,25 +77,6 @@ class _Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-
-def read_fields(path: str | Path) -> dict[str, Any]:
-    """The JSON object of config fields in the file at `path` (ConfigError otherwise)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"Cannot read config file {path}: {exc}.",
-            field="config",
-            fix="pass a JSON object file",
-        ) from exc
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"Config file {path} must hold a JSON object.",
-            field="config",
-            fix="wrap the fields in {...}",
-        )
-    return data
 
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit number

@@ -182,7 +182,7 @@ def _prepare(
             resolution,
         )
     box = _centre_square(width, height)
-    rgb = _to_rgb(picture).resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+    rgb = to_rgb(picture).resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
     binaries = [
         _square_mask(mask, i, picture.size, box, resolution, config) for i, mask in enumerate(masks)
     ]
@@ -269,7 +269,7 @@ def _centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB; high bit depths are scaled, transparency is flattened onto white."""
     if image.mode == "F" or image.mode.startswith("I"):
         values = np.asarray(image, dtype=np.float64)

@@ -159,7 +159,7 @@ def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
     what the upload meant: upright (PNG keeps no EXIF orientation of the original) and, for a
     mode PNG cannot store (CMYK, YCbCr, LAB, 32-bit...), as the engine reads it: the image
     as its RGB view, a mask (`mask_threshold` given) as its foreground, white on black."""
-    from mifo_engine.inputs import _to_rgb, load_image, mask_to_binary  # torch-free
+    from mifo_engine.inputs import load_image, mask_to_binary, to_rgb  # torch-free
 
     with Image.open(io.BytesIO(data)) as original:
         if original.format == "PNG":
@@ -167,7 +167,7 @@ def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
         img = load_image(original, field="image")
         if img.mode not in PNG_MODES:
             if mask_threshold is None:
-                img = _to_rgb(img)
+                img = to_rgb(img)
             else:
                 foreground = mask_to_binary(img, mask_threshold)
                 img = Image.fromarray(foreground.astype(np.uint8) * 255)
