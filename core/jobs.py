@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import webhooks
-from core.models import Concept, Job, utcnow
+from core.models import Concept, Job, concept_prefix, utcnow
 
 KINDS = ("learn", "synthesize")
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -67,11 +67,11 @@ class Refused:
     output: str | None  # storage prefix a previous attempt may have half-written
 
 
-def output_prefix(kind: str, concept_prefix: str, job_id: uuid.UUID) -> str:
+def output_prefix(kind: str, prefix: str, job_id: uuid.UUID) -> str:
     """Where a job writes: removed before a retry and after a failure."""
     if kind == "learn":
-        return f"{concept_prefix}concept/"
-    return f"{concept_prefix}syntheses/{job_id}/"
+        return f"{prefix}concept/"
+    return f"{prefix}syntheses/{job_id}/"
 
 
 def attempt_prefix(output: str, attempt: int) -> str:
@@ -85,7 +85,7 @@ def job_output(session: Session, job_id: uuid.UUID) -> str | None:
         select(Job.kind, Concept.id).join(Concept, Job.concept_id == Concept.id)
         .where(Job.id == job_id)
     ).one_or_none()  # fmt: skip
-    return None if row is None else output_prefix(row[0], f"concepts/{row[1]}/", job_id)
+    return None if row is None else output_prefix(row[0], concept_prefix(row[1]), job_id)
 
 
 def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:

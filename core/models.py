@@ -67,6 +67,11 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+def concept_prefix(concept_id: uuid.UUID) -> str:
+    """Storage key prefix holding every object of a concept."""
+    return f"concepts/{concept_id}/"
+
+
 class Concept(Base):
     __tablename__ = "concepts"
 
@@ -93,7 +98,7 @@ class Concept(Base):
     @property
     def prefix(self) -> str:
         """Storage key prefix holding every object of this concept."""
-        return f"concepts/{self.id}/"
+        return concept_prefix(self.id)
 
     @property
     def files_prefix(self) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, jobs
 from core.events import Publisher
-from core.models import Artifact, Concept, IdempotencyKey, Job, utcnow
+from core.models import Artifact, Concept, IdempotencyKey, Job, concept_prefix, utcnow
 from core.settings import Settings
 from core.storage import Storage, StorageError
 
@@ -40,7 +40,9 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
     publisher = Publisher(settings.events_url if rows else None)  # status caches listen
     for job_id, concept_id in rows:
         try:
-            storage.delete_prefix(f"concepts/{concept_id}/syntheses/{job_id}/")
+            storage.delete_prefix(
+                jobs.output_prefix("synthesize", concept_prefix(concept_id), job_id)
+            )
         except StorageError as exc:  # keep the rows: the next run tries again
             log.error("could not expire the images of job %s: %s", job_id, exc)
             continue
