@@ -2,7 +2,8 @@
 
 Shapes: B samples, S subjects, P = res*res pixels of one layer, T text tokens.
 A visibility mask is boolean, True where a query may attend a key; `to_bias` turns it into
-the additive bias the fused attention kernel takes.
+the additive bias the fused attention kernel takes. Where METHOD is silent these follow the
+authors' implementation (docs/engine-api.md, "Where the method text is silent").
 """
 
 from __future__ import annotations
@@ -21,39 +22,56 @@ class TokenGroups:
     length: int  # T
     subjects: tuple[tuple[int, ...], ...]  # positions of each subject's tokens
     fillers: tuple[int, ...]  # articles, prepositions, conjunctions: hidden everywhere
-    end: tuple[int, ...]  # end-of-text and the padding after it
+    # end-of-text, hidden from the background; the padding after it stays visible to every
+    # pixel, as in the reference. None when the prompt was cut before its end token.
+    eos: int | None
 
 
 def box_regions(boxes: torch.Tensor, res: int) -> torch.Tensor:
-    """Rasterise (S, 4) normalised boxes to (S, res*res): a cell belongs to a box when at
-    least half of it is covered; the cell under the box centre always does."""
-    edges = torch.arange(res + 1, dtype=torch.float32, device=boxes.device) / res
-    lo, hi = edges[:-1], edges[1:]
+    """Rasterise (S, 4) normalised boxes to (S, res*res) as the reference does.
 
-    def cover(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (S,) -> (S, res) covered share
-        return (torch.minimum(hi, b[:, None]) - torch.maximum(lo, a[:, None])).clamp_min(0) * res
+    Rows round(y0*res) to round(y1*res) and columns round(x0*res) to round(x1*res), half-open,
+    rounding halves to even like Python's `round` (in float64, so a box given as Python floats
+    lands on the same cells). A box too thin to keep a cell that way keeps the cell under its
+    centre, so its subject is never hidden from every pixel.
+    """
+    scaled = boxes.detach().to("cpu", torch.float64) * res
+    x0, y0, x1, y1 = torch.round(scaled).long().unbind(-1)
+    idx = torch.arange(res)
+    rows = (idx >= y0[:, None]) & (idx < y1[:, None])  # (S, res)
+    cols = (idx >= x0[:, None]) & (idx < x1[:, None])
+    inside = rows[:, :, None] & cols[:, None, :]
+    empty = ~inside.flatten(1).any(dim=-1)
+    if empty.any():
+        cy = ((scaled[:, 1] + scaled[:, 3]) / 2).long().clamp(0, res - 1)
+        cx = ((scaled[:, 0] + scaled[:, 2]) / 2).long().clamp(0, res - 1)
+        which = empty.nonzero()[:, 0]
+        inside[which, cy[which], cx[which]] = True
+    return inside.flatten(1).to(boxes.device)
 
-    x0, y0, x1, y1 = boxes.float().unbind(-1)
-    inside = (cover(y0, y1)[:, :, None] * cover(x0, x1)[:, None, :]) >= 0.5 - 1e-6
-    cy = ((y0 + y1) / 2 * res).long().clamp(0, res - 1)
-    cx = ((x0 + x1) / 2 * res).long().clamp(0, res - 1)
-    inside[torch.arange(len(boxes)), cy, cx] = True
-    return inside.flatten(1)
 
-
-def mask_regions(masks: torch.Tensor, fallback: torch.Tensor, res: int) -> torch.Tensor:
-    """(B, S, r, r) soft masks -> (B, S, res*res) bool at a layer; empty ones fall back to boxes."""
+def mask_regions(masks: torch.Tensor, res: int) -> torch.Tensor:
+    """(B, S, r, r) bool refined masks -> (B, S, res*res) at a layer, by nearest-exact (reference)."""
     b, s = masks.shape[:2]
-    resized = F.interpolate(
-        masks.float().flatten(0, 1)[:, None],
-        size=(res, res),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
-    regions = resized.view(b, s, res * res) >= 0.5
-    empty = ~regions.any(dim=-1, keepdim=True)
-    return torch.where(empty, fallback[None].expand(b, -1, -1), regions)
+    if masks.shape[-1] == res:
+        return masks.reshape(b, s, res * res)
+    resized = F.interpolate(masks.float(), size=(res, res), mode="nearest-exact")
+    return resized.reshape(b, s, res * res) > 0
+
+
+def fill_empty_masks(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(B, S, P) refined masks, (S, P) boxes: an empty mask becomes its box, cut from the others.
+
+    Subject by subject in order, as the reference does, so a mask that the cut empties is
+    filled in its turn.
+    """
+    out = masks.clone()
+    for b in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            if not out[b, j].any():
+                out[b] &= ~boxes[j]
+                out[b, j] = boxes[j]
+    return out
 
 
 def background(regions: torch.Tensor) -> torch.Tensor:
@@ -68,7 +86,8 @@ def cross_attention_visibility(
 
     Subject i's tokens are visible inside region i only - and, while the latent is being
     optimised, from the background too; fillers are hidden everywhere; the end-of-text
-    group is hidden from the background, except while optimising.
+    token is hidden from the background, except while optimising. Every other position (the
+    start token, content words, the padding) is visible to every pixel.
     """
     b, s, p = regions.shape
     allowed = torch.ones(b, p, groups.length, dtype=torch.bool, device=regions.device)
@@ -78,8 +97,8 @@ def cross_attention_visibility(
         allowed[:, :, list(positions)] = see[:, :, None]
     if groups.fillers:
         allowed[:, :, list(groups.fillers)] = False
-    if groups.end and not optimizing:
-        allowed[:, :, list(groups.end)] = ~bg[:, :, None]
+    if groups.eos is not None and not optimizing:
+        allowed[:, :, groups.eos] = ~bg
     return allowed
 
 
@@ -93,9 +112,10 @@ def self_attention_visibility(regions: torch.Tensor) -> torch.Tensor:
 
 
 def to_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, Q, K) visibility -> (B, 1, Q, K) additive bias: 0 where allowed, -inf elsewhere."""
+    """(B, Q, K) visibility -> (B, 1, Q, K) additive bias: 0 where allowed, the dtype's lowest
+    finite value elsewhere (as the reference; unlike -inf it cannot turn a row into NaN)."""
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return bias.masked_fill_(~allowed, float("-inf"))[:, None]
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def token_groups(
@@ -112,4 +132,4 @@ def token_groups(
         p for p in range(1, end) if token_strings[p].lower().removesuffix("</w>") in filler_set
     )
     subjects = tuple(tuple(p for p in range(1, end) if ids[p] in set(sub)) for sub in subject_ids)
-    return TokenGroups(len(ids), subjects, filler_pos, tuple(range(end, len(ids))))
+    return TokenGroups(len(ids), subjects, filler_pos, end if end < len(ids) else None)

@@ -214,7 +214,9 @@ class SynthesisConfig(_Config):
     negative_prompt: str = ""
     # --- box control switches (section 5)
     box_control: bool = True
+    # off: no self-attention mask; the self-attention loss term stays (as the reference)
     sa_control: bool = True
+    # off: no cross-attention mask; the cross-attention loss term stays (as the reference)
     ca_control: bool = True
     in_box_term: bool = True
     out_box_term: bool = True
@@ -223,7 +225,9 @@ class SynthesisConfig(_Config):
     # --- latent optimisation (Eq. 6-15)
     guidance_steps: int = 15
     max_guidance_iters: int = 5
-    loss_threshold: float = 0.2  # stop iterating once the normalised loss is below this
+    # checked before each iteration, as the reference: the update of the iteration that got
+    # under it is applied, and every guided step makes at least one update
+    loss_threshold: float = 0.2
     step_size_start: float = 8.0
     step_size_end: float = 2.0
     alpha_max: float = 0.4
@@ -239,11 +243,18 @@ class SynthesisConfig(_Config):
     refine_every: int = 5
     refine_place: Place = "up"
     refine_resolution: int = 16
-    num_clusters: int = 3
-    kmeans_iters: int = 20
+    num_clusters: int = 3  # per subject
+    kmeans_iters: int = 100  # Lloyd updates at most per fit (reference: torch_kmeans' 100)
+    kmeans_tol: float = 1e-4  # a fit stops once its centroids move less than this (reference)
+    # random starts of the first fit, the lowest inertia kept; later fits warm-start from the
+    # previous centroids with one (reference: 100). Fewer is faster and less stable.
+    kmeans_inits: int = 100
     cluster_score_threshold: float = 0.2
     ca_mask_sharpness: float = 10.0
     ca_mask_offset: float = 0.2
+    # added to the maxima that attention maps are divided by, so an all-zero map stays
+    # finite (reference: 1e-5)
+    map_norm_eps: float = 1e-5
     filler_words: tuple[str, ...] = FILLER_WORDS
     # --- execution
     precision: Precision = "auto"
@@ -257,6 +268,10 @@ class SynthesisConfig(_Config):
         _require(self.guidance_steps >= 0, "guidance_steps", "a number >= 0")
         _require(self.max_guidance_iters >= 1, "max_guidance_iters", "a number >= 1")
         _require(self.num_clusters >= 1, "num_clusters", "a number >= 1")
+        _require(self.kmeans_iters >= 1, "kmeans_iters", "a number >= 1")
+        _require(self.kmeans_inits >= 1, "kmeans_inits", "a number >= 1")
+        _require(self.kmeans_tol >= 0, "kmeans_tol", "a number >= 0")
+        _require(self.map_norm_eps > 0, "map_norm_eps", "a number > 0")
         _require(self.refine_every >= 1, "refine_every", "a number >= 1")
         _require(
             0 <= self.seed <= MAX_SEED - self.num_images, "seed", f"a number from 0 to {MAX_SEED}"

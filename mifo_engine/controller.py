@@ -12,6 +12,7 @@ from .bounded import (
     background,
     box_regions,
     cross_attention_visibility,
+    fill_empty_masks,
     mask_regions,
     self_attention_visibility,
     to_bias,
@@ -20,7 +21,7 @@ from .bounded import (
 from .config import SynthesisConfig
 from .guidance import subject_masses
 from .layout import Layout
-from .refine import assign_clusters, kmeans, soft_cross_attention_masks
+from .refine import MeanMap, assign_clusters, kmeans, normalise_columns, soft_cross_attention_masks
 
 
 class BoundedController:
@@ -51,14 +52,10 @@ class BoundedController:
             tokenizer.eos_token_id,
             cfg.filler_words,
         )
-        self.boxes = torch.tensor(
-            [s.box for s in layout.subjects], dtype=torch.float32, device=device
-        ).view(-1, 4)
-        self.loss_layers = [
-            lay
-            for lay in loss_layers
-            if (cfg.ca_control if lay.kind == "cross" else cfg.sa_control)
-        ]
+        # float64 on the CPU: rasterised with Python's rounding of the given floats
+        self.boxes = torch.tensor([s.box for s in layout.subjects], dtype=torch.float64).view(-1, 4)
+        # ca_control / sa_control switch the masks only: the loss reads every loss layer
+        self.loss_layers = list(loss_layers)
         self.refine_layers = list(refine_layers)
         self.diagnostic_layers = [lay for lay in loss_layers if lay.kind == "cross"]
         # membership tests run on every attention call: compare names, not whole records
@@ -67,14 +64,13 @@ class BoundedController:
         self._refine_names = {lay.name for lay in self.refine_layers}
         self.mode: Literal["denoise", "optimize"] = "denoise"
         self.accumulating = False
-        self.masks: torch.Tensor | None = None  # refined (B, S, r, r); None: boxes
+        self.masks: torch.Tensor | None = None  # refined (B, S, r, r) bool; None: boxes
         self.opt_maps: dict[str, torch.Tensor] = {}
         self._regions: dict[int, torch.Tensor] = {}
         self._boxes: dict[int, torch.Tensor] = {}
         self._bias: dict[tuple[str, int, str, torch.dtype], torch.Tensor] = {}
-        self._refine_sa: torch.Tensor | None = None
-        self._refine_ca: torch.Tensor | None = None
-        self._refine_count = 0
+        self.sa_maps = MeanMap()  # (B, P, P) head-averaged self-attention, conditional branch
+        self.ca_maps = MeanMap()  # (B, S, P) each subject token's cross-attention
         self._centroids: torch.Tensor | None = None
         self._kmeans_gen = torch.Generator("cpu").manual_seed(cfg.image_seeds()[0])
         s = len(layout.subjects)
@@ -85,17 +81,16 @@ class BoundedController:
     def box_raster(self, res: int) -> torch.Tensor:
         """(S, P) rasterised boxes at a layer resolution."""
         if res not in self._boxes:
-            self._boxes[res] = box_regions(self.boxes, res)
+            self._boxes[res] = box_regions(self.boxes, res).to(self.device)
         return self._boxes[res]
 
     def regions(self, res: int) -> torch.Tensor:
         """(B, S, P) current regions: boxes, or refined masks once refinement has run."""
         if res not in self._regions:
-            boxes = self.box_raster(res)
             if self.masks is None:
-                self._regions[res] = boxes[None].expand(self.batch, -1, -1)
+                self._regions[res] = self.box_raster(res)[None].expand(self.batch, -1, -1)
             else:
-                self._regions[res] = mask_regions(self.masks, boxes, res)
+                self._regions[res] = mask_regions(self.masks, res)
         return self._regions[res]
 
     # --- AttentionController protocol
@@ -153,11 +148,9 @@ class BoundedController:
             if self.accumulating and layer.name in self._refine_names:
                 used = probs[b:].float().mean(dim=1)
                 if layer.kind == "self":
-                    self._refine_sa = used if self._refine_sa is None else self._refine_sa + used
-                    self._refine_count += 1
+                    self.sa_maps.add(used)
                 else:
-                    maps = used[:, :, positions].transpose(1, 2)
-                    self._refine_ca = maps if self._refine_ca is None else self._refine_ca + maps
+                    self.ca_maps.add(used[:, :, positions].transpose(1, 2))
 
     # --- latent optimisation
     def masses(
@@ -165,7 +158,7 @@ class BoundedController:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
         """(fg, bg) per sample and subject for cross- and self-attention, averaged over loss layers."""
         out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"cross": [], "self": []}
-        end = self.groups.end[:1]
+        end = [] if self.groups.eos is None else [self.groups.eos]
         for lay in self.loss_layers:
             attn = self.opt_maps[lay.name]
             # Eq. 6-10 measure attention against the boxes, even after masks are refined
@@ -175,7 +168,7 @@ class BoundedController:
                     self.batch, len(self.groups.subjects), self.groups.length, device=attn.device
                 )
                 for i, pos in enumerate(self.groups.subjects):
-                    ctx[:, i, list(pos) + list(end)] = 1.0
+                    ctx[:, i, list(pos) + end] = 1.0
             else:
                 ctx = regions.float()
             out[lay.kind].append(subject_masses(attn, ctx, regions, background(regions)))
@@ -194,28 +187,34 @@ class BoundedController:
 
     # --- mask refinement
     def refine(self) -> None:
-        """Cluster accumulated self-attention into subject masks; regions follow them from now on."""
-        if self._refine_sa is None or self._refine_ca is None:
+        """Cluster the mean self-attention so far into subject masks; regions follow them from now on."""
+        sa, ca = self.sa_maps.mean(), self.ca_maps.mean()
+        if sa is None or ca is None:
             return
-        sa = self._refine_sa / self._refine_count
-        ca = self._refine_ca / self._refine_count
+        cfg = self.cfg
         res = int(round(sa.shape[-1] ** 0.5))
-        k = self.cfg.num_clusters * len(self.layout.subjects)
+        k = cfg.num_clusters * len(self.layout.subjects)
         labels, self._centroids = kmeans(
-            sa, k, iters=self.cfg.kmeans_iters, generator=self._kmeans_gen, init=self._centroids
+            normalise_columns(sa, cfg.map_norm_eps),
+            k,
+            iters=cfg.kmeans_iters,
+            tol=cfg.kmeans_tol,
+            inits=cfg.kmeans_inits,
+            generator=self._kmeans_gen,
+            init=self._centroids,
         )
         soft = soft_cross_attention_masks(
             ca,
             self.regions(res),
-            sharpness=self.cfg.ca_mask_sharpness,
-            offset=self.cfg.ca_mask_offset,
+            sharpness=cfg.ca_mask_sharpness,
+            offset=cfg.ca_mask_offset,
+            eps=cfg.map_norm_eps,
         )
-        masks = assign_clusters(labels, k, soft, self.cfg.cluster_score_threshold)
-        self.masks = masks.view(self.batch, -1, res, res).float()
+        masks = assign_clusters(labels, k, soft, cfg.cluster_score_threshold)
+        masks = fill_empty_masks(masks, self.box_raster(res))
+        self.masks = masks.view(self.batch, -1, res, res)
         self._regions.clear()
         self._bias.clear()
-        self._refine_sa = self._refine_ca = None
-        self._refine_count = 0
 
     # --- diagnostics
     def in_box_shares(self) -> list[dict[str, float]]:

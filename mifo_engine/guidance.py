@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -80,3 +81,32 @@ def guidance_loss(
     if sa is not None:
         terms.append(cfg.sa_weight * attention_term(*sa, alpha, cfg).sum())
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def optimise_latent(
+    latents: torch.Tensor,
+    loss_at: Callable[[torch.Tensor], tuple[torch.Tensor, float]],
+    *,
+    step: float,
+    iters: int,
+    threshold: float,
+) -> tuple[torch.Tensor, float]:
+    """Eq. 15 iterated: z <- z - step * grad L(z), at most `iters` times.
+
+    `loss_at(z)` gives the loss and its normalised value. The threshold is checked before an
+    iteration, as the reference does: the update of the iteration whose loss fell under it is
+    still applied, so every call makes at least one update. Returns the latent and the last
+    normalised loss measured.
+    """
+    normalised = math.inf
+    for _ in range(iters):
+        if normalised < threshold:
+            break
+        z = latents.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss, normalised = loss_at(z)
+            if not loss.requires_grad:  # no loss layer: nothing to follow
+                break
+            (grad,) = torch.autograd.grad(loss, z)
+        latents = (z - step * grad).detach()
+    return latents.detach(), normalised

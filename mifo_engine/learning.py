@@ -218,10 +218,12 @@ class _Run:
         self.post_mean, self.post_std = dist.mean.float(), dist.std.float()
         self.scaling = vae.config.scaling_factor
         masks = torch.stack([inputs.masks, inputs.masks.flip(-1)]).to(self.device)  # (2, N, R, R)
-        self.latent_masks = torch.stack([resize_masks(m, latent) for m in masks])  # (2, N, l, l)
+        # (2, N, l, l); nearest and bilinear, as the reference resizes the two masks
+        self.latent_masks = torch.stack([resize_masks(m, latent, "nearest") for m in masks])
         resolutions = {lay.resolution for lay in self.layers}
         self.layer_masks = {
-            r: torch.stack([resize_masks(m, r).flatten(1) for m in masks]) for r in resolutions
+            r: torch.stack([resize_masks(m, r, "bilinear").flatten(1) for m in masks])
+            for r in resolutions
         }
         self.masks_full = inputs.masks
 
@@ -504,7 +506,7 @@ class _Run:
         masks = (
             self.layer_masks[res][0]
             if res in self.layer_masks
-            else resize_masks(self.masks_full.to(self.device), res).flatten(1)
+            else resize_masks(self.masks_full.to(self.device), res, "bilinear").flatten(1)
         )
         outside, others = leakage(acc, masks)
         diag = {

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 
-def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinearly resize (N, H, W) masks to (N, size, size), antialiased when shrinking."""
+def resize_masks(
+    masks: torch.Tensor, size: int, mode: Literal["bilinear", "nearest"]
+) -> torch.Tensor:
+    """Resize (N, H, W) masks to (N, size, size), without antialiasing (as the reference).
+
+    The reference resizes the attention-loss masks bilinearly and the reconstruction mask by
+    nearest neighbour (torch's "nearest": the source pixel at floor(i * H / size)).
+    """
     if masks.shape[-1] == size and masks.shape[-2] == size:
         return masks
-    return F.interpolate(
-        masks[:, None].float(),
-        size=(size, size),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )[:, 0]
+    extra = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode=mode, **extra)[:, 0]
 
 
 def masked_reconstruction_loss(

@@ -25,7 +25,7 @@ from .attention import (
 from .concept import Concept
 from .config import SynthesisConfig
 from .controller import BoundedController
-from .guidance import decay_weight, guidance_loss, step_size
+from .guidance import decay_weight, guidance_loss, optimise_latent, step_size
 from .layout import Layout, validate_synthesis_request
 from .render import layout_preview
 from .runtime import (
@@ -139,6 +139,10 @@ def synthesize(
                 lay.name: MifoAttnProcessor(lay, controller) for lay in controller.diagnostic_layers
             }
         losses: list[float] = []
+        refine_steps = range(cfg.refine_start, cfg.steps, cfg.refine_every)
+        # the reference averages self-attention from the first step on; after the last
+        # refinement nothing reads it
+        last_refine = refine_steps[-1] if control and cfg.mask_refinement and refine_steps else -1
         with installed_processors(base.unet, processors):
             report(progress, Progress("synthesis", 0, cfg.steps))
             for tau, t in enumerate(scheduler.timesteps):
@@ -146,10 +150,9 @@ def synthesize(
                 if control and tau < cfg.guidance_steps:
                     latents, loss = _optimise(base, controller, latents, t, cond, tau, cfg)
                     losses.append(loss)
-                if control and cfg.mask_refinement:
-                    if tau >= cfg.refine_start and (tau - cfg.refine_start) % cfg.refine_every == 0:
-                        controller.refine()
-                    controller.accumulating = tau >= cfg.refine_start - cfg.refine_every
+                if tau <= last_refine and tau in refine_steps:
+                    controller.refine()
+                controller.accumulating = tau < last_refine
                 noise = guided_noise(
                     base, latents, t, uncond, cond, cfg.guidance_scale, cfg.precision
                 )
@@ -224,28 +227,27 @@ def _optimise(
     The forward pass stops after the last block a loss layer lives in (on SD 2.1 the first
     decoder block): the blocks after it cannot change the loss.
     """
-    alpha, eta = decay_weight(tau, cfg), step_size(tau, cfg)
-    normalised = float("nan")
+    alpha = decay_weight(tau, cfg)
+    subjects = latents.shape[0] * len(controller.layout.subjects)
     controller.mode = "optimize"
     try:
         with truncated_forward(
             last_block(base.unet, controller.loss_layers or controller.diagnostic_layers)
         ) as run:
-            for _ in range(cfg.max_guidance_iters):
-                z = latents.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    with autocast(base.device, cfg.precision):
-                        run(functools.partial(base.unet, z, t, encoder_hidden_states=cond))
-                    ca, sa = controller.masses()
-                    loss = guidance_loss(ca, sa, alpha, cfg)
-                    normalised = float(loss.detach()) / (
-                        latents.shape[0] * len(controller.layout.subjects)
-                    )
-                    if normalised < cfg.loss_threshold or not loss.requires_grad:
-                        break
-                    (grad,) = torch.autograd.grad(loss, z)
-                latents = (z - eta * grad).detach()
+
+            def loss_at(z: torch.Tensor) -> tuple[torch.Tensor, float]:
+                with autocast(base.device, cfg.precision):
+                    run(functools.partial(base.unet, z, t, encoder_hidden_states=cond))
+                loss = guidance_loss(*controller.masses(), alpha, cfg)
+                return loss, float(loss.detach()) / subjects
+
+            return optimise_latent(
+                latents,
+                loss_at,
+                step=step_size(tau, cfg),
+                iters=cfg.max_guidance_iters,
+                threshold=cfg.loss_threshold,
+            )
     finally:
         controller.mode = "denoise"
         controller.opt_maps.clear()
-    return latents.detach(), normalised

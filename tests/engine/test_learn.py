@@ -4,11 +4,14 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mifo_engine import attention as attention_mod
+from mifo_engine import learning
 from mifo_engine.concept import Concept
 from mifo_engine.config import LearnConfig
 from mifo_engine.errors import Cancelled, ConfigError, InputError
+from mifo_engine.inputs import prepare_inputs
 from mifo_engine.learning import learn
 from mifo_engine.synthesis import synthesize
 from tests.engine.conftest import FAST_LEARN
@@ -270,8 +273,28 @@ def test_prior_preservation_needs_a_class_prompt():
 
 def test_execution_options_on_cpu(tiny_base, scene):
     cfg = FAST_LEARN.replace(phase1_steps=2, reward_steps=1, phase2_steps=2)
-    # recomputation and bf16 autocast both run on CPU too
-    learn(tiny_base, *scene, config=cfg.replace(gradient_checkpointing="on", precision="bf16"))
+    # recomputation and bf16 autocast both run on CPU too, and are in effect in every step
+    seen = []
+
+    def look(module, args, kwargs):
+        seen.append(
+            (
+                module.is_gradient_checkpointing,
+                torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
+            )
+        )
+
+    hook = tiny_base.unet.register_forward_pre_hook(look, with_kwargs=True)
+    try:
+        concept = learn(
+            tiny_base, *scene, config=cfg.replace(gradient_checkpointing="on", precision="bf16")
+        )
+    finally:
+        hook.remove()
+    training = seen[: cfg.phase1_steps + cfg.phase2_steps]  # the diagnostics pass comes last
+    assert training == [(True, torch.bfloat16)] * len(training)
+    assert not tiny_base.unet.is_gradient_checkpointing
+    assert all(torch.isfinite(v).all() for v in concept.embeddings.values())
     with pytest.raises(ConfigError) as err:
         learn(tiny_base, *scene, config=cfg.replace(optimizer="adamw_fused"))
     assert err.value.field == "optimizer"
@@ -292,3 +315,81 @@ def test_frozen_text_encoder_in_phase2(tiny_base, scene):
     lora_b = [v for k, v in concept.text_encoder_weights.items() if "lora_B" in k]
     assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)
     assert any(torch.count_nonzero(v) for k, v in concept.unet_weights.items() if "lora_B" in k)
+
+
+def test_separate_sampling_draws_one_instance_per_step(tiny_base, scene, monkeypatch):
+    subsets = []
+    real = learning._Run._prompt
+    monkeypatch.setattr(
+        learning._Run, "_prompt", lambda self, sub: (subsets.append(tuple(sub)), real(self, sub))[1]
+    )
+    cfg = PHASE1_ONLY.replace(phase1_steps=8, diagnostic_timesteps=())
+    learn(tiny_base, *scene, config=cfg.replace(joint_sampling=False))
+    steps = subsets[:8]  # the diagnostics then prompt with every instance
+    assert {len(s) for s in steps} == {1} and {s[0] for s in steps} == {0, 1}
+    subsets.clear()
+    learn(tiny_base, *scene, config=cfg)  # joint: this seed draws both instances together too
+    assert {len(s) for s in subsets[:8]} == {1, 2}
+
+
+@pytest.mark.parametrize("attn_loss", ["reward", "penalty"])
+def test_single_term_attention_losses_in_phase1(tiny_base, scene, attn_loss):
+    terms = []
+
+    def watch(p):
+        if p.phase == "phase1" and p.step > 0:
+            terms.append(set(p.losses))
+
+    cfg = PHASE1_ONLY.replace(attn_loss=attn_loss, phase1_steps=4, diagnostic_timesteps=())
+    learn(tiny_base, *scene, config=cfg, progress=watch)
+    assert terms == [{"rec", attn_loss}] * 4  # reward_steps does not switch it
+
+
+@pytest.mark.parametrize("changes", [{"phase2": False}, {"phase2_steps": 0}])
+def test_no_phase2_means_adaptation_none(tiny_base, scene, tmp_path, changes):
+    phases = set()
+    cfg = FAST_LEARN.replace(phase1_steps=2, reward_steps=1, **changes)
+    concept = learn(tiny_base, *scene, config=cfg, progress=lambda p: phases.add(p.phase))
+    assert "phase2" not in phases
+    assert concept.adaptation == "none"
+    assert concept.unet_weights == {} and concept.text_encoder_weights == {}
+    concept.save(tmp_path / "c")
+    loaded = Concept.load(tmp_path / "c")
+    assert loaded.adaptation == "none" and loaded.unet_weights == {}
+    assert json.loads((tmp_path / "c" / "concept.json").read_text())["adaptation"] == "none"
+
+
+def test_masks_are_resized_as_the_reference_does(tiny_base, scene, monkeypatch):
+    # one instance, no flip: every step's union mask is instance 0's mask
+    image, masks = scene
+    cfg = PHASE1_ONLY.replace(
+        phase1_steps=1, reward_steps=1, flip_prob=0.0, diagnostic_timesteps=()
+    )
+    seen = {}
+    rec, reward = learning.masked_reconstruction_loss, learning.reward_loss
+
+    def spy_rec(noise, pred, mask):
+        seen["rec"] = mask.clone()
+        return rec(noise, pred, mask)
+
+    def spy_reward(attn, layer_masks, **kw):
+        seen["reward"] = [m.clone() for m in layer_masks]
+        return reward(attn, layer_masks, **kw)
+
+    monkeypatch.setattr(learning, "masked_reconstruction_loss", spy_rec)
+    monkeypatch.setattr(learning, "reward_loss", spy_reward)
+    learn(tiny_base, image, masks[:1], config=cfg)
+
+    full = prepare_inputs(image, masks[:1], resolution=tiny_base.resolution, config=cfg).masks
+    full = full[:, None].float()
+    latent = tiny_base.latent_size
+    assert torch.equal(
+        seen["rec"], F.interpolate(full, size=(latent, latent), mode="nearest")[0, 0]
+    )
+    assert {m.shape[-1] for m in seen["reward"]} == {8 * 8, 16 * 16}  # up blocks at 16 and 32
+    for m in seen["reward"]:
+        r = int(m.shape[-1] ** 0.5)
+        ref = F.interpolate(full, size=(r, r), mode="bilinear", align_corners=False)
+        assert torch.allclose(m, ref.flatten(1), atol=1e-6)
+        old = F.interpolate(full, size=(r, r), mode="bilinear", antialias=True)
+        assert not torch.allclose(m, old.flatten(1), atol=1e-3)  # the old masks differ

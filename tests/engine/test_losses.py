@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mifo_engine.losses import (
     leakage,
@@ -63,15 +64,27 @@ def test_token_maps_picks_prompt_positions():
     assert torch.equal(out[1], maps[1, :, 1])
 
 
-def test_resize_masks_keeps_mean_when_shrinking():
+def test_resize_masks_bilinear_without_antialiasing():
     masks = torch.zeros(1, 8, 8)
-    masks[0, :, :4] = 1.0
-    small = resize_masks(masks, 4)
-    assert small.shape == (1, 4, 4)
-    assert small.mean().item() == pytest.approx(0.5)
-    assert small[0, :, 0].min().item() == pytest.approx(1.0)
-    assert small[0, :, 3].max().item() == pytest.approx(0.0)
-    assert (small[0, :, 1] > small[0, :, 2]).all()
+    masks[0, :, 1] = 1.0  # one column on
+    # 8 -> 2: output column 0 samples source x = 1.5, half-way between columns 1 and 2
+    small = resize_masks(masks, 2, "bilinear")
+    assert small.shape == (1, 2, 2)
+    assert small[0, :, 0].tolist() == [0.5, 0.5] and small[0, :, 1].tolist() == [0.0, 0.0]
+    # an antialiased resize (the old choice) spreads the column over its whole 4-pixel cell
+    old = F.interpolate(masks[:, None], size=(2, 2), mode="bilinear", antialias=True)
+    assert old[0, 0, 0, 0].item() == pytest.approx(0.25, abs=0.05)
+    # 8 -> 4: x = 0.5 (columns 0 and 1) and 2.5 (columns 2 and 3)
+    assert resize_masks(masks, 4, "bilinear")[0, 0].tolist() == [0.5, 0.0, 0.0, 0.0]
+
+
+def test_resize_masks_nearest_takes_the_pixel_at_the_floor():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :, 1] = 1.0
+    masks[0, :, 4] = 1.0
+    # 8 -> 2: source columns floor(0 * 4) = 0 and floor(1 * 4) = 4
+    assert resize_masks(masks, 2, "nearest")[0].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert resize_masks(masks, 8, "nearest") is masks
 
 
 def test_leakage_shares():

@@ -120,16 +120,15 @@ def test_tiny_components_run_forward_with_the_right_shapes(tiny: BaseModel) -> N
     pixels = torch.rand(1, 3, tiny.resolution, tiny.resolution) * 2 - 1
     with torch.no_grad():
         text = tiny.text_encoder(tokens)[0]
-        tiny.unet(latents, 10, encoder_hidden_states=text)  # the first call pays kernel set-up
-        started = time.perf_counter()
         noise = tiny.unet(latents, 10, encoder_hidden_states=text).sample
-        elapsed = time.perf_counter() - started
+        again = tiny.unet(latents, 10, encoder_hidden_states=text).sample
         posterior = tiny.vae.encode(pixels).latent_dist
     assert tokens.shape == (2, 77)
     assert text.shape == (2, 77, 32)
     assert noise.shape == latents.shape
+    assert torch.isfinite(noise).all() and torch.equal(noise, again)  # eval mode: no dropout
     assert posterior.mean.shape == (1, 4, tiny.latent_size, tiny.latent_size)
-    assert elapsed < 2.0  # tens of ms on two cores; generous for busy shared machines
+    # speed is measured by bench/, not asserted here: a busy machine would fail the test
 
 
 def test_tiny_tokenizer_is_clip_shaped() -> None:

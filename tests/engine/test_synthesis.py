@@ -1,11 +1,14 @@
 """The synthesis stage on the tiny model (METHOD section 4)."""
 
 import json
+import math
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from mifo_engine import controller as controller_mod
+from mifo_engine import synthesis as synthesis_mod
 from mifo_engine.attention import unet_attention_layers
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.controller import BoundedController
@@ -21,6 +24,7 @@ from tests.engine.conftest import FAST_LEARN
 PROMPT = "a photo of <asset0> and <asset1> at the beach"
 BOXES = {"<asset0>": [0.0, 0.0, 0.5, 0.5], "<asset1>": [0.5, 0.5, 1.0, 1.0]}
 FAST = SynthesisConfig(steps=6, guidance_steps=3, refine_start=3, refine_every=2)
+HIDDEN = torch.finfo(torch.float32).min  # the bias of a hidden key
 
 
 def _processor_types(base):
@@ -145,15 +149,16 @@ def test_controller_biases_by_branch_and_mode(tiny_base, tiny_concept):
     assert bias.shape == (2, 1, 64, 77)
     assert torch.all(bias[0] == 0)  # unconditional branch unbounded
     cond = bias[1, 0]
-    assert cond[in0, a0] == 0 and cond[in0, a1] == float("-inf") and cond[in1, a1] == 0
-    assert cond[bg, a0] == float("-inf") and cond[bg, eot] == float("-inf") and cond[in0, eot] == 0
+    assert cond[in0, a0] == 0 and cond[in0, a1] == HIDDEN and cond[in1, a1] == 0
+    assert cond[bg, a0] == HIDDEN and cond[bg, eot] == HIDDEN and cond[in0, eot] == 0
+    assert torch.all(cond[:, eot + 1 :] == 0)  # padding visible everywhere
     sa = ctl.bias(self_, 2, 64, 64, torch.float32)
     assert torch.equal(sa[0], sa[1])  # self-attention bounded in both branches
-    assert sa[1, 0, in0, in1] == float("-inf") and sa[1, 0, in0, bg] == 0 and sa[1, 0, bg, in1] == 0
+    assert sa[1, 0, in0, in1] == HIDDEN and sa[1, 0, in0, bg] == 0 and sa[1, 0, bg, in1] == 0
     ctl.mode = "optimize"
     opt = ctl.bias(cross, 1, 64, 77, torch.float32)[0, 0]
     assert opt.shape == (64, 77)
-    assert opt[bg, a0] == 0 and opt[bg, eot] == 0 and opt[in0, a1] == float("-inf")
+    assert opt[bg, a0] == 0 and opt[bg, eot] == 0 and opt[in0, a1] == HIDDEN
 
 
 def test_one_gradient_iteration_lowers_the_loss(tiny_base, tiny_concept):
@@ -209,21 +214,111 @@ def test_box_control_raises_the_in_box_attention_share(scene):
             assert with_control[token] > without[token] + 0.02, (on, off)
 
 
-def test_every_ablation_switch_changes_the_result(tiny_base, tiny_concept):
-    # the refinement starts inside this short run (FAST), so every switch has something to do
-    default = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST)
-    for switch in (
-        "sa_control",
-        "ca_control",
-        "in_box_term",
-        "out_box_term",
-        "weight_decay",
-        "mask_refinement",
-    ):
-        result = synthesize(
-            tiny_base, tiny_concept, PROMPT, BOXES, config=FAST.replace(**{switch: False})
+def _recording(monkeypatch):
+    """Make synthesize() hand out its controllers, recording the map counts at each refinement."""
+    made = []
+
+    class Recording(BoundedController):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.refinements = []
+            made.append(self)
+
+        def refine(self):
+            sa = self.sa_maps.mean()
+            self.refinements.append((self.sa_maps.count, self.ca_maps.count, sa))
+            super().refine()
+
+    monkeypatch.setattr(synthesis_mod, "BoundedController", Recording)
+    return made
+
+
+@pytest.mark.parametrize(("switch", "kind"), [("sa_control", "self"), ("ca_control", "cross")])
+def test_a_control_switch_removes_its_mask_and_keeps_its_loss_term(
+    tiny_base, tiny_concept, switch, kind
+):
+    cfg = SynthesisConfig()
+    off = cfg.replace(**{switch: False})
+    with tiny_concept.applied(tiny_base) as tokenizer:
+        layout, layers, loss, refine = _controller(tiny_base, tiny_concept, cfg)
+        _, ids = encode_text(tiny_base, tokenizer, PROMPT)
+        on_ctl = BoundedController(layout, tokenizer, ids, 1, cfg, tiny_base.device, loss, refine)
+        off_ctl = BoundedController(layout, tokenizer, ids, 1, off, tiny_base.device, loss, refine)
+    other = "cross" if kind == "self" else "self"
+    lay = next(x for x in layers if x.kind == kind and x.resolution == 8)
+    kept = next(x for x in layers if x.kind == other and x.resolution == 8)
+    k_len = 77 if kind == "cross" else 64
+    for mode, batch in (("denoise", 2), ("optimize", 1)):
+        on_ctl.mode = off_ctl.mode = mode
+        assert off_ctl.bias(lay, batch, 64, k_len, torch.float32) is None
+        assert on_ctl.bias(lay, batch, 64, k_len, torch.float32) is not None
+        k2 = 77 if other == "cross" else 64
+        assert torch.equal(
+            off_ctl.bias(kept, batch, 64, k2, torch.float32),
+            on_ctl.bias(kept, batch, 64, k2, torch.float32),
         )
-        assert _pixels(result.images[0]).ne(_pixels(default.images[0])).any(), switch
+    # the loss still reads the switched layers (the old switch dropped their term)
+    assert off_ctl.loss_layers == on_ctl.loss_layers
+    assert any(x.kind == kind for x in off_ctl.loss_layers)
+    # ... and its weight still moves the loss: with the mask off, the term is computed
+    one = SynthesisConfig(steps=1, guidance_steps=1, max_guidance_iters=1, mask_refinement=False)
+    weight = "sa_weight" if kind == "self" else "ca_weight"
+    a = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=one.replace(**{switch: False}))
+    b = synthesize(
+        tiny_base, tiny_concept, PROMPT, BOXES, config=one.replace(**{switch: False, weight: 0.0})
+    )
+    assert a.guidance_losses[0] > b.guidance_losses[0] > 0
+
+
+def test_in_and_out_of_box_terms_add_up_to_the_loss(tiny_base, tiny_concept):
+    # one iteration at the first step: every variant measures the same initial latent
+    cfg = SynthesisConfig(steps=2, guidance_steps=2, max_guidance_iters=1, mask_refinement=False)
+
+    def losses(**changes):
+        run = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=cfg.replace(**changes))
+        return run.guidance_losses
+
+    both, no_in, no_out = losses(), losses(in_box_term=False), losses(out_box_term=False)
+    assert both[0] == pytest.approx(no_in[0] + no_out[0], rel=1e-5)
+    assert 0 < no_in[0] < both[0] and 0 < no_out[0] < both[0]
+    # without the decay the weight stays at alpha_max: equal at step 0 (0.4), apart at step 1
+    flat = losses(weight_decay=False)
+    assert flat[0] == pytest.approx(both[0], rel=1e-6)
+    assert flat[1] > both[1]  # alpha 0.4 against 0.3 on the same latent
+
+
+def test_mask_refinement_switch(tiny_base, tiny_concept, monkeypatch):
+    made = _recording(monkeypatch)
+    synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST.replace(mask_refinement=False))
+    assert made[-1].refinements == [] and made[-1].masks is None
+    assert made[-1].sa_maps.count == 0  # nothing was accumulated either
+    synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST)
+    assert len(made[-1].refinements) == 2 and made[-1].masks is not None  # steps 3 and 5
+
+
+def test_refinement_averages_from_the_first_step_without_reset(
+    tiny_base, tiny_concept, monkeypatch
+):
+    made = _recording(monkeypatch)
+    fits = []
+    real = controller_mod.kmeans
+    monkeypatch.setattr(
+        controller_mod, "kmeans", lambda x, k, **kw: (fits.append((x, kw)), real(x, k, **kw))[1]
+    )
+    synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST)
+    ctl = made[-1]
+    per_step = sum(lay.kind == "self" for lay in ctl.refine_layers)
+    # refinements at steps 3 and 5 see steps 0-2 and 0-4 (the old window: 1-2, then 3-4)
+    assert [(sa, ca) for sa, ca, _ in ctl.refinements] == [(3 * per_step,) * 2, (5 * per_step,) * 2]
+    assert ctl.sa_maps.count == 5 * per_step  # nothing after the last refinement
+    # each fit clusters the mean map with every column divided by its maximum over pixels
+    for (x, _), (_, _, mean) in zip(fits, ctl.refinements, strict=True):
+        expected = mean / (mean.amax(dim=1, keepdim=True) + FAST.map_norm_eps)
+        assert torch.allclose(x, expected, atol=1e-7)
+        assert x.amax(dim=1).max() <= 1.0
+    # the first fit has 100 random starts; the next warm-starts from its centroids
+    assert fits[0][1]["inits"] == 100 and fits[0][1]["init"] is None
+    assert fits[1][1]["init"] is not None and fits[1][1]["init"].shape[1] == 6
 
 
 def test_save_writes_images_previews_and_record(tiny_base, tiny_concept, tmp_path):
@@ -297,8 +392,30 @@ def test_layout_errors(tiny_base, tiny_concept, prompt, boxes, field, words):
 
 
 def test_overlapping_boxes_are_allowed(tiny_base, tiny_concept):
-    boxes = {"<asset0>": [0.0, 0.0, 0.7, 0.7], "<asset1>": [0.3, 0.3, 1.0, 1.0]}
-    assert synthesize(tiny_base, tiny_concept, PROMPT, boxes, config=FAST).images
+    boxes = {"<asset0>": [0.0, 0.0, 0.75, 0.75], "<asset1>": [0.25, 0.25, 1.0, 1.0]}
+    cfg = SynthesisConfig()
+    with tiny_concept.applied(tiny_base) as tokenizer:
+        layout = validate_synthesis_request(
+            tiny_concept.metadata(), PROMPT, boxes, tiny_base.tokenizer
+        )
+        _, layers, loss, refine = _controller(tiny_base, tiny_concept, cfg)
+        _, ids = encode_text(tiny_base, tokenizer, PROMPT)
+        ctl = BoundedController(layout, tokenizer, ids, 1, cfg, tiny_base.device, loss, refine)
+        a0, a1 = (ids.index(tokenizer.convert_tokens_to_ids(t)) for t in ("<asset0>", "<asset1>"))
+    r = ctl.box_raster(8).view(2, 8, 8)
+    assert torch.equal((r[0] & r[1]).nonzero().unique(), torch.arange(2, 6))  # rows/cols 2-5
+    both, only0, only1 = 3 * 8 + 3, 0, 63
+    cross = next(x for x in layers if x.kind == "cross" and x.resolution == 8)
+    self_ = next(x for x in layers if x.kind == "self" and x.resolution == 8)
+    cond = ctl.bias(cross, 2, 64, 77, torch.float32)[1, 0]
+    assert cond[both, a0] == 0 and cond[both, a1] == 0
+    assert cond[only0, a1] == HIDDEN and cond[only1, a0] == HIDDEN
+    sa = ctl.bias(self_, 2, 64, 64, torch.float32)[1, 0]
+    assert sa[both, only0] == 0 and sa[both, only1] == 0 and sa[only0, only1] == HIDDEN
+    result = synthesize(tiny_base, tiny_concept, PROMPT, boxes, config=FAST)
+    assert len(result.guidance_losses) == FAST.guidance_steps
+    assert all(math.isfinite(v) for v in result.guidance_losses)
+    assert all(0.0 < v < 1.0 for v in result.diagnostics[0].values())
 
 
 def test_refinement_turns_self_attention_clusters_into_subject_masks(tiny_base, tiny_concept):
@@ -313,10 +430,12 @@ def test_refinement_turns_self_attention_clusters_into_subject_masks(tiny_base, 
     # self-attention: pixels attend within their quadrant-row blocks -> two clear clusters
     top = (rows < res // 2).float()
     sa = torch.where(top[:, None].bool(), top[None, :], 1 - top[None, :]) / (res * res / 2)
-    # subject 0's cross-attention peaks in its box (top-left); subject 1's is flat
+    # each subject's cross-attention peaks in its box (top-left, bottom-right)
     ca0 = ((rows < res // 2) & (cols < res // 2)).float()
-    ca = torch.stack([ca0, torch.zeros(res * res)])[None]
-    ctl._refine_sa, ctl._refine_ca, ctl._refine_count = sa[None], ca, 1
+    ca1 = ((rows >= res // 2) & (cols >= res // 2)).float()
+    ca = torch.stack([ca0, ca1])[None]
+    ctl.sa_maps.add(sa[None])
+    ctl.ca_maps.add(ca)
     before = ctl.regions(res).clone()
     ctl.refine()
     after = ctl.regions(res)[0]
