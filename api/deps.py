@@ -83,14 +83,15 @@ async def authenticate(request: Request) -> Principal:
         if found is None:
             raise _unauthorized("The API key is unknown or revoked.")
         principal = found
-    if state.buckets is not None:
-        wait = await state.buckets.take(principal.key_id or f"anon:{principal.tenant_id}")
+    if state.limiter is not None:
+        wait = await state.limiter.take(principal.key_id or f"anon:{principal.tenant_id}")
         if wait > 0:
             s = state.settings
             raise Problem(
                 429, "rate_limited", "Too many requests",
-                f"This key may send {s.rate_limit_per_second:g} requests per second "
-                f"(bursts of {s.rate_limit_burst}).", field="Authorization",
+                f"This key may send {s.rate_limit_burst} requests in any "
+                f"{state.limiter.window} s ({s.rate_limit_burst / state.limiter.window:g} per second on "
+                "average).", field="Authorization",
                 fix=f"wait {retry_after(wait)} s (Retry-After) and slow down; the limit is "
                 "MIFO_RATE_LIMIT_PER_SECOND / MIFO_RATE_LIMIT_BURST on the server",
                 headers={"Retry-After": retry_after(wait)},

@@ -20,7 +20,7 @@ from api.jobcache import JobCache
 from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
 from core.db import check_migrated, make_engine, make_sessionmaker, session_scope
 from core.events import Publisher
-from core.ratelimit import LocalBuckets, RedisBuckets
+from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
 from worker.app import create_celery
@@ -38,7 +38,7 @@ class AppState:
     link_key: bytes
     anonymous_tenant: uuid.UUID | None = None  # set: requests without a key belong to it
     verifier: KeyVerifier = field(default_factory=KeyVerifier)
-    buckets: LocalBuckets | RedisBuckets | None = None
+    limiter: RateLimiter | None = None
     job_cache: JobCache = field(default_factory=lambda: JobCache(None))
     publisher: Publisher = field(default_factory=lambda: Publisher(None))
     _creating: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -77,9 +77,10 @@ class AppState:
             publisher=Publisher(settings.events_url),
         )
         if settings.rate_limit_per_second > 0:
-            rate, burst = settings.rate_limit_per_second, settings.rate_limit_burst
-            url = settings.redis_url
-            state.buckets = RedisBuckets(url, rate, burst) if url else LocalBuckets(rate, burst)
+            state.limiter = RateLimiter(
+                settings.rate_limit_per_second, settings.rate_limit_burst, settings.redis_url
+            )
+            log.info("rate limit: %s", state.limiter.describe())
         if anonymous_allowed(settings):
             with session_scope(state.sessions) as session:
                 state.anonymous_tenant = get_or_create_tenant(session, LOCAL_TENANT)[0].id
@@ -97,8 +98,8 @@ class AppState:
         return _load_tokenizer(self.settings.base_model)
 
     async def close(self) -> None:
-        if isinstance(self.buckets, RedisBuckets):
-            await self.buckets.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         self.engine.dispose()
 
 

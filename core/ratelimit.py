@@ -1,98 +1,165 @@
-"""Token buckets per API key: in Redis when there is one (shared by every API process), in
-this process otherwise (embedded mode). A bucket holds `burst` tokens and refills at `rate`
-per second; a request takes one token or is refused with the seconds until the next one.
+"""Per-key request limits: a moving window (the `limits` library) in Redis when there is one,
+shared by every API process, in this process otherwise (embedded mode).
 
-With Redis, a process takes up to `rate * LEASE_SECONDS` tokens at once (a lease) and spends
-them locally for at most LEASE_SECONDS, so a fast client costs one Redis round trip per
-lease instead of one per request; at the default rates a lease is one or two tokens."""
+A key may send `burst` requests in any window of `burst / rate` seconds, rounded up to whole
+seconds: at the defaults, 40 requests in any 2 s, so bursts of 40 and 20/s sustained. The
+window is checked and the request recorded in one Redis script, so concurrent requests never
+admit more, or fewer, than `burst`.
+
+One Redis call per request cost the status poll about 0.12 ms of the event loop (a third of
+its time; BENCHMARKS.md), so a key that sent several requests in the last LEASE_SECONDS
+takes as many entries at once (a lease, at most `rate * LEASE_SECONDS`) and spends them in
+this process within LEASE_SECONDS. A key near its limit takes one entry at a time, so
+bursts stay exact; a refused key is refused here, without Redis, until its oldest entry
+leaves the window (nothing can free one sooner).
+
+Fail-open: while Redis cannot be reached, requests are admitted. The outage logs one warning
+and its end one info line; in between Redis is tried again once per RETRY_SECONDS only, so
+admitted requests do not wait on a dead server."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import threading
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 
 log = logging.getLogger(__name__)
 
-# Lease tokens unspent after this long are dropped, so a process never holds on to more than
-# a tenth of a second of a key's rate.
+# While Redis is down, one request per this many seconds tries it again.
+RETRY_SECONDS = 1.0
+# A request waits at most this long on Redis before it is admitted without it.
+REDIS_TIMEOUT_SECONDS = 0.5
+# Leased entries unspent after this long are dropped: an entry is recorded when it is leased,
+# so a request spent from a lease is at most this much older in the window than it is.
 LEASE_SECONDS = 0.1
-
-# Redis' own clock (TIME) so that API hosts with skewed clocks share one bucket correctly.
-# Takes up to ARGV[3] tokens; answers "<granted> <seconds to wait when none>".
-LUA = """
-local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait, granted = 0, math.min(want, math.floor(tokens))
-if granted >= 1 then tokens = tokens - granted else granted = 0; wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(granted) .. ' ' .. tostring(wait)
-"""
+# Keys whose state (lease, refusal) is kept before the stale ones are dropped.
+MAX_KEYS = 10_000
 
 
-class LocalBuckets:
-    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    async def take(self, name: str) -> float:
-        """0 when allowed, else the seconds to wait."""
-        with self._lock:
-            now = self.clock()
-            tokens, ts = self._buckets.get(name, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - ts) * self.rate)
-            wait = 0.0
-            if tokens >= 1:
-                tokens -= 1
-            else:
-                wait = (1 - tokens) / self.rate
-            self._buckets[name] = (tokens, now)
-            return wait
+def window_seconds(rate: float, burst: int) -> int:
+    """The moving window holding `burst` requests: never more than `rate` per second."""
+    return max(1, math.ceil(burst / rate))
 
 
-class RedisBuckets:
-    def __init__(self, url: str, rate: float, burst: int, clock: Any = time.monotonic) -> None:
-        import redis.asyncio as aioredis
+@dataclass
+class _Key:
+    expires: float = 0.0  # monotonic: the end of the lease
+    left: int = 0  # leased entries not spent yet
+    used: int = 0  # requests admitted from this lease
+    refused_until: float = 0.0  # monotonic: refused here until then
 
-        self.rate, self.burst, self.clock = rate, burst, clock
-        # At most a quarter of the burst, so that processes sharing a key all get a share.
-        self.lease = max(1, min(int(rate * LEASE_SECONDS), burst // 4))
-        self._leases: dict[str, tuple[float, int]] = {}  # key: (expires, tokens left)
-        self.client = aioredis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self.script = self.client.register_script(LUA)
 
-    async def take(self, name: str) -> float:
-        # Runs on the event loop only: nothing awaits between reading and writing a lease.
-        expires, left = self._leases.get(name, (0.0, 0))
-        if left > 0 and self.clock() < expires:
-            self._leases[name] = (expires, left - 1)
-            return 0.0
-        try:
-            answer = await self.script(
-                keys=[f"mifo:rate:{name}"], args=[self.rate, self.burst, self.lease]
+class RateLimiter:
+    def __init__(self, rate: float, burst: int, url: str | None = None) -> None:
+        self.rate, self.burst = rate, burst
+        self.window = window_seconds(rate, burst)
+        self.item: RateLimitItem = RateLimitItemPerSecond(burst, self.window, namespace="mifo")
+        self.storage: MemoryStorage | RedisStorage
+        self._client: Any = None
+        self.lease_max = 1  # in process an entry costs microseconds: no leases
+        if url:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # One retry: a connection closed by a restarted server reconnects at once.
+            self._client = aioredis.Redis.from_url(
+                url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 1),
+            )  # fmt: skip
+            options: dict[str, Any] = {"connection_pool": self._client.connection_pool}
+            self.storage = RedisStorage(
+                f"async+{url}", implementation="redispy", key_prefix="mifo:rate", **options
             )
+            # At most a quarter of the burst, so that processes sharing a key all get a share.
+            self.lease_max = max(1, min(int(rate * LEASE_SECONDS), burst // 4))
+        else:
+            self.storage = MemoryStorage()
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.shared = url is not None
+        self._keys: dict[str, _Key] = {}
+        self._fetching: dict[str, asyncio.Future[None]] = {}  # a key's entries being taken
+        self._down_until: float | None = None  # set while Redis is out: the next try
+
+    async def take(self, name: str) -> float:
+        """0 when the request is admitted, else the seconds until it would be.
+
+        Runs on the event loop only: nothing awaits between reading and changing a key."""
+        while True:
+            now = time.monotonic()
+            key = self._keys.get(name)
+            if key is not None:
+                if now < key.refused_until:
+                    return key.refused_until - now
+                if key.left > 0 and now < key.expires:
+                    key.left -= 1
+                    key.used += 1
+                    return 0.0
+            pending = self._fetching.get(name)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # one request at a time asks for a key's entries
+        if self._down_until is not None:
+            if now < self._down_until:
+                return 0.0
+            self._down_until = now + RETRY_SECONDS  # this request tries Redis again
+        done = asyncio.get_running_loop().create_future()
+        self._fetching[name] = done
+        try:
+            wait = await self._ask(name, key, now)
         except Exception as exc:  # a Redis outage must not take the API down with it
-            log.warning("rate limiter unavailable, request allowed: %s", exc)
+            if self._down_until is None:
+                log.warning(
+                    "rate limiter unavailable, requests admitted unlimited until it is back: "
+                    "%s: %s", type(exc).__name__, exc,
+                )  # fmt: skip
+            self._down_until = time.monotonic() + RETRY_SECONDS
             return 0.0
-        granted, wait = answer.split()
-        if int(granted) < 1:
-            return float(wait)
-        if len(self._leases) > 10_000:
-            self._leases.clear()
-        self._leases[name] = (self.clock() + LEASE_SECONDS, int(granted) - 1)
-        return 0.0
+        finally:
+            del self._fetching[name]
+            done.set_result(None)
+        if self._down_until is not None:
+            self._down_until = None
+            log.info("rate limiter reachable again, limits apply")
+        return wait
+
+    async def _ask(self, name: str, key: _Key | None, now: float) -> float:
+        # A key that spent a lease within the last period gets one entry more than it used.
+        recent = key is not None and now < key.expires + LEASE_SECONDS
+        want = min(self.lease_max, key.used + 1) if key is not None and recent else 1
+        granted = 0
+        if want > 1 and await self.strategy.hit(self.item, name, cost=want):
+            granted = want
+        elif await self.strategy.hit(self.item, name):
+            granted = 1
+        if len(self._keys) >= MAX_KEYS:
+            self._keys = {
+                k: v for k, v in self._keys.items() if v.expires > now or v.refused_until > now
+            }
+        if granted:
+            self._keys[name] = _Key(
+                expires=time.monotonic() + LEASE_SECONDS, left=granted - 1, used=1
+            )
+            return 0.0
+        reset, _ = await self.strategy.get_window_stats(self.item, name)
+        wait = max(reset - time.time(), 0.001)
+        self._keys[name] = _Key(refused_until=time.monotonic() + wait)
+        return wait
+
+    def describe(self) -> str:
+        where = "Redis, shared by the API processes" if self.shared else "this process"
+        return f"{self.burst} requests per key in any {self.window} s ({where})"
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def retry_after(wait: float) -> str:
