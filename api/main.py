@@ -16,13 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api import problems
 from api.bodylimit import BodyLimit
-from api.dispatch import SWEEP_SECONDS, resend_unsent
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.state import AppState
 from core.auth import REFRESH_SECONDS
-from core.retention import run_maintenance
 from core.settings import Settings, get_settings
-from core.webhooks import dispatch_due, http_client
 
 log = logging.getLogger("mifo")
 
@@ -50,15 +47,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector, whose full passes over it paused every request for ~100 ms under load.
         gc.freeze()
         gc.set_threshold(10_000, 10, 100)
+        # Only what is this process' own; the service's periodic duties (reconcile, webhooks,
+        # maintenance) run elsewhere (core.duties): celery beat, or `mifo serve`'s threads.
         stop = asyncio.Event()
         loops = [
-            asyncio.create_task(_webhook_sender(state, stop)),
+            # This process' job-status cache follows the change events (pub/sub).
             asyncio.create_task(state.job_cache.follow(stop)),
+            # This process' API-key cache picks up revocations.
             asyncio.create_task(_key_refresher(state, stop)),
-            asyncio.create_task(_every(SWEEP_SECONDS, stop, lambda: resend_unsent(state))),
         ]
-        if settings.embedded:  # production runs the same task from celery beat
-            loops.append(asyncio.create_task(_maintenance(state, stop)))
         warming = asyncio.create_task(_warm_tokenizer(state))
         try:
             yield
@@ -96,22 +93,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _every(seconds: float, stop: asyncio.Event, work: Callable[[], Any]) -> None:
     """Run `work` in a thread, again at once while it reports progress, else after `seconds`."""
+    failing = False
     while not stop.is_set():
         try:
             busy = await run_in_threadpool(work)
-        except Exception as exc:  # the database may be down: keep trying
-            log.warning("background task failed, retrying: %s", exc)
-            busy = False
+            failing = False
+        except Exception as exc:  # the database may be down: keep trying, say so once
+            if not failing:
+                log.warning("background task failed, retrying: %s", exc)
+            failing, busy = True, False
         if not busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _webhook_sender(state: AppState, stop: asyncio.Event) -> None:
-    s = state.settings
-    with http_client(s) as http:
-        await _every(s.webhook_poll_seconds, stop,
-                     lambda: dispatch_due(state.sessions, s, http))  # fmt: skip
 
 
 async def _warm_tokenizer(state: AppState) -> None:
@@ -126,16 +119,6 @@ async def _warm_tokenizer(state: AppState) -> None:
 
 async def _key_refresher(state: AppState, stop: asyncio.Event) -> None:
     await _every(REFRESH_SECONDS, stop, lambda: state.verifier.refresh(state.sessions))
-
-
-async def _maintenance(state: AppState, stop: asyncio.Event) -> None:
-    def once() -> bool:
-        done = run_maintenance(state.sessions, state.storage, state.settings)
-        if any(done.values()):
-            log.info("maintenance: %s", done)
-        return False
-
-    await _every(state.settings.maintenance_interval_seconds, stop, once)
 
 
 def app_factory() -> FastAPI:

@@ -15,7 +15,7 @@ from sqlalchemy import case, func, select
 
 from core.jobs import KINDS, STATUSES, count_by_kind_status
 from core.models import Job
-from worker.app import QUEUES, queue_depth
+from core.queue import QUEUES
 
 BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
@@ -38,7 +38,7 @@ class JobCollector:
             "mifo_queue_depth", "Messages waiting in each broker queue.", labels=["queue"]
         )
         for queue in QUEUES:
-            waiting = queue_depth(self.state.celery, queue)
+            waiting = self.state.broker.depth(queue)
             if waiting is not None:
                 depth.add_metric([queue], waiting)
         yield depth

@@ -12,6 +12,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.db import is_conflict
 from mifo_engine.errors import MifoError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,14 @@ async def _engine(request: Request, exc: MifoError) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if is_conflict(exc):  # a healthy database refused a collision: not an outage
+        log.warning("conflict on %s %s: %s", request.method, request.url.path, exc)
+        conflict = Problem(
+            409, "concurrent_change", "A concurrent change collided with this request",
+            "Another request changed the same data at the same moment; nothing was changed.",
+            fix="retry the request (with the same Idempotency-Key)", headers={"Retry-After": "1"},
+        )  # fmt: skip
+        return _respond(request, conflict)
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     problem = Problem(
         503, "database_unavailable", "The database is unavailable",

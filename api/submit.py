@@ -53,8 +53,10 @@ def check_capacity(session: Session, tenant_id: uuid.UUID, settings: Settings) -
     """429 when the tenant already has MIFO_MAX_ACTIVE_JOBS queued or running jobs.
 
     The tenant row is locked (PostgreSQL) until the caller commits, so that concurrent
-    requests of one tenant count one after the other."""
-    session.get(Tenant, tenant_id, with_for_update=True)
+    requests of one tenant count one after the other. It is the first lock of every route that
+    takes several (tenant, then concept, then job), and a NO KEY UPDATE one: the foreign-key
+    checks of rows written meanwhile (jobs, webhook deliveries) do not wait for it."""
+    lock_tenant(session, tenant_id)
     active = jobs.count_active(session, tenant_id=tenant_id)
     if active >= settings.max_active_jobs:
         raise Problem(
@@ -64,6 +66,10 @@ def check_capacity(session: Session, tenant_id: uuid.UUID, settings: Settings) -
             fix="wait for a job to finish or cancel one (MIFO_MAX_ACTIVE_JOBS on the server)",
             headers={"Retry-After": "10"},
         )  # fmt: skip
+
+
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    session.get(Tenant, tenant_id, with_for_update={"key_share": True})
 
 
 def unavailable(what: str, exc: Exception) -> Problem:

@@ -20,15 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes.")
     p.set_defaults(func=_api)
 
-    p = sub.add_parser("worker", help="Run a Celery worker (one per GPU).")
+    p = sub.add_parser(
+        "worker",
+        help="Run a Celery worker: one per GPU for jobs, or a small CPU one for `--queues "
+        "control` (the periodic duties `mifo beat` sends).",
+    )
     p.add_argument(
-        "--queues", default="learn,synthesize,maintenance", help="Comma-separated queues."
+        "--queues",
+        default="learn,synthesize",
+        help="Comma-separated, of learn, synthesize, control (default: learn,synthesize).",
     )
     p.add_argument("--concurrency", type=int, default=1, help="Jobs at a time (default 1).")
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     p.set_defaults(func=_worker)
 
-    p = sub.add_parser("beat", help="Send the periodic retention task (run exactly one).")
+    p = sub.add_parser(
+        "beat",
+        help="Send the periodic duties (reconcile, webhooks, maintenance) to the control "
+        "queue; run exactly one.",
+    )
     p.set_defaults(func=_beat)
 
     keys = sub.add_parser("keys", help="API keys: create, list, revoke.")
@@ -162,10 +172,11 @@ def _beat(args: argparse.Namespace) -> int:
     level = _logging()
     import tempfile
 
-    from worker.app import celery_app
+    from core.queue import create_celery
+    from core.settings import Settings
 
     schedule = os.path.join(tempfile.gettempdir(), "mifo-beat-schedule")
-    celery_app.Beat(loglevel=level, schedule=schedule).run()
+    create_celery(Settings()).Beat(loglevel=level, schedule=schedule).run()
     return 0
 
 
@@ -191,6 +202,10 @@ def _worker(args: argparse.Namespace) -> int:
     level = _logging()
     if rc := _check_db():
         return rc
+    from core.queue import prepare_folders
+    from core.settings import get_settings
+
+    prepare_folders(get_settings())
     from worker.tasks import celery_app
 
     argv = ["worker", "--queues", args.queues, "--concurrency", str(args.concurrency),

@@ -1,7 +1,11 @@
 """`mifo serve`: the API and one worker process on one machine, with nothing to install.
 
 SQLite in MIFO_DATA_DIR (migrated here), a local object folder, and Celery's file-system
-transport as the broker. Settings given in the environment still win.
+transport as the broker. Settings given in the environment still win. The periodic duties
+(core.duties) run on threads of this process, where production runs them from celery beat.
+
+Stopping (Ctrl-C, SIGTERM) takes under STOP_SECONDS: the worker puts a running job back in
+the queue at its next step (worker.runner), so the next `mifo serve` runs it from the start.
 """
 
 from __future__ import annotations
@@ -12,17 +16,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 log = logging.getLogger("mifo")
 
 EMBEDDED_ONLY = ("MIFO_DATABASE_URL", "MIFO_BROKER_URL", "MIFO_STORAGE_URL")
+STOP_SECONDS = 10.0  # from the signal to the exit of every process
+HTTP_DRAIN_SECONDS = 3  # open requests (event streams too) get this long to end
 
 
 def serve(host: str, port: int) -> int:
     import uvicorn
 
     from core.db import upgrade
+    from core.duties import Duties, in_process
     from core.settings import Settings
 
     settings = Settings()
@@ -47,17 +55,32 @@ def serve(host: str, port: int) -> int:
     # own that would end this process before the worker is stopped.
     signal.signal(signal.SIGTERM, _exit)
     try:
-        uvicorn.run(
-            "api.main:app_factory", factory=True, host=host, port=port,
-            log_level=settings.log_level, access_log=settings.access_log,
-        )  # fmt: skip
+        with in_process(Duties.from_settings(settings)):
+            uvicorn.run(
+                "api.main:app_factory",
+                factory=True,
+                host=host,
+                port=port,
+                log_level=settings.log_level,
+                access_log=settings.access_log,
+                timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
+            )
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        _stop(worker, deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
     return 0
+
+
+def _stop(worker: subprocess.Popen[bytes], deadline: float) -> None:
+    """Warm shutdown (a running job goes back to the queue at its next step), then a kill:
+    a job stopped by the kill is re-queued once its lease lapses (MIFO_LEASE_SECONDS)."""
+    if worker.poll() is None:
+        worker.terminate()
+    try:
+        worker.wait(timeout=max(0.5, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        log.warning("the worker did not stop in time; killed")
+        worker.kill()
+        worker.wait()
 
 
 def _exit(signum: int, _frame: Any) -> None:

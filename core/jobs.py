@@ -2,12 +2,16 @@
 
     queued --start--> running --finish--> succeeded | failed | canceled
     queued --cancel--> canceled          running --cancel--> (cancel_requested) --> canceled
+    running --lease lapsed--> queued (again) | failed (worker_lost) | canceled
+    running --worker shutting down--> queued (release)
 
-Every transition is one conditional UPDATE, so the API and a worker racing on the same job
-cannot both win (e.g. a cancel arriving while the worker records success). `attempts` counts
-deliveries and doubles as a fencing token: a worker whose job was redelivered to another one
-(its own lease ran out) can no longer write progress or an outcome. Webhook events are queued
-in the same transaction as the change they announce (core.webhooks.emit).
+The row is the truth; the broker message only rings for it. A running job holds a lease that
+its worker renews on a heartbeat (`renew`); once it lapses, the reconciler re-queues the job
+(`requeue_lapsed`). Every transition is one conditional UPDATE, so the API, a worker and the
+reconciler racing on the same job cannot both win (e.g. a cancel arriving while the worker
+records success). `attempts` counts starts and doubles as a fencing token: an attempt that
+lost its lease (and so its job) can no longer write progress or an outcome. Webhook events
+are queued in the same transaction as the change they announce (core.webhooks.emit).
 """
 
 from __future__ import annotations
@@ -140,40 +144,37 @@ def claim_unsent(
     return claimed
 
 
-def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job | Refused | None:
-    """Mark a job running; None when it must not run (gone or finished), Refused when this
-    call ended it (cancel requested, or attempts exhausted) and its output must be removed.
+def lapsed(now: datetime) -> Any:
+    """Running jobs whose worker stopped renewing their lease: it is gone (killed, crashed,
+    cut off), or too slow to matter, and the job is the reconciler's to re-queue."""
+    return (Job.status == "running") & (Job.lease_expires_at < now)
 
-    A running job may be started again: that is a redelivery after its worker was lost. After
-    `max_attempts` deliveries it fails with `worker_lost` instead of running once more.
+
+def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job | Refused | None:
+    """Mark a queued job running under a lease of `lease_seconds`; None when it must not run
+    (gone, finished, or running elsewhere: a duplicate message), Refused when this call ended
+    it (cancel requested) and its output must be removed.
+
+    Only a queued job starts: a running job whose worker was lost is re-queued by the
+    reconciler (core.reconcile) once its lease lapses, never taken over by a second message.
     """
     canceled = _update(
         session,
         job_id,
-        Job.status.in_(ACTIVE) & Job.cancel_requested.is_(True),
+        (Job.status == "queued") & Job.cancel_requested.is_(True),
         status="canceled",
         finished_at=utcnow(),
     )
     if canceled:
         return _refused(session, job_id, "canceled")
-    exhausted = _update(
-        session,
-        job_id,
-        (Job.status == "running") & (Job.attempts >= max_attempts),
-        status="failed",
-        error_type="worker_lost",
-        error_message=f"The job's worker stopped (killed, crashed or out of memory) during "
-        f"each of {max_attempts} attempts; it is not retried again.",
-        finished_at=utcnow(),
-    )
-    if exhausted:
-        return _refused(session, job_id, "failed")
+    now = utcnow()
     started = _update(
         session,
         job_id,
-        Job.status.in_(ACTIVE),
+        Job.status == "queued",
         status="running",
-        started_at=utcnow(),
+        started_at=now,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
         attempts=Job.attempts + 1,
         phase=None,
         step=None,
@@ -185,6 +186,123 @@ def start(session: Session, *, job_id: uuid.UUID, max_attempts: int = 3) -> Job 
         return None
     webhooks.emit(session, job_id, "started")
     return session.get(Job, job_id, populate_existing=True)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a renewal found: whether the attempt still owns the job, and whether the client
+    asked it to stop."""
+
+    owned: bool
+    cancel_requested: bool
+
+
+def renew(session: Session, *, job_id: uuid.UUID, attempt: int, lease_seconds: float) -> Lease:
+    """Extend the lease of `attempt` (the worker's heartbeat); fenced like every write."""
+    owned = _update(
+        session,
+        job_id,
+        _mine(attempt),
+        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+        updated_at=Job.updated_at,  # a heartbeat is not a change a client could see
+    )
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return Lease(owned, bool(cancel))
+
+
+def release(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
+    """Put a running job back in the queue because its worker is shutting down (not the
+    job's fault, so not a loss); the caller returns its message to the broker."""
+    return _update(
+        session, job_id, _mine(attempt) & Job.cancel_requested.is_(False), status="queued", **_FRESH
+    )
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """A running job whose lease lapsed, as the reconciler handled it."""
+
+    job_id: uuid.UUID
+    kind: str
+    outcome: str  # requeued | failed | canceled
+    output: str | None  # to remove when the job ended
+
+
+def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> list[Lapsed]:
+    """Running jobs whose worker stopped renewing their lease: back to the queue for the next
+    attempt, or ended: canceled when a cancel was asked, failed (`worker_lost`) once
+    `max_attempts` runs lost their worker. The caller commits, then sends the re-queued."""
+    now = utcnow()
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.attempts, Job.losses, Job.cancel_requested)
+        .where(lapsed(now))
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+    ).all()
+    handled = []
+    for job_id, kind, attempts, losses, cancel in rows:
+        still = lapsed(now) & (Job.attempts == attempts)  # not renewed, not re-run meanwhile
+        ended = {"finished_at": now, "lease_expires_at": None}
+        if cancel:
+            if _update(session, job_id, still, status="canceled", **ended):
+                handled.append(_ended(session, job_id, kind, "canceled"))
+        elif losses + 1 >= max_attempts:
+            message = (
+                f"The job's worker stopped (killed, crashed, out of memory or cut off) during "
+                f"each of its {losses + 1} runs; it is not run again (MIFO_MAX_ATTEMPTS)."
+            )
+            failed = {"error_type": "worker_lost", "error_message": message, "losses": losses + 1}
+            if _update(session, job_id, still, status="failed", **failed, **ended):
+                handled.append(_ended(session, job_id, kind, "failed"))
+        elif _update(
+            session, job_id, still, status="queued", losses=losses + 1, enqueued_at=None, **_FRESH
+        ):
+            handled.append(Lapsed(job_id, kind, "requeued", None))
+    return handled
+
+
+def _ended(session: Session, job_id: uuid.UUID, kind: str, status: str) -> Lapsed:
+    webhooks.emit(session, job_id, "completed")
+    settle_concept(session, job_id, status)
+    return Lapsed(job_id, kind, status, job_output(session, job_id))
+
+
+# A job between two runs: no lease, no progress of a previous attempt.
+_FRESH: dict[str, Any] = dict(
+    lease_expires_at=None, phase=None, step=None, total=None, fraction=None, eta_seconds=None
+)
+
+
+def _sent_before(kind: str, cutoff: datetime) -> Any:
+    queued = (Job.kind == kind) & (Job.status == "queued")
+    return queued & Job.enqueued_at.is_not(None) & (Job.enqueued_at < cutoff)
+
+
+def queued_and_sent(
+    session: Session, *, kind: str, older_than: float, limit: int
+) -> list[uuid.UUID]:
+    """Queued jobs of `kind` whose message went out over `older_than` seconds ago, oldest
+    first: what the broker's queue should still hold."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    return list(
+        session.scalars(
+            select(Job.id).where(_sent_before(kind, cutoff)).order_by(Job.created_at).limit(limit)
+        )
+    )
+
+
+def count_queued_and_sent(session: Session, *, kind: str, older_than: float) -> int:
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    return (
+        session.scalar(select(func.count()).select_from(Job).where(_sent_before(kind, cutoff))) or 0
+    )
+
+
+def mark_resent(session: Session, job_id: uuid.UUID) -> None:
+    """Record a re-sent message, so the same job is not re-sent again for a while."""
+    _update(
+        session, job_id, Job.status == "queued", enqueued_at=utcnow(), updated_at=Job.updated_at
+    )
 
 
 def _refused(session: Session, job_id: uuid.UUID, status: str) -> Refused:
@@ -209,6 +327,7 @@ def abandon(session: Session, *, job_id: uuid.UUID, error_type: str, message: st
         error_type=error_type,
         error_message=message,
         finished_at=now,
+        lease_expires_at=None,
     )
     if done:
         webhooks.emit(session, job_id, "completed")
@@ -290,6 +409,7 @@ def finish(
         duration_seconds=_seconds(started, now),
         eta_seconds=0.0 if status == "succeeded" else None,
         fraction=1.0 if status == "succeeded" else Job.fraction,
+        lease_expires_at=None,
     )
     if done:
         webhooks.emit(session, job_id, "completed")
@@ -302,20 +422,33 @@ def _seconds(start: datetime | None, end: datetime) -> float | None:
     return (end - start).total_seconds()
 
 
-def request_cancel(session: Session, *, job: Job) -> Job:
-    """Cancel a queued job now, ask a running one to stop; a canceled job stays canceled."""
+def request_cancel(session: Session, *, job: Job) -> str | None:
+    """Cancel a queued job now, ask a running one to stop; a canceled job stays canceled.
+
+    A running job whose lease lapsed (its worker is gone) is canceled at once too. Returns
+    the storage prefix to remove once the caller committed, when the job ended here."""
     if job.status == "canceled":
-        return job
+        return None
     if job.status in TERMINAL:
         raise InvalidTransition(job, "canceled")
     # A queued job is canceled at once; the worker skips it when the message arrives.
-    if _update(session, job.id, Job.status == "queued", status="canceled", finished_at=utcnow()):
+    now = utcnow()
+    ended = _update(
+        session,
+        job.id,
+        (Job.status == "queued") | lapsed(now),
+        status="canceled",
+        finished_at=now,
+        lease_expires_at=None,
+    )
+    if ended:
         webhooks.emit(session, job.id, "completed")
         settle_concept(session, job.id, "canceled")
     else:
         _update(session, job.id, Job.status == "running", cancel_requested=True)
+    output = job_output(session, job.id) if ended else None
     session.refresh(job)
-    return job
+    return output
 
 
 def count_by_kind_status(session: Session) -> list[tuple[str, str, int]]:

@@ -131,6 +131,10 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # also the fencing token of a run
+    losses: Mapped[int] = mapped_column(Integer, default=0)  # runs whose worker was lost
+    # While running: the worker renews it (core.jobs.renew); once it lapses, the reconciler
+    # re-queues the job (core.reconcile). NULL while the job is not running.
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     webhook_events: Mapped[list[Any] | None] = mapped_column()  # started|progress|completed
     duration_seconds: Mapped[float | None] = mapped_column(Float)

@@ -1,8 +1,9 @@
-"""Retention: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS and expired
-Idempotency-Keys are removed; running jobs silent for longer than their time limit plus
-MIFO_STALE_JOB_GRACE_SECONDS fail as `timeout` (their worker is gone); storage prefixes whose
-removal failed earlier are tried again (core/cleanup.py). Run by celery beat in production (`mifo beat` sends
-`mifo.maintenance` every MIFO_MAINTENANCE_INTERVAL_SECONDS) and by a loop in `mifo serve`."""
+"""Retention and maintenance: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS and
+expired Idempotency-Keys are removed; jobs still running MIFO_STALE_JOB_GRACE_SECONDS past
+their time limit fail as `timeout` (a worker stuck inside one step, whose heartbeat still
+renews the lease); storage prefixes whose removal failed earlier are tried again
+(core/cleanup.py). One of the periodic duties (core.duties), every
+MIFO_MAINTENANCE_INTERVAL_SECONDS. Workers that are gone are the reconciler's (core.reconcile)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def expire_idempotency_keys(session: Session) -> int:
 
 
 def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> int:
-    """Fail running jobs whose worker stopped writing (hard kill, lost message) and remove
-    their half-written output, so they stop holding the tenant's active-job slots."""
+    """Fail jobs running far past their time limit (stuck inside one step) and remove their
+    half-written output, so they stop holding the tenant's active-job slots."""
     reaped = 0
     publisher = Publisher(settings.events_url)
     for kind in jobs.KINDS:
@@ -72,13 +73,13 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
         cutoff = utcnow() - timedelta(seconds=silent)
         ids = session.scalars(
             select(Job.id)
-            .where(Job.kind == kind, Job.status == "running", Job.updated_at < cutoff)
+            .where(Job.kind == kind, Job.status == "running", Job.started_at < cutoff)
             .limit(BATCH)
         ).all()
         for job_id in ids:
             output = jobs.job_output(session, job_id)
             message = (
-                f"The job's worker stopped reporting for over {silent:g} s (its time limit "
+                f"The job was still running {silent:g} s after it started (its time limit "
                 "plus MIFO_STALE_JOB_GRACE_SECONDS); it was stopped and its output removed."
             )
             if not jobs.abandon(session, job_id=job_id, error_type="timeout", message=message):

@@ -46,7 +46,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Per uploaded file.")
     progress_interval: float = Field(1.0, gt=0, description="Seconds between progress writes.")
     visibility_timeout: int = Field(
-        6 * 3600, ge=1, description="Seconds before an unacknowledged job is redelivered."
+        6 * 3600,
+        ge=1,
+        description="Redis: seconds before an unacknowledged message is handed out again "
+        "(a late copy, skipped: lost workers are found by their lease).",
+    )
+    db_connect_timeout: float = Field(
+        3.0, ge=1, description="Seconds to open a database connection (PostgreSQL)."
+    )
+    db_pool_timeout: float = Field(
+        3.0, gt=0, description="Seconds a request waits for a free pooled connection."
+    )
+    db_statement_timeout: float = Field(
+        15.0, gt=0, description="Seconds a statement may run (PostgreSQL, server side)."
+    )
+    db_socket_timeout: float = Field(
+        4.0, ge=1, description="Seconds without an answer before a connection counts as dead."
     )
     concept_cache_size: int = Field(4, ge=1, description="Concepts kept loaded per worker.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -82,7 +97,20 @@ class Settings(BaseSettings):
     idempotency_seconds: int = Field(24 * 3600, ge=1, description="Idempotency-Key lifetime.")
 
     # Jobs that crash, hang or run too long.
-    max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it fails.")
+    max_attempts: int = Field(
+        3, ge=1, description="Runs of a job whose worker was lost, before it fails."
+    )
+    lease_seconds: float = Field(
+        30.0,
+        ge=3,
+        description="A running job whose worker stops renewing it this long is re-queued.",
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="How often a worker renews the lease of its running job."
+    )
+    reconcile_seconds: float = Field(
+        10.0, gt=0, description="Period of the reconciler (lost messages, expired leases)."
+    )
     learn_time_limit: float = Field(4 * 3600, gt=0, description="Seconds per learning job.")
     synthesize_time_limit: float = Field(1800, gt=0, description="Seconds per synthesis job.")
 
@@ -108,8 +136,18 @@ class Settings(BaseSettings):
         300, gt=0, description="Period of the retention task."
     )
     stale_job_grace_seconds: float = Field(
-        600, gt=120, description="A running job silent this long past its time limit fails."
+        600, gt=120, description="A job still running this long past its time limit fails."
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                "heartbeat_seconds must be at most half of lease_seconds, so that one late "
+                "renewal does not lose a live job: lower MIFO_HEARTBEAT_SECONDS or raise "
+                "MIFO_LEASE_SECONDS"
+            )
+        return self
 
     @field_validator("metrics_token", mode="before")
     @classmethod

@@ -286,6 +286,20 @@ def load_tokenizer(
     return _load_tokenizer_dir(directory / "tokenizer")
 
 
+def check_base_model(spec: str, *, cache_dir: str | Path | None = None) -> None:
+    """Raise ModelLoadError, naming what is missing, unless `load_base_model(spec)` can load
+    it from this machine as it is (no download, no weights read, no torch)."""
+    source = _parse_spec(spec)
+    if source.kind in BUILTIN_SPECS:
+        return
+    if source.kind == "local":
+        assert source.path is not None
+        directory = source.path
+    else:
+        directory, _ = _hub_snapshot(source, local_files_only=True, cache_dir=cache_dir, full=True)
+    _check_directory(directory, full=True)
+
+
 def build_tiny(
     seed: int = 0,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, AutoencoderKL, CLIPTokenizer, dict[str, Any]]:

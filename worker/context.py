@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import check_migrated, make_engine, make_sessionmaker
+from core.db import check_migrated, engine_from_settings, make_sessionmaker
 from core.events import Publisher
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
@@ -21,7 +21,7 @@ class WorkerContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:
-        engine = make_engine(settings.db_url)
+        engine = engine_from_settings(settings)
         check_migrated(engine)
         return cls(
             settings=settings,

@@ -43,6 +43,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         attempt: int | None = None,
         deadline: float = math.inf,
+        stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.ctx = ctx
         self.job_id = job_id
@@ -55,11 +56,14 @@ class ProgressReporter:
         self.attempt = attempt
         self.deadline = deadline  # on `clock`; past it the job stops and fails as `timeout`
         self.timed_out = False
+        self.stop = stop  # the lease's heartbeat: canceled, taken over or shutting down
 
     def __call__(self, progress: Any) -> bool:
         now = self.clock()
         if now > self.deadline:
             self.timed_out = True
+            return False
+        if self.stop():
             return False
         phase, step, total = str(progress.phase), int(progress.step), int(progress.total)
         last_of_phase = total > 0 and step >= total

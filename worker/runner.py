@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,53 @@ from worker.progress import ProgressReporter, learn_plan
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {".png": "image/png", ".json": "application/json"}
+
+# Set when this worker process begins a warm shutdown (worker.tasks): a running job stops at
+# its next step and is put back in the queue for another worker, or this one after a restart.
+SHUTTING_DOWN = threading.Event()
+
+
+class Heartbeat:
+    """Renews the lease of one running attempt every MIFO_HEARTBEAT_SECONDS, on its own
+    thread, whatever the job is doing (loading the model, a long step), and learns from the
+    renewal whether the job must stop: canceled, taken over (the lease lapsed and the job was
+    re-queued), or this process shutting down. The engine hears it at its next step."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID, attempt: int) -> None:
+        self.ctx, self.job_id, self.attempt = ctx, job_id, attempt
+        self.canceled = self.superseded = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{job_id}")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def should_stop(self) -> bool:
+        return self.canceled or self.superseded or SHUTTING_DOWN.is_set()
+
+    def beat(self) -> None:
+        settings = self.ctx.settings
+        with session_scope(self.ctx.sessions) as session:
+            lease = jobs.renew(
+                session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                lease_seconds=settings.lease_seconds,
+            )
+        self.superseded = self.superseded or not lease.owned
+        self.canceled = self.canceled or lease.cancel_requested
+
+    def _run(self) -> None:
+        while not self._done.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                self.beat()
+            except Exception as exc:  # the lease may lapse: then the job is re-queued
+                log.warning("job %s: lease not renewed: %s", self.job_id, exc)
 
 
 @dataclass
@@ -95,31 +143,47 @@ def run_job(
     if claimed is None:
         return "skipped"
 
+    with Heartbeat(ctx, claimed.job_id, claimed.attempt) as heartbeat:
+        outcome = _run(ctx, claimed, heartbeat, load_base, concepts)
+    ctx.publisher.publish(job_id)
+    return outcome
+
+
+def _run(
+    ctx: WorkerContext,
+    claimed: Claimed,
+    heartbeat: Heartbeat,
+    load_base: Callable[[], Any],
+    concepts: ConceptCache,
+) -> str:
+    job_id = claimed.job_id
     produced = Produced(written=[claimed.output])
     limit = ctx.settings.time_limit(claimed.kind)
     try:
         # Earlier attempts may have died half-way through their uploads.
         ctx.storage.delete_prefix(claimed.output)
         base = _load(load_base)
+        if heartbeat.should_stop():  # asked while the model loaded
+            raise Cancelled("stopped before the first step")
         if claimed.kind == "learn":
-            _learn(ctx, claimed, base, produced)
+            _learn(ctx, claimed, base, produced, heartbeat)
         else:
             concept = concepts.get(claimed.concept_id, ctx.storage, claimed.concept_files)
-            _synthesize(ctx, claimed, base, concept, produced)
+            _synthesize(ctx, claimed, base, concept, produced, heartbeat)
         if time.monotonic() > claimed.deadline:
             raise TimedOut
         outcome = _recorded(ctx, claimed, "succeeded", produced=produced)
     except Reject:
         raise
     except Superseded:  # the newer attempt owns the job: remove this attempt's own folder
-        log.warning(
-            "job %s: attempt %d superseded by a redelivery; stopped", job_id, claimed.attempt
-        )
-        _remove(ctx, job_id, [claimed.files])
-        return "superseded"
+        return _superseded(ctx, claimed)
     except Cancelled:
         if time.monotonic() > claimed.deadline:
             outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
+        elif heartbeat.superseded:
+            return _superseded(ctx, claimed)
+        elif SHUTTING_DOWN.is_set() and not heartbeat.canceled and _release(ctx, claimed):
+            raise Reject("worker shutting down", requeue=True) from None
         else:
             outcome = _record(ctx, claimed, "canceled")
     except (TimedOut, SoftTimeLimitExceeded):
@@ -136,8 +200,30 @@ def run_job(
         _remove(ctx, job_id, produced.written)  # nothing half-written stays behind
     elif not produced.recorded:  # a newer attempt owns the job: this one's folder goes
         _remove(ctx, job_id, [claimed.files])
-    ctx.publisher.publish(job_id)
     return outcome
+
+
+def _superseded(ctx: WorkerContext, claimed: Claimed) -> str:
+    log.warning(
+        "job %s: attempt %d lost its lease to a newer attempt; stopped",
+        claimed.job_id,
+        claimed.attempt,
+    )
+    _remove(ctx, claimed.job_id, [claimed.files])
+    return "superseded"
+
+
+def _release(ctx: WorkerContext, claimed: Claimed) -> bool:
+    """This worker is shutting down: the job goes back to the queue (the caller gives its
+    message back to the broker) and the next worker runs it from the start. False when a
+    cancel came first: then it ends as canceled."""
+    with session_scope(ctx.sessions) as session:
+        released = jobs.release(session, job_id=claimed.job_id, attempt=claimed.attempt)
+    if released:
+        _remove(ctx, claimed.job_id, [claimed.files])
+        ctx.publisher.publish(claimed.job_id)
+        log.warning("job %s: worker shutting down; job queued again", claimed.job_id)
+    return released
 
 
 def abandon_job(ctx: WorkerContext, job_id: uuid.UUID, error_type: str, message: str) -> bool:
@@ -186,7 +272,7 @@ def _timeout(limit: float) -> tuple[str, str]:
 
 def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | None:
     with session_scope(ctx.sessions) as session:
-        job = jobs.start(session, job_id=job_id, max_attempts=ctx.settings.max_attempts)
+        job = jobs.start(session, job_id=job_id, lease_seconds=ctx.settings.lease_seconds)
         if job is None or isinstance(job, jobs.Refused):
             return job
         concept = session.get(Concept, job.concept_id) if job.concept_id else None
@@ -198,7 +284,9 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
                        concept.prefix, concept.files_prefix, job.attempts, deadline)  # fmt: skip
 
 
-def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
+def _learn(
+    ctx: WorkerContext, job: Claimed, base: Any, out: Produced, heartbeat: Heartbeat
+) -> None:
     from mifo_engine.learning import learn
 
     storage = ctx.storage
@@ -212,7 +300,12 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
         names=job.names,
         config=config,
         progress=ProgressReporter(
-            ctx, job.job_id, learn_plan(config), attempt=job.attempt, deadline=job.deadline
+            ctx,
+            job.job_id,
+            learn_plan(config),
+            attempt=job.attempt,
+            deadline=job.deadline,
+            stop=heartbeat.should_stop,
         ),
     )
     out.meta = learned.metadata()
@@ -229,7 +322,9 @@ def _learn(ctx: WorkerContext, job: Claimed, base: Any, out: Produced) -> None:
     out.result = {"concept_id": str(job.concept_id)}
 
 
-def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced) -> None:
+def _synthesize(
+    ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced, heartbeat: Heartbeat
+) -> None:
     from mifo_engine.synthesis import synthesize
 
     made = synthesize(
@@ -238,7 +333,9 @@ def _synthesize(ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: 
         prompt=job.params["prompt"],
         boxes={token: tuple(box) for token, box in job.params["boxes"].items()},
         config=SynthesisConfig.from_mapping(job.params["config"]),
-        progress=ProgressReporter(ctx, job.job_id, attempt=job.attempt, deadline=job.deadline),
+        progress=ProgressReporter(
+            ctx, job.job_id, attempt=job.attempt, deadline=job.deadline, stop=heartbeat.should_stop
+        ),
     )
     target = job.files
     with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:

@@ -1,4 +1,4 @@
-"""Celery tasks. Each takes a job id only; the job row holds everything else."""
+"""Celery tasks. Each job task takes a job id only; the job row holds everything else."""
 
 from __future__ import annotations
 
@@ -8,14 +8,25 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
+from celery.signals import worker_shutting_down
 
+from core.duties import Duties
+from core.queue import TASK_LEARN, TASK_MAINTENANCE, TASK_RECONCILE, TASK_SYNTHESIZE, TASK_WEBHOOKS
 from core.settings import get_settings
-from worker.app import TASK_LEARN, TASK_MAINTENANCE, TASK_SYNTHESIZE, celery_app
+from worker.app import celery_app
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
-from worker.runner import abandon_job, run_job
+from worker.runner import SHUTTING_DOWN, abandon_job, run_job
 
 log = logging.getLogger(__name__)
+
+
+@worker_shutting_down.connect
+def _stop_running_jobs(**_: Any) -> None:
+    """Warm shutdown (SIGTERM, Ctrl-C): a job running in this process stops at its next step
+    and goes back to the queue (worker.runner), instead of holding the shutdown until it ends.
+    The solo pool runs jobs in this process; prefork children finish theirs first."""
+    SHUTTING_DOWN.set()
 
 
 class EngineTask(Task):
@@ -54,18 +65,21 @@ class EngineTask(Task):
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """The message is acknowledged anyway (hard time limit: in the parent process, after
-        killing the child): end the job here rather than leave it active forever."""
+        killing the child): end the job here rather than wait for its lease to lapse."""
         job_id = (list(args) or [kwargs.get("job_id")])[0]
         if job_id is None:
             return
         if isinstance(exc, TimeLimitExceeded):
-            error = ("timeout", "The job hit the worker's hard time limit and was killed; "
-                     "raise MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.")  # fmt: skip
+            error = (
+                "timeout",
+                "The job hit the worker's hard time limit and was killed; raise "
+                "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.",
+            )
         else:
             error = ("internal_error", f"The worker failed outside the job: {exc!r}")
         try:
             abandon_job(self.ctx, uuid.UUID(str(job_id)), *error)
-        except Exception:  # the reaper (maintenance) fails it later
+        except Exception:  # its lease lapses and the reconciler takes it from there
             log.exception("job %s: could not record the failure", job_id)
 
 
@@ -75,29 +89,48 @@ _settings = get_settings()
 
 
 @celery_app.task(
-    name=TASK_LEARN, base=EngineTask, bind=True,
-    soft_time_limit=_settings.learn_time_limit + 60, time_limit=_settings.learn_time_limit + 120,
-)  # fmt: skip
+    name=TASK_LEARN,
+    base=EngineTask,
+    bind=True,
+    soft_time_limit=_settings.learn_time_limit + 60,
+    time_limit=_settings.learn_time_limit + 120,
+)
 def learn(self: EngineTask, job_id: str) -> str:
     return self.run_job(job_id)
 
 
 @celery_app.task(
-    name=TASK_SYNTHESIZE, base=EngineTask, bind=True,
+    name=TASK_SYNTHESIZE,
+    base=EngineTask,
+    bind=True,
     soft_time_limit=_settings.synthesize_time_limit + 60,
     time_limit=_settings.synthesize_time_limit + 120,
-)  # fmt: skip
+)
 def synthesize(self: EngineTask, job_id: str) -> str:
     return self.run_job(job_id)
 
 
-@celery_app.task(name=TASK_MAINTENANCE, bind=True)
-def maintenance(self: Task) -> dict[str, int]:
-    """Periodic (celery beat): expire old synthesis images and idempotency keys."""
-    from core.retention import run_maintenance
+# The periodic duties (core.duties), sent by `mifo beat` to the control queue.
+_duties: Duties | None = None
 
-    ctx = EngineTask._ctx or WorkerContext.from_settings(get_settings())
-    EngineTask._ctx = ctx
-    done = run_maintenance(ctx.sessions, ctx.storage, ctx.settings)
-    log.info("maintenance: %s", done)
-    return done
+
+def duties() -> Duties:
+    global _duties
+    if _duties is None:
+        _duties = Duties.from_settings(get_settings())
+    return _duties
+
+
+@celery_app.task(name=TASK_RECONCILE)
+def reconcile() -> dict[str, int]:
+    return duties().reconcile()
+
+
+@celery_app.task(name=TASK_WEBHOOKS)
+def webhooks() -> int:
+    return duties().webhooks()
+
+
+@celery_app.task(name=TASK_MAINTENANCE)
+def maintenance() -> dict[str, int]:
+    return duties().maintenance()

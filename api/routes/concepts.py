@@ -22,6 +22,7 @@ from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
 from api.state import AppState
 from api.uploads import Upload, read_upload
 from core import cleanup, jobs
+from core.db import retry_conflicts
 from core.models import Artifact, Concept, Job, utcnow
 from core.storage import StorageError
 
@@ -70,6 +71,7 @@ def create_concept(
     Nothing is stored when the request is rejected. `Location` names the job to poll."""
     settings = state.settings
     upload = read_upload(image, masks, names, options, settings)
+    state.check_base_model()  # 503 model_unavailable: a job would only fail
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
     hook_url, hook_events = submit.webhook(webhook_url, events, settings)
     idem = Idempotency.begin(
@@ -81,7 +83,7 @@ def create_concept(
     )  # fmt: skip
     if idem.replay is not None:
         return idem.replay
-    try:
+    def accept() -> tuple[Concept, Job]:
         with state.creating_job():  # the capacity check counts until the commit
             submit.check_capacity(session, tenant, settings)
             concept = Concept(
@@ -97,14 +99,18 @@ def create_concept(
             session.add(concept)
             session.flush()
             job = jobs.create_job(
-                session, tenant_id=tenant, kind="learn", concept_id=concept.id,
-                params={"options": upload.options}, webhook_url=hook_url,
+                session,
+                tenant_id=tenant,
+                kind="learn",
+                concept_id=concept.id,
+                params={"options": upload.options},
+                webhook_url=hook_url,
                 webhook_events=hook_events,
-            )  # fmt: skip
+            )
             idem.attach(job.id, 202)
             try:
                 _store_inputs(session, state.storage, concept, upload)
-                job.updated_at = utcnow()  # the re-send grace (api/dispatch.py) starts now
+                job.updated_at = utcnow()  # the re-send grace (core/reconcile.py) starts now
                 session.commit()
             except Exception as exc:  # nothing half-written stays behind
                 session.rollback()
@@ -113,6 +119,10 @@ def create_concept(
                 if isinstance(exc, StorageError):
                     raise submit.unavailable("storage", exc) from exc
                 raise
+        return concept, job
+
+    try:
+        concept, job = retry_conflicts(session, accept)
         _enqueue(session, state, concept, job)
         body = _created(request, session, state, job.id)
     except BaseException:
@@ -256,18 +266,24 @@ def delete_concept(
     tenant: TenantDep,
 ) -> Response:
     """Cancel the concept's unfinished jobs, delete its stored objects and the concept."""
-    concept = session.get(Concept, concept_id, with_for_update=True)
-    if concept is None or concept.tenant_id != tenant:
-        raise not_found("concept", concept_id)
-    active = session.scalars(
-        select(Job).where(Job.concept_id == concept_id, Job.status.in_(jobs.ACTIVE))
-    ).all()
-    for job in active:
-        jobs.request_cancel(session, job=job)
-    prefix = concept.prefix
-    changed = session.scalars(select(Job.id).where(Job.concept_id == concept_id)).all()
-    session.delete(concept)
-    session.commit()
+
+    def delete() -> tuple[str, list[uuid.UUID]]:
+        submit.lock_tenant(session, tenant)  # the lock order of every route: tenant first
+        concept = session.get(Concept, concept_id, with_for_update=True)
+        if concept is None or concept.tenant_id != tenant:
+            raise not_found("concept", concept_id)
+        active = session.scalars(
+            select(Job).where(Job.concept_id == concept_id, Job.status.in_(jobs.ACTIVE))
+        ).all()
+        for job in active:  # their outputs lie under the concept's prefix, removed below
+            jobs.request_cancel(session, job=job)
+        changed = list(session.scalars(select(Job.id).where(Job.concept_id == concept_id)))
+        prefix = concept.prefix
+        session.delete(concept)
+        session.commit()
+        return prefix, changed
+
+    prefix, changed = retry_conflicts(session, delete)
     state.job_changed(*changed)  # canceled, or lost their concept and its files
     # The rows are gone; objects that cannot be removed now are removed by maintenance.
     cleanup.remove(storage, state.sessions, prefix, f"the objects of deleted concept {concept_id}")

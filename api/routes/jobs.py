@@ -27,7 +27,7 @@ from api.schemas import (
     WebhookDeliveryPublic,
 )
 from api.state import AppState
-from core import jobs
+from core import cleanup, jobs
 from core.models import Job, WebhookDelivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -155,7 +155,8 @@ def cancel_job(
     tenant: TenantDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
-    """Cancel a queued job at once; ask a running one to stop (it ends as `canceled`).
+    """Cancel a queued job at once; ask a running one to stop (it ends as `canceled` at its
+    next step). A running job whose worker is gone (its lease lapsed) is canceled at once.
 
     Cancelling a canceled job is a no-op; a succeeded or failed job answers 409."""
     job = load_job(session, job_id, tenant)
@@ -169,7 +170,7 @@ def cancel_job(
         return idem.replay
     try:
         try:
-            jobs.request_cancel(session, job=job)
+            leftover = jobs.request_cancel(session, job=job)
         except jobs.InvalidTransition as exc:
             raise Problem(
                 409, "job_finished", "Job already finished", str(exc), field="job_id",
@@ -178,6 +179,8 @@ def cancel_job(
         idem.attach(job.id, 202)
         session.commit()
         state.job_changed(job.id)
+        if leftover:  # its worker was gone: what it had written goes now
+            cleanup.remove(state.storage, state.sessions, leftover, f"the output of job {job.id}")
         body = present.job(load_job(session, job_id, tenant))
     except BaseException:
         idem.abandon()

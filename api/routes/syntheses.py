@@ -18,6 +18,7 @@ from api.present import Presenter
 from api.problems import PROBLEM_RESPONSE, Problem, from_engine, not_found
 from api.schemas import JobPublic, SynthesisCreate
 from core import jobs
+from core.db import retry_conflicts
 from core.models import Concept, Job
 from core.settings import Settings
 from mifo_engine.config import SynthesisConfig
@@ -51,6 +52,7 @@ def create_synthesis(
     Box keys may be tokens (`<asset0>`) or the instance names given at learning time."""
     settings = state.settings
     _limits(body, settings)
+    state.check_base_model()  # 503 model_unavailable: a job would only fail
     config = _config(body)  # 422 before any lookup
     hook_url, hook_events = submit.webhook(
         body.webhook_url, list(body.webhook_events or []) or None, settings
@@ -81,7 +83,7 @@ def create_synthesis(
     )  # fmt: skip
     if idem.replay is not None:
         return idem.replay
-    try:
+    def accept() -> Job:
         with state.creating_job():
             submit.check_capacity(session, tenant, settings)
             _keep_concept(session, concept_id, tenant)
@@ -93,9 +95,14 @@ def create_synthesis(
             }
             try:
                 job = jobs.create_job(
-                    session, tenant_id=tenant, kind="synthesize", concept_id=concept.id,
-                    params=params, webhook_url=hook_url, webhook_events=hook_events,
-                )  # fmt: skip
+                    session,
+                    tenant_id=tenant,
+                    kind="synthesize",
+                    concept_id=concept_id,
+                    params=params,
+                    webhook_url=hook_url,
+                    webhook_events=hook_events,
+                )
                 idem.attach(job.id, 202)
                 session.commit()
             except IntegrityError as exc:  # the concept was deleted after all (SQLite: no lock)
@@ -103,6 +110,10 @@ def create_synthesis(
                 if session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None:
                     raise not_found("concept", concept_id) from exc
                 raise
+        return job
+
+    try:
+        job = retry_conflicts(session, accept)
         try:
             dispatch.send(state, session, job.id, "synthesize")
         except Exception as exc:  # the broker is down: forget the job, say so

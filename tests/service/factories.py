@@ -6,11 +6,16 @@ import io
 import uuid
 from typing import Any
 
+from datetime import timedelta
+
 from PIL import Image, ImageDraw
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core import auth, jobs
-from core.models import Artifact, Concept, Job
+from core.models import Artifact, Concept, Job, utcnow
+
+LEASE = 30.0  # seconds: the lease tests start jobs under
 
 
 def png(img: Image.Image) -> bytes:
@@ -110,3 +115,28 @@ def make_artifact(
     session.add(art)
     session.flush()
     return art
+
+
+def lose_worker(session: Session, job_id: uuid.UUID, max_attempts: int = 3) -> list[jobs.Lapsed]:
+    """As if the job's worker had died: its lease lapses, and the reconciler's first step
+    (re-queue, or end after `max_attempts` losses) handles it."""
+    session.execute(
+        update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+    )
+    return jobs.requeue_lapsed(session, max_attempts=max_attempts)
+
+
+class Doorbell:
+    """A broker for the reconciler: records what it sends; `waiting` messages per queue."""
+
+    def __init__(self, waiting: int | None = 0, fail: bool = False) -> None:
+        self.sent: list[tuple[uuid.UUID, str]] = []
+        self.waiting, self.fail = waiting, fail
+
+    def send(self, job_id: uuid.UUID, kind: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((job_id, kind))
+
+    def depth(self, queue: str) -> int | None:
+        return self.waiting

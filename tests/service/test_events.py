@@ -18,7 +18,7 @@ from core.events import Publisher
 from core.settings import Settings
 
 from .conftest import bearer
-from .factories import make_concept, make_job
+from .factories import LEASE, make_concept, make_job
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -42,7 +42,7 @@ def _drive(settings: Settings, job_id: object, publish: bool) -> threading.Threa
         sessions = make_sessionmaker(engine)
         publisher = Publisher(settings.events_url if publish else None)
         steps = [
-            lambda s: jobs.start(s, job_id=job_id),
+            lambda s: jobs.start(s, job_id=job_id, lease_seconds=LEASE),
             lambda s: jobs.record_progress(
                 s, job_id=job_id, phase="phase1", step=1, total=2, fraction=0.5, eta_seconds=1.0
             ),  # fmt: skip

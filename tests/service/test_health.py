@@ -12,14 +12,46 @@ from api.main import create_app
 from core import jobs
 from core.settings import Settings
 
-from .factories import make_concept, make_job
+from .factories import LEASE, make_concept, make_job
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+        "base_model": "ok",
+    }
+
+
+def test_an_unloadable_base_model_is_not_ready_and_refuses_jobs(
+    settings: Settings, tmp_path: Path, api_key: str
+) -> None:
+    """The API counts prompt tokens without the weights; readiness checks the weights too."""
+    from tests.helpers.images import encode, make_scene
+
+    from .conftest import bearer
+
+    folder = tmp_path / "sd21"
+    (folder / "tokenizer").mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt"):  # enough for the tokenizer, not for a worker
+        (folder / "tokenizer" / name).write_text("{}" if name.endswith("json") else "")
+    broken = settings.model_copy(update={"base_model": str(folder)})
+    with TestClient(create_app(broken), headers=bearer(api_key)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        checks = r.json()["checks"]
+        assert checks["database"] == "ok" and checks["base_model"].startswith("error")
+        assert "unet/config.json" in checks["base_model"]
+        image, masks = make_scene()
+        files = [("image", ("s.png", encode(image), "image/png"))]
+        files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+        r = client.post("/v1/concepts", files=files)
+        assert r.status_code == 503 and r.json()["type"].endswith("/model_unavailable")
+        assert client.get("/v1/concepts").json()["total"] == 0  # nothing was stored
 
 
 def test_readyz_is_503_when_storage_is_unreachable(settings: Settings, tmp_path: Path) -> None:
@@ -45,7 +77,7 @@ def test_metrics_count_jobs_and_durations(client: TestClient, session: Session) 
     concept = make_concept(session)
     make_job(session, concept)
     job = make_job(session, concept, kind="synthesize")
-    jobs.start(session, job_id=job.id)
+    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
     jobs.finish(session, job_id=job.id, status="succeeded", result={})
     session.commit()
     text = client.get("/metrics").text

@@ -16,10 +16,10 @@ from core.models import utcnow
 from core.retention import run_maintenance
 from core.settings import Settings
 from core.storage import storage_from_settings
-from worker.app import TASK_MAINTENANCE, create_celery
+from core.queue import TASK_MAINTENANCE, TASK_RECONCILE, TASK_WEBHOOKS, create_celery
 
 from .conftest import bearer
-from .factories import make_artifact, make_concept, make_job
+from .factories import LEASE, make_artifact, make_concept, make_job
 
 
 @pytest.fixture
@@ -56,13 +56,23 @@ def test_old_synthesis_images_expire(
     assert client.get(f"/v1/jobs/{fresh.id}").json()["result"]["images"][0]["url"]
 
 
-def test_embedded_mode_runs_the_retention_loop(
+def test_embedded_mode_runs_the_duties_in_process(
     settings: Settings, session: Session, api_key: str
 ) -> None:
+    from core.duties import Duties, in_process
+
     storage, concept, old = _old_synthesis(session, settings, age=120)
-    s = settings.model_copy(update={"embedded": True, "synthesis_retention_seconds": 60,
-                                    "maintenance_interval_seconds": 0.2})  # fmt: skip
-    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+    s = settings.model_copy(
+        update={
+            "embedded": True,
+            "synthesis_retention_seconds": 60,
+            "maintenance_interval_seconds": 0.2,
+        }
+    )
+    with (
+        TestClient(create_app(s), headers=bearer(api_key)) as c,
+        in_process(Duties.from_settings(s)),
+    ):
         deadline = time.monotonic() + 10
         while c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at") is None:
             assert time.monotonic() < deadline
@@ -70,11 +80,43 @@ def test_embedded_mode_runs_the_retention_loop(
     assert storage.keys(f"{concept.prefix}syntheses/") == []
 
 
-def test_production_schedules_the_task_with_celery_beat(settings: Settings) -> None:
-    app = create_celery(settings.model_copy(update={"maintenance_interval_seconds": 120}))
-    entry = app.conf.beat_schedule["maintenance"]
-    assert entry["task"] == TASK_MAINTENANCE and entry["schedule"] == 120
-    assert app.conf.task_routes[TASK_MAINTENANCE] == {"queue": "maintenance"}
+def test_the_api_process_runs_no_periodic_duty(
+    settings: Settings, session: Session, api_key: str
+) -> None:
+    """The API serves HTTP; retention (like reconcile and webhooks) runs elsewhere."""
+    storage, concept, old = _old_synthesis(session, settings, age=120)
+    s = settings.model_copy(
+        update={
+            "embedded": True,
+            "synthesis_retention_seconds": 60,
+            "maintenance_interval_seconds": 0.1,
+        }
+    )
+    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+        time.sleep(0.5)
+        assert c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at") is None
+    assert storage.keys(f"{concept.prefix}syntheses/")
+
+
+def test_production_sends_every_duty_to_the_control_queue(settings: Settings) -> None:
+    s = settings.model_copy(
+        update={
+            "maintenance_interval_seconds": 120,
+            "reconcile_seconds": 7,
+            "webhook_poll_seconds": 2,
+        }
+    )
+    app = create_celery(s)
+    schedule = app.conf.beat_schedule
+    expected = {
+        "maintenance": (TASK_MAINTENANCE, 120),
+        "reconcile": (TASK_RECONCILE, 7),
+        "webhooks": (TASK_WEBHOOKS, 2),
+    }
+    assert {name: (e["task"], e["schedule"]) for name, e in schedule.items()} == expected
+    for name, (task, every) in expected.items():
+        assert schedule[name]["options"] == {"queue": "control", "expires": every}
+        assert app.conf.task_routes[task] == {"queue": "control"}
 
 
 def test_deleting_a_concept_removes_all_its_objects(
@@ -86,7 +128,7 @@ def test_deleting_a_concept_removes_all_its_objects(
     assert storage.keys(concept.prefix) == []
 
 
-def test_stale_running_jobs_fail_as_timeout_and_lose_their_output(
+def test_jobs_running_past_their_time_limit_fail_as_timeout_and_lose_their_output(
     session: Session, settings: Settings
 ) -> None:
     from core.models import Concept, Job
@@ -95,9 +137,9 @@ def test_stale_running_jobs_fail_as_timeout_and_lose_their_output(
     concept = make_concept(session, status="pending")
     stale, fresh = make_job(session, concept), make_job(session, concept)
     for job in (stale, fresh):
-        jobs.start(session, job_id=job.id)
+        jobs.start(session, job_id=job.id, lease_seconds=LEASE)
     silent = settings.learn_time_limit + settings.stale_job_grace_seconds + 60
-    session.get(Job, stale.id).updated_at = utcnow() - timedelta(seconds=silent)  # type: ignore[union-attr]
+    session.get(Job, stale.id).started_at = utcnow() - timedelta(seconds=silent)  # type: ignore[union-attr]
     session.commit()
     storage.put(f"{concept.prefix}concept/half.bin", b"x")
     from core.db import make_engine, make_sessionmaker

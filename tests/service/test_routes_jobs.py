@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from core import jobs
 
-from .factories import make_artifact, make_concept, make_job
+from .factories import LEASE, make_artifact, make_concept, make_job
 
 
 def test_filters_and_pagination(client: TestClient, session: Session) -> None:
@@ -36,7 +36,7 @@ def test_cancel_queued_running_and_finished(client: TestClient, session: Session
     concept = make_concept(session)
     queued = make_job(session, concept)
     running = make_job(session, concept)
-    jobs.start(session, job_id=running.id)
+    jobs.start(session, job_id=running.id, lease_seconds=LEASE)
     done = make_job(session, concept, status="succeeded")
     session.commit()
     r = client.post(f"/v1/jobs/{queued.id}/cancel")

@@ -12,8 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from sqlalchemy import update
+
+from core.models import Job, utcnow
 from core.settings import Settings
 from tests.helpers.images import encode, make_scene
+from tests.service.factories import LEASE, Doorbell, lose_worker
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.runner import run_job
@@ -175,7 +179,7 @@ def test_a_queued_job_canceled_never_runs(client: TestClient, ctx: WorkerContext
     assert job["status"] == "canceled" and job["started_at"] is None and job["attempts"] == 0
 
 
-def test_redelivery_is_bounded_and_cleans_the_last_attempt(
+def test_lost_workers_are_bounded_and_the_next_attempt_cleans_up(
     client: TestClient, ctx: WorkerContext, base: Any, session: Any
 ) -> None:
     from core import jobs
@@ -184,9 +188,10 @@ def test_redelivery_is_bounded_and_cleans_the_last_attempt(
     created = _learn_request(client)
     job_id = uuid.UUID(created["job"]["id"])
     leftover = f"concepts/{created['concept']['id']}/concept/half-written.bin"
-    with session_scope(ctx.sessions) as s:  # two deliveries whose worker died
-        jobs.start(s, job_id=job_id, max_attempts=3)
-        jobs.start(s, job_id=job_id, max_attempts=3)
+    with session_scope(ctx.sessions) as s:  # two runs whose worker died
+        for _ in range(2):
+            jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+            assert [x.outcome for x in lose_worker(s, job_id)] == ["requeued"]
     ctx.storage.put(leftover, b"x")
     assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "succeeded"  # third attempt
     assert leftover not in ctx.storage.keys(f"concepts/{created['concept']['id']}/")
@@ -194,11 +199,34 @@ def test_redelivery_is_bounded_and_cleans_the_last_attempt(
 
     again = uuid.UUID(_learn_request(client)["job"]["id"])
     with session_scope(ctx.sessions) as s:
+        outcomes = []
         for _ in range(3):
-            jobs.start(s, job_id=again, max_attempts=3)
+            jobs.start(s, job_id=again, lease_seconds=LEASE)
+            outcomes += [x.outcome for x in lose_worker(s, again)]
+    assert outcomes == ["requeued", "requeued", "failed"]
     assert run_job(ctx, again, lambda: base, ConceptCache(1)) == "skipped"
     job = client.get(f"/v1/jobs/{again}").json()
     assert job["status"] == "failed" and job["error"]["type"] == "worker_lost"
+    assert "3 runs" in job["error"]["message"]
+
+
+def test_a_second_message_for_a_running_job_is_skipped(
+    client: TestClient, ctx: WorkerContext
+) -> None:
+    """A duplicate delivery (a late copy after a re-send) never starts a second run."""
+    from core import jobs
+    from core.db import session_scope
+
+    job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+    with session_scope(ctx.sessions) as s:
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+
+    def never() -> Any:
+        raise AssertionError("a duplicate message loaded the model")
+
+    assert run_job(ctx, job_id, never, ConceptCache(1)) == "skipped"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["attempts"] == 1
 
 
 def test_a_superseded_attempt_cannot_record_an_outcome(
@@ -209,8 +237,9 @@ def test_a_superseded_attempt_cannot_record_an_outcome(
 
     job_id = uuid.UUID(_learn_request(client)["job"]["id"])
     with session_scope(ctx.sessions) as s:
-        first = jobs.start(s, job_id=job_id).attempts  # type: ignore[union-attr]
-        jobs.start(s, job_id=job_id)  # redelivered while the first worker still ran
+        first = jobs.start(s, job_id=job_id, lease_seconds=LEASE).attempts  # type: ignore[union-attr]
+        lose_worker(s, job_id)  # its lease lapsed (the worker was cut off, still running)
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)  # ... and another worker took it
         assert not jobs.record_progress(s, job_id=job_id, phase="p", step=1, total=2,
                                         fraction=0.5, eta_seconds=None, attempt=first)  # fmt: skip
         assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)
@@ -226,7 +255,7 @@ def test_a_superseded_attempt_stops_uploading_and_never_touches_the_new_files(
     created = _learn_request(client)
     job_id, concept_id = uuid.UUID(created["job"]["id"]), uuid.UUID(created["concept"]["id"])
     with session_scope(ctx.sessions) as s:
-        first = jobs.start(s, job_id=job_id).attempts  # type: ignore[union-attr]
+        first = jobs.start(s, job_id=job_id, lease_seconds=LEASE).attempts  # type: ignore[union-attr]
     folder = tmp_path / "upload"  # tmp_path also holds this test's storage
     folder.mkdir()
 
@@ -238,8 +267,9 @@ def test_a_superseded_attempt_stops_uploading_and_never_touches_the_new_files(
     assert old.files != new.files and old.files.startswith(old.output)
     (folder / "a.png").write_bytes(b"first")
     assert _upload(ctx, old, folder, old.files) == {old.files + "a.png": 5}
-    with session_scope(ctx.sessions) as s:
-        jobs.start(s, job_id=job_id)  # redelivered while the first attempt still runs
+    with session_scope(ctx.sessions) as s:  # the first attempt lost its lease, still running
+        lose_worker(s, job_id)
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)
     (folder / "a.png").write_bytes(b"newer")
     _upload(ctx, new, folder, new.files)
     (folder / "a.png").write_bytes(b"stale")
@@ -270,7 +300,8 @@ def test_an_attempt_overtaken_before_recording_removes_its_own_folder(
     def overtaken(ctx_: Any, job: Any, status: str, **kw: Any) -> str:
         assert ctx.storage.keys(job.files)  # this attempt uploaded its concept
         with session_scope(ctx.sessions) as s:
-            assert jobs.start(s, job_id=job_id).attempts == 2  # type: ignore[union-attr]
+            lose_worker(s, job_id)
+            assert jobs.start(s, job_id=job_id, lease_seconds=LEASE).attempts == 2  # type: ignore[union-attr]
         ctx.storage.put(newer + "concept.json", b"{}")  # the newer attempt's first file
         return real(ctx_, job, status, **kw)
 
@@ -300,25 +331,27 @@ def test_a_learned_concept_lives_in_its_attempts_folder(
 
 
 @pytest.mark.parametrize("ending", ["canceled", "exhausted"])
-def test_a_job_ended_by_start_cleans_up_and_settles_its_concept(
+def test_a_job_ended_by_the_reconciler_is_cleaned_up_and_settles_its_concept(
     client: TestClient, ctx: WorkerContext, ending: str
 ) -> None:
     from core import jobs
     from core.db import session_scope
+    from core.reconcile import reconcile
 
     created = _learn_request(client)
     job_id, concept_id = uuid.UUID(created["job"]["id"]), created["concept"]["id"]
     with session_scope(ctx.sessions) as s:
-        for _ in range(1 if ending == "canceled" else 3):  # deliveries whose worker died
-            jobs.start(s, job_id=job_id, max_attempts=3)
-    if ending == "canceled":
-        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+        for _ in range(0 if ending == "canceled" else 2):  # runs whose worker died
+            lose_worker(s, job_id)
+            jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+    if ending == "canceled":  # asked while the worker looked alive: it is to stop
+        assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
     ctx.storage.put(f"concepts/{concept_id}/concept/half-written.bin", b"x")
-
-    def never() -> Any:
-        raise AssertionError("the model was loaded for a job that must not run")
-
-    assert run_job(ctx, job_id, never, ConceptCache(1)) == "skipped"
+    with session_scope(ctx.sessions) as s:  # ... and then its worker turned out to be gone
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
+    done = reconcile(ctx.sessions, ctx.storage, ctx.settings, Doorbell())
+    assert done[ending if ending == "canceled" else "failed"] == 1
     assert not ctx.storage.keys(f"concepts/{concept_id}/concept/")
     concept = client.get(f"/v1/concepts/{concept_id}").json()
     assert concept["status"] == ("canceled" if ending == "canceled" else "failed")
@@ -370,7 +403,7 @@ def test_a_task_failure_outside_the_runner_ends_the_job(
     created = _learn_request(client)
     job_id, concept_id = created["job"]["id"], created["concept"]["id"]
     with session_scope(ctx.sessions) as s:
-        jobs.start(s, job_id=uuid.UUID(job_id))
+        jobs.start(s, job_id=uuid.UUID(job_id), lease_seconds=LEASE)
     ctx.storage.put(f"concepts/{concept_id}/concept/half.bin", b"x")
     exc = TimeLimitExceeded(10) if error == "hard_limit" else RuntimeError("boom")
     saved, tasks.EngineTask._ctx = tasks.EngineTask._ctx, ctx

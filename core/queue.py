@@ -1,0 +1,125 @@
+"""The broker: queue and task names, the Celery app both sides build, and `Broker`, the one
+object that sends a job's message or asks how many wait. Importing this module creates
+nothing: the API, the workers and the reconciler each build what they need from Settings.
+
+The broker is a doorbell, not the truth: the job row says what must run (core.jobs), and the
+reconciler (core.reconcile) rings again for a job whose message may have been lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings
+
+TASK_LEARN = "mifo.learn"
+TASK_SYNTHESIZE = "mifo.synthesize"
+# Periodic duties (core.duties), sent by celery beat to the small CPU `control` queue.
+TASK_RECONCILE = "mifo.reconcile"
+TASK_WEBHOOKS = "mifo.webhooks"
+TASK_MAINTENANCE = "mifo.maintenance"
+
+JOB_TASKS = {"learn": TASK_LEARN, "synthesize": TASK_SYNTHESIZE}  # each kind has its own queue
+CONTROL = "control"
+QUEUES = ("learn", "synthesize", CONTROL)
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+        }
+    # Redis hands an unacknowledged message to another worker after this long. Recovery does
+    # not wait for it (a lost worker's lease expires first); such a late copy is skipped.
+    return {"visibility_timeout": settings.visibility_timeout}
+
+
+def prepare_folders(settings: Settings) -> None:
+    """The file-system broker's folders (embedded mode), made by the processes that use it."""
+    if settings.broker_url.startswith("filesystem://"):
+        for sub in ("queue", "control", "processed"):
+            (settings.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What `mifo beat` sends: each duty on the control queue, expiring after one period so
+    that a backlog (no control worker for a while) never runs a duty many times in a row."""
+    periods = {
+        "reconcile": (TASK_RECONCILE, settings.reconcile_seconds),
+        "webhooks": (TASK_WEBHOOKS, settings.webhook_poll_seconds),
+        "maintenance": (TASK_MAINTENANCE, settings.maintenance_interval_seconds),
+    }
+    return {
+        name: {"task": task, "schedule": every, "options": {"queue": CONTROL, "expires": every}}
+        for name, (task, every) in periods.items()
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mifo", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
+        task_default_queue="learn",
+        task_routes={
+            TASK_LEARN: {"queue": "learn"},
+            TASK_SYNTHESIZE: {"queue": "synthesize"},
+            TASK_RECONCILE: {"queue": CONTROL},
+            TASK_WEBHOOKS: {"queue": CONTROL},
+            TASK_MAINTENANCE: {"queue": CONTROL},
+        },
+        beat_schedule=beat_schedule(settings),
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the job row is the result
+        task_acks_late=True,  # a message whose worker dies is not lost with it
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one GPU job at a time; others stay with the broker
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # A request must not hang on a dead broker: fail fast, answer 503.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        broker_connection_timeout=5,
+    )
+    return app
+
+
+class Broker:
+    """Sends job messages and reads queue depths through one Celery app."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Broker:
+        prepare_folders(settings)
+        return cls(create_celery(settings))
+
+    def send(self, job_id: uuid.UUID, kind: str) -> None:
+        """Ring for a job (raises what the broker raised)."""
+        self.app.send_task(JOB_TASKS[kind], args=[str(job_id)], queue=kind)
+
+    def check(self) -> None:
+        """Raise unless the broker accepts a connection within a few seconds."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+    def depth(self, queue: str) -> int | None:
+        """Messages waiting in `queue` (not those a worker holds); None if the broker is down."""
+        try:
+            with self.app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, timeout=3)
+                # Not passive: Redis drops empty lists, and an absent queue is an empty one.
+                declared = conn.default_channel.queue_declare(queue=queue, durable=True)
+                return int(declared.message_count)
+        except Exception:
+            return None
