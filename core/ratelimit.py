@@ -7,8 +7,8 @@ window is checked and the request recorded in one Redis script, so concurrent re
 admit more, or fewer, than `burst`.
 
 One Redis call per request cost the status poll about 0.12 ms of the event loop (a third of
-its time; BENCHMARKS.md), so a key that sent several requests in the last LEASE_SECONDS
-takes as many entries at once (a lease, at most `rate * LEASE_SECONDS`) and spends them in
+its time under `bench/load.py --compare`), so a key that sent several requests in the last
+LEASE_SECONDS takes as many entries at once (a lease, at most `rate * LEASE_SECONDS`) and spends them in
 this process within LEASE_SECONDS. A key near its limit takes one entry at a time, so
 bursts stay exact; a refused key is refused here, without Redis, until its oldest entry
 leaves the window (nothing can free one sooner).
