@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import uuid
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 from PIL import Image, ImageDraw
 from sqlalchemy import update

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from core import jobs
 from core.models import Job
 
-from .factories import LEASE, make_concept, make_job
+from .factories import LEASE, lose_worker, make_concept, make_job
 
 
 def _fresh(session: Session, job: Job) -> Job:
@@ -35,7 +35,8 @@ def test_happy_path_records_times_progress_and_duration(session: Session) -> Non
 
 def test_cancel_queued_is_immediate_and_the_worker_skips_it(session: Session) -> None:
     job = make_job(session, make_concept(session))
-    assert jobs.request_cancel(session, job=job).status == "canceled"
+    jobs.request_cancel(session, job=job)
+    assert job.status == "canceled"
     assert jobs.start(session, job_id=job.id, lease_seconds=LEASE) is None
     assert _fresh(session, job).status == "canceled"
 
@@ -43,7 +44,7 @@ def test_cancel_queued_is_immediate_and_the_worker_skips_it(session: Session) ->
 def test_cancel_running_asks_the_worker_and_success_is_refused(session: Session) -> None:
     job = make_job(session, make_concept(session))
     jobs.start(session, job_id=job.id, lease_seconds=LEASE)
-    job = jobs.request_cancel(session, job=job)
+    assert jobs.request_cancel(session, job=job) is None  # nothing ended here: nothing to remove
     assert job.status == "running" and job.cancel_requested
     # The next progress write tells the engine to stop.
     assert not jobs.record_progress(
@@ -60,20 +61,40 @@ def test_cancel_is_idempotent_but_finished_jobs_refuse(session: Session) -> None
     with pytest.raises(jobs.InvalidTransition):
         jobs.request_cancel(session, job=done)
     gone = make_job(session, concept, status="canceled")
-    assert jobs.request_cancel(session, job=gone).status == "canceled"
+    assert jobs.request_cancel(session, job=gone) is None and gone.status == "canceled"
 
 
-def test_redelivered_running_job_starts_again_unless_cancel_was_requested(session: Session) -> None:
+def test_only_a_queued_job_starts_and_a_requeued_one_is_the_next_attempt(
+    session: Session,
+) -> None:
     concept = make_concept(session)
     job = make_job(session, concept)
-    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
-    again = jobs.start(session, job_id=job.id, lease_seconds=LEASE)  # the worker was lost; the broker redelivered
-    assert again is not None and again.attempts == 2
-    jobs.request_cancel(session, job=again)
+    assert jobs.start(session, job_id=job.id, lease_seconds=LEASE).attempts == 1  # type: ignore[union-attr]
+    assert jobs.start(session, job_id=job.id, lease_seconds=LEASE) is None  # a second message
+    lose_worker(session, job.id)
+    again = jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+    assert again is not None and again.attempts == 2 and again.losses == 1
+
+
+def test_cancel_requested_before_a_queued_start_ends_the_job(session: Session) -> None:
+    concept = make_concept(session)
+    job = make_job(session, concept)
+    job.cancel_requested = True  # a cancel that raced with a re-queue
+    session.flush()
     refused = jobs.start(session, job_id=job.id, lease_seconds=LEASE)
     assert isinstance(refused, jobs.Refused) and refused.status == "canceled"
     assert refused.output == jobs.output_prefix(job.kind, f"concepts/{concept.id}/", job.id)
     assert _fresh(session, job).status == "canceled"
+
+
+def test_a_worker_shutting_down_puts_the_job_back(session: Session) -> None:
+    job = make_job(session, make_concept(session))
+    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+    assert not jobs.release(session, job_id=job.id, attempt=2)  # not that attempt's to release
+    assert jobs.release(session, job_id=job.id, attempt=1)
+    fresh = _fresh(session, job)
+    assert fresh.status == "queued" and fresh.lease_expires_at is None and fresh.losses == 0
+    assert jobs.start(session, job_id=job.id, lease_seconds=LEASE).attempts == 2  # type: ignore[union-attr]
 
 
 def test_finished_jobs_are_not_started_or_finished_twice(session: Session) -> None:

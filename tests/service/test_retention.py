@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from api.main import create_app
 from core import jobs
 from core.models import utcnow
+from core.queue import TASK_MAINTENANCE, TASK_RECONCILE, TASK_WEBHOOKS, create_celery
 from core.retention import run_maintenance
 from core.settings import Settings
 from core.storage import storage_from_settings
-from core.queue import TASK_MAINTENANCE, TASK_RECONCILE, TASK_WEBHOOKS, create_celery
 
 from .conftest import bearer
 from .factories import LEASE, make_artifact, make_concept, make_job

@@ -158,7 +158,7 @@ def test_log_level_and_access_log_reach_uvicorn(
     ran: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
     # `serve` also starts a worker process and installs a SIGTERM handler: not here.
-    worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0)
+    worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0, poll=lambda: 0)
     monkeypatch.setattr(core.embedded.subprocess, "Popen", lambda *a, **kw: worker)
     monkeypatch.setattr(core.embedded.signal, "signal", lambda *a: None)
     monkeypatch.setattr(core.cli, "_logging", lambda: "WARNING")

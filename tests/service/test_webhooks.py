@@ -36,6 +36,15 @@ def db_url(postgres_url: str) -> str:
     return postgres_url
 
 
+@pytest.fixture
+def sender(settings: Settings) -> Iterator[None]:
+    """The periodic duties, webhook delivery among them, as `mifo serve` runs them."""
+    from core.duties import Duties, in_process
+
+    with in_process(Duties.from_settings(settings)):
+        yield
+
+
 def verify(secret: str, headers: Any, body: bytes, tolerance: int = 300) -> dict:
     """What a receiver does (the README's snippet)."""
     msg_id, stamp = headers["webhook-id"], headers["webhook-timestamp"]
@@ -105,7 +114,7 @@ def _deliveries(client: TestClient, job_id: str, n: int, timeout: float = 20) ->
 
 
 def test_signed_events_reach_a_real_receiver(
-    client: TestClient, settings: Settings, session: Session
+    client: TestClient, settings: Settings, session: Session, sender: None
 ) -> None:
     import mifo_engine as me
 
@@ -128,7 +137,7 @@ def test_signed_events_reach_a_real_receiver(
 
 
 def test_failures_are_retried_with_backoff_and_recorded(
-    client: TestClient, settings: Settings
+    client: TestClient, settings: Settings, sender: None
 ) -> None:
     secret = client.get("/v1/webhook-secret").json()["secret"]
     with receiver(secret, fail_first=2) as (url, got):
@@ -148,11 +157,15 @@ def test_failures_are_retried_with_backoff_and_recorded(
 
 def test_attempts_are_bounded(settings: Settings, api_key: str) -> None:
     from api.main import create_app
+    from core.duties import Duties, in_process
 
     from .conftest import bearer
 
     s = settings.model_copy(update={"webhook_max_attempts": 3})
-    with TestClient(create_app(s), headers=bearer(api_key)) as c:
+    with (
+        TestClient(create_app(s), headers=bearer(api_key)) as c,
+        in_process(Duties.from_settings(s)),
+    ):
         secret = c.get("/v1/webhook-secret").json()["secret"]
         with receiver(secret, fail_first=100) as (url, _):
             job_id = _learn(c, webhook_url=url, webhook_events="completed")["job"]["id"]

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-
 from sqlalchemy import update
 
 from core.models import Job, utcnow
