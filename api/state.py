@@ -7,25 +7,27 @@ import functools
 import ipaddress
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.jobcache import JobCache
 from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
-from core.db import check_migrated, make_engine, make_sessionmaker, session_scope
+from core.db import check_migrated, engine_from_settings, make_sessionmaker, session_scope
 from core.events import Publisher
+from core.queue import Broker
 from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
-from worker.app import create_celery
 
 log = logging.getLogger("mifo")
+
+MODEL_CHECK_SECONDS = 30.0
 
 
 @dataclass
@@ -34,7 +36,7 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
-    celery: Celery
+    broker: Broker
     link_key: bytes
     anonymous_tenant: uuid.UUID | None = None  # set: requests without a key belong to it
     verifier: KeyVerifier = field(default_factory=KeyVerifier)
@@ -42,6 +44,7 @@ class AppState:
     job_cache: JobCache = field(default_factory=lambda: JobCache(None))
     publisher: Publisher = field(default_factory=lambda: Publisher(None))
     _creating: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _model_ok_until: float = field(default=0.0, init=False, repr=False)
 
     @contextlib.contextmanager
     def creating_job(self) -> Iterator[None]:
@@ -64,14 +67,14 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
-        engine = make_engine(settings.db_url)
+        engine = engine_from_settings(settings)
         check_migrated(engine)  # refuse to serve an unmigrated database
         state = cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             storage=storage_from_settings(settings),
-            celery=create_celery(settings),
+            broker=Broker.from_settings(settings),
             link_key=signing_key(settings),
             job_cache=JobCache(settings.events_url),
             publisher=Publisher(settings.events_url),
@@ -92,6 +95,17 @@ class AppState:
         else:
             log.info("API keys required (Authorization: Bearer ...; `mifo keys create`)")
         return state
+
+    def check_base_model(self) -> None:
+        """Raise (ModelLoadError, naming what is missing) unless workers can load the
+        configured base model from what is on disk; a success is trusted for a while."""
+        now = time.monotonic()
+        if now < self._model_ok_until:
+            return
+        from mifo_engine.models import check_base_model
+
+        check_base_model(self.settings.base_model)
+        self._model_ok_until = now + MODEL_CHECK_SECONDS
 
     def tokenizer(self) -> Any:
         """The base model's tokenizer (no weights, no torch): loaded on first use."""
