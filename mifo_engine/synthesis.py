@@ -139,10 +139,11 @@ def synthesize(
                 lay.name: MifoAttnProcessor(lay, controller) for lay in controller.diagnostic_layers
             }
         losses: list[float] = []
-        refine_steps = range(cfg.refine_start, cfg.steps, cfg.refine_every)
-        # the reference averages self-attention from the first step on; after the last
-        # refinement nothing reads it
-        last_refine = refine_steps[-1] if control and cfg.mask_refinement and refine_steps else -1
+        refining = control and cfg.mask_refinement
+        refine_steps = range(cfg.refine_start, cfg.steps if refining else 0, cfg.refine_every)
+        # the reference averages the maps from the first step on; after the last refinement
+        # nothing reads them
+        last_refine = refine_steps[-1] if refine_steps else -1
         with installed_processors(base.unet, processors):
             report(progress, Progress("synthesis", 0, cfg.steps))
             for tau, t in enumerate(scheduler.timesteps):
@@ -150,7 +151,7 @@ def synthesize(
                 if control and tau < cfg.guidance_steps:
                     latents, loss = _optimise(base, controller, latents, t, cond, tau, cfg)
                     losses.append(loss)
-                if tau <= last_refine and tau in refine_steps:
+                if tau in refine_steps:
                     controller.refine()
                 controller.accumulating = tau < last_refine
                 noise = guided_noise(
