@@ -1,8 +1,8 @@
 """Mask refinement by clustering self-attention (Bounded Attention), with a small k-means.
 
-The k-means is written here rather than taken from a library: scikit-learn is not a
-dependency and runs on NumPy arrays off the GPU, and torch has none; this one is batched over
-images and restarts and runs where the attention maps already are.
+The k-means is written here because no library serves: torch has none, scikit-learn works on
+NumPy arrays off the GPU, and torch_kmeans (the reference's) imports scikit-learn; this one is
+batched over images and restarts and runs where the attention maps already are.
 """
 
 from __future__ import annotations
