@@ -11,7 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from api.inputs import too_deep
 from core.db import is_conflict
 from mifo_engine.errors import MifoError, ModelLoadError
 
@@ -119,10 +121,12 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "request", "message": "invalid"}
+    # A check of ours (api/inputs.py) says how to fix its field; pydantic's own ones do not.
+    fix = next((e["ctx"]["fix"] for e in exc.errors() if "fix" in (e.get("ctx") or {})), None)
     problem = Problem(
         422, "validation_error", "Request validation failed",
         f"{first['field']}: {first['message']}",
-        field=first["field"], fix="correct the listed fields (see the OpenAPI schema)",
+        field=first["field"], fix=fix or "correct the listed fields (see the OpenAPI schema)",
         errors=errors,
     )  # fmt: skip
     return _respond(request, problem)
@@ -132,10 +136,33 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(
         exc.status_code, "http_error"
     )
-    problem = Problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # Only `options` may nest at all; which field did, the parser does not say.
+        detail, fix = too_deep()
+        return _respond(request, Problem(
+            422, "body_too_deep", "Body nested too deep",
+            f"The JSON body nests deeper than it can be read; {detail}", field="body", fix=fix,
+        ))  # fmt: skip
+    problem = Problem(exc.status_code, code, str(exc.detail), str(exc.detail),
+                      headers=dict(exc.headers or {}) or None)  # fmt: skip
     if exc.status_code == 400:
         problem.field, problem.fix = "body", "send well-formed JSON or multipart (see /docs)"
+    if exc.status_code == 405:
+        allow = _allowed_methods(request)
+        problem.headers = {**(problem.headers or {}), "Allow": ", ".join(allow)}
+        problem.detail = f"{request.method} is not allowed on {request.url.path}."
+        problem.fix = f"use {' or '.join(allow)}"
     return _respond(request, problem)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's 405 names one route's only."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _problem(request: Request, exc: Problem) -> JSONResponse:

@@ -6,7 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from api.inputs import TEXT_FIX, forbidden_character, options_problem
 
 JobKind = Literal["learn", "synthesize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -210,6 +213,22 @@ class SynthesisCreate(BaseModel):
     webhook_events: list[WebhookEvent] | None = Field(
         None, min_length=1, description="Events to send; default: all of them."
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _printable(cls, prompt: str) -> str:
+        if found := forbidden_character(prompt):
+            raise PydanticCustomError(
+                "forbidden_character", "prompt {found}", {"found": found, "fix": TEXT_FIX}
+            )
+        return prompt
+
+    @field_validator("options")
+    @classmethod
+    def _bounded(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if found := options_problem(options):
+            raise PydanticCustomError("options_too_large", found[0], {"fix": found[1]})
+        return options
 
 
 class Health(BaseModel):

@@ -14,6 +14,13 @@ from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from api.costs import LEARN_CAPS, check_costs, check_step_counts
+from api.inputs import (
+    MAX_OPTIONS_BYTES,
+    TEXT_FIX,
+    forbidden_character,
+    options_problem,
+    too_deep,
+)
 from api.problems import Problem, from_engine
 from core.settings import Settings
 from mifo_engine.config import LearnConfig
@@ -52,8 +59,13 @@ def read_file(upload: UploadFile, field: str, limit: int) -> bytes:
 def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
     if raw is None or not raw.strip():
         return {}, LearnConfig()
+    size = len(raw.encode())
+    if size > MAX_OPTIONS_BYTES and (found := options_problem(None, size)):
+        raise _options_error(*found)  # before parsing: a size check costs nothing
     try:
         options = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as exc:  # deeper than Python's parser goes, so deeper than allowed
+        raise _options_error(*too_deep()) from exc
     except ValueError as exc:
         raise Problem(
             422, "invalid_json", "Options are not JSON", f"options: {exc}.", field="options",
@@ -65,10 +77,17 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
             422, "invalid_config", "Invalid option", "options must be a JSON object.",
             field="options", fix='wrap the fields in {...}, e.g. {"seed": 3}',
         )  # fmt: skip
+    if found := options_problem(options, size):
+        raise _options_error(*found)
     try:
         return options, LearnConfig.from_mapping(options)
     except MifoError as exc:
         raise from_engine(exc, prefix="options.") from exc
+
+
+def _options_error(detail: str, fix: str) -> Problem:
+    return Problem(422, "options_too_large", "Options too large or too deep", detail,
+                   field="options", fix=fix)  # fmt: skip
 
 
 def _no_constant(name: str) -> float:
@@ -83,9 +102,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_names(raw: str | None, count: int) -> list[str] | None:
+def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | None:
     if raw is None or not raw.strip():
         return None
+    if len(raw) > settings.max_names_chars:  # before splitting: the whole field
+        raise _name_limit("names", len(raw), settings.max_names_chars, "MIFO_MAX_NAMES_CHARS")
     names = [n.strip() for n in raw.split(",")]
     if len(names) != count or not all(names):
         raise Problem(
@@ -93,12 +114,30 @@ def parse_names(raw: str | None, count: int) -> list[str] | None:
             f"Got {len(names)} name(s) for {count} mask(s), or an empty name.", field="names",
             fix=f"give {count} non-empty comma-separated names, one per mask in order",
         )  # fmt: skip
+    for i, (name, sent) in enumerate(zip(names, raw.split(","), strict=True)):
+        if len(name) > settings.max_name_chars:
+            raise _name_limit(f"names[{i}]", len(name), settings.max_name_chars,
+                              "MIFO_MAX_NAME_CHARS")  # fmt: skip
+        found = forbidden_character(sent)  # as sent: spaces around a name are trimmed
+        if found:
+            raise Problem(
+                422, "forbidden_character", "Forbidden character in a name",
+                f"names[{i}] {found}.", field=f"names[{i}]", fix=TEXT_FIX,
+            )  # fmt: skip
     if len(set(names)) != len(names):
         raise Problem(
             422, "invalid_names", "Duplicate names", "Each instance needs its own name.",
             field="names", fix="make the names distinct",
         )  # fmt: skip
     return names
+
+
+def _name_limit(field: str, length: int, limit: int, env: str) -> Problem:
+    return Problem(
+        422, "limit_exceeded", "Over a server limit",
+        f"{field} is {length} characters; this server allows at most {limit}.", field=field,
+        fix=f"shorten it to at most {limit} characters ({env} on the server)",
+    )  # fmt: skip
 
 
 def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB") -> tuple[int, int]:
@@ -188,6 +227,7 @@ def read_upload(
 ) -> Upload:
     opts, config = parse_options(options)
     check_limits(masks, config, settings)
+    parsed_names = parse_names(names, len(masks), settings)  # before any file is read
     limit = settings.max_upload_bytes
     image_data = read_file(image, "image", limit)
     mask_data = [read_file(m, f"masks[{i}]", limit) for i, m in enumerate(masks)]
@@ -197,7 +237,7 @@ def read_upload(
     upload = Upload(
         image=image_data,
         masks=mask_data,
-        names=parse_names(names, len(mask_data)),
+        names=parsed_names,
         options=opts,
         config=config,
         width=width,

@@ -88,10 +88,14 @@ class Settings(BaseSettings):
     max_synthesis_steps: int = Field(150, ge=1, description="Denoising steps per synthesis.")
     max_learn_steps: int = Field(2000, ge=1, description="phase1_steps and phase2_steps each.")
     max_prompt_chars: int = Field(500, ge=1, description="Prompt length in characters.")
+    max_name_chars: int = Field(100, ge=1, description="Characters per instance name.")
+    max_names_chars: int = Field(
+        1000, ge=1, description="Characters of the `names` field (all names and commas)."
+    )
     rate_limit_per_second: float = Field(20.0, ge=0, description="Per key; 0 turns it off.")
     rate_limit_burst: int = Field(40, ge=1, description="Requests a key may send at once.")
     rate_limit_url: str | None = Field(
-        None, description="Redis for the shared token buckets; default: events_url."
+        None, description="Redis for the shared rate limits; default: events_url."
     )
     max_active_jobs: int = Field(10, ge=1, description="Queued + running jobs per tenant.")
     idempotency_seconds: int = Field(24 * 3600, ge=1, description="Idempotency-Key lifetime.")

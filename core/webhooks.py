@@ -47,7 +47,9 @@ class Unresolvable(UnsafeTarget):
 
 
 # IPv6 forms that carry an IPv4 address: the IPv4 part decides whether the target is public.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# NAT64: the well-known prefix and the local-use one (RFC 8215), whose /48 holds the /96
+# prefixes of local translators; DNS64 puts the IPv4 address in the last 32 bits of either.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -87,7 +89,7 @@ def _public(address: IPAddress) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address):
         inner = address.ipv4_mapped or address.sixtofour
-        if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+        if inner is None and any(address in net for net in (*_NAT64, _IPV4_COMPATIBLE)):
             inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None:
             return _public(inner)

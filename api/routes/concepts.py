@@ -44,7 +44,10 @@ def create_concept(
     image: Annotated[UploadFile, File(description="The scene: PNG, JPEG or WebP (by content).")],
     masks: Annotated[
         list[UploadFile],
-        File(description="One mask per instance, in order: white (or opaque) = the instance."),
+        File(
+            min_length=1,
+            description="One mask per instance, in order: white (or opaque) = the instance.",
+        ),
     ],
     names: Annotated[
         str | None,
