@@ -139,10 +139,9 @@ class RateLimiter:
             granted = want
         elif await self.strategy.hit(self.item, name):
             granted = 1
-        if len(self._keys) >= MAX_KEYS:
-            self._keys = {
-                k: v for k, v in self._keys.items() if v.expires > now or v.refused_until > now
-            }
+        if len(self._keys) >= MAX_KEYS:  # forgetting a key only costs it a Redis call
+            live = {k: v for k, v in self._keys.items() if max(v.expires, v.refused_until) > now}
+            self._keys = live if len(live) < MAX_KEYS // 2 else {}
         if granted:
             self._keys[name] = _Key(
                 expires=time.monotonic() + LEASE_SECONDS, left=granted - 1, used=1

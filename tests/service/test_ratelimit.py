@@ -162,3 +162,28 @@ def test_a_redis_outage_admits_requests_with_one_warning_then_limits_resume(
         assert [c.get(MISSING, headers=other).status_code for _ in range(10)] == [404] * 10
         assert c.get(MISSING).status_code == 429
         assert len(records(logging.WARNING)) == 2
+
+
+def test_a_busy_key_asks_redis_once_per_few_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leases: the status poll must not pay a Redis round trip per request (bench/load.py)."""
+    limiter = RateLimiter(1000, 1000, SHARED)  # leases of up to 100 entries
+    calls: list[int] = []
+    hit = limiter.strategy.hit
+
+    async def counted(*a: object, **k: int) -> bool:
+        calls.append(k.get("cost", 1))
+        return await hit(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(limiter.strategy, "hit", counted)
+
+    async def run() -> list[float]:
+        try:
+            return [await limiter.take("busy") for _ in range(200)]
+        finally:
+            await limiter.close()
+
+    try:
+        assert asyncio.run(run()) == [0.0] * 200
+        assert len(calls) < 40 and sum(calls) <= 200 + max(calls), calls
+    finally:
+        redis.Redis.from_url(SHARED).flushdb()
