@@ -131,6 +131,8 @@ def run_job(
     A lost database connection is not the job's fault: the message goes back to the broker
     (Reject, requeue) instead of being acknowledged with the job left active.
     """
+    if SHUTTING_DOWN.is_set():  # a message taken during a warm shutdown goes straight back
+        raise Reject("worker shutting down", requeue=True)
     try:
         claimed = _claim(ctx, job_id)
     except OperationalError as exc:

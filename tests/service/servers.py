@@ -42,10 +42,10 @@ class TcpProxy:
     """A loopback TCP proxy to `target` that can be stopped (every connection cut, the port
     closed) and started again on the same port: a database that goes away and comes back."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         import threading
 
-        self.target = target
+        self.target, self.host = target, host
         self.port = free_port()
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
@@ -56,7 +56,7 @@ class TcpProxy:
 
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -99,3 +99,96 @@ class TcpProxy:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+FORWARD = """
+import socket, sys, threading
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+host, port, to_host, to_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((host, port))
+listener.listen(64)
+print("ready", flush=True)
+while True:
+    client, _ = listener.accept()
+    try:
+        upstream = socket.create_connection((to_host, to_port), timeout=5)
+    except OSError:
+        client.close()
+        continue
+    upstream.settimeout(None)
+    for a, b in ((client, upstream), (upstream, client)):
+        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+"""
+
+
+class FrozenLink:
+    """A route to a local TCP service through a network namespace of this test's own, whose
+    link can drop every packet (no reset, no answer): a database behind a frozen network.
+
+    127.0.0.1:<target> <- proxy on HOST (root namespace) <- veth <- forwarder on PEER (the
+    namespace) <- clients, which connect to `address`. `freeze()` makes the veth drop all
+    packets (the link goes down: established connections hear nothing, not even a reset, and
+    new ones find no route), `thaw()` brings it back. Needs root and iproute2's `ip`."""
+
+    HOST, PEER = "10.251.7.1", "10.251.7.2"  # the test's own hosts, inside its namespace
+
+    def __init__(self, target: int) -> None:
+        import subprocess
+        import sys
+        import uuid as _uuid
+
+        tag = _uuid.uuid4().hex[:6]
+        self.ns, self.veth, self.peer = f"mifo-{tag}", f"mf{tag}a", f"mf{tag}b"
+        self._run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)
+        self._ns = lambda *cmd: self._run("ip", "netns", "exec", self.ns, *cmd)
+        self._run("ip", "netns", "add", self.ns)
+        self._run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", self.peer)
+        self._run("ip", "link", "set", self.peer, "netns", self.ns)
+        self._run("ip", "addr", "add", f"{self.HOST}/30", "dev", self.veth)
+        self._run("ip", "link", "set", self.veth, "up")
+        self._ns("ip", "addr", "add", f"{self.PEER}/30", "dev", self.peer)
+        self._ns("ip", "link", "set", self.peer, "up")
+        self._ns("ip", "link", "set", "lo", "up")
+        self.proxy = TcpProxy(("127.0.0.1", target), host=self.HOST)
+        self.proxy.start()
+        self.port = free_port()
+        self.forwarder = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", self.ns, sys.executable, "-c", FORWARD),
+                *(self.PEER, str(self.port), self.HOST, str(self.proxy.port)),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert self.forwarder.stdout is not None and self.forwarder.stdout.readline() == b"ready\n"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.PEER, self.port
+
+    def freeze(self) -> None:
+        self._run("ip", "link", "set", self.veth, "down")
+
+    def thaw(self) -> None:
+        self._run("ip", "link", "set", self.veth, "up")
+        self._run("ip", "addr", "replace", f"{self.HOST}/30", "dev", self.veth)
+
+    def close(self) -> None:
+        import subprocess
+
+        self.forwarder.kill()
+        self.forwarder.wait()
+        self.proxy.stop()
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
