@@ -140,7 +140,8 @@ class Job(Base):
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set once the broker took the job's message; a queued job still without it is sent
-    # again (api/dispatch.py), so an API crash between commit and send loses nothing.
+    # by the reconciler (core/reconcile.py), so an API crash between commit and send loses
+    # nothing.
     enqueued_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

@@ -443,3 +443,80 @@ def test_mifo_serve_stops_within_10_s_on_ctrl_c_and_finishes_the_job_after_a_res
         http.close()
         for log in sorted(tmp_path.glob("serve*.log")):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def test_a_real_api_process_holds_its_request_limits(tmp_path: Path) -> None:
+    """The request-side rows of the failure table against `mifo api` on PostgreSQL, with a
+    Redis of its own for the rate limits: the documented burst of 40 is admitted exactly,
+    oversized or malicious inputs are 422 naming the field, a Redis outage admits requests
+    with one warning, and an unloadable base model is not ready."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+    server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    limits_url = f"redis://127.0.0.1:{port}/0"
+    _wait_for_redis(limits_url)
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.start()
+    stack = None
+    try:
+        with throwaway_postgres() as db:
+            upgrade(db)
+            stack = Stack(tmp_path, db, f"redis://127.0.0.1:6379/{random.randint(1, 13)}", proxy)
+            stack.api_env["MIFO_RATE_LIMIT_URL"] = limits_url
+            stack.api()
+            with ThreadPoolExecutor(41) as pool:  # a fresh key: its whole burst at once
+                codes = list(
+                    pool.map(lambda _: stack.http.get("/v1/concepts").status_code, range(40))
+                )  # type: ignore[union-attr]
+            assert codes == [200] * 40
+            refused = stack.http.get("/v1/concepts")
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            time.sleep(2.5)  # the window (40 in any 2 s) moves on
+
+            image, masks = make_scene()
+            files = [("image", ("s.png", encode(image), "image/png"))]
+            files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+            bad_forms = {
+                "options": {"options": "[" * 1000 + "]" * 1000},
+                "names": {"names": "a" * 500_000},
+                "names[0]": {"names": "left\u202e,right"},
+            }
+            for field, form in bad_forms.items():
+                r = stack.http.post("/v1/concepts", files=files, data=form)
+                assert r.status_code == 422 and r.json()["field"] == field, (field, r.text[:300])
+            body = {"prompt": "a\x00b", "boxes": {}}
+            r = stack.http.post(f"/v1/concepts/{uuid.uuid4()}/syntheses", json=body)
+            assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
+            assert stack.http.get("/v1/concepts").json()["total"] == 0  # nothing was stored
+
+            server.kill()  # Redis down: admitted, one warning for the whole outage
+            server.wait()
+            assert all(stack.http.get("/v1/concepts").status_code == 200 for _ in range(30))
+            log = (tmp_path / "api.log").read_text()
+            assert log.count("WARNING core.ratelimit") == 1, log[-2000:]
+
+            stack.api_env["MIFO_BASE_MODEL"] = str(tmp_path / "no-such-model")
+            stack.kill("api")
+            stack.start("api2", "api", "--port", str(stack.port))
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = stack.http.get("/readyz")
+                    if ready.status_code in (200, 503):
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            assert ready.status_code == 503 and ready.json()["checks"]["base_model"].startswith(
+                "error"
+            )
+            assert "no-such-model" in ready.json()["checks"]["base_model"]
+            stack.close()
+            stack = None
+    finally:
+        if stack is not None:
+            stack.close()
+        proxy.stop()
+        server.kill()
