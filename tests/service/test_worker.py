@@ -415,3 +415,29 @@ def test_a_task_failure_outside_the_runner_ends_the_job(
     assert job["error"]["type"] == ("timeout" if error == "hard_limit" else "internal_error")
     assert client.get(f"/v1/concepts/{concept_id}").json()["status"] == "failed"
     assert not ctx.storage.keys(f"concepts/{concept_id}/concept/")
+
+
+def test_the_heartbeat_keeps_the_lease_while_the_model_loads_and_hears_a_cancel(
+    client: TestClient, ctx: WorkerContext, base: Any
+) -> None:
+    """A load longer than the lease: the heartbeat renews it from its own thread, so the
+    reconciler leaves the job alone; a cancel sent meanwhile stops it before the first step."""
+    from core import jobs
+    from core.db import session_scope
+
+    ctx.settings = ctx.settings.model_copy(update={"lease_seconds": 3.0, "heartbeat_seconds": 0.5})
+    job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+    lapsed: list[Any] = []
+
+    def slow_load() -> Any:
+        time.sleep(4.0)  # past the lease
+        with session_scope(ctx.sessions) as s:
+            lapsed.extend(jobs.requeue_lapsed(s, max_attempts=3))
+        assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
+        time.sleep(1.5)  # the heartbeat reads the cancel
+        return base
+
+    assert run_job(ctx, job_id, slow_load, ConceptCache(1)) == "canceled"
+    assert lapsed == []
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["progress"]["step"] is None and job["attempts"] == 1
