@@ -154,3 +154,17 @@ def test_every_float_field_refuses_nan_and_infinities(cls, name, value):
 def test_float_fields_are_found():
     assert {"lr", "mask_threshold", "beta_end"} <= set(_float_fields(LearnConfig))
     assert {"guidance_scale", "eta", "ca_mask_offset"} <= set(_float_fields(SynthesisConfig))
+
+
+def test_reference_defaults_where_the_method_is_silent():
+    s = SynthesisConfig()
+    assert (s.kmeans_inits, s.kmeans_iters, s.kmeans_tol, s.map_norm_eps) == (100, 100, 1e-4, 1e-5)
+    for name, value in (
+        ("kmeans_inits", 0),
+        ("kmeans_iters", 0),
+        ("kmeans_tol", -1.0),
+        ("map_norm_eps", 0.0),
+    ):
+        with pytest.raises(ConfigError) as err:
+            SynthesisConfig(**{name: value})
+        assert err.value.field == name and name in (err.value.fix or "")
