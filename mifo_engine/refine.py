@@ -22,7 +22,7 @@ class MeanMap:
         self.count = 0
 
     def add(self, maps: torch.Tensor) -> None:
-        self.total = maps.clone() if self.total is None else self.total + maps
+        self.total = maps if self.total is None else self.total + maps
         self.count += 1
 
     def mean(self) -> torch.Tensor | None:
@@ -59,7 +59,7 @@ def kmeans(
         picks = order.to(x.device).reshape(b, inits * k)
         centroids = torch.gather(x, 1, picks[:, :, None].expand(-1, -1, d)).view(b, inits, k, d)
     else:
-        centroids = init.float().clone()[:, None]  # (B, 1, k, D)
+        centroids = init.float()[:, None]  # (B, 1, k, D)
     sq = (x**2).sum(-1)[:, None, :, None]  # (B, 1, N, 1)
 
     def distances(c: torch.Tensor) -> torch.Tensor:  # (B, R, N, k) squared, without copies of x
