@@ -26,6 +26,7 @@ LEARN_CAPS: Mapping[str, tuple[int, str]] = {
 SYNTHESIS_CAPS: Mapping[str, tuple[int, str]] = {
     "max_guidance_iters": (10, "iterations"),
     "kmeans_iters": (100, "iterations"),
+    "kmeans_inits": (100, "starts"),  # the first refinement's k-means starts
     "num_clusters": (10, "clusters"),
     "loss_layers": (6, "layers"),
     "filler_words": (200, "words"),

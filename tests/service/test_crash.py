@@ -179,6 +179,29 @@ def test_a_killed_worker_group_loses_its_job_to_another_worker_within_a_minute(
     assert not any(".part-" in k for k in stored)
 
 
+def test_a_job_whose_worker_is_gone_can_be_canceled_and_frees_its_slot(stack: Stack) -> None:
+    """The only worker is SIGKILLed mid-job and none comes back: the job does not stay
+    `running` at its last step; cancel and concept deletion end it."""
+    stack.api()
+    stack.duties()
+    stack.start("worker", "worker", "--pool", "solo")
+    first, second = stack.learn(steps=40), stack.learn(steps=40)
+    job_id = first["job"]["id"]
+    stack.until(job_id, lambda j: j["status"] == "running" and (j["progress"]["step"] or 0) >= 1)
+    stack.kill("worker")
+    job = stack.until(job_id, lambda j: j["status"] == "queued", RECOVERY_SECONDS)
+    assert job["attempts"] == 1 and job["progress"]["step"] is None  # no stale progress
+    canceled = stack.http.post(f"/v1/jobs/{job_id}/cancel").json()
+    assert canceled["status"] == "canceled", canceled
+    assert stack.http.delete(f"/v1/concepts/{second['concept']['id']}").status_code == 204
+    assert stack.job(second["job"]["id"])["status"] == "canceled"
+    with stack.sessions() as s:
+        active = s.scalar(
+            select(func.count()).select_from(Job).where(Job.status.in_(("queued", "running")))
+        )
+    assert active == 0  # neither holds one of the tenant's active-job slots
+
+
 def test_queued_jobs_survive_a_broker_restarted_without_persistence(tmp_path: Path) -> None:
     """Three jobs wait in a Redis that keeps nothing on disk; Redis restarts and they are
     gone from it. Once a worker is back, they run within a minute."""

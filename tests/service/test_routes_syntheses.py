@@ -74,6 +74,7 @@ def test_unknown_concept_is_404(client: TestClient) -> None:
         ({"options": {"max_guidance_iters": 0}}, "options.max_guidance_iters"),
         ({"options": {"max_guidance_iters": 1000}}, "options.max_guidance_iters"),
         ({"options": {"kmeans_iters": 10**6}}, "options.kmeans_iters"),
+        ({"options": {"kmeans_inits": 1000}}, "options.kmeans_inits"),
         ({"options": {"nonsense": 1}}, "options.nonsense"),
         ({"options": {"seed": 1}}, "options.seed"),
         ({"seed": 2**70}, "seed"),
