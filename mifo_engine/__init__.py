@@ -21,7 +21,7 @@ from .errors import (
 )
 
 _LAZY = {
-    "BaseModel": "models",
+    "LoadedBase": "models",
     "load_base_model": "models",
     "DEFAULT_BASE_MODEL": "models",
     "learn": "learning",

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from .errors import ConfigError
 
@@ -28,19 +28,26 @@ Place = Literal["down", "mid", "up"]
 
 # Words hidden from every pixel in bounded cross-attention: articles, prepositions,
 # conjunctions. A fixed offline list so no NLP model has to be downloaded.
-FILLER_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "and", "or", "in", "on", "at", "with", "by", "for", "from",
-    "to", "into", "onto", "over", "under", "near", "beside", "next", "behind", "above",
-    "below", "between", "across", "through", "around", "but", "nor", "so", "yet", ",", ".",
-)  # fmt: skip
+_FILLER_WORDS = (
+    "a an the of and or in on at with by for from to into onto over under near beside next "
+    "behind above below between across through around but nor so yet , ."
+)
+FILLER_WORDS: tuple[str, ...] = tuple(_FILLER_WORDS.split())
 
 
 class _Config:
     """Construction from JSON-like mappings and files, copies with changes, plain dicts."""
 
+    # deprecated field name -> its current name; read by from_mapping, from_file and replace
+    RENAMED: ClassVar[Mapping[str, str]] = {}
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Self:
-        """Build from a mapping (e.g. parsed JSON): unknown names and wrong types are refused."""
+        """Build from a mapping (e.g. parsed JSON): unknown names and wrong types are refused.
+
+        A deprecated field name (`RENAMED`) is read as its current name.
+        """
+        values = cls._current_names(values)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
@@ -73,7 +80,24 @@ class _Config:
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed, validated like a new config."""
-        return self.from_mapping({**self.to_dict(), **changes})
+        return self.from_mapping({**self.to_dict(), **self._current_names(changes)})
+
+    @classmethod
+    def _current_names(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` with deprecated field names replaced by the current ones."""
+        out = dict(values)
+        for old, new in cls.RENAMED.items():
+            if old not in out:
+                continue
+            if new in out:
+                raise ConfigError(
+                    f"{cls.__name__} fields '{old}' and '{new}' are both given; '{old}' is the "
+                    f"deprecated name of '{new}'.",
+                    field=old,
+                    fix=f"give '{new}' only",
+                )
+            out[new] = out.pop(old)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -205,6 +229,10 @@ class LearnConfig(_Config):
 class SynthesisConfig(_Config):
     """One synthesis request (METHOD section 4 and the synthesis switches of section 5)."""
 
+    # the deprecated `weight_decay` read like LearnConfig's AdamW weight decay; stored options
+    # of older jobs still use it
+    RENAMED: ClassVar[Mapping[str, str]] = {"weight_decay": "alpha_decay"}
+
     steps: int = 50
     guidance_scale: float = 7.5
     eta: float = 0.0
@@ -220,7 +248,7 @@ class SynthesisConfig(_Config):
     ca_control: bool = True
     in_box_term: bool = True
     out_box_term: bool = True
-    weight_decay: bool = True  # False: constant alpha_max
+    alpha_decay: bool = True  # False: constant alpha_max (Eq. 11 switched off)
     mask_refinement: bool = True
     # --- latent optimisation (Eq. 6-15)
     guidance_steps: int = 15

@@ -37,7 +37,7 @@ def out_of_box_penalty(bg: torch.Tensor) -> torch.Tensor:
 
 def decay_weight(tau: int, cfg: SynthesisConfig) -> float:
     """Eq. 11: linear alpha_max -> alpha_mid until alpha_mid_step, cosine to alpha_min at alpha_min_step."""
-    if not cfg.weight_decay:
+    if not cfg.alpha_decay:
         return cfg.alpha_max
     if tau <= cfg.alpha_mid_step:
         return cfg.alpha_max + (cfg.alpha_mid - cfg.alpha_max) * tau / max(1, cfg.alpha_mid_step)

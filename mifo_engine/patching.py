@@ -63,7 +63,6 @@ def lora_adapters(
 ) -> Iterator[None]:
     """Wrap attention projections with LoRA adapters (fresh, or loaded from `weights`)."""
     from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
 
     pairs = (("unet", unet, UNET_LORA_TARGETS), ("text_encoder", text_encoder, TEXT_LORA_TARGETS))
     try:
@@ -86,8 +85,7 @@ def lora_adapters(
                 _load_exact(model, params, weights[key], key)
         yield
     finally:
-        for _, model, _ in pairs:
-            _remove_wrappers(model, LoraLayer)
+        _unload_lora(unet, text_encoder)
 
 
 def _load_exact(
@@ -107,15 +105,18 @@ def _load_exact(
             p.copy_(state[name])
 
 
-def _remove_wrappers(model: nn.Module, wrapper: type) -> None:
-    """Replace every adapter wrapper by the layer it wraps."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, wrapper) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, cast(Any, module).get_base_layer())
-    if hasattr(model, "peft_config"):
-        del model.peft_config
+def _unload_lora(unet: nn.Module, text_encoder: nn.Module) -> None:
+    """Put back the layers the adapters wrap, as diffusers unloads LoRA weights.
+
+    The UNet's own `unload_lora`, and for the text encoder the helper diffusers' LoRA loaders
+    use on it; both also forget the adapter config.
+    """
+    from diffusers.utils import recurse_remove_peft_layers
+
+    cast(Any, unet).unload_lora()
+    recurse_remove_peft_layers(text_encoder)
+    if hasattr(text_encoder, "peft_config"):
+        del text_encoder.peft_config
 
 
 @contextlib.contextmanager

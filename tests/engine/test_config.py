@@ -107,8 +107,12 @@ def test_reward_steps_default_to_the_first_quarter_of_phase_1():
     assert [short.attn_term(i) for i in (0, 9, 10, 39)] == ["reward"] * 2 + ["penalty"] * 2
     assert LearnConfig().replace(phase1_steps=8).reward_iterations == 2  # follows phase1_steps
     assert [LearnConfig(phase1_steps=n).reward_iterations for n in (0, 1, 2, 3, 6)] == [
-        0, 0, 1, 1, 2
-    ]  # fmt: skip
+        0,
+        0,
+        1,
+        1,
+        2,
+    ]
     assert LearnConfig.from_mapping({"phase1_steps": 100}).reward_iterations == 25
     assert (
         LearnConfig.from_mapping({"phase1_steps": 100, "reward_steps": None}).reward_iterations
@@ -168,3 +172,18 @@ def test_reference_defaults_where_the_method_is_silent():
         with pytest.raises(ConfigError) as err:
             SynthesisConfig(**{name: value})
         assert err.value.field == name and name in (err.value.fix or "")
+
+
+def test_alpha_decay_accepts_its_deprecated_name(tmp_path):
+    """Stored options of older jobs say `weight_decay` for the synthesis alpha decay switch."""
+    old = SynthesisConfig.from_mapping({"weight_decay": False})
+    assert old == SynthesisConfig(alpha_decay=False)
+    assert "weight_decay" not in old.to_dict() and old.to_dict()["alpha_decay"] is False
+    assert SynthesisConfig().replace(weight_decay=False) == old
+    path = tmp_path / "synthesis.json"
+    path.write_text(json.dumps({"weight_decay": False, "steps": 3}))
+    assert SynthesisConfig.from_file(path) == SynthesisConfig(alpha_decay=False, steps=3)
+    with pytest.raises(ConfigError) as caught:
+        SynthesisConfig.from_mapping({"weight_decay": False, "alpha_decay": True})
+    assert caught.value.field == "weight_decay" and "alpha_decay" in caught.value.fix
+    assert LearnConfig.from_mapping({"weight_decay": 0.5}).weight_decay == 0.5  # AdamW's, unchanged

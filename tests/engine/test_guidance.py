@@ -36,7 +36,7 @@ def test_decay_weight_eq11(tau, expected):
 
 def test_decay_weight_linear_part_and_switch_off():
     assert decay_weight(1, SynthesisConfig()) == pytest.approx(0.3)
-    assert decay_weight(9, SynthesisConfig(weight_decay=False)) == pytest.approx(0.4)
+    assert decay_weight(9, SynthesisConfig(alpha_decay=False)) == pytest.approx(0.4)
 
 
 def test_step_size_from_8_to_2():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -10,15 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from mifo_engine import models
+from mifo_engine import builtin, hashing, models
 from mifo_engine.errors import ModelLoadError
 from mifo_engine.models import (
     DEFAULT_BASE_MODEL,
-    BaseModel,
+    LoadedBase,
     build_tiny,
     build_unet_on_meta,
     load_base_model,
@@ -29,7 +31,6 @@ from mifo_engine.models import (
     sd21_text_encoder_config,
     sd21_unet_config,
     sd21_vae_config,
-    synthetic_clip_vocab,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +42,12 @@ SD21_LAYOUT = {
 
 
 @pytest.fixture(scope="module")
-def tiny() -> BaseModel:
+def tiny() -> LoadedBase:
     return load_base_model("tiny")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_dir(tiny: LoadedBase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_base_model(tiny, tmp_path_factory.mktemp("tiny") / "model")
 
 
@@ -75,14 +76,14 @@ def _fake_hub_cache(cache: Path, source: Path, repo: str) -> Path:
 
 
 def test_tiny_is_deterministic_and_seeded() -> None:
-    first = models._state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(0)[:3], strict=True)))
-    again = models._state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(0)[:3], strict=True)))
-    other = models._state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(1)[:3], strict=True)))
+    first = hashing.state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(0)[:3], strict=True)))
+    again = hashing.state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(0)[:3], strict=True)))
+    other = hashing.state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(1)[:3], strict=True)))
     assert first == again
     assert first != other
 
 
-def test_tiny_loads_with_a_stable_hash_and_native_geometry(tiny: BaseModel) -> None:
+def test_tiny_loads_with_a_stable_hash_and_native_geometry(tiny: LoadedBase) -> None:
     assert load_base_model("tiny").weights_hash == tiny.weights_hash
     assert len(tiny.weights_hash) == 64
     assert (tiny.model_id, tiny.revision, tiny.spec) == ("tiny", None, "tiny")
@@ -97,7 +98,7 @@ def test_tiny_loads_with_a_stable_hash_and_native_geometry(tiny: BaseModel) -> N
     assert schedule["prediction_type"] == "epsilon"
 
 
-def test_tiny_has_the_block_layout_of_sd21(tiny: BaseModel) -> None:
+def test_tiny_has_the_block_layout_of_sd21(tiny: LoadedBase) -> None:
     config = tiny.unet.config
     assert list(config["down_block_types"]) == SD21_LAYOUT["down_block_types"]
     assert list(config["up_block_types"]) == SD21_LAYOUT["up_block_types"]
@@ -109,7 +110,7 @@ def test_tiny_has_the_block_layout_of_sd21(tiny: BaseModel) -> None:
     assert tiny.text_encoder.config.max_position_embeddings == 77
 
 
-def test_tiny_components_run_forward_with_the_right_shapes(tiny: BaseModel) -> None:
+def test_tiny_components_run_forward_with_the_right_shapes(tiny: LoadedBase) -> None:
     tokens = tiny.tokenizer(
         ["a photo of a red car", "a blue car at the beach"],
         padding="max_length",
@@ -142,13 +143,59 @@ def test_tiny_tokenizer_is_clip_shaped() -> None:
     assert tokenizer.eos_token_id not in ids[1:-1]
 
 
-def test_shipped_tiny_vocab_matches_its_generator() -> None:
-    tokens, merges = synthetic_clip_vocab(models.TINY_VOCAB_SIZE)
-    folder = REPO_ROOT / "mifo_engine" / "assets" / "tiny_tokenizer"
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+def _tokenizer_script() -> Any:
+    """scripts/make_tokenizers.py as a module: the generator of the shipped vocabularies."""
+    path = REPO_ROOT / "scripts" / "make_tokenizers.py"
+    spec = importlib.util.spec_from_file_location("make_tokenizers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("folder", "size"),
+    [("tiny_tokenizer", models.TINY_VOCAB_SIZE), ("sd21_random_tokenizer", 49408)],
+)
+def test_shipped_vocab_matches_its_generator(folder: str, size: int) -> None:
+    tokens, merges = _tokenizer_script().synthetic_clip_vocab(size)
+    folder_path = REPO_ROOT / "mifo_engine" / "assets" / folder
+    vocab = json.loads((folder_path / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder_path / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
     assert vocab == {token: i for i, token in enumerate(tokens)}
     assert lines == [f"{left} {right}" for left, right in merges]
+
+
+@pytest.mark.parametrize(("spec", "size"), [("tiny", 1024), ("sd21-random", 49408)])
+def test_shipped_tokenizers_encode_as_one_built_from_the_generator(spec: str, size: int) -> None:
+    from transformers import CLIPTokenizer
+
+    tokens, merges = _tokenizer_script().synthetic_clip_vocab(size)
+    built = CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(tokens)},
+        merges=list(merges),
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="!",
+        model_max_length=77,
+    )
+    shipped = load_tokenizer(spec)
+    assert shipped.get_vocab() == built.get_vocab()
+    special = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "model_max_length")
+    assert [getattr(shipped, k) for k in special] == [getattr(built, k) for k in special]
+    prompts = [
+        "a photo of <asset0> and <asset1> at the beach",
+        "A Photo OF a red car, next to two DOGS!!",
+        "an old teddy bear sitting on a kitchen table at sunset",
+        "qzxv wombat 12.5% ; über café 日本 😀",
+        "sculpture " * 40,
+        "",
+    ]
+    for prompt in prompts:
+        assert shipped(prompt).input_ids == built(prompt).input_ids
+        padded = {"padding": "max_length", "max_length": 77, "truncation": True}
+        assert shipped(prompt, **padded).input_ids == built(prompt, **padded).input_ids
 
 
 def test_load_tokenizer_needs_neither_torch_nor_a_unet() -> None:
@@ -223,9 +270,9 @@ def test_sd21_random_builds_seeded_from_the_sd21_configs(monkeypatch: pytest.Mon
     text = {**sd21_text_encoder_config(), "hidden_size": 32, "intermediate_size": 64}
     text.update(num_hidden_layers=1, num_attention_heads=2)
     vae = {**sd21_vae_config(), "block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}
-    monkeypatch.setattr(models, "sd21_unet_config", lambda: dict(unet))
-    monkeypatch.setattr(models, "sd21_text_encoder_config", lambda: dict(text))
-    monkeypatch.setattr(models, "sd21_vae_config", lambda: dict(vae))
+    monkeypatch.setattr(builtin, "sd21_unet_config", lambda: dict(unet))
+    monkeypatch.setattr(builtin, "sd21_text_encoder_config", lambda: dict(text))
+    monkeypatch.setattr(builtin, "sd21_vae_config", lambda: dict(vae))
     base = load_base_model("sd21-random")
     assert (base.model_id, base.vae_scale_factor, base.resolution) == ("sd21-random", 8, 128)
     assert len(base.tokenizer) == base.text_encoder.config.vocab_size == 49408
@@ -252,7 +299,7 @@ def test_sd21_random_builds_the_full_architecture_on_gpu() -> None:
 
 
 def test_local_directory_round_trip_gives_identical_outputs(
-    tiny: BaseModel, tiny_dir: Path
+    tiny: LoadedBase, tiny_dir: Path
 ) -> None:
     loaded = load_base_model(str(tiny_dir))
     assert loaded.model_id == str(tiny_dir.resolve())

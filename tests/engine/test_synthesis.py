@@ -282,7 +282,7 @@ def test_in_and_out_of_box_terms_add_up_to_the_loss(tiny_base, tiny_concept):
     assert both[0] == pytest.approx(no_in[0] + no_out[0], rel=1e-5)
     assert 0 < no_in[0] < both[0] and 0 < no_out[0] < both[0]
     # without the decay the weight stays at alpha_max: equal at step 0 (0.4), apart at step 1
-    flat = losses(weight_decay=False)
+    flat = losses(alpha_decay=False)
     assert flat[0] == pytest.approx(both[0], rel=1e-6)
     assert flat[1] > both[1]  # alpha 0.4 against 0.3 on the same latent
 
