@@ -4,6 +4,10 @@ The per-file limit of an upload can only be checked once the multipart parser ha
 (and spooled) the file; this pure ASGI middleware answers first. A `Content-Length` over the
 bound is refused without reading a byte; a body without one (chunked) is counted as it
 arrives and cut off once past the bound. Requests without a body pass untouched.
+
+Hand-written because FastAPI's `max_body_size` (Starlette's RequestBodyLimitMiddleware)
+replaces any answer to a body whose Content-Length is over the bound with its own
+`text/plain` 413, so the problem JSON naming the field and the fix could never be sent.
 """
 
 from __future__ import annotations
