@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import Request
+from fastapi.sse import ServerSentEvent
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -16,8 +16,6 @@ from api.state import AppState
 from core import events
 from core.jobs import TERMINAL
 from core.models import Job
-
-KEEPALIVE_SECONDS = 15.0
 
 
 def _snapshot(request: Request, state: AppState, job_id: uuid.UUID) -> dict | None:
@@ -28,18 +26,16 @@ def _snapshot(request: Request, state: AppState, job_id: uuid.UUID) -> dict | No
         return Presenter(request, state).job(job).model_dump(mode="json")
 
 
-def _event(seq: int, kind: str, data: dict) -> bytes:
-    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-async def job_stream(request: Request, state: AppState, job_id: uuid.UUID) -> AsyncIterator[bytes]:
-    """Emit the job now and after every change; stop after a terminal state.
+async def job_stream(
+    request: Request, state: AppState, job_id: uuid.UUID
+) -> AsyncIterator[ServerSentEvent]:
+    """Emit the job now and after every change; stop after a terminal state. Framing and
+    keep-alive comments are FastAPI's (EventSourceResponse).
 
     Changes are noticed through Redis pub/sub (workers publish after each write) when
     MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise."""
     last: dict | None = None
     seq = 0
-    quiet_since = time.monotonic()
     async with events.changes(state.settings.events_url, job_id) as wait:
         while not await request.is_disconnected():
             snap = await run_in_threadpool(_snapshot, request, state, job_id)
@@ -50,10 +46,13 @@ async def job_stream(request: Request, state: AppState, job_id: uuid.UUID) -> As
                 seq += 1
                 kind = "status" if last is None or snap["status"] != last["status"] else "progress"
                 yield _event(seq, kind, snap)
-                last, quiet_since = snap, time.monotonic()
+                last = snap
                 if snap["status"] in TERMINAL:
                     return
-            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                yield b": keep-alive\n\n"
-                quiet_since = time.monotonic()
             await wait()
+
+
+def _event(seq: int, kind: str, data: dict) -> ServerSentEvent:
+    return ServerSentEvent(
+        raw_data=json.dumps(data, separators=(",", ":")), event=kind, id=str(seq)
+    )

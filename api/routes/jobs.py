@@ -4,10 +4,11 @@ the webhook deliveries of a job."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import selectinload
 from starlette.concurrency import run_in_threadpool
@@ -189,32 +190,34 @@ def cancel_job(
     return body
 
 
+def _job_exists(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> None:
+    """404 before the stream starts (a generator's own errors would come after the 200)."""
+    load_job(session, job_id, tenant)
+
+
 @router.get(
     "/{job_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "description": "Server-Sent Events: `status` and `progress` events, each carrying "
             "the job as JSON, until the job is succeeded, failed or canceled.",
             "content": {
                 "text/event-stream": {
-                    "example": 'id: 1\nevent: status\ndata: {"id": "...", "status": "running"}\n\n'
+                    "example": 'event: status\ndata: {"id": "...", "status": "running"}\nid: 1\n\n'
                 }
             },
         },
         **ERRORS,
     },
+    dependencies=[Depends(_job_exists)],
 )
-def job_events(
-    job_id: uuid.UUID, request: Request, session: SessionDep, state: StateDep, tenant: TenantDep
-) -> StreamingResponse:
+async def job_events(
+    job_id: uuid.UUID, request: Request, state: StateDep
+) -> AsyncIterator[ServerSentEvent]:
     """Stream every status and progress change of a job; the stream ends at a terminal state."""
-    load_job(session, job_id, tenant)  # 404 before the stream starts
-    return StreamingResponse(
-        job_stream(request, state, job_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    async for event in job_stream(request, state, job_id):
+        yield event
 
 
 @router.get("/{job_id}/webhooks", response_model=WebhookDeliveriesPublic, responses=ERRORS)
