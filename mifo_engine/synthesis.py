@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -45,6 +45,11 @@ from .sampling import (
     image_generators,
     initial_latents,
 )
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+
+    from .models import LoadedBase
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ class SynthesisResult:
 
 
 def synthesize(
-    base: Any,
+    base: LoadedBase,
     concept: Concept,
     prompt: str,
     boxes: Mapping[str, Sequence[float]] | None = None,
@@ -106,6 +111,7 @@ def synthesize(
     progress: ProgressFn | None = None,
 ) -> SynthesisResult:
     """Generate images of the concept's instances, each inside its box."""
+    # 1. Check inputs
     cfg = config or SynthesisConfig()
     layout = validate_synthesis_request(concept.metadata(), prompt, boxes, base.tokenizer)
     seeds = cfg.image_seeds()
@@ -114,64 +120,33 @@ def synthesize(
         concept.applied(base) as tokenizer,
         torch.no_grad(),
     ):
+        # 2. Encode the prompt and the negative prompt
         cond, ids = encode_text(base, tokenizer, layout.prompt)
         uncond, _ = encode_text(base, tokenizer, cfg.negative_prompt)
-        batch = len(seeds)
-        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        cond, uncond = cond.expand(len(seeds), -1, -1), uncond.expand(len(seeds), -1, -1)
+        # 3. Prepare timesteps
         scheduler = ddim_scheduler(base, cfg.steps)
+        # 4. Prepare the starting latents, one generator per image
         generators = image_generators(seeds)
         latents = initial_latents(base, generators, concept.latent_size)
         latents = latents * scheduler.init_noise_sigma
+        # 5. Prepare the bounded attention: controller and attention processors
         layers = unet_attention_layers(
             base.unet.attn_processors, base.unet.config, concept.latent_size
         )
         loss_layers, refine_layers = _controlled_layers(layers, cfg, concept.latent_size)
         controller = BoundedController(
-            layout, tokenizer, ids, batch, cfg, base.device, loss_layers, refine_layers
+            layout, tokenizer, ids, len(seeds), cfg, base.device, loss_layers, refine_layers
         )
         control = cfg.box_control and bool(layout.subjects)
-        if not layout.subjects:
-            processors: dict[str, MifoAttnProcessor] = {}
-        elif control:
-            processors = {lay.name: MifoAttnProcessor(lay, controller) for lay in layers}
-        else:  # no bounding: only the layers the diagnostics read
-            processors = {
-                lay.name: MifoAttnProcessor(lay, controller) for lay in controller.diagnostic_layers
-            }
-        losses: list[float] = []
-        refining = control and cfg.mask_refinement
-        refine_steps = range(cfg.refine_start, cfg.steps if refining else 0, cfg.refine_every)
-        # the reference averages the maps from the first step on; after the last refinement
-        # nothing reads them
-        last_refine = refine_steps[-1] if refine_steps else -1
+        processors = _processors(layers, controller, control)
+        # 6. Denoising loop, with latent optimisation and mask refinement
         with installed_processors(base.unet, processors):
-            report(progress, Progress("synthesis", 0, cfg.steps))
-            for tau, t in enumerate(scheduler.timesteps):
-                loss = None
-                if control and tau < cfg.guidance_steps:
-                    latents, loss = _optimise(base, controller, latents, t, cond, tau, cfg)
-                    losses.append(loss)
-                if tau in refine_steps:
-                    controller.refine()
-                controller.accumulating = tau < last_refine
-                noise = guided_noise(
-                    base, latents, t, uncond, cond, cfg.guidance_scale, cfg.precision
-                )
-                latents = scheduler.step(
-                    noise,
-                    t,
-                    latents,
-                    eta=cfg.eta,
-                    generator=generators,  # type: ignore[arg-type]  # a list: one per image
-                    return_dict=False,
-                )[0]
-                report(
-                    progress,
-                    Progress(
-                        "synthesis", tau + 1, cfg.steps, {} if loss is None else {"guidance": loss}
-                    ),
-                )
+            loop = _Loop(base, controller, scheduler, generators, cond, uncond, cfg, control)
+            latents, losses = _denoise(loop, latents, progress)
+        # 7. Decode
         images = decode_images(base, latents)
+    # 8. Diagnostics and previews
     diagnostics = controller.in_box_shares()
     labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
     boxes_by_token = {s.token: s.box for s in layout.subjects}
@@ -186,6 +161,68 @@ def synthesize(
         versions=versions(),
         guidance_losses=losses,
     )
+
+
+def _processors(
+    layers: Sequence[AttnLayer], controller: BoundedController, control: bool
+) -> dict[str, MifoAttnProcessor]:
+    """Bounded attention on every layer, or (without box control) on the diagnostics' only."""
+    if not controller.layout.subjects:
+        return {}
+    if control:
+        return {lay.name: MifoAttnProcessor(lay, controller) for lay in layers}
+    return {lay.name: MifoAttnProcessor(lay, controller) for lay in controller.diagnostic_layers}
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the denoising loop reads: model, controller, schedule, prompts and switches."""
+
+    base: LoadedBase
+    controller: BoundedController
+    scheduler: DDIMScheduler
+    generators: list[torch.Generator]
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    cfg: SynthesisConfig
+    control: bool  # box control on and at least one subject
+
+
+def _denoise(
+    loop: _Loop, latents: torch.Tensor, progress: ProgressFn | None
+) -> tuple[torch.Tensor, list[float]]:
+    """DDIM steps; the first `guidance_steps` optimise the latent first (Eq. 15), and the
+    masks are refined at the configured steps. The final latents and the guidance losses."""
+    base, controller, scheduler, cfg = loop.base, loop.controller, loop.scheduler, loop.cfg
+    losses: list[float] = []
+    refining = loop.control and cfg.mask_refinement
+    refine_steps = range(cfg.refine_start, cfg.steps if refining else 0, cfg.refine_every)
+    # the reference averages the maps from the first step on; after the last refinement
+    # nothing reads them
+    last_refine = refine_steps[-1] if refine_steps else -1
+    report(progress, Progress("synthesis", 0, cfg.steps))
+    for tau, t in enumerate(scheduler.timesteps):
+        loss = None
+        if loop.control and tau < cfg.guidance_steps:
+            latents, loss = _optimise(base, controller, latents, t, loop.cond, tau, cfg)
+            losses.append(loss)
+        if tau in refine_steps:
+            controller.refine()
+        controller.accumulating = tau < last_refine
+        noise = guided_noise(
+            base, latents, t, loop.uncond, loop.cond, cfg.guidance_scale, cfg.precision
+        )
+        latents = scheduler.step(
+            noise,
+            t,
+            latents,
+            eta=cfg.eta,
+            generator=loop.generators,  # type: ignore[arg-type]  # a list: one per image
+            return_dict=False,
+        )[0]
+        losses_now = {} if loss is None else {"guidance": loss}
+        report(progress, Progress("synthesis", tau + 1, cfg.steps, losses_now))
+    return latents, losses
 
 
 def _controlled_layers(
@@ -215,7 +252,7 @@ def _controlled_layers(
 
 
 def _optimise(
-    base: Any,
+    base: LoadedBase,
     controller: BoundedController,
     latents: torch.Tensor,
     t: torch.Tensor,
