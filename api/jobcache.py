@@ -133,6 +133,9 @@ class JobCache:
         with self._lock:
             self._entries.pop(job_id, None)
 
+    def cached(self) -> dict[uuid.UUID, list[str]]:  # base URLs per job, oldest first
+        return {job: list(bases) for job, bases in list(self._entries.items())}
+
     def _down(self) -> None:
         with self._lock:
             self.live = False

@@ -3,7 +3,6 @@ it off (polls read the database), and tenants stay isolated through it."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -17,19 +16,13 @@ from api.main import create_app
 from core.events import Publisher
 from core.models import Job
 from core.settings import Settings
+from tests.helpers.wait import wait_until
 
 from .conftest import bearer, new_key
 from .factories import make_concept, make_job
 from .servers import TcpProxy
 
 REDIS = "redis://127.0.0.1:6379/0"
-
-
-def _until(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _set_status(session: Session, job_id: uuid.UUID, status: str) -> None:
@@ -40,7 +33,7 @@ def _set_status(session: Session, job_id: uuid.UUID, status: str) -> None:
 
 def _live(client: TestClient) -> JobCache:
     cache: JobCache = client.app.state.mifo.job_cache  # type: ignore[attr-defined]
-    _until(lambda: cache.live)
+    wait_until(lambda: cache.live)
     return cache
 
 
@@ -59,7 +52,7 @@ def test_a_change_event_invalidates_the_cached_body(cached: TestClient, session:
     _set_status(session, job.id, "running")
     assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"  # served from cache
     Publisher(REDIS).publish(job.id)
-    _until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
+    wait_until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
 
 
 def test_cancel_through_the_api_is_seen_at_once(cached: TestClient, session: Session) -> None:
@@ -110,14 +103,14 @@ def test_redis_outage_turns_the_cache_off(
             cache = _live(client)
             assert client.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
             proxy.stop()  # events can no longer arrive: nothing cached may be served
-            _until(lambda: not cache.live)
+            wait_until(lambda: not cache.live)
             _set_status(session, job.id, "running")
             assert client.get(f"/v1/jobs/{job.id}").json()["status"] == "running"
             proxy.start()  # subscribed again: cached, and kept fresh by events
             _live(client)
             _set_status(session, job.id, "succeeded")
             Publisher(REDIS).publish(job.id)
-            _until(lambda: client.get(f"/v1/jobs/{job.id}").json()["status"] == "succeeded", 5)
+            wait_until(lambda: client.get(f"/v1/jobs/{job.id}").json()["status"] == "succeeded", 5)
     finally:
         proxy.stop()
 
@@ -156,11 +149,11 @@ def test_a_polled_entry_is_reread_before_it_expires(
     assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"
     _set_status(session, job.id, "running")  # no event: only the re-read can see it
     assert cached.get(f"/v1/jobs/{job.id}").json()["status"] == "queued"  # answers at once
-    _until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
+    wait_until(lambda: cached.get(f"/v1/jobs/{job.id}").json()["status"] == "running", 5)
 
 
 def _entries(cache: JobCache, job_id: uuid.UUID) -> int:
-    return len(cache._entries.get(job_id, {}))
+    return len(cache.cached().get(job_id, []))
 
 
 def test_another_tenant_varying_the_host_keeps_nothing(
@@ -185,12 +178,12 @@ def test_another_tenant_varying_the_host_keeps_nothing(
         assert r.status_code == missing.status_code == 404
         assert problem(r) == problem(missing)
         assert r.headers["content-type"] == "application/problem+json"
-    assert cache._entries == {}
+    assert cache.cached() == {}
 
     assert cached.get(f"/v1/jobs/{job.id}").status_code == 200  # the owner's: kept
     assert _entries(cache, job.id) == 1
     reads: list[uuid.UUID] = []
-    body = job_routes._job_body
+    body = job_routes._job_body  # the route's database read: no public seam counts it
     monkeypatch.setattr(
         job_routes, "_job_body", lambda r, s, j, t: reads.append(j) or body(r, s, j, t)
     )
@@ -210,7 +203,7 @@ def test_the_owner_varying_the_host_keeps_a_few_bases(cached: TestClient, sessio
         r = cached.get(f"/v1/jobs/{job.id}", headers={"Host": f"h{i}.example"})
         assert r.status_code == 200
     assert _entries(cache, job.id) == MAX_BASES
-    assert sorted(cache._entries[job.id]) == sorted(f"http://h{i}.example/" for i in range(96, 100))
+    assert sorted(cache.cached()[job.id]) == sorted(f"http://h{i}.example/" for i in range(96, 100))
 
 
 def test_expired_entries_are_evicted() -> None:
@@ -222,8 +215,8 @@ def test_expired_entries_are_evicted() -> None:
     cache.put(other, "a", tenant, b"y", cache.mark())
     now[0] += 5.1
     cache.put(job, "b", tenant, b"x", cache.mark())  # a put drops the job's expired bases
-    assert list(cache._entries[job]) == ["b"]
-    assert cache.get(other, "a") is None and other not in cache._entries  # so does a get
+    assert cache.cached()[job] == ["b"]
+    assert cache.get(other, "a") is None and other not in cache.cached()  # so does a get
     assert cache.owner(job) == tenant and cache.owner(other) is None
 
 
@@ -239,6 +232,6 @@ def test_a_full_cache_makes_room_by_dropping_the_job_cached_longest_ago(
     jobs = [uuid.uuid4() for _ in range(5)]
     for job in jobs:
         cache.put(job, "a", tenant, b"x", cache.mark())
-    assert list(cache._entries) == jobs[2:]  # the two oldest made room, the rest stayed
+    assert list(cache.cached()) == jobs[2:]  # the two oldest made room, the rest stayed
     cache.put(jobs[3], "b", tenant, b"x", cache.mark())  # a known job takes no room
-    assert list(cache._entries) == jobs[2:]
+    assert list(cache.cached()) == jobs[2:]
