@@ -133,8 +133,9 @@ def test_api_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
 def test_mifo_commands_refuse_then_migrate(tmp_path: Path) -> None:
     env = {"MIFO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    cli = [sys.executable, "-c", "import sys, core.cli, argparse; p = argparse.ArgumentParser(); "
-           "core.cli.register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); "
+    cli = [sys.executable, "-c", "import sys, mifo_cli.service as s, argparse; "
+           "p = argparse.ArgumentParser(); s.register(p.add_subparsers()); "
+           "a = p.parse_args(sys.argv[1:]); "
            "sys.exit(a.func(a))"]  # fmt: skip
     refused = subprocess.run([*cli, "worker"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "Run `mifo migrate`" in refused.stderr

@@ -143,8 +143,8 @@ def test_log_level_and_access_log_reach_uvicorn(
 ) -> None:
     import uvicorn
 
-    import core.cli
-    import core.embedded
+    import mifo_cli.embedded
+    import mifo_cli.service
     from core.db import upgrade
     from mifo_cli import main
 
@@ -159,9 +159,9 @@ def test_log_level_and_access_log_reach_uvicorn(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
     # `serve` also starts a worker process and installs a SIGTERM handler: not here.
     worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0, poll=lambda: 0)
-    monkeypatch.setattr(core.embedded.subprocess, "Popen", lambda *a, **kw: worker)
-    monkeypatch.setattr(core.embedded.signal, "signal", lambda *a: None)
-    monkeypatch.setattr(core.cli, "_logging", lambda: "WARNING")
+    monkeypatch.setattr(mifo_cli.embedded.subprocess, "Popen", lambda *a, **kw: worker)
+    monkeypatch.setattr(mifo_cli.embedded.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(mifo_cli.service, "_logging", lambda: "WARNING")
     assert main([command, "--port", "8123"]) == 0
     assert ran["app"] == "api.main:app_factory" and ran["port"] == 8123
     assert ran["log_level"] == "warning" and ran["access_log"] is False

@@ -1,4 +1,4 @@
-"""Service commands of `mifo`: serve (embedded), api, worker, migrate."""
+"""Service commands of `mifo`: serve (embedded), api, worker, beat, migrate, keys."""
 
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from core.embedded import serve
+    from mifo_cli.embedded import serve
 
     if args.data_dir:
         os.environ["MIFO_DATA_DIR"] = args.data_dir

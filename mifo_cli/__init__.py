@@ -1,16 +1,18 @@
-"""The `mifo` command: engine commands (learn, synthesize) and service commands."""
+"""The `mifo` command: engine commands (learn, synthesize) and service commands.
+
+The composition root: the only package that wires the engine, the API and the worker
+together (`core/` and `api/` never import `worker/`)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
-import sys
 from collections.abc import Sequence
 
 # Each module exposes register(subparsers); commands set `func` on their parser.
 # Service commands live outside the engine so that the engine never imports the web stack.
-_COMMAND_MODULES = ("mifo_engine.cli", "core.cli")
+_COMMAND_MODULES = ("mifo_engine.cli", "mifo_cli.service")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The engine never reads the environment; the command line passes this one in.
     args.env_model = os.environ.get("MIFO_BASE_MODEL") or None
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
