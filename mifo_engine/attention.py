@@ -156,17 +156,7 @@ class MifoAttnProcessor:
             extra = extra.view(batch, attn.heads, -1, k_len)
             bias = extra if bias is None else bias + extra
 
-        if self.controller.wants_probs(self.layer):
-            # scale before the product: raw fp16 dot products can overflow
-            scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))
-            probs = (scores if bias is None else scores + bias).softmax(dim=-1)
-            self.controller.record(self.layer, probs, scores)
-            out = torch.matmul(probs.to(value.dtype), value)
-        else:
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=bias, scale=attn.scale
-            )
-
+        out = self._attend(query, key, value, bias, attn.scale)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -174,6 +164,24 @@ class MifoAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        bias: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """Attention over (B, heads, L, d) heads: explicit probabilities when the controller
+        records them, else the fused kernel."""
+        if self.controller.wants_probs(self.layer):
+            # scale before the product: raw fp16 dot products can overflow
+            scores = torch.matmul(query * scale, key.transpose(-1, -2))
+            probs = (scores if bias is None else scores + bias).softmax(dim=-1)
+            self.controller.record(self.layer, probs, scores)
+            return torch.matmul(probs.to(value.dtype), value)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
 
 
 @contextlib.contextmanager

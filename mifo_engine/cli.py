@@ -9,8 +9,9 @@ from typing import Any
 
 from .config import LearnConfig, SynthesisConfig
 from .errors import Cancelled, LayoutError, MifoError
-from .runtime import check_new_directory
 
+# Modules that import torch load inside the commands: the service commands of `mifo` share
+# this parser and run where the engine extra is not installed.
 log = logging.getLogger("mifo")
 EXIT_BAD_INPUT = 2
 EXIT_CANCELED = 130
@@ -19,6 +20,12 @@ PREVIEW_RESOLUTION = 512  # for checking files before the model (and its size) i
 
 def register(sub: Any) -> None:
     """Add the engine commands to the `mifo` command."""
+    _add_learn(sub)
+    _add_synthesize(sub)
+
+
+def _add_learn(sub: Any) -> None:
+    """`mifo learn IMAGE MASK... --out DIR`."""
     learn = sub.add_parser(
         "learn",
         help="learn one token per instance mask from one image",
@@ -58,6 +65,9 @@ def register(sub: Any) -> None:
     )
     learn.set_defaults(func=_learn)
 
+
+def _add_synthesize(sub: Any) -> None:
+    """`mifo synthesize CONCEPT_DIR --prompt ... --box TOKEN=x0,y0,x1,y1 --out DIR`."""
     synth = sub.add_parser(
         "synthesize",
         help="generate images of a learned concept, one box per instance",
@@ -156,6 +166,7 @@ def _do_learn(args: argparse.Namespace) -> None:
     from .inputs import check_inputs
     from .learning import learn
     from .models import DEFAULT_BASE_MODEL, load_base_model
+    from .runtime import check_new_directory
 
     base_cfg = LearnConfig.from_file(args.config) if args.config else LearnConfig()
     values = base_cfg.to_dict()
@@ -199,6 +210,7 @@ def _do_learn(args: argparse.Namespace) -> None:
 def _do_synthesize(args: argparse.Namespace) -> None:
     from .concept import Concept, read_metadata
     from .models import load_base_model
+    from .runtime import check_new_directory
     from .synthesis import synthesize
 
     meta = read_metadata(args.concept)

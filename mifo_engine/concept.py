@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -17,6 +17,9 @@ from .config import LearnConfig
 from .errors import ConceptError, LayoutError
 from .patching import extended_vocabulary, lora_adapters, swapped_weights
 from .runtime import atomic_directory
+
+if TYPE_CHECKING:
+    from .models import LoadedBase
 
 FORMAT_VERSION = 1
 Adaptation = Literal["none", "lora", "full"]
@@ -71,7 +74,7 @@ class Concept:
 
     # --- application
     @contextlib.contextmanager
-    def applied(self, base: Any) -> Iterator[Any]:
+    def applied(self, base: LoadedBase) -> Iterator[Any]:
         """Put the concept onto `base` for the duration of the block; yields the tokenizer."""
         if base.weights_hash != self.base.weights_hash:
             raise ConceptError(

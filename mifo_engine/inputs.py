@@ -147,6 +147,29 @@ def _prepare(
     resolution: int,
     config: LearnConfig,
 ) -> tuple[Image.Image, np.ndarray, tuple[float, ...]]:
+    _check_request(masks, resolution=resolution, config=config)
+    picture = load_image(image, field="image")
+    width, height = picture.size
+    if min(width, height) < resolution:
+        logger.warning(
+            "The image is %dx%d: upscaled to %dx%d, it will look soft",
+            width,
+            height,
+            resolution,
+            resolution,
+        )
+    box = _centre_square(width, height)
+    rgb = to_rgb(picture).resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+    binaries = [
+        _square_mask(mask, i, picture.size, box, resolution, config) for i, mask in enumerate(masks)
+    ]
+    shares = tuple(float(b.mean()) for b in binaries)
+    _check_shares(shares, resolution=resolution, config=config)
+    return rgb, np.stack(binaries), shares
+
+
+def _check_request(masks: Sequence[ImageSource], *, resolution: int, config: LearnConfig) -> None:
+    """Refuse a resolution or a mask list that cannot be a learning request."""
     if resolution < 1:
         raise ConfigError(
             f"resolution must be positive, not {resolution}.",
@@ -171,22 +194,10 @@ def _prepare(
             field="masks",
             fix=f"give at most {config.max_instances} masks, or raise max_instances",
         )
-    picture = load_image(image, field="image")
-    width, height = picture.size
-    if min(width, height) < resolution:
-        logger.warning(
-            "The image is %dx%d: upscaled to %dx%d, it will look soft",
-            width,
-            height,
-            resolution,
-            resolution,
-        )
-    box = _centre_square(width, height)
-    rgb = to_rgb(picture).resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
-    binaries = [
-        _square_mask(mask, i, picture.size, box, resolution, config) for i, mask in enumerate(masks)
-    ]
-    shares = tuple(float(b.mean()) for b in binaries)
+
+
+def _check_shares(shares: Sequence[float], *, resolution: int, config: LearnConfig) -> None:
+    """Refuse an instance below min_instance_share of the square; warn below warn_instance_share."""
     for i, share in enumerate(shares):
         field = f"masks[{i}]"
         if share < config.min_instance_share:
@@ -205,7 +216,6 @@ def _prepare(
                 100 * share,
                 100 * config.warn_instance_share,
             )
-    return rgb, np.stack(binaries), shares
 
 
 def _square_mask(

@@ -625,7 +625,7 @@ def _init_words(words: Sequence[str], n: int) -> list[str | None]:
 
 
 @torch.no_grad()
-def _initial_rows(base: Any, words: Sequence[str | None], seed: int) -> torch.Tensor:
+def _initial_rows(base: LoadedBase, words: Sequence[str | None], seed: int) -> torch.Tensor:
     """Initial embedding per token: the mean embedding of its init word, or seeded random."""
     table = _table(base.text_encoder).float()
     mean, std = table.mean(dim=0), table.std(dim=0)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .models import LoadedBase
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -20,14 +23,16 @@ ADAPTER = "mifo"
 
 
 @contextlib.contextmanager
-def extended_vocabulary(base: Any, tokens: Sequence[str], rows: torch.Tensor) -> Iterator[Any]:
+def extended_vocabulary(
+    base: LoadedBase, tokens: Sequence[str], rows: torch.Tensor
+) -> Iterator[Any]:
     """Add `tokens` with embedding `rows` (N, D); yields a tokenizer that knows them."""
     tokenizer = copy.deepcopy(base.tokenizer)
     added = tokenizer.add_tokens(list(tokens))
     if added != len(tokens):
         raise ValueError(f"tokens {list(tokens)} clash with the base vocabulary")
     encoder = base.text_encoder
-    old = encoder.get_input_embeddings()
+    old = cast(nn.Embedding, encoder.get_input_embeddings())
     n_old, dim = old.weight.shape
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     if ids != list(range(n_old, n_old + len(tokens))):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,8 +12,11 @@ from PIL import Image
 
 from .runtime import autocast
 
+if TYPE_CHECKING:
+    from .models import LoadedBase
 
-def ddim_scheduler(base: Any, steps: int) -> DDIMScheduler:
+
+def ddim_scheduler(base: LoadedBase, steps: int) -> DDIMScheduler:
     """A DDIM scheduler from the base model's noise schedule, set to `steps` steps."""
     scheduler = DDIMScheduler.from_config(base.scheduler_config)
     scheduler.set_timesteps(steps, device=base.device)
@@ -21,7 +24,7 @@ def ddim_scheduler(base: Any, steps: int) -> DDIMScheduler:
 
 
 @torch.no_grad()
-def encode_text(base: Any, tokenizer: Any, prompt: str) -> tuple[torch.Tensor, list[int]]:
+def encode_text(base: LoadedBase, tokenizer: Any, prompt: str) -> tuple[torch.Tensor, list[int]]:
     """(1, T, D) text embeddings of one prompt, and its token ids."""
     ids = tokenizer(
         prompt,
@@ -39,16 +42,16 @@ def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def initial_latents(
-    base: Any, generators: Sequence[torch.Generator], latent_size: int
+    base: LoadedBase, generators: Sequence[torch.Generator], latent_size: int
 ) -> torch.Tensor:
     """One noise latent per image, each from its own generator (same images on any device)."""
-    channels = base.unet.config.in_channels
+    channels = base.unet.config["in_channels"]
     draws = [torch.randn((1, channels, latent_size, latent_size), generator=g) for g in generators]
     return torch.cat(draws).to(base.device, base.unet.dtype)
 
 
 def guided_noise(
-    base: Any,
+    base: LoadedBase,
     latents: torch.Tensor,
     t: torch.Tensor,
     uncond: torch.Tensor,
@@ -66,10 +69,10 @@ def guided_noise(
 
 
 @torch.no_grad()
-def decode_images(base: Any, latents: torch.Tensor) -> list[Image.Image]:
+def decode_images(base: LoadedBase, latents: torch.Tensor) -> list[Image.Image]:
     """Latents -> RGB images."""
     vae = base.vae
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config["scaling_factor"]).sample
     arrays = (
         ((pixels.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255)
         .round()
@@ -80,7 +83,7 @@ def decode_images(base: Any, latents: torch.Tensor) -> list[Image.Image]:
 
 @torch.no_grad()
 def generate_latents(
-    base: Any,
+    base: LoadedBase,
     tokenizer: Any,
     prompt: str,
     *,
