@@ -15,7 +15,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import MEDIA_TYPE, Problem
+from core.problems import MEDIA_TYPE, Problem
 
 UPLOAD_PATHS = frozenset({"/v1/concepts"})
 # Multipart part headers and the form fields (names, options, webhook) beside the files.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from api.problems import Problem
+from core.problems import Problem
 
 # field -> (largest value, what is measured); lengths for tuple fields
 LEARN_CAPS: Mapping[str, tuple[int, str]] = {

@@ -21,8 +21,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.problems import Problem
 from core.models import IdempotencyKey, Job, utcnow
+from core.problems import Problem
 
 STALE_SECONDS = 60  # a claim without a job after this long was abandoned by a dead process
 

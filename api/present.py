@@ -151,3 +151,10 @@ def learn_jobs(session: Session, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.
         select(Job.concept_id, Job.id).where(Job.kind == "learn", Job.concept_id.in_(concept_ids))
     )
     return {cid: jid for cid, jid in rows if cid is not None}
+
+
+def next_page(request: Request, limit: int, offset: int, total: int) -> str | None:
+    """The URL of the next page of a paged list, or None on the last page."""
+    if offset + limit >= total:
+        return None
+    return str(request.url.include_query_params(limit=limit, offset=offset + limit))

@@ -15,88 +15,10 @@ from starlette.routing import Match
 
 from api.inputs import too_deep
 from core.db import is_conflict
-from mifo_engine.errors import MifoError, ModelLoadError
+from core.problems import MEDIA_TYPE, PROBLEM_BASE, Problem, from_engine
+from mifo_engine.errors import MifoError
 
 log = logging.getLogger(__name__)
-
-# Stable problem types as URI references relative to the API (RFC 9457, 3.1.1): no outside
-# domain is implied; clients compare them as strings.
-PROBLEM_BASE = "/problems/"
-MEDIA_TYPE = "application/problem+json"
-
-
-class Problem(Exception):
-    """Raised by routes; rendered as problem JSON."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        title: str,
-        detail: str,
-        *,
-        field: str | None = None,
-        fix: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.title, self.detail = status, code, title, detail
-        self.field, self.fix, self.headers, self.extra = field, fix, headers, extra
-
-    def body(self, instance: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": PROBLEM_BASE + self.code,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "instance": instance,
-        }
-        if self.field is not None:
-            body["field"] = self.field
-        if self.fix is not None:
-            body["fix"] = self.fix
-        return body | self.extra
-
-
-def from_engine(exc: MifoError, *, prefix: str = "", status: int = 422) -> Problem:
-    """An engine rejection as a 4xx problem; `prefix` places the field inside the request.
-
-    A base model the server cannot load is the server's problem, not the request's: 503."""
-    if isinstance(exc, ModelLoadError):
-        log.error("base model unavailable: %s", exc)
-        return Problem(
-            503, exc.code, "The base model is unavailable",
-            f"The server could not load its base model: {exc.message} Nothing was stored.",
-            fix=f"retry later; the operator must fix MIFO_BASE_MODEL ({exc.fix})"
-            if exc.fix else "retry later; the operator must fix MIFO_BASE_MODEL",
-            headers={"Retry-After": "30"},
-        )  # fmt: skip
-    field = f"{prefix}{exc.field}" if exc.field else (prefix.rstrip(".") or None)
-    return Problem(
-        status, exc.code, _TITLES.get(exc.code, "Invalid request"), exc.message,
-        field=field, fix=exc.fix,
-    )  # fmt: skip
-
-
-def not_found(what: str, ident: object) -> Problem:
-    return Problem(
-        404, "not_found", "Not found", f"No {what} with id {ident}.",
-        fix=f"check the id; list {what}s with GET /v1/{what}s",
-    )  # fmt: skip
-
-
-_TITLES = {
-    "invalid_input": "Invalid input image or mask",
-    "mask_size_mismatch": "Mask size does not match the image",
-    "empty_mask": "Empty mask",
-    "instance_too_small": "Instance too small",
-    "too_many_instances": "Too many instances",
-    "unreadable_image": "Unreadable image",
-    "invalid_config": "Invalid option",
-    "invalid_layout": "Invalid prompt or box layout",
-}
-
 
 def _respond(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(
@@ -212,6 +134,11 @@ def install(app: FastAPI) -> None:
     for exc in (OperationalError, InterfaceError, SQLTimeoutError):
         app.add_exception_handler(exc, _database)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: problem JSON for each status it can answer."""
+    return {status: PROBLEM_RESPONSE for status in statuses}
 
 
 PROBLEM_RESPONSE: dict[str, Any] = {

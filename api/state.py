@@ -48,7 +48,7 @@ class AppState:
 
     @contextlib.contextmanager
     def creating_job(self) -> Iterator[None]:
-        """Hold from the capacity check (api.submit.check_capacity) to the commit of the new job.
+        """Hold from the capacity check (core.submissions.check_capacity) to the commit of the new job.
 
         PostgreSQL serialises a tenant's requests on its locked row. SQLite ignores FOR UPDATE
         and opens the write transaction only at the INSERT, so concurrent requests would all

@@ -21,8 +21,9 @@ from api.inputs import (
     options_problem,
     too_deep,
 )
-from api.problems import Problem, from_engine
+from core.problems import Problem, from_engine
 from core.settings import Settings
+from core.submissions import LearnInputs
 from mifo_engine.config import LearnConfig
 from mifo_engine.errors import MifoError
 
@@ -245,3 +246,16 @@ def read_upload(
     )
     check_with_engine(upload)
     return upload
+
+
+def learn_inputs(upload: Upload) -> LearnInputs:
+    """What the submission service stores: the checked upload, without the parsed config."""
+    return LearnInputs(
+        image=upload.image,
+        masks=upload.masks,
+        names=upload.names,
+        options=upload.options,
+        mask_threshold=upload.config.mask_threshold,
+        width=upload.width,
+        height=upload.height,
+    )

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from api.deps import SessionDep, StateDep
-from api.problems import PROBLEM_RESPONSE, Problem, not_found
+from api.problems import PROBLEM_RESPONSE
 from core.auth import link_valid
 from core.models import Artifact
+from core.problems import Problem, not_found
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 

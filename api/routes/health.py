@@ -13,9 +13,10 @@ from sqlalchemy import text
 
 from api.deps import StateDep
 from api.metrics import registry_for
-from api.problems import PROBLEM_RESPONSE, Problem
+from api.problems import PROBLEM_RESPONSE
 from api.schemas import Health
 from core.db import check_migrated
+from core.problems import Problem
 
 router = APIRouter(tags=["health"])
 

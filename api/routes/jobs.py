@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import BEARER_SECURITY, SessionDep, StateDep, TenantDep, authenticate
 from api.events import job_stream
 from api.idempotency import Idempotency, KeyHeader, fingerprint
-from api.present import JOB_LOAD, Presenter
-from api.problems import PROBLEM_RESPONSE, Problem, not_found
+from api.present import JOB_LOAD, Presenter, next_page
+from api.problems import responses
 from api.schemas import (
     JobKind,
     JobPublic,
@@ -28,15 +28,13 @@ from api.schemas import (
     WebhookDeliveryPublic,
 )
 from api.state import AppState
-from core import cleanup, jobs
+from api.submission import accepted
+from core import submissions
 from core.models import Job, WebhookDelivery
+from core.problems import not_found
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: PROBLEM_RESPONSE,
-    409: PROBLEM_RESPONSE,
-    422: PROBLEM_RESPONSE,
-}
+ERRORS = responses(404, 409, 422)
 
 
 def load_job(session: SessionDep, job_id: uuid.UUID, tenant: uuid.UUID, *options: Any) -> Job:
@@ -79,9 +77,7 @@ def list_jobs(
         .offset(offset)
     ).all()
     present = Presenter(request, state)
-    nxt = None
-    if offset + limit < total:
-        nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
+    nxt = next_page(request, limit, offset, total)
     return JobsPublic(
         data=[present.job(j) for j in rows], total=total, limit=limit, offset=offset, next=nxt
     )
@@ -151,6 +147,7 @@ def _job_body(
 def cancel_job(
     job_id: uuid.UUID,
     request: Request,
+    response: Response,
     session: SessionDep,
     state: StateDep,
     tenant: TenantDep,
@@ -163,31 +160,27 @@ def cancel_job(
     job = load_job(session, job_id, tenant)
     present = Presenter(request, state)
     idem = Idempotency.begin(
-        session, tenant_id=tenant, key=idempotency_key, ttl=state.settings.idempotency_seconds,
+        session,
+        tenant_id=tenant,
+        key=idempotency_key,
+        ttl=state.settings.idempotency_seconds,
         fingerprint=fingerprint("POST", request.url.path),
         render=lambda jid: present.job(load_job(session, jid, tenant)),
-    )  # fmt: skip
-    if idem.replay is not None:
-        return idem.replay
-    try:
-        try:
-            leftover = jobs.request_cancel(session, job=job)
-        except jobs.InvalidTransition as exc:
-            raise Problem(
-                409, "job_finished", "Job already finished", str(exc), field="job_id",
-                fix="nothing to cancel; delete the concept to remove its results",
-            ) from exc  # fmt: skip
-        idem.attach(job.id, 202)
-        session.commit()
+    )
+
+    def cancel() -> uuid.UUID:
+        submissions.cancel(session, state, job=job, attach=lambda jid: idem.attach(jid, 202))
         state.job_changed(job.id)
-        if leftover:  # its worker was gone: what it had written goes now
-            cleanup.remove(state.storage, state.sessions, leftover, f"the output of job {job.id}")
-        body = present.job(load_job(session, job_id, tenant))
-    except BaseException:
-        idem.abandon()
-        raise
-    idem.complete(body, {})
-    return body
+        return job.id
+
+    return accepted(
+        request,
+        response,
+        idem,
+        cancel,
+        lambda jid: present.job(load_job(session, jid, tenant)),
+        location=False,
+    )
 
 
 def _job_exists(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> None:

@@ -59,12 +59,12 @@ def test_retries_are_bounded_and_other_errors_are_not_retried(session: Session) 
 def test_a_collision_left_after_the_retries_is_409_not_503(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.routes import concepts
+    from core import submissions
 
     def collide(session: Session, work: object) -> None:
         raise _deadlock()
 
-    monkeypatch.setattr(concepts, "retry_conflicts", collide)
+    monkeypatch.setattr(submissions, "retry_conflicts", collide)
     r = client.delete(f"/v1/concepts/{uuid.uuid4()}")
     assert r.status_code == 409, r.text
     assert r.json()["type"].endswith("/concurrent_change") and r.headers["retry-after"] == "1"

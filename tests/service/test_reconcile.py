@@ -86,14 +86,14 @@ def test_a_slow_upload_does_not_make_its_job_look_unsent(
     the inputs were uploaded: a pass between commit and send must not claim it."""
     import time
 
-    from api.routes import concepts
     from tests.helpers.images import encode, make_scene
 
     served = client.app.state.mifo.storage  # type: ignore[attr-defined]
     put = served.put
     monkeypatch.setattr(served, "put", lambda *a, **k: (time.sleep(0.3), put(*a, **k))[1])
     claimed: list = []
-    real_send = concepts.dispatch.send
+    broker = client.app.state.mifo.broker  # type: ignore[attr-defined]
+    real_send = broker.send
 
     def send_after_a_pass(*args: Any) -> None:
         with _sessions(settings)() as other:
@@ -101,7 +101,7 @@ def test_a_slow_upload_does_not_make_its_job_look_unsent(
             other.commit()
         real_send(*args)
 
-    monkeypatch.setattr(concepts.dispatch, "send", send_after_a_pass)
+    monkeypatch.setattr(broker, "send", send_after_a_pass)
     image, masks = make_scene()
     files = [("image", ("s.png", encode(image), "image/png"))]
     files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]

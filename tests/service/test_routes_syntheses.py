@@ -134,18 +134,18 @@ def test_a_concept_deleted_while_the_job_is_created_is_404(
 ) -> None:
     """A DELETE that commits between the concept read and the job insert: 404, as if it
     had never been there; no job, and the Idempotency-Key is free again."""
-    from api import submit
+    from core import submissions
     from core.models import IdempotencyKey
 
     concept = make_concept(session)
     session.commit()
-    checked = submit.check_capacity
+    checked = submissions.check_capacity
 
     def deleted_meanwhile(*a: Any, **k: Any) -> None:
         assert client.delete(f"/v1/concepts/{concept.id}").status_code == 204
         checked(*a, **k)
 
-    monkeypatch.setattr(submit, "check_capacity", deleted_meanwhile)
+    monkeypatch.setattr(submissions, "check_capacity", deleted_meanwhile)
     r = client.post(
         f"/v1/concepts/{concept.id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES},
         headers={"Idempotency-Key": "gone"},

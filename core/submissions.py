@@ -1,0 +1,411 @@
+"""Submitting jobs: the one place that turns an accepted request into rows, objects and a
+message.
+
+Each function owns its transaction, the lock order every route keeps (tenant, then concept,
+then job: see `lock_tenant`), the retry of a transaction that collided with another one,
+the clean-up when something fails (nothing half-written stays behind) and the dispatch to the
+broker. The routes parse the request before and present the job after.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import cleanup, jobs
+from core.db import retry_conflicts
+from core.models import Artifact, Concept, Job, Tenant, utcnow
+from core.problems import Problem, not_found, unavailable
+from core.queue import Broker
+from core.settings import Settings
+from core.storage import Storage, StorageError
+from core.webhooks import EVENTS, UnsafeTarget, check_url
+
+log = logging.getLogger(__name__)
+
+Attach = Callable[[uuid.UUID], None]  # records the new job with the request's idempotency key
+
+
+class Context(Protocol):
+    """What a submission needs of the process it runs in (api.state.AppState)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    broker: Broker
+
+    def creating_job(self) -> AbstractContextManager[None]: ...
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A job's webhook: where its events go and which (None: all)."""
+
+    url: str | None = None
+    events: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class LearnInputs:
+    """A learning request once parsed and checked (api/uploads.py)."""
+
+    image: bytes
+    masks: list[bytes]
+    names: list[str] | None
+    options: dict[str, Any]
+    mask_threshold: float
+    width: int
+    height: int
+
+
+def webhook(url: str | None, events: list[str] | None, settings: Settings) -> Hook:
+    """Validate `webhook_url` (a public address unless allowed) and the event filter."""
+    if events is not None:
+        bad = [e for e in events if e not in EVENTS]
+        if bad or not events:
+            raise Problem(
+                422,
+                "invalid_webhook_events",
+                "Unknown webhook event",
+                f"webhook_events has {bad[0] if bad else 'nothing'}.",
+                field="webhook_events",
+                fix=f"choose among {', '.join(EVENTS)} (leave it out for all of them)",
+            )
+        if url is None:
+            raise Problem(
+                422,
+                "invalid_webhook_events",
+                "Events without a webhook",
+                "webhook_events was given without webhook_url.",
+                field="webhook_url",
+                fix="give webhook_url too, or drop webhook_events",
+            )
+    if url is None:
+        return Hook()
+    if len(url) > 2000:
+        raise Problem(
+            422,
+            "invalid_webhook_url",
+            "Webhook URL too long",
+            "webhook_url exceeds 2000 characters.",
+            field="webhook_url",
+            fix="use a shorter URL",
+        )
+    try:
+        check_url(url, settings.webhook_allowed_networks)
+    except UnsafeTarget as exc:
+        raise Problem(
+            422,
+            "invalid_webhook_url",
+            "Webhook URL refused",
+            f"webhook_url: {exc}.",
+            field="webhook_url",
+            fix="give a public http(s) URL (MIFO_WEBHOOK_ALLOWED_NETWORKS lists private "
+            "networks the server may call)",
+        ) from exc
+    return Hook(url, list(dict.fromkeys(events)) if events else None)
+
+
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    """The first lock of every transaction that takes several (tenant, then concept, then
+    job). NO KEY UPDATE: the foreign-key checks of rows written meanwhile (jobs, webhook
+    deliveries) do not wait for it, so they cannot close a cycle with it."""
+    session.get(Tenant, tenant_id, with_for_update={"key_share": True})
+
+
+def check_capacity(session: Session, tenant_id: uuid.UUID, settings: Settings) -> None:
+    """429 when the tenant already has MIFO_MAX_ACTIVE_JOBS queued or running jobs. The
+    tenant row stays locked (PostgreSQL) until the caller commits, so that concurrent
+    requests of one tenant count one after the other."""
+    lock_tenant(session, tenant_id)
+    active = jobs.count_active(session, tenant_id=tenant_id)
+    if active >= settings.max_active_jobs:
+        raise Problem(
+            429,
+            "too_many_active_jobs",
+            "Too many active jobs",
+            f"This tenant has {active} queued or running jobs; the limit is "
+            f"{settings.max_active_jobs}.",
+            field="tenant",
+            fix="wait for a job to finish or cancel one (MIFO_MAX_ACTIVE_JOBS on the server)",
+            headers={"Retry-After": "10"},
+        )
+
+
+def learn(
+    session: Session,
+    ctx: Context,
+    *,
+    tenant_id: uuid.UUID,
+    inputs: LearnInputs,
+    hook: Hook,
+    attach: Attach,
+) -> uuid.UUID:
+    """Store the inputs, create the concept and its learning job, send it; the job's id."""
+
+    def accept() -> tuple[uuid.UUID, uuid.UUID]:
+        # 1. Capacity, counted under the tenant's lock until the commit.
+        with ctx.creating_job():
+            check_capacity(session, tenant_id, ctx.settings)
+            # 2. The concept and its job, with the idempotency key in the same transaction.
+            concept = _new_concept(session, ctx.settings, tenant_id, inputs)
+            job = jobs.create_job(
+                session,
+                tenant_id=tenant_id,
+                kind="learn",
+                concept_id=concept.id,
+                params={"options": inputs.options},
+                webhook_url=hook.url,
+                webhook_events=hook.events,
+            )
+            attach(job.id)
+            # 3. The inputs, stored before the commit: a failure leaves no row behind.
+            try:
+                _store_inputs(session, ctx.storage, concept, inputs)
+                job.updated_at = utcnow()  # the reconciler's re-send grace starts now
+                session.commit()
+            except Exception as exc:
+                session.rollback()
+                cleanup.remove(ctx.storage, ctx.sessions, concept.prefix, "rejected inputs")
+                if isinstance(exc, StorageError):
+                    raise unavailable("storage", exc) from exc
+                raise
+            return concept.id, job.id
+
+    concept_id, job_id = retry_conflicts(session, accept)
+    # 4. The message; a broker that is down takes the request back.
+    _dispatch(session, ctx, job_id, "learn", concept_id=concept_id)
+    return job_id
+
+
+def synthesize(
+    session: Session,
+    ctx: Context,
+    *,
+    tenant_id: uuid.UUID,
+    concept_id: uuid.UUID,
+    params: dict[str, Any],
+    hook: Hook,
+    attach: Attach,
+) -> uuid.UUID:
+    """Create a synthesis job for a ready concept and send it; the job's id."""
+
+    def accept() -> uuid.UUID:
+        with ctx.creating_job():
+            check_capacity(session, tenant_id, ctx.settings)
+            _keep_concept(session, concept_id, tenant_id)
+            try:
+                job = jobs.create_job(
+                    session,
+                    tenant_id=tenant_id,
+                    kind="synthesize",
+                    concept_id=concept_id,
+                    params=params,
+                    webhook_url=hook.url,
+                    webhook_events=hook.events,
+                )
+                attach(job.id)
+                session.commit()
+            except IntegrityError as exc:  # the concept was deleted after all (SQLite: no lock)
+                session.rollback()
+                if session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None:
+                    raise not_found("concept", concept_id) from exc
+                raise
+            return job.id
+
+    job_id = retry_conflicts(session, accept)
+    _dispatch(session, ctx, job_id, "synthesize")
+    return job_id
+
+
+def ready_concept(session: Session, concept_id: uuid.UUID, tenant_id: uuid.UUID) -> Concept:
+    """The tenant's concept, ready to synthesise from (404, 409 otherwise)."""
+    concept = session.get(Concept, concept_id)
+    if concept is None or concept.tenant_id != tenant_id:
+        raise not_found("concept", concept_id)
+    if concept.status != "ready" or concept.meta is None:
+        raise Problem(
+            409,
+            "concept_not_ready",
+            "Concept not ready",
+            f"Concept {concept_id} is {concept.status}; it must be ready to synthesise.",
+            field="concept_id",
+            status_of_concept=concept.status,
+            fix="wait for its learning job to succeed (GET /v1/jobs/{id}), or learn it again",
+        )
+    return concept
+
+
+def delete_concept(
+    session: Session, ctx: Context, *, concept_id: uuid.UUID, tenant_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Cancel the concept's unfinished jobs, delete it, then its objects; the jobs changed."""
+
+    def delete_rows() -> tuple[str, list[uuid.UUID]]:
+        lock_tenant(session, tenant_id)
+        concept = session.get(Concept, concept_id, with_for_update=True)
+        if concept is None or concept.tenant_id != tenant_id:
+            raise not_found("concept", concept_id)
+        active = session.scalars(
+            select(Job).where(Job.concept_id == concept_id, Job.status.in_(jobs.ACTIVE))
+        ).all()
+        for job in active:  # their outputs lie under the concept's prefix, removed below
+            jobs.request_cancel(session, job=job)
+        changed = list(session.scalars(select(Job.id).where(Job.concept_id == concept_id)))
+        prefix = concept.prefix
+        session.delete(concept)
+        session.commit()
+        return prefix, changed
+
+    prefix, changed = retry_conflicts(session, delete_rows)
+    # The rows are gone; objects that cannot be removed now are removed by maintenance.
+    cleanup.remove(ctx.storage, ctx.sessions, prefix, f"the objects of concept {concept_id}")
+    return changed
+
+
+def cancel(session: Session, ctx: Context, *, job: Job, attach: Attach) -> None:
+    """Cancel a queued job (or one whose worker is gone) at once, ask a running one to stop;
+    409 for a job that already succeeded or failed."""
+    try:
+        leftover = jobs.request_cancel(session, job=job)
+    except jobs.InvalidTransition as exc:
+        raise Problem(
+            409,
+            "job_finished",
+            "Job already finished",
+            str(exc),
+            field="job_id",
+            fix="nothing to cancel; delete the concept to remove its results",
+        ) from exc
+    attach(job.id)
+    session.commit()
+    if leftover:  # its worker was gone: what it had written goes now
+        cleanup.remove(ctx.storage, ctx.sessions, leftover, f"the output of job {job.id}")
+
+
+def _new_concept(
+    session: Session, settings: Settings, tenant_id: uuid.UUID, inputs: LearnInputs
+) -> Concept:
+    concept = Concept(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        status="pending",
+        base_model=settings.base_model,
+        names=inputs.names or [f"asset{i}" for i in range(len(inputs.masks))],
+        options=inputs.options,
+        width=inputs.width,
+        height=inputs.height,
+    )
+    session.add(concept)
+    session.flush()
+    return concept
+
+
+def _keep_concept(session: Session, concept_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+    """404 when the concept was deleted since it was read; on PostgreSQL, a share lock keeps
+    it until the job is committed (a concurrent DELETE waits, then cancels the new job)."""
+    kept = session.scalar(
+        select(Concept.id)
+        .where(Concept.id == concept_id, Concept.tenant_id == tenant_id)
+        .with_for_update(read=True)
+    )
+    if kept is None:
+        raise not_found("concept", concept_id)
+
+
+def _dispatch(
+    session: Session,
+    ctx: Context,
+    job_id: uuid.UUID,
+    kind: str,
+    *,
+    concept_id: uuid.UUID | None = None,
+) -> None:
+    """Send the job's message and record that it went. A broker that refuses takes the
+    request back: the job (and the concept created with it) is deleted, its objects go."""
+    try:
+        ctx.broker.send(job_id, kind)
+    except Exception as exc:
+        log.error("could not queue job %s: %s", job_id, exc)
+        _forget(session, ctx, job_id, concept_id)
+        raise unavailable("broker", exc) from exc
+    try:
+        jobs.mark_enqueued(session, job_id)
+        session.commit()
+    except SQLAlchemyError as exc:  # sent all the same; the reconciler may send it once more
+        session.rollback()
+        log.warning("job %s was sent but not marked as sent: %s", job_id, exc)
+
+
+def _forget(
+    session: Session, ctx: Context, job_id: uuid.UUID, concept_id: uuid.UUID | None
+) -> None:
+    session.rollback()
+    session.execute(delete(Job).where(Job.id == job_id))
+    if concept_id is not None:
+        session.execute(delete(Concept).where(Concept.id == concept_id))
+    session.commit()
+    if concept_id is not None:
+        prefix = Concept(id=concept_id).prefix
+        cleanup.remove(ctx.storage, ctx.sessions, prefix, f"the inputs of unqueued job {job_id}")
+
+
+def _store_inputs(
+    session: Session, storage: Storage, concept: Concept, inputs: LearnInputs
+) -> None:
+    files = [("input", 0, "inputs/image.png", _as_png(inputs.image, None))]
+    files += [
+        ("mask", i, f"inputs/masks/mask_{i:03d}.png", _as_png(m, inputs.mask_threshold))
+        for i, m in enumerate(inputs.masks)
+    ]
+    for kind, position, name, png in files:
+        key = concept.prefix + name
+        storage.put(key, png, "image/png")
+        label = name.rsplit("/", 1)[-1]
+        session.add(
+            Artifact(
+                concept_id=concept.id,
+                kind=kind,
+                position=position,
+                key=key,
+                size=len(png),
+                label=label,
+            )
+        )
+
+
+# Modes PIL's PNG writer stores as they are.
+PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"})
+
+
+def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
+    """Inputs are kept as PNG (lossless), whatever format they came in, meaning to the engine
+    what the upload meant: upright (PNG keeps no EXIF orientation of the original) and, for a
+    mode PNG cannot store (CMYK, YCbCr, LAB, 32-bit...), as the engine reads it: the image
+    as its RGB view, a mask (`mask_threshold` given) as its foreground, white on black."""
+    from mifo_engine.inputs import load_image, mask_to_binary, to_rgb  # torch-free
+
+    with Image.open(io.BytesIO(data)) as original:
+        if original.format == "PNG":
+            return data
+        img = load_image(original, field="image")
+        if img.mode not in PNG_MODES:
+            if mask_threshold is None:
+                img = to_rgb(img)
+            else:
+                foreground = mask_to_binary(img, mask_threshold)
+                img = Image.fromarray(foreground.astype(np.uint8) * 255)
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        return out.getvalue()
