@@ -20,6 +20,7 @@ from mifo_engine.errors import MifoError
 
 log = logging.getLogger(__name__)
 
+
 def _respond(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(
         problem.body(request.url.path),

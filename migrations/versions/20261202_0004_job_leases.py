@@ -24,9 +24,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("lease_expires_at", core.models.UTCDateTime(timezone=True), nullable=True)
         )
-        batch_op.add_column(
-            sa.Column("losses", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("losses", sa.Integer(), nullable=False, server_default="0"))
     # Workers from before leases renew none: their running jobs lapse at their last write and
     # are re-queued (an old worker still running one is fenced out by the attempt counter).
     op.execute("UPDATE jobs SET lease_expires_at = updated_at WHERE status = 'running'")
