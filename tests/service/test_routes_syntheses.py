@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from api.main import create_app
 from core.models import IdempotencyKey, Job
 from core.settings import Settings
+from tests.helpers.wait import wait_until
 
 from .factories import make_concept
 
@@ -102,10 +102,8 @@ def test_the_tokenizer_loads_at_start_up_not_in_the_first_request(
 
     api_state._cached_tokenizer.cache_clear()
     with TestClient(create_app(settings)):
-        deadline = time.monotonic() + 60
-        while api_state._cached_tokenizer.cache_info().currsize == 0:
-            assert time.monotonic() < deadline, "the tokenizer was never loaded"
-            time.sleep(0.05)
+        loaded = api_state._cached_tokenizer.cache_info
+        wait_until(lambda: loaded().currsize, 60, "the tokenizer was never loaded")
     # A base model whose tokenizer cannot be loaded does not stop the API from starting;
     # the request that needs it answers with the reason.
     broken = settings.model_copy(update={"base_model": str(settings.data_dir / "no-such-model")})
@@ -114,10 +112,7 @@ def test_the_tokenizer_loads_at_start_up_not_in_the_first_request(
     app = create_app(broken)
     with caplog.at_level(logging.WARNING, logger="mifo"), TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
-        deadline = time.monotonic() + 60
-        while "not loaded at start-up" not in caplog.text:
-            assert time.monotonic() < deadline, caplog.text
-            time.sleep(0.05)
+        wait_until(lambda: "not loaded at start-up" in caplog.text, 60, caplog.text)
         r = c.post(
             f"/v1/concepts/{concept.id}/syntheses",
             json={"prompt": PROMPT, "boxes": BOXES},
@@ -158,6 +153,18 @@ def test_a_concept_deleted_while_the_job_is_created_is_404(
     assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
 
 
+def _waiting_for_a_lock(url: str) -> bool:
+    """Some statement on this PostgreSQL database waits for a row lock."""
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", "", 1), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_concept_deleted_at_the_job_insert(
     client: TestClient, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,7 +191,7 @@ def test_a_concept_deleted_at_the_job_insert(
             delete()
         else:
             waiter.start()  # blocks on the concept's lock until this request commits
-            time.sleep(0.3)
+            wait_until(lambda: _waiting_for_a_lock(settings.db_url), 10, "the DELETE never waited")
         return create(*a, **k)
 
     monkeypatch.setattr(jobs, "create_job", deleted_at_insert)
