@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +33,9 @@ from core.webhooks import dispatch_due, http_client
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_PASS_SECONDS = 10.0
+JOIN_SECONDS = 1.0
+
 
 @dataclass
 class Duties:
@@ -39,6 +43,7 @@ class Duties:
     sessions: sessionmaker[Session]
     storage: Storage
     broker: Broker
+    _delivering: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Duties:
@@ -53,13 +58,23 @@ class Duties:
         return reconcile(self.sessions, self.storage, self.settings, self.broker)
 
     def webhooks(self) -> int:
-        """Deliver what is due, until nothing is (at most ~20 per call)."""
-        with http_client(self.settings) as http:
-            sent = total = dispatch_due(self.sessions, self.settings, http)
-            while sent:
-                sent = dispatch_due(self.sessions, self.settings, http)
-                total += sent
-        return total
+        """Deliver what is due, until nothing is or WEBHOOK_PASS_SECONDS have passed. One pass
+        at a time per process: slow receivers never take every control thread, so the
+        reconciler always gets one."""
+        if not self._delivering.acquire(blocking=False):
+            return 0
+        try:
+            deadline = time.monotonic() + WEBHOOK_PASS_SECONDS
+            total = 0
+            with http_client(self.settings) as http:
+                while time.monotonic() < deadline:
+                    sent = dispatch_due(self.sessions, self.settings, http)
+                    total += sent
+                    if not sent:
+                        break
+            return total
+        finally:
+            self._delivering.release()
 
     def maintenance(self) -> dict[str, int]:
         done = run_maintenance(self.sessions, self.storage, self.settings)
@@ -93,8 +108,9 @@ def in_process(duties: Duties) -> Iterator[None]:
         yield
     finally:
         stop.set()
+        deadline = time.monotonic() + JOIN_SECONDS  # daemon threads: a late one dies with us
         for thread in threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _every(name: str, seconds: float, work: Callable[[], object], stop: threading.Event) -> None:

@@ -66,7 +66,6 @@ class Refused:
     """`start` ended the job instead of running it: what the worker must clean up."""
 
     job_id: uuid.UUID
-    kind: str
     status: str  # canceled | failed
     output: str | None  # storage prefix a previous attempt may have half-written
 
@@ -144,10 +143,16 @@ def claim_unsent(
     return claimed
 
 
+# A running job without a lease was started by a worker from before leases: gone once it has
+# written nothing for this long (those workers wrote progress every second).
+LEGACY_SILENCE = timedelta(minutes=10)
+
+
 def lapsed(now: datetime) -> Any:
     """Running jobs whose worker stopped renewing their lease: it is gone (killed, crashed,
     cut off), or too slow to matter, and the job is the reconciler's to re-queue."""
-    return (Job.status == "running") & (Job.lease_expires_at < now)
+    legacy = Job.lease_expires_at.is_(None) & (Job.updated_at < now - LEGACY_SILENCE)
+    return (Job.status == "running") & ((Job.lease_expires_at < now) | legacy)
 
 
 def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job | Refused | None:
@@ -236,7 +241,7 @@ def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> 
     rows = session.execute(
         select(Job.id, Job.kind, Job.attempts, Job.losses, Job.cancel_requested)
         .where(lapsed(now))
-        .order_by(Job.lease_expires_at)
+        .order_by(Job.updated_at)
         .limit(limit)
     ).all()
     handled = []
@@ -308,21 +313,34 @@ def mark_resent(session: Session, job_id: uuid.UUID) -> None:
 def _refused(session: Session, job_id: uuid.UUID, status: str) -> Refused:
     webhooks.emit(session, job_id, "completed")
     settle_concept(session, job_id, status)
-    kind = session.scalar(select(Job.kind).where(Job.id == job_id)) or "learn"
-    return Refused(job_id, kind, status, job_output(session, job_id))
+    return Refused(job_id, status, job_output(session, job_id))
 
 
-def abandon(session: Session, *, job_id: uuid.UUID, error_type: str, message: str) -> bool:
-    """Fail a job whose worker can no longer record an outcome (hard time limit, a crash
-    outside the runner, a reaped stale job); False when it already ended or moved on."""
-    attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
-    if attempts is None:
-        return False
+def abandon(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    error_type: str,
+    message: str,
+    attempt: int | None = None,
+    started_before: datetime | None = None,
+) -> bool:
+    """Fail a running job whose worker can no longer record an outcome (hard time limit, a
+    crash outside the runner, a job stuck past its time limit); False when it already ended
+    or moved on. Fenced: only `attempt` (the run that failed), or, where the caller cannot
+    know the attempt (Celery's parent process after a hard time limit), only a run that
+    started before `started_before` - never a newer run that took the job over."""
+    if attempt is not None:
+        fence = _mine(attempt)
+    elif started_before is not None:
+        fence = (Job.status == "running") & (Job.started_at <= started_before)
+    else:
+        raise ValueError("abandon needs the attempt or a start time to fence on")
     now = utcnow()
     done = _update(
         session,
         job_id,
-        Job.status.in_(ACTIVE) & (Job.attempts == attempts),  # fenced: no newer delivery
+        fence,
         status="failed",
         error_type=error_type,
         error_message=message,
@@ -444,8 +462,8 @@ def request_cancel(session: Session, *, job: Job) -> str | None:
     if ended:
         webhooks.emit(session, job.id, "completed")
         settle_concept(session, job.id, "canceled")
-    else:
-        _update(session, job.id, Job.status == "running", cancel_requested=True)
+    else:  # running, or just put back in the queue: either way it must not go on
+        _update(session, job.id, Job.status.in_(ACTIVE), cancel_requested=True)
     output = job_output(session, job.id) if ended else None
     session.refresh(job)
     return output

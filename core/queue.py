@@ -23,6 +23,8 @@ TASK_RECONCILE = "mifo.reconcile"
 TASK_WEBHOOKS = "mifo.webhooks"
 TASK_MAINTENANCE = "mifo.maintenance"
 
+BROKER_SOCKET_SECONDS = 5.0
+EXPIRES_SECONDS = 10.0
 JOB_TASKS = {"learn": TASK_LEARN, "synthesize": TASK_SYNTHESIZE}  # each kind has its own queue
 CONTROL = "control"
 QUEUES = ("learn", "synthesize", CONTROL)
@@ -39,7 +41,14 @@ def transport_options(settings: Settings) -> dict[str, object]:
         }
     # Redis hands an unacknowledged message to another worker after this long. Recovery does
     # not wait for it (a lost worker's lease expires first); such a late copy is skipped.
-    return {"visibility_timeout": settings.visibility_timeout}
+    # Socket timeouts: a Redis that stops answering fails a send within seconds (503)
+    # instead of hanging the request (kombu's own default is to wait for ever).
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": BROKER_SOCKET_SECONDS,
+        "socket_connect_timeout": BROKER_SOCKET_SECONDS,
+        "socket_keepalive": True,
+    }
 
 
 def prepare_folders(settings: Settings) -> None:
@@ -50,7 +59,8 @@ def prepare_folders(settings: Settings) -> None:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """What `mifo beat` sends: each duty on the control queue, expiring after one period so
+    """What `mifo beat` sends: each duty on the control queue, expiring after a few periods
+    (at least EXPIRES_SECONDS, so clock skew between hosts does not expire every message) so
     that a backlog (no control worker for a while) never runs a duty many times in a row."""
     periods = {
         "reconcile": (TASK_RECONCILE, settings.reconcile_seconds),
@@ -58,7 +68,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "maintenance": (TASK_MAINTENANCE, settings.maintenance_interval_seconds),
     }
     return {
-        name: {"task": task, "schedule": every, "options": {"queue": CONTROL, "expires": every}}
+        name: {
+            "task": task,
+            "schedule": every,
+            "options": {"queue": CONTROL, "expires": max(3 * every, EXPIRES_SECONDS)},
+        }
         for name, (task, every) in periods.items()
     }
 

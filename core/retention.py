@@ -82,7 +82,10 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
                 f"The job was still running {silent:g} s after it started (its time limit "
                 "plus MIFO_STALE_JOB_GRACE_SECONDS); it was stopped and its output removed."
             )
-            if not jobs.abandon(session, job_id=job_id, error_type="timeout", message=message):
+            stuck = jobs.abandon(
+                session, job_id=job_id, error_type="timeout", message=message, started_before=cutoff
+            )
+            if not stuck:
                 session.rollback()
                 continue
             session.commit()

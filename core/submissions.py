@@ -277,19 +277,25 @@ def delete_concept(
 def cancel(session: Session, ctx: Context, *, job: Job, attach: Attach) -> None:
     """Cancel a queued job (or one whose worker is gone) at once, ask a running one to stop;
     409 for a job that already succeeded or failed."""
-    try:
-        leftover = jobs.request_cancel(session, job=job)
-    except jobs.InvalidTransition as exc:
-        raise Problem(
-            409,
-            "job_finished",
-            "Job already finished",
-            str(exc),
-            field="job_id",
-            fix="nothing to cancel; delete the concept to remove its results",
-        ) from exc
-    attach(job.id)
-    session.commit()
+
+    def cancel_rows() -> str | None:
+        lock_tenant(session, job.tenant_id)  # the lock order of every route: tenant first
+        try:
+            leftover = jobs.request_cancel(session, job=job)
+        except jobs.InvalidTransition as exc:
+            raise Problem(
+                409,
+                "job_finished",
+                "Job already finished",
+                str(exc),
+                field="job_id",
+                fix="nothing to cancel; delete the concept to remove its results",
+            ) from exc
+        attach(job.id)
+        session.commit()
+        return leftover
+
+    leftover = retry_conflicts(session, cancel_rows)
     if leftover:  # its worker was gone: what it had written goes now
         cleanup.remove(ctx.storage, ctx.sessions, leftover, f"the output of job {job.id}")
 

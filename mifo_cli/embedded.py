@@ -56,15 +56,19 @@ def serve(host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, _exit)
     try:
         with in_process(Duties.from_settings(settings)):
-            uvicorn.run(
-                "api.main:app_factory",
-                factory=True,
-                host=host,
-                port=port,
-                log_level=settings.log_level,
-                access_log=settings.access_log,
-                timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
-            )
+            try:
+                uvicorn.run(
+                    "api.main:app_factory",
+                    factory=True,
+                    host=host,
+                    port=port,
+                    log_level=settings.log_level,
+                    access_log=settings.access_log,
+                    timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
+                )
+            finally:  # the worker starts handing its job back while the duties stop
+                if worker.poll() is None:
+                    worker.terminate()
     finally:
         _stop(worker, deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from core.db import make_engine
+from core.db import Timeouts, make_engine
 from core.models import Base
 from core.settings import Settings
 
@@ -29,7 +29,7 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = make_engine(_url())
+    engine = make_engine(_url(), Timeouts(statement=0))  # DDL may wait on locks: no limit
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
             # Batch mode drops and re-creates tables: with foreign keys enforced, dropping one

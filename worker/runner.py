@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,16 @@ from worker.progress import ProgressReporter, learn_plan
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {".png": "image/png", ".json": "application/json"}
+RECORD_RETRY_SECONDS = 1.0
 
-# Set when this worker process begins a warm shutdown (worker.tasks): a running job stops at
-# its next step and is put back in the queue for another worker, or this one after a restart.
-SHUTTING_DOWN = threading.Event()
+# Set when this worker begins a warm shutdown (worker.tasks): a running job stops at its next
+# step and is put back in the queue for another worker, or this one after a restart. Made
+# before the prefork pool forks, so its children see the main process set it.
+SHUTTING_DOWN = multiprocessing.get_context("fork").Event()
+
+# The attempt each job runs as in this process, for a failure reported outside the runner
+# (worker.tasks.EngineTask.on_failure) to fence on.
+RUNNING: dict[uuid.UUID, int] = {}
 
 
 class Heartbeat:
@@ -128,16 +136,19 @@ def run_job(
     `load_base` returns the process's base model (loaded on first call): a model that cannot
     be loaded fails the job with `model_unavailable` instead of leaving it queued.
 
-    A lost database connection is not the job's fault: the message goes back to the broker
-    (Reject, requeue) instead of being acknowledged with the job left active.
+    A lost database connection is not the job's fault: a job that could not be claimed stays
+    queued (the reconciler sends it again), and an outcome that could not be recorded is
+    retried while the lease holds.
     """
     if SHUTTING_DOWN.is_set():  # a message taken during a warm shutdown goes straight back
         raise Reject("worker shutting down", requeue=True)
     try:
         claimed = _claim(ctx, job_id)
     except OperationalError as exc:
-        log.error("job %s: database unavailable, requeued: %s", job_id, exc)
-        raise Reject(exc, requeue=True) from exc
+        # The job stays queued and this message is acknowledged: the reconciler sends it
+        # again once the database answers (a message handed back at once would only spin).
+        log.error("job %s: database unavailable; left queued for the reconciler: %s", job_id, exc)
+        return "skipped"
     ctx.publisher.publish(job_id)
     if isinstance(claimed, jobs.Refused):  # ended by `start`: a previous attempt's files go
         _remove(ctx, job_id, [claimed.output] if claimed.output else [])
@@ -145,8 +156,10 @@ def run_job(
     if claimed is None:
         return "skipped"
 
+    RUNNING[claimed.job_id] = claimed.attempt  # kept when an error escapes, for on_failure
     with Heartbeat(ctx, claimed.job_id, claimed.attempt) as heartbeat:
         outcome = _run(ctx, claimed, heartbeat, load_base, concepts)
+    RUNNING.pop(claimed.job_id, None)
     ctx.publisher.publish(job_id)
     return outcome
 
@@ -228,12 +241,28 @@ def _release(ctx: WorkerContext, claimed: Claimed) -> bool:
     return released
 
 
-def abandon_job(ctx: WorkerContext, job_id: uuid.UUID, error_type: str, message: str) -> bool:
+def abandon_job(
+    ctx: WorkerContext,
+    job_id: uuid.UUID,
+    error_type: str,
+    message: str,
+    *,
+    attempt: int | None = None,
+    started_before: datetime | None = None,
+) -> bool:
     """Fail a job whose task died outside the runner (hard time limit, an escaped error) and
-    remove its output; False when the job had already ended or was taken over."""
+    remove its output; False when the job had already ended or was taken over. Fenced as
+    core.jobs.abandon: by the attempt that failed, or by its start time."""
     with session_scope(ctx.sessions) as session:
         output = jobs.job_output(session, job_id)
-        done = jobs.abandon(session, job_id=job_id, error_type=error_type, message=message)
+        done = jobs.abandon(
+            session,
+            job_id=job_id,
+            error_type=error_type,
+            message=message,
+            attempt=attempt,
+            started_before=started_before,
+        )
     if done:
         _remove(ctx, job_id, [output] if output else [])
         ctx.publisher.publish(job_id)
@@ -257,12 +286,17 @@ def _load(load_base: Callable[[], Any]) -> Any:
 
 
 def _recorded(ctx: WorkerContext, job: Claimed, status: str, **kw: Any) -> str:
-    """`_record`, with a lost database connection sent back to the broker (Reject, requeue)."""
-    try:
-        return _record(ctx, job, status, **kw)
-    except OperationalError as exc:
-        log.error("job %s: database unavailable while recording, requeued: %s", job.job_id, exc)
-        raise Reject(exc, requeue=True) from exc
+    """`_record`, tried again while the heartbeat can still hold the lease (half of it), so
+    that a short database outage at the end does not throw the finished work away."""
+    deadline = time.monotonic() + ctx.settings.lease_seconds / 2
+    while True:
+        try:
+            return _record(ctx, job, status, **kw)
+        except OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise  # the lease lapses and the reconciler queues the job again
+            log.error("job %s: database unavailable while recording, retrying: %s", job.job_id, exc)
+            time.sleep(RECORD_RETRY_SECONDS)
 
 
 def _timeout(limit: float) -> tuple[str, str]:
@@ -413,9 +447,8 @@ def _record(
             session, job_id=job.job_id, status=status, error_type=error_type,
             error_message=message, attempt=job.attempt,
         )  # fmt: skip
-        # Refused: a newer attempt owns the job (and its concept) now.
-        if ended and job.kind == "learn" and concept is not None and concept.status == "pending":
-            concept.status = "failed" if status == "failed" else "canceled"
+        if ended:  # refused: a newer attempt owns the job (and its concept) now
+            jobs.settle_concept(session, job.job_id, status)
         return _status(session, job.job_id)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
@@ -11,12 +13,13 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_shutting_down
 
 from core.duties import Duties
+from core.models import utcnow
 from core.queue import TASK_LEARN, TASK_MAINTENANCE, TASK_RECONCILE, TASK_SYNTHESIZE, TASK_WEBHOOKS
 from core.settings import get_settings
 from worker.app import celery_app
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
-from worker.runner import SHUTTING_DOWN, abandon_job, run_job
+from worker.runner import RUNNING, SHUTTING_DOWN, abandon_job, run_job
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +72,28 @@ class EngineTask(Task):
         job_id = (list(args) or [kwargs.get("job_id")])[0]
         if job_id is None:
             return
+        job = uuid.UUID(str(job_id))
+        settings = self.ctx.settings
         if isinstance(exc, TimeLimitExceeded):
+            # In the pool's parent: the attempt is unknown, so only a run older than the
+            # time limit (the one that was killed, not a newer one) is failed.
             error = (
                 "timeout",
                 "The job hit the worker's hard time limit and was killed; raise "
                 "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.",
             )
+            kind = "learn" if self.name == TASK_LEARN else "synthesize"
+            fence: dict[str, Any] = {
+                "started_before": utcnow() - timedelta(seconds=settings.time_limit(kind))
+            }
         else:
             error = ("internal_error", f"The worker failed outside the job: {exc!r}")
+            attempt = RUNNING.pop(job, None)
+            if attempt is None:  # it never started here: nothing of ours to end
+                return
+            fence = {"attempt": attempt}
         try:
-            abandon_job(self.ctx, uuid.UUID(str(job_id)), *error)
+            abandon_job(self.ctx, job, *error, **fence)
         except Exception:  # its lease lapses and the reconciler takes it from there
             log.exception("job %s: could not record the failure", job_id)
 
@@ -112,13 +127,15 @@ def synthesize(self: EngineTask, job_id: str) -> str:
 
 # The periodic duties (core.duties), sent by `mifo beat` to the control queue.
 _duties: Duties | None = None
+_duties_lock = threading.Lock()  # the control worker runs tasks on threads
 
 
 def duties() -> Duties:
     global _duties
-    if _duties is None:
-        _duties = Duties.from_settings(get_settings())
-    return _duties
+    with _duties_lock:
+        if _duties is None:
+            _duties = Duties.from_settings(get_settings())
+        return _duties
 
 
 @celery_app.task(name=TASK_RECONCILE)

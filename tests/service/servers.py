@@ -139,8 +139,9 @@ class FrozenLink:
 
     127.0.0.1:<target> <- proxy on HOST (root namespace) <- veth <- forwarder on PEER (the
     namespace) <- clients, which connect to `address`. `freeze()` makes the veth drop all
-    packets (the link goes down: established connections hear nothing, not even a reset, and
-    new ones find no route), `thaw()` brings it back. Needs root and iproute2's `ip`."""
+    packets: the namespace drops its address, so what reaches it is silently discarded (no
+    reset, no answer, the link and routes stay up), and `thaw()` gives the address back.
+    Needs root and iproute2's `ip`."""
 
     HOST, PEER = "10.251.7.1", "10.251.7.2"  # the test's own hosts, inside its namespace
 
@@ -178,11 +179,17 @@ class FrozenLink:
         return self.PEER, self.port
 
     def freeze(self) -> None:
-        self._run("ip", "link", "set", self.veth, "down")
+        self._ns("ip", "addr", "del", f"{self.PEER}/30", "dev", self.peer)
+        # Keep the peer's link-layer address known, so packets are sent on and dropped there
+        # rather than refused here for want of a neighbour.
+        mac = self._ns("cat", f"/sys/class/net/{self.peer}/address").stdout.decode().strip()
+        self._run(
+            "ip", "neigh", "replace", self.PEER, "lladdr", mac, "dev", self.veth, "nud", "permanent"
+        )
 
     def thaw(self) -> None:
-        self._run("ip", "link", "set", self.veth, "up")
-        self._run("ip", "addr", "replace", f"{self.HOST}/30", "dev", self.veth)
+        self._ns("ip", "addr", "add", f"{self.PEER}/30", "dev", self.peer)
+        self._run("ip", "neigh", "del", self.PEER, "dev", self.veth)
 
     def close(self) -> None:
         import subprocess

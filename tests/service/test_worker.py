@@ -6,6 +6,7 @@ import io
 import threading
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy import update
 from core.models import Job, utcnow
 from core.settings import Settings
 from tests.helpers.images import encode, make_scene
+from tests.helpers.wait import wait_until
 from tests.service.factories import LEASE, Doorbell, lose_worker
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
@@ -87,10 +89,7 @@ def test_cancel_while_running_stops_the_engine(
         )
     )
     thread.start()
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] is not None, 60)
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     thread.join(60)
     assert outcome == ["canceled"]
@@ -294,7 +293,7 @@ def test_an_attempt_overtaken_before_recording_removes_its_own_folder(
     created = _learn_request(client)
     job_id, concept_id = uuid.UUID(created["job"]["id"]), created["concept"]["id"]
     newer = f"concepts/{concept_id}/concept/attempt-2/"
-    real = runner._recorded
+    real = runner._recorded  # the instant between upload and record: reachable no other way
 
     def overtaken(ctx_: Any, job: Any, status: str, **kw: Any) -> str:
         assert ctx.storage.keys(job.files)  # this attempt uploaded its concept
@@ -374,30 +373,44 @@ def test_any_base_model_load_failure_is_model_unavailable(
     assert error["type"] == "model_unavailable" and "CUDA driver missing" in error["message"]
 
 
-def test_a_lost_database_requeues_the_message(client: TestClient, ctx: WorkerContext) -> None:
-    from celery.exceptions import Reject
+def test_a_lost_database_leaves_the_job_queued_for_the_reconciler(
+    client: TestClient, ctx: WorkerContext, settings: Settings
+) -> None:
+    """The message is acknowledged (handing it back at once would spin through the outage);
+    the job stays queued, and the reconciler sends it again once the database answers."""
     from sqlalchemy.exc import OperationalError
 
+    from core.reconcile import reconcile
+
     job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+    sessions = ctx.sessions
 
     def down() -> Any:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
     ctx.sessions = down  # type: ignore[assignment]
-    with pytest.raises(Reject) as caught:
-        run_job(ctx, job_id, lambda: None, ConceptCache(1))
-    assert caught.value.requeue
+    assert run_job(ctx, job_id, lambda: None, ConceptCache(1)) == "skipped"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["attempts"] == 0
+    with sessions() as s:  # sent over the grace period ago, and the broker holds nothing
+        s.execute(
+            update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(minutes=1))
+        )
+        s.commit()
+    broker = Doorbell(waiting=0)
+    assert reconcile(sessions, ctx.storage, settings, broker)["lost_resent"] == 1
+    assert broker.sent == [(job_id, "learn")]
 
 
 @pytest.mark.parametrize("error", ["hard_limit", "escaped"])
 def test_a_task_failure_outside_the_runner_ends_the_job(
-    client: TestClient, ctx: WorkerContext, error: str
+    client: TestClient, ctx: WorkerContext, error: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from celery.exceptions import TimeLimitExceeded
 
     from core import jobs
     from core.db import session_scope
-    from worker import tasks
+    from worker import runner, tasks
 
     created = _learn_request(client)
     job_id, concept_id = created["job"]["id"], created["concept"]["id"]
@@ -405,11 +418,16 @@ def test_a_task_failure_outside_the_runner_ends_the_job(
         jobs.start(s, job_id=uuid.UUID(job_id), lease_seconds=LEASE)
     ctx.storage.put(f"concepts/{concept_id}/concept/half.bin", b"x")
     exc = TimeLimitExceeded(10) if error == "hard_limit" else RuntimeError("boom")
-    saved, tasks.EngineTask._ctx = tasks.EngineTask._ctx, ctx
-    try:
+    monkeypatch.setattr(tasks.EngineTask, "ctx", ctx)  # not the one built from the environment
+    if error == "hard_limit":  # the parent knows no attempt: it fences on the start time
         tasks.learn.on_failure(exc, "task-id", (job_id,), {}, None)
-    finally:
-        tasks.EngineTask._ctx = saved
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # too young
+        with session_scope(ctx.sessions) as s:
+            then = utcnow() - timedelta(seconds=ctx.settings.learn_time_limit + 1)
+            s.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(started_at=then))
+    else:
+        monkeypatch.setitem(runner.RUNNING, uuid.UUID(job_id), 1)  # attempt 1 ran here
+    tasks.learn.on_failure(exc, "task-id", (job_id,), {}, None)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert job["error"]["type"] == ("timeout" if error == "hard_limit" else "internal_error")
@@ -418,7 +436,7 @@ def test_a_task_failure_outside_the_runner_ends_the_job(
 
 
 def test_the_heartbeat_keeps_the_lease_while_the_model_loads_and_hears_a_cancel(
-    client: TestClient, ctx: WorkerContext, base: Any
+    client: TestClient, ctx: WorkerContext, base: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A load longer than the lease: the heartbeat renews it from its own thread, so the
     reconciler leaves the job alone; a cancel sent meanwhile stops it before the first step."""
@@ -428,16 +446,46 @@ def test_the_heartbeat_keeps_the_lease_while_the_model_loads_and_hears_a_cancel(
     ctx.settings = ctx.settings.model_copy(update={"lease_seconds": 3.0, "heartbeat_seconds": 0.5})
     job_id = uuid.UUID(_learn_request(client)["job"]["id"])
     lapsed: list[Any] = []
+    heard: list[bool] = []  # cancel_requested, as each renewal read it
+    real_renew = jobs.renew
+
+    def renew(*args: Any, **kwargs: Any) -> Any:
+        lease = real_renew(*args, **kwargs)
+        heard.append(lease.cancel_requested)
+        return lease
+
+    monkeypatch.setattr(jobs, "renew", renew)
 
     def slow_load() -> Any:
-        time.sleep(4.0)  # past the lease
+        time.sleep(3.2)  # past the 3 s lease the claim, just before, set
         with session_scope(ctx.sessions) as s:
             lapsed.extend(jobs.requeue_lapsed(s, max_attempts=3))
         assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
-        time.sleep(1.5)  # the heartbeat reads the cancel
+        # Two renewals read it: the first has then surely set its flag (same thread).
+        wait_until(lambda: heard.count(True) >= 2, 10)
         return base
 
     assert run_job(ctx, job_id, slow_load, ConceptCache(1)) == "canceled"
     assert lapsed == []
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "canceled" and job["progress"]["step"] is None and job["attempts"] == 1
+
+
+def test_a_failure_of_a_superseded_attempt_never_ends_the_newer_one(
+    client: TestClient, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 lost its lease and attempt 2 runs; attempt 1's late failure changes nothing."""
+    from core import jobs
+    from core.db import session_scope
+    from worker import runner, tasks
+
+    job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+    with session_scope(ctx.sessions) as s:
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+        lose_worker(s, job_id)
+        jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+    monkeypatch.setattr(tasks.EngineTask, "ctx", ctx)
+    monkeypatch.setitem(runner.RUNNING, job_id, 1)
+    tasks.learn.on_failure(RuntimeError("late"), "task-id", (str(job_id),), {}, None)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["attempts"] == 2
