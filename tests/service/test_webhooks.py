@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from core.settings import Settings
 from core.webhooks import UnsafeTarget, check_url
 from tests.helpers.images import encode, make_scene
+from tests.helpers.wait import wait_until
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.runner import run_job
@@ -104,13 +105,17 @@ def _learn(client: TestClient, **form: str) -> dict:
 
 
 def _deliveries(client: TestClient, job_id: str, n: int, timeout: float = 20) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = client.get(f"/v1/jobs/{job_id}/webhooks").json()["data"]
-        if len(rows) >= n and all(r["status"] != "pending" for r in rows):
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(client.get(f"/v1/jobs/{job_id}/webhooks").json())
+    rows: list[dict] = []
+
+    def settled() -> bool:
+        rows[:] = client.get(f"/v1/jobs/{job_id}/webhooks").json()["data"]
+        return len(rows) >= n and all(r["status"] != "pending" for r in rows)
+
+    try:
+        wait_until(settled, timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(rows) from None
+    return rows
 
 
 def test_signed_events_reach_a_real_receiver(
@@ -425,12 +430,13 @@ def test_a_dns_failure_at_delivery_is_retried_with_backoff(
     s = settings.model_copy(update={"webhook_allowed_networks": [], "webhook_max_attempts": 3})
     engine = make_engine(s.db_url)
     sessions = make_sessionmaker(engine)
-    deadline = time.monotonic() + 10
+
+    def delivered() -> bool:  # the sender's loop, run here
+        webhooks.dispatch_due(sessions, s, Http())
+        return bool(posted)
+
     try:
-        while not posted:
-            assert time.monotonic() < deadline, "never delivered"
-            webhooks.dispatch_due(sessions, s, Http())
-            time.sleep(0.02)
+        wait_until(delivered, 10, "never delivered", interval=0.02)
         with sessions() as check:
             (row,) = check.scalars(
                 select(WebhookDelivery).options(selectinload(WebhookDelivery.tries))
