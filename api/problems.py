@@ -15,8 +15,8 @@ from starlette.routing import Match
 
 from api.inputs import too_deep
 from core.db import is_conflict
+from core.engine import MifoError
 from core.problems import MEDIA_TYPE, PROBLEM_BASE, Problem, from_engine
-from mifo_engine.errors import MifoError
 
 log = logging.getLogger(__name__)
 

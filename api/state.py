@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.jobcache import JobCache
+from core import engine
 from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
 from core.db import check_migrated, engine_from_settings, make_sessionmaker, session_scope
 from core.events import Publisher
@@ -102,9 +103,7 @@ class AppState:
         now = time.monotonic()
         if now < self._model_ok_until:
             return
-        from mifo_engine.models import check_base_model
-
-        check_base_model(self.settings.base_model)
+        engine.check_base_model(self.settings.base_model)
         self._model_ok_until = now + MODEL_CHECK_SECONDS
 
     def tokenizer(self) -> Any:
@@ -142,6 +141,4 @@ def _load_tokenizer(spec: str) -> Any:
 
 @functools.cache
 def _cached_tokenizer(spec: str) -> Any:
-    from mifo_engine.models import load_tokenizer
-
-    return load_tokenizer(spec)
+    return engine.load_tokenizer(spec)

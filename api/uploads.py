@@ -21,11 +21,10 @@ from api.inputs import (
     options_problem,
     too_deep,
 )
+from core.engine import LearnConfig, MifoError, check_inputs
 from core.problems import Problem, from_engine
 from core.settings import Settings
 from core.submissions import LearnInputs
-from mifo_engine.config import LearnConfig
-from mifo_engine.errors import MifoError
 
 CHECK_RESOLUTION = 512
 
@@ -208,8 +207,6 @@ def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Setting
 
 def check_with_engine(upload: Upload) -> None:
     """Run the engine's own input preparation, so a job never fails on its inputs later."""
-    from mifo_engine.inputs import check_inputs  # torch-free
-
     config = upload.config
     # Shares are fractions of the image, so SD 2.1's native size stands in for any model.
     resolution = config.resolution or CHECK_RESOLUTION

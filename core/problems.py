@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mifo_engine.errors import MifoError, ModelLoadError
+from core.engine import MifoError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mifo_engine.models import DEFAULT_BASE_MODEL  # a cheap import: no torch
+from core.engine import DEFAULT_BASE_MODEL
 
 
 class Settings(BaseSettings):

@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, jobs
+from core import cleanup, engine, jobs
 from core.db import retry_conflicts
 from core.models import Artifact, Concept, Job, Tenant, utcnow
 from core.problems import Problem, not_found, unavailable
@@ -400,17 +400,15 @@ def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
     what the upload meant: upright (PNG keeps no EXIF orientation of the original) and, for a
     mode PNG cannot store (CMYK, YCbCr, LAB, 32-bit...), as the engine reads it: the image
     as its RGB view, a mask (`mask_threshold` given) as its foreground, white on black."""
-    from mifo_engine.inputs import load_image, mask_to_binary, to_rgb  # torch-free
-
     with Image.open(io.BytesIO(data)) as original:
         if original.format == "PNG":
             return data
-        img = load_image(original, field="image")
+        img = engine.load_image(original, field="image")
         if img.mode not in PNG_MODES:
             if mask_threshold is None:
-                img = to_rgb(img)
+                img = engine.to_rgb(img)
             else:
-                foreground = mask_to_binary(img, mask_threshold)
+                foreground = engine.mask_to_binary(img, mask_threshold)
                 img = Image.fromarray(foreground.astype(np.uint8) * 255)
         out = io.BytesIO()
         img.save(out, format="PNG")

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from core import engine
 from core.storage import Storage
 
 
@@ -24,15 +25,13 @@ class ConceptCache:
         if concept_id in self._items:
             self._items.move_to_end(concept_id)
             return self._items[concept_id][0]
-        from mifo_engine.concept import Concept
-
         folder = tempfile.TemporaryDirectory(prefix="mifo-concept-")
         for key in storage.keys(prefix):
             path = Path(folder.name) / key[len(prefix) :]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(storage.get(key))
         try:
-            concept = Concept.load(folder.name)
+            concept = engine.load_concept(folder.name)
         except BaseException:
             folder.cleanup()
             raise

@@ -18,12 +18,11 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core import cleanup, jobs
+from core import cleanup, engine, jobs
 from core.db import session_scope
+from core.engine import Cancelled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
-from mifo_engine.config import LearnConfig, SynthesisConfig
-from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import ProgressReporter, learn_plan
@@ -323,13 +322,11 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
 def _learn(
     ctx: WorkerContext, job: Claimed, base: Any, out: Produced, heartbeat: Heartbeat
 ) -> None:
-    from mifo_engine.learning import learn
-
     storage = ctx.storage
     image = storage.get(f"{job.prefix}inputs/image.png")
     masks = [storage.get(key) for key in storage.keys(f"{job.prefix}inputs/masks/")]
     config = LearnConfig.from_mapping(job.params.get("options", {}))
-    learned = learn(
+    learned = engine.learn(
         base,
         image=image,
         masks=masks,
@@ -361,9 +358,7 @@ def _learn(
 def _synthesize(
     ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced, heartbeat: Heartbeat
 ) -> None:
-    from mifo_engine.synthesis import synthesize
-
-    made = synthesize(
+    made = engine.synthesize(
         base,
         concept,
         prompt=job.params["prompt"],

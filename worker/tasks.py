@@ -12,6 +12,7 @@ from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_shutting_down
 
+from core import engine
 from core.duties import Duties
 from core.models import utcnow
 from core.queue import TASK_LEARN, TASK_MAINTENANCE, TASK_RECONCILE, TASK_SYNTHESIZE, TASK_WEBHOOKS
@@ -48,11 +49,9 @@ class EngineTask(Task):
 
     def base(self) -> Any:
         if EngineTask._base is None:
-            from mifo_engine.models import load_base_model
-
             settings = self.ctx.settings
             log.info("loading base model %s on %s", settings.base_model, settings.device)
-            EngineTask._base = load_base_model(settings.base_model, device=settings.device)
+            EngineTask._base = engine.load_base_model(settings.base_model, device=settings.device)
         return EngineTask._base
 
     @property

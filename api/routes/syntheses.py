@@ -16,11 +16,10 @@ from api.schemas import JobPublic, SynthesisCreate
 from api.state import AppState
 from api.submission import accepted
 from core import submissions
+from core.engine import MifoError, SynthesisConfig, validate_synthesis_request
 from core.models import Concept, Job
 from core.problems import Problem, from_engine
 from core.settings import Settings
-from mifo_engine.config import SynthesisConfig
-from mifo_engine.errors import MifoError
 
 router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
 ERRORS = responses(404, 409, 413, 422, 429, 503)
@@ -80,8 +79,6 @@ def _params(
 ) -> dict[str, Any]:
     """What the worker needs: the prompt and boxes as the engine checked them against the
     concept, the options the client set (engine defaults fill the rest) and the seeds."""
-    from mifo_engine.layout import validate_synthesis_request
-
     try:
         layout = validate_synthesis_request(
             concept.meta or {}, body.prompt, body.boxes, tokenizer=state.tokenizer()

@@ -1,0 +1,74 @@
+"""The service's one door into the engine (`mifo_engine`): every engine name that `api/`,
+`core/` and `worker/` use comes from here, so the surface the service depends on is this
+page. Importing it is cheap (no torch); learning, synthesis and loading weights import
+torch when they are called, in a worker.
+
+| what | used by |
+|---|---|
+| `LearnConfig`, `SynthesisConfig` | request checks (api), job runs (worker) |
+| `MifoError`, `ModelLoadError`, `Cancelled` | problem mapping (core.problems), the runner |
+| `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model` | settings, prompt checks, readiness |
+| `check_inputs`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
+| `validate_synthesis_request` | synthesis requests |
+| `load_base_model`, `load_concept`, `learn`, `synthesize` | the worker |
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mifo_engine.config import LearnConfig, SynthesisConfig
+from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
+from mifo_engine.inputs import check_inputs, load_image, mask_to_binary, to_rgb
+from mifo_engine.layout import validate_synthesis_request
+from mifo_engine.models import DEFAULT_BASE_MODEL, check_base_model, load_tokenizer
+
+if TYPE_CHECKING:
+    from mifo_engine.concept import Concept
+    from mifo_engine.models import LoadedBase
+
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "Cancelled",
+    "LearnConfig",
+    "MifoError",
+    "ModelLoadError",
+    "SynthesisConfig",
+    "check_base_model",
+    "check_inputs",
+    "learn",
+    "load_base_model",
+    "load_concept",
+    "load_image",
+    "load_tokenizer",
+    "mask_to_binary",
+    "synthesize",
+    "to_rgb",
+    "validate_synthesis_request",
+]
+
+
+def load_base_model(spec: str, *, device: str) -> LoadedBase:
+    from mifo_engine.models import load_base_model as load
+
+    return load(spec, device=device)
+
+
+def load_concept(folder: str) -> Concept:
+    from mifo_engine.concept import Concept
+
+    return Concept.load(folder)
+
+
+def learn(base: LoadedBase, **kwargs: Any) -> Any:
+    """mifo_engine.learning.learn: the learned concept."""
+    from mifo_engine.learning import learn as run
+
+    return run(base, **kwargs)
+
+
+def synthesize(base: LoadedBase, concept: Concept, **kwargs: Any) -> Any:
+    """mifo_engine.synthesis.synthesize: the images and their diagnostics."""
+    from mifo_engine.synthesis import synthesize as run
+
+    return run(base, concept, **kwargs)
