@@ -109,7 +109,7 @@ class Idempotency:
             field="Idempotency-Key", fix="retry in a second", headers={"Retry-After": "1"},
         )  # fmt: skip
 
-    def attach(self, job_id: uuid.UUID, status_code: int) -> None:
+    def attach(self, job_id: uuid.UUID, status_code: int = 202) -> None:
         """Record the job in the caller's transaction (committed with the job)."""
         if self.row is not None:
             self.row.job_id, self.row.status_code = job_id, status_code

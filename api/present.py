@@ -77,6 +77,12 @@ class Presenter:
             },
         )
 
+    def job_by_id(self, session: Session, job_id: uuid.UUID) -> JobPublic:
+        """The job as the API shows it, read anew."""
+        job = session.get(Job, job_id, populate_existing=True)
+        assert job is not None
+        return self.job(job)
+
     def job(self, job: Job) -> JobPublic:
         return JobPublic(
             id=job.id,

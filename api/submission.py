@@ -8,8 +8,29 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
+from sqlalchemy.orm import Session
 
-from api.idempotency import Idempotency
+from api.idempotency import Idempotency, fingerprint
+
+
+def idempotent(
+    session: Session,
+    state: Any,
+    tenant: uuid.UUID,
+    key: str | None,
+    render: Callable[[uuid.UUID], Any],
+    *request_parts: bytes | str,
+) -> Idempotency:
+    """Claim the request's Idempotency-Key (or find the answer to replay): `request_parts`
+    identify the request (method and path, then the body)."""
+    return Idempotency.begin(
+        session,
+        tenant_id=tenant,
+        key=key,
+        ttl=state.settings.idempotency_seconds,
+        fingerprint=fingerprint(*request_parts),
+        render=render,
+    )
 
 
 def accepted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -10,12 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, StateDep, TenantDep
-from api.idempotency import Idempotency, KeyHeader, fingerprint
+from api.idempotency import KeyHeader
 from api.present import CONCEPT_LOAD, Presenter, learn_jobs, next_page
 from api.problems import responses
 from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
 from api.state import AppState
-from api.submission import accepted
+from api.submission import accepted, idempotent
 from api.uploads import learn_inputs, read_upload
 from core import submissions
 from core.models import Concept, Job
@@ -25,6 +26,29 @@ router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
 ERRORS = responses(404, 409, 413, 422, 429, 503)
 
 
+ImageFile = Annotated[UploadFile, File(description="The scene: PNG, JPEG or WebP (by content).")]
+MaskFiles = Annotated[
+    list[UploadFile],
+    File(min_length=1, description="One mask per instance, in order: white = the instance."),
+]
+NamesField = Annotated[
+    str | None, Form(description="Comma-separated instance names.", examples=["red car,blue car"])
+]
+OptionsField = Annotated[
+    str | None,
+    Form(
+        description="JSON object of LearnConfig fields.",
+        examples=['{"phase1_steps": 400, "phase2_steps": 200, "seed": 1}'],
+    ),
+]
+WebhookUrlField = Annotated[
+    str | None, Form(description="Receives signed job events (Standard Webhooks).")
+]
+WebhookEventsField = Annotated[
+    str | None, Form(description="Comma-separated: started, progress, completed (default: all).")
+]
+
+
 @router.post("", status_code=202, response_model=ConceptCreated, responses=ERRORS)
 def create_concept(
     request: Request,
@@ -32,32 +56,12 @@ def create_concept(
     session: SessionDep,
     state: StateDep,
     tenant: TenantDep,
-    image: Annotated[UploadFile, File(description="The scene: PNG, JPEG or WebP (by content).")],
-    masks: Annotated[
-        list[UploadFile],
-        File(
-            min_length=1,
-            description="One mask per instance, in order: white (or opaque) = the instance.",
-        ),
-    ],
-    names: Annotated[
-        str | None,
-        Form(description="Comma-separated instance names.", examples=["red car,blue car"]),
-    ] = None,
-    options: Annotated[
-        str | None,
-        Form(
-            description="JSON object of LearnConfig fields.",
-            examples=['{"phase1_steps": 400, "phase2_steps": 200, "seed": 1}'],
-        ),
-    ] = None,
-    webhook_url: Annotated[
-        str | None, Form(description="Receives signed job events (Standard Webhooks).")
-    ] = None,
-    webhook_events: Annotated[
-        str | None,
-        Form(description="Comma-separated: started, progress, completed (default: all)."),
-    ] = None,
+    image: ImageFile,
+    masks: MaskFiles,
+    names: NamesField = None,
+    options: OptionsField = None,
+    webhook_url: WebhookUrlField = None,
+    webhook_events: WebhookEventsField = None,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Validate the inputs with the engine, store them and queue a learning job (202).
@@ -69,28 +73,19 @@ def create_concept(
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
     hook = submissions.webhook(webhook_url, events, settings)
     form = (names or "", options or "", webhook_url or "", webhook_events or "")
-    idem = Idempotency.begin(
+    present = functools.partial(_created, request, session, state)
+    parts: list[bytes | str] = ["POST /v1/concepts", upload.image, *upload.masks, *form]
+    idem = idempotent(session, state, tenant, idempotency_key, present, *parts)
+    submit = functools.partial(
+        submissions.learn,
         session,
+        state,
         tenant_id=tenant,
-        key=idempotency_key,
-        ttl=settings.idempotency_seconds,
-        fingerprint=fingerprint("POST /v1/concepts", upload.image, *upload.masks, *form),
-        render=lambda job_id: _created(request, session, state, job_id),
+        inputs=learn_inputs(upload),
+        hook=hook,
+        attach=idem.attach,
     )
-    return accepted(
-        request,
-        response,
-        idem,
-        lambda: submissions.learn(
-            session,
-            state,
-            tenant_id=tenant,
-            inputs=learn_inputs(upload),
-            hook=hook,
-            attach=lambda job_id: idem.attach(job_id, 202),
-        ),
-        lambda job_id: _created(request, session, state, job_id),
-    )
+    return accepted(request, response, idem, submit, present)
 
 
 def _created(request: Request, session: Session, state: AppState, job_id: uuid.UUID) -> Any:

@@ -169,7 +169,7 @@ def cancel_job(
     )
 
     def cancel() -> uuid.UUID:
-        submissions.cancel(session, state, job=job, attach=lambda jid: idem.attach(jid, 202))
+        submissions.cancel(session, state, job=job, attach=idem.attach)
         state.job_changed(job.id)
         return job.id
 

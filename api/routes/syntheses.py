@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -9,15 +10,15 @@ from fastapi import APIRouter, Request, Response
 
 from api.costs import SYNTHESIS_CAPS, check_costs
 from api.deps import SessionDep, StateDep, TenantDep
-from api.idempotency import Idempotency, KeyHeader, fingerprint
+from api.idempotency import KeyHeader
 from api.present import Presenter
 from api.problems import responses
 from api.schemas import JobPublic, SynthesisCreate
 from api.state import AppState
-from api.submission import accepted
+from api.submission import accepted, idempotent
 from core import submissions
 from core.engine import MifoError, SynthesisConfig, validate_synthesis_request
-from core.models import Concept, Job
+from core.models import Concept
 from core.problems import Problem, from_engine
 from core.settings import Settings
 
@@ -48,30 +49,20 @@ def create_synthesis(
     hook = submissions.webhook(body.webhook_url, events, settings)
     concept = submissions.ready_concept(session, concept_id, tenant)
     params = _params(body, config, concept, state)
-    present = Presenter(request, state)
-    idem = Idempotency.begin(
+    present = functools.partial(Presenter(request, state).job_by_id, session)
+    parts = ("POST", request.url.path, body.model_dump_json())
+    idem = idempotent(session, state, tenant, idempotency_key, present, *parts)
+    submit = functools.partial(
+        submissions.synthesize,
         session,
+        state,
         tenant_id=tenant,
-        key=idempotency_key,
-        ttl=settings.idempotency_seconds,
-        fingerprint=fingerprint("POST", request.url.path, body.model_dump_json()),
-        render=lambda job_id: present.job(session.get(Job, job_id)),  # type: ignore[arg-type]
+        concept_id=concept_id,
+        params=params,
+        hook=hook,
+        attach=idem.attach,
     )
-    return accepted(
-        request,
-        response,
-        idem,
-        lambda: submissions.synthesize(
-            session,
-            state,
-            tenant_id=tenant,
-            concept_id=concept_id,
-            params=params,
-            hook=hook,
-            attach=lambda job_id: idem.attach(job_id, 202),
-        ),
-        lambda job_id: present.job(session.get(Job, job_id, populate_existing=True)),  # type: ignore[arg-type]
-    )
+    return accepted(request, response, idem, submit, present)
 
 
 def _params(
@@ -103,19 +94,28 @@ def _limits(body: SynthesisCreate, settings: Settings) -> None:
         if value > limit:
             what = "characters" if field == "prompt" else ""
             raise Problem(
-                422, "limit_exceeded", "Over a server limit",
-                f"{field} is {value} {what}; this server allows at most {limit}.".replace("  ", " "),
-                field=field, fix=f"ask for at most {limit} ({env} on the server)",
-            )  # fmt: skip
+                422,
+                "limit_exceeded",
+                "Over a server limit",
+                f"{field} is {value} {what}; this server allows at most {limit}.".replace(
+                    "  ", " "
+                ),
+                field=field,
+                fix=f"ask for at most {limit} ({env} on the server)",
+            )
 
 
 def _config(body: SynthesisCreate) -> SynthesisConfig:
     clash = sorted(set(body.options) & set(FIELDS))
     if clash:
         raise Problem(
-            422, "invalid_config", "Invalid option", f"options repeats {clash[0]}.",
-            field=f"options.{clash[0]}", fix=f"set {clash[0]} at the top level of the body",
-        )  # fmt: skip
+            422,
+            "invalid_config",
+            "Invalid option",
+            f"options repeats {clash[0]}.",
+            field=f"options.{clash[0]}",
+            fix=f"set {clash[0]} at the top level of the body",
+        )
     try:
         config = SynthesisConfig.from_mapping(_values(body))
     except MifoError as exc:
