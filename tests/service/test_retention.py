@@ -17,6 +17,7 @@ from core.queue import TASK_MAINTENANCE, TASK_RECONCILE, TASK_WEBHOOKS, create_c
 from core.retention import run_maintenance
 from core.settings import Settings
 from core.storage import storage_from_settings
+from tests.helpers.wait import wait_until
 
 from .conftest import bearer
 from .factories import LEASE, make_artifact, make_concept, make_job
@@ -73,10 +74,7 @@ def test_embedded_mode_runs_the_duties_in_process(
         TestClient(create_app(s), headers=bearer(api_key)) as c,
         in_process(Duties.from_settings(s)),
     ):
-        deadline = time.monotonic() + 10
-        while c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at") is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at"), 10)
     assert storage.keys(f"{concept.prefix}syntheses/") == []
 
 
@@ -93,7 +91,7 @@ def test_the_api_process_runs_no_periodic_duty(
         }
     )
     with TestClient(create_app(s), headers=bearer(api_key)) as c:
-        time.sleep(0.5)
+        time.sleep(0.5)  # the window under test: five periods in which nothing may run
         assert c.get(f"/v1/jobs/{old.id}").json()["result"].get("expired_at") is None
     assert storage.keys(f"{concept.prefix}syntheses/")
 
