@@ -126,17 +126,6 @@ assert "torch" not in sys.modules, "torch was imported"
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    set_by_commands = {"embedded", "bind_host"}  # `mifo serve` / `--host` set these
-    missing = [
-        name
-        for name in Settings.model_fields
-        if name not in set_by_commands and f"| `MIFO_{name.upper()}` |" not in readme
-    ]
-    assert not missing, f"add rows for {missing} to the README's configuration table"
-
-
 @pytest.mark.parametrize("command", ["api", "serve"])
 def test_log_level_and_access_log_reach_uvicorn(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
