@@ -89,20 +89,26 @@ class BodyLimit:
         if upload:
             files, each = 1 + self.max_instances, self.max_upload_bytes
             problem = Problem(
-                413, "file_too_large", "Request too large",
+                413,
+                "file_too_large",
+                "Request too large",
                 f"The request body is larger than {limit} bytes, the most an upload can need "
                 f"here: the image and {self.max_instances} masks of {each} bytes each "
-                f"({files} files), and the form fields.", field="body",
+                f"({files} files), and the form fields.",
+                field="body",
                 fix=f"send at most {each} bytes per file (MIFO_MAX_UPLOAD_BYTES on the server) "
                 f"and at most {self.max_instances} masks (MIFO_MAX_INSTANCES)",
-            )  # fmt: skip
+            )
         else:
             problem = Problem(
-                413, "body_too_large", "Request too large",
+                413,
+                "body_too_large",
+                "Request too large",
                 f"The request body is larger than {limit} bytes, more than any request to "
-                "this route needs.", field="body",
+                "this route needs.",
+                field="body",
                 fix=f"send a JSON body of at most {limit} bytes",
-            )  # fmt: skip
+            )
         response = JSONResponse(
             problem.body(scope["path"]),
             status_code=413,

@@ -52,10 +52,14 @@ async def get_storage(state: Annotated[AppState, Depends(get_state)]) -> Storage
 
 def _unauthorized(detail: str) -> Problem:
     return Problem(
-        401, "unauthorized", "Missing or invalid API key", detail, field="Authorization",
+        401,
+        "unauthorized",
+        "Missing or invalid API key",
+        detail,
+        field="Authorization",
         fix="send `Authorization: Bearer <key>` with a key from `mifo keys create --tenant NAME`",
         headers={"WWW-Authenticate": "Bearer"},
-    )  # fmt: skip
+    )
 
 
 async def authenticate(request: Request) -> Principal:
@@ -88,14 +92,17 @@ async def authenticate(request: Request) -> Principal:
         if wait > 0:
             s = state.settings
             raise Problem(
-                429, "rate_limited", "Too many requests",
+                429,
+                "rate_limited",
+                "Too many requests",
                 f"This key may send {s.rate_limit_burst} requests in any "
                 f"{state.limiter.window} s ({s.rate_limit_burst / state.limiter.window:g} per second on "
-                "average).", field="Authorization",
+                "average).",
+                field="Authorization",
                 fix=f"wait {retry_after(wait)} s (Retry-After) and slow down; the limit is "
                 "MIFO_RATE_LIMIT_PER_SECOND / MIFO_RATE_LIMIT_BURST on the server",
                 headers={"Retry-After": retry_after(wait)},
-            )  # fmt: skip
+            )
     return principal
 
 

@@ -29,10 +29,12 @@ STALE_SECONDS = 60  # a claim without a job after this long was abandoned by a d
 KeyHeader = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key", min_length=1, max_length=255,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
         description="Repeat a POST safely: the same key and body return the original job.",
     ),
-]  # fmt: skip
+]
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -70,8 +72,12 @@ class Idempotency:
                 session.commit()
                 row = None
             if row is None:
-                row = IdempotencyKey(tenant_id=tenant_id, key=key, fingerprint=fingerprint,
-                                     expires_at=now + timedelta(seconds=ttl))  # fmt: skip
+                row = IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=key,
+                    fingerprint=fingerprint,
+                    expires_at=now + timedelta(seconds=ttl),
+                )
                 session.add(row)
                 try:
                     session.commit()
@@ -79,35 +85,45 @@ class Idempotency:
                     session.rollback()
                     continue
                 return cls(session, row)
-            if row.fingerprint != fingerprint:
-                raise Problem(
-                    422, "idempotency_key_reused", "Idempotency-Key used for another request",
-                    f"The key {key!r} was first used with a different method, path or body.",
-                    field="Idempotency-Key",
-                    fix="send a new key for a new request, or repeat the original body exactly",
-                )  # fmt: skip
-            if row.status_code is not None and (row.response is not None or row.job_id):
-                this = cls(session, None)
-                headers = (row.response or {}).get("headers") or {}
-                body = (row.response or {}).get("body")
-                if body is None:
-                    body = jsonable_encoder(render(row.job_id))  # type: ignore[arg-type]
-                this.replay = JSONResponse(body, status_code=row.status_code, headers=headers)
-                this.replay.headers["Idempotent-Replayed"] = "true"
-                return this
-            stale = (now - row.created_at).total_seconds() >= STALE_SECONDS
-            if stale and _take_over(session, row, now):  # abandoned by a process that died
-                return cls(session, row)
+            return cls._existing(session, row, fingerprint, now, render)
+        raise _in_use("Concurrent use of the key.", "retry in a second")
+
+    @classmethod
+    def _existing(
+        cls,
+        session: Session,
+        row: IdempotencyKey,
+        fingerprint: str,
+        now: datetime,
+        render: Callable[[uuid.UUID], Any],
+    ) -> Idempotency:
+        """A key seen before: the answer to replay, a takeover of an abandoned claim, or a
+        refusal (another request's key, or one still being handled)."""
+        if row.fingerprint != fingerprint:
             raise Problem(
-                409, "idempotency_key_in_use", "Request in progress",
-                f"A request with the key {key!r} is still being handled.",
-                field="Idempotency-Key", fix="retry in a second; it will answer the same job",
-                headers={"Retry-After": "1"},
-            )  # fmt: skip
-        raise Problem(
-            409, "idempotency_key_in_use", "Request in progress", "Concurrent use of the key.",
-            field="Idempotency-Key", fix="retry in a second", headers={"Retry-After": "1"},
-        )  # fmt: skip
+                422,
+                "idempotency_key_reused",
+                "Idempotency-Key used for another request",
+                f"The key {row.key!r} was first used with a different method, path or body.",
+                field="Idempotency-Key",
+                fix="send a new key for a new request, or repeat the original body exactly",
+            )
+        if row.status_code is not None and (row.response is not None or row.job_id):
+            this = cls(session, None)
+            headers = (row.response or {}).get("headers") or {}
+            body = (row.response or {}).get("body")
+            if body is None:
+                body = jsonable_encoder(render(row.job_id))  # type: ignore[arg-type]
+            this.replay = JSONResponse(body, status_code=row.status_code, headers=headers)
+            this.replay.headers["Idempotent-Replayed"] = "true"
+            return this
+        stale = (now - row.created_at).total_seconds() >= STALE_SECONDS
+        if stale and _take_over(session, row, now):  # abandoned by a process that died
+            return cls(session, row)
+        raise _in_use(
+            f"A request with the key {row.key!r} is still being handled.",
+            "retry in a second; it will answer the same job",
+        )
 
     def attach(self, job_id: uuid.UUID, status_code: int = 202) -> None:
         """Record the job in the caller's transaction (committed with the job)."""
@@ -129,6 +145,18 @@ class Idempotency:
         if row is not None and (row.job_id is None or self.session.get(Job, row.job_id) is None):
             self.session.delete(row)
             self.session.commit()
+
+
+def _in_use(detail: str, fix: str) -> Problem:
+    return Problem(
+        409,
+        "idempotency_key_in_use",
+        "Request in progress",
+        detail,
+        field="Idempotency-Key",
+        fix=fix,
+        headers={"Retry-After": "1"},
+    )
 
 
 def _take_over(session: Session, row: IdempotencyKey, now: datetime) -> bool:

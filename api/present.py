@@ -115,7 +115,7 @@ class Presenter:
                 {"concept": self.path("get_concept", concept_id=job.concept_id)}
                 if job.concept_id
                 else {}
-            ),  # fmt: skip
+            ),
         )
 
     def _result(self, job: Job) -> JobResult | None:

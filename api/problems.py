@@ -47,11 +47,14 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     # A check of ours (api/inputs.py) says how to fix its field; pydantic's own ones do not.
     fix = next((e["ctx"]["fix"] for e in exc.errors() if "fix" in (e.get("ctx") or {})), None)
     problem = Problem(
-        422, "validation_error", "Request validation failed",
+        422,
+        "validation_error",
+        "Request validation failed",
         f"{first['field']}: {first['message']}",
-        field=first["field"], fix=fix or "correct the listed fields (see the OpenAPI schema)",
+        field=first["field"],
+        fix=fix or "correct the listed fields (see the OpenAPI schema)",
         errors=errors,
-    )  # fmt: skip
+    )
     return _respond(request, problem)
 
 
@@ -62,12 +65,24 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
         # Only `options` may nest at all; which field did, the parser does not say.
         detail, fix = too_deep()
-        return _respond(request, Problem(
-            422, "body_too_deep", "Body nested too deep",
-            f"The JSON body nests deeper than it can be read; {detail}", field="body", fix=fix,
-        ))  # fmt: skip
-    problem = Problem(exc.status_code, code, str(exc.detail), str(exc.detail),
-                      headers=dict(exc.headers or {}) or None)  # fmt: skip
+        return _respond(
+            request,
+            Problem(
+                422,
+                "body_too_deep",
+                "Body nested too deep",
+                f"The JSON body nests deeper than it can be read; {detail}",
+                field="body",
+                fix=fix,
+            ),
+        )
+    problem = Problem(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        str(exc.detail),
+        headers=dict(exc.headers or {}) or None,
+    )
     if exc.status_code == 400:
         problem.field, problem.fix = "body", "send well-formed JSON or multipart (see /docs)"
     if exc.status_code == 405:
@@ -100,29 +115,36 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
     if is_conflict(exc):  # a healthy database refused a collision: not an outage
         log.warning("conflict on %s %s: %s", request.method, request.url.path, exc)
         conflict = Problem(
-            409, "concurrent_change", "A concurrent change collided with this request",
+            409,
+            "concurrent_change",
+            "A concurrent change collided with this request",
             "Another request changed the same data at the same moment; nothing was changed.",
-            fix="retry the request (with the same Idempotency-Key)", headers={"Retry-After": "1"},
-        )  # fmt: skip
+            fix="retry the request (with the same Idempotency-Key)",
+            headers={"Retry-After": "1"},
+        )
         return _respond(request, conflict)
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     problem = Problem(
-        503, "database_unavailable", "The database is unavailable",
+        503,
+        "database_unavailable",
+        "The database is unavailable",
         "The request could not be handled because the database cannot be reached; "
         "nothing was changed.",
         fix="retry later (Retry-After); the service reconnects by itself",
         headers={"Retry-After": "5"},
-    )  # fmt: skip
+    )
     return _respond(request, problem)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     problem = Problem(
-        500, "internal_error", "Internal error",
+        500,
+        "internal_error",
+        "Internal error",
         "The server failed to handle this request; the error was logged.",
         fix="retry later; report the time of the request if it persists",
-    )  # fmt: skip
+    )
     return _respond(request, problem)
 
 

@@ -141,8 +141,11 @@ class JobPublic(BaseModel):
                     "status": "running",
                     "concept_id": _CID,
                     "progress": {
-                        "phase": "synthesis", "step": 20, "total": 50,
-                        "fraction": 0.4, "eta_seconds": 12.5,
+                        "phase": "synthesis",
+                        "step": 20,
+                        "total": 50,
+                        "fraction": 0.4,
+                        "eta_seconds": 12.5,
                     },
                     "cancel_requested": False,
                     "attempts": 1,
@@ -160,7 +163,7 @@ class JobPublic(BaseModel):
                 }
             ]
         }
-    )  # fmt: skip
+    )
 
 
 class JobsPublic(Page):

@@ -91,8 +91,9 @@ class AppState:
             log.warning(
                 "API keys are NOT required: embedded mode bound to loopback %s; requests "
                 "without a key belong to tenant %r (MIFO_REQUIRE_API_KEYS=true demands keys)",
-                settings.bind_host, LOCAL_TENANT,
-            )  # fmt: skip
+                settings.bind_host,
+                LOCAL_TENANT,
+            )
         else:
             log.info("API keys required (Authorization: Bearer ...; `mifo keys create`)")
         return state

@@ -44,15 +44,22 @@ def read_file(upload: UploadFile, field: str, limit: int) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise Problem(
-            413, "file_too_large", "File too large",
-            f"{field} is larger than {limit} bytes.", field=field,
+            413,
+            "file_too_large",
+            "File too large",
+            f"{field} is larger than {limit} bytes.",
+            field=field,
             fix=f"send at most {limit} bytes (MIFO_MAX_UPLOAD_BYTES on the server)",
-        )  # fmt: skip
+        )
     if not data:
         raise Problem(
-            422, "empty_file", "Empty file", f"{field} is empty.", field=field,
+            422,
+            "empty_file",
+            "Empty file",
+            f"{field} is empty.",
+            field=field,
             fix="attach the file's content",
-        )  # fmt: skip
+        )
     return data
 
 
@@ -68,15 +75,23 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
         raise _options_error(*too_deep()) from exc
     except ValueError as exc:
         raise Problem(
-            422, "invalid_json", "Options are not JSON", f"options: {exc}.", field="options",
+            422,
+            "invalid_json",
+            "Options are not JSON",
+            f"options: {exc}.",
+            field="options",
             fix='send a JSON object of LearnConfig fields, e.g. {"phase1_steps": 400}, with '
             "finite numbers only (no NaN or Infinity)",
-        ) from exc  # fmt: skip
+        ) from exc
     if not isinstance(options, dict):
         raise Problem(
-            422, "invalid_config", "Invalid option", "options must be a JSON object.",
-            field="options", fix='wrap the fields in {...}, e.g. {"seed": 3}',
-        )  # fmt: skip
+            422,
+            "invalid_config",
+            "Invalid option",
+            "options must be a JSON object.",
+            field="options",
+            fix='wrap the fields in {...}, e.g. {"seed": 3}',
+        )
     if found := options_problem(options, size):
         raise _options_error(*found)
     try:
@@ -86,8 +101,9 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
 
 
 def _options_error(detail: str, fix: str) -> Problem:
-    return Problem(422, "options_too_large", "Options too large or too deep", detail,
-                   field="options", fix=fix)  # fmt: skip
+    return Problem(
+        422, "options_too_large", "Options too large or too deep", detail, field="options", fix=fix
+    )
 
 
 def _no_constant(name: str) -> float:
@@ -110,34 +126,49 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
     names = [n.strip() for n in raw.split(",")]
     if len(names) != count or not all(names):
         raise Problem(
-            422, "invalid_names", "Names do not match the masks",
-            f"Got {len(names)} name(s) for {count} mask(s), or an empty name.", field="names",
+            422,
+            "invalid_names",
+            "Names do not match the masks",
+            f"Got {len(names)} name(s) for {count} mask(s), or an empty name.",
+            field="names",
             fix=f"give {count} non-empty comma-separated names, one per mask in order",
-        )  # fmt: skip
+        )
     for i, (name, sent) in enumerate(zip(names, raw.split(","), strict=True)):
         if len(name) > settings.max_name_chars:
-            raise _name_limit(f"names[{i}]", len(name), settings.max_name_chars,
-                              "MIFO_MAX_NAME_CHARS")  # fmt: skip
+            raise _name_limit(
+                f"names[{i}]", len(name), settings.max_name_chars, "MIFO_MAX_NAME_CHARS"
+            )
         found = forbidden_character(sent)  # as sent: spaces around a name are trimmed
         if found:
             raise Problem(
-                422, "forbidden_character", "Forbidden character in a name",
-                f"names[{i}] {found}.", field=f"names[{i}]", fix=TEXT_FIX,
-            )  # fmt: skip
+                422,
+                "forbidden_character",
+                "Forbidden character in a name",
+                f"names[{i}] {found}.",
+                field=f"names[{i}]",
+                fix=TEXT_FIX,
+            )
     if len(set(names)) != len(names):
         raise Problem(
-            422, "invalid_names", "Duplicate names", "Each instance needs its own name.",
-            field="names", fix="make the names distinct",
-        )  # fmt: skip
+            422,
+            "invalid_names",
+            "Duplicate names",
+            "Each instance needs its own name.",
+            field="names",
+            fix="make the names distinct",
+        )
     return names
 
 
 def _name_limit(field: str, length: int, limit: int, env: str) -> Problem:
     return Problem(
-        422, "limit_exceeded", "Over a server limit",
-        f"{field} is {length} characters; this server allows at most {limit}.", field=field,
+        422,
+        "limit_exceeded",
+        "Over a server limit",
+        f"{field} is {length} characters; this server allows at most {limit}.",
+        field=field,
         fix=f"shorten it to at most {limit} characters ({env} on the server)",
-    )  # fmt: skip
+    )
 
 
 def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB") -> tuple[int, int]:
@@ -157,20 +188,26 @@ def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB")
         raise _too_many_pixels(field, settings, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise Problem(
-            422, "unsupported_format", "Unsupported or unreadable image",
+            422,
+            "unsupported_format",
+            "Unsupported or unreadable image",
             f"{field} is not a readable {' / '.join(formats)} image (judged by its content).",
-            field=field, fix=f"send a {' or '.join(formats)} file (MIFO_IMAGE_FORMATS)",
-        ) from exc  # fmt: skip
+            field=field,
+            fix=f"send a {' or '.join(formats)} file (MIFO_IMAGE_FORMATS)",
+        ) from exc
     if width * height > settings.max_image_pixels:
         raise _too_many_pixels(field, settings, f"{width}x{height} pixels")
     if not _converts(mode, reads_as):
         what = "greyscale" if reads_as == "L" else "RGB"
         raise Problem(
-            422, "unsupported_mode", "Unsupported colour mode",
-            f"{field} is a {mode} image, which has no {what} reading.", field=field,
+            422,
+            "unsupported_mode",
+            "Unsupported colour mode",
+            f"{field} is a {mode} image, which has no {what} reading.",
+            field=field,
             fix="export it as RGB or greyscale"
             + (" (the instance white on black)" if reads_as == "L" else ""),
-        )  # fmt: skip
+        )
     return width, height
 
 
@@ -186,20 +223,26 @@ def _converts(mode: str, target: str) -> bool:
 
 def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
     return Problem(
-        422, "image_too_large", "Image has too many pixels",
-        f"{field} is {what}; the limit is {settings.max_image_pixels} pixels.", field=field,
+        422,
+        "image_too_large",
+        "Image has too many pixels",
+        f"{field} is {what}; the limit is {settings.max_image_pixels} pixels.",
+        field=field,
         fix=f"downscale it to at most {settings.max_image_pixels} pixels "
         "(MIFO_MAX_IMAGE_PIXELS on the server)",
-    )  # fmt: skip
+    )
 
 
 def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Settings) -> None:
     if len(masks) > settings.max_instances:
         raise Problem(
-            422, "too_many_instances", "Too many instances",
+            422,
+            "too_many_instances",
+            "Too many instances",
             f"Got {len(masks)} masks; this server learns at most {settings.max_instances}.",
-            field="masks", fix=f"send at most {settings.max_instances} masks (MIFO_MAX_INSTANCES)",
-        )  # fmt: skip
+            field="masks",
+            fix=f"send at most {settings.max_instances} masks (MIFO_MAX_INSTANCES)",
+        )
     steps = ("phase1_steps", "phase2_steps", "reward_steps")
     check_step_counts(config, settings.max_learn_steps, steps, "MIFO_MAX_LEARN_STEPS")
     check_costs(config, LEARN_CAPS)

@@ -170,8 +170,13 @@ async def _closed_loop(
     wall = time.perf_counter() - start
     ordered = sorted(samples)
     pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
-    return {"requests": len(ordered), "errors": errors["n"], "rps": round(len(ordered) / wall, 1),
-            "p50_ms": pick(0.50), "p99_ms": pick(0.99)}  # fmt: skip
+    return {
+        "requests": len(ordered),
+        "errors": errors["n"],
+        "rps": round(len(ordered) / wall, 1),
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+    }
 
 
 def _get(path: str, key: str | None = None) -> bytes:
@@ -181,8 +186,10 @@ def _get(path: str, key: str | None = None) -> bytes:
 
 def _post_json(path: str, key: str, body: dict) -> bytes:
     data = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -225,40 +232,78 @@ def compare(
         with session_scope(sessions) as s:
             tenant = auth.get_or_create_tenant(s, "bench")[0]
             keys = [auth.create_key(s, tenant=tenant)[1] for _ in range(pollers)]
-            concept = Concept(tenant_id=tenant.id, status="ready", base_model="tiny",
-                              names=["a", "b"], options={}, meta=concept_meta(["a", "b"]),
-                              width=64, height=64)  # fmt: skip
+            concept = Concept(
+                tenant_id=tenant.id,
+                status="ready",
+                base_model="tiny",
+                names=["a", "b"],
+                options={},
+                meta=concept_meta(["a", "b"]),
+                width=64,
+                height=64,
+            )
             s.add(concept)
             s.flush()
             concept_id = concept.id
-        env = {**os.environ, "MIFO_DATABASE_URL": db, "MIFO_BROKER_URL": broker,
-               "MIFO_BASE_MODEL": "tiny", "MIFO_DATA_DIR": "/tmp/mifo-bench",
-               "MIFO_MAX_ACTIVE_JOBS": "1000000", "MIFO_RATE_LIMIT_PER_SECOND": "100000",
-               "MIFO_RATE_LIMIT_BURST": "100000", "MIFO_ACCESS_LOG": str(access_log).lower(),
-               "MIFO_LOG_LEVEL": "info" if access_log else "warning"}  # fmt: skip
+        env = {
+            **os.environ,
+            "MIFO_DATABASE_URL": db,
+            "MIFO_BROKER_URL": broker,
+            "MIFO_BASE_MODEL": "tiny",
+            "MIFO_DATA_DIR": "/tmp/mifo-bench",
+            "MIFO_MAX_ACTIVE_JOBS": "1000000",
+            "MIFO_RATE_LIMIT_PER_SECOND": "100000",
+            "MIFO_RATE_LIMIT_BURST": "100000",
+            "MIFO_ACCESS_LOG": str(access_log).lower(),
+            "MIFO_LOG_LEVEL": "info" if access_log else "warning",
+        }
         # Both servers log alike: an access line per request with --access-log, else nothing.
-        bare_logging = ["--log-level", "info"] if access_log else ["--log-level", "warning",
-                                                                   "--no-access-log"]  # fmt: skip
+        bare_logging = (
+            ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
+        )
         service_port, bare_port = port(), port()
         log = open("/tmp/mifo-bench-api.log", "wb")  # noqa: SIM115 - closed below
         procs = [
-            subprocess.Popen([sys.executable, "-m", "mifo_cli", "api", "--port", str(service_port)],
-                             env=env, cwd=root, stdout=log, stderr=log),
-            subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.load:bare_app", "--port",
-                              str(bare_port), *bare_logging], cwd=root, stdout=log, stderr=log),
-        ]  # fmt: skip
+            subprocess.Popen(
+                [sys.executable, "-m", "mifo_cli", "api", "--port", str(service_port)],
+                env=env,
+                cwd=root,
+                stdout=log,
+                stderr=log,
+            ),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.load:bare_app",
+                    "--port",
+                    str(bare_port),
+                    *bare_logging,
+                ],
+                cwd=root,
+                stdout=log,
+                stderr=log,
+            ),
+        ]
         try:
             ready(service_port, "/readyz")
             ready(bare_port, "/v1/ping")
-            body = {"prompt": "a photo of <asset0> and <asset1>", "steps": 2,
-                    "boxes": {"<asset0>": [0.05, 0.2, 0.45, 0.8], "<asset1>": [0.55, 0.2, 0.95, 0.8]}}  # fmt: skip
+            body = {
+                "prompt": "a photo of <asset0> and <asset1>",
+                "steps": 2,
+                "boxes": {"<asset0>": [0.05, 0.2, 0.45, 0.8], "<asset1>": [0.55, 0.2, 0.95, 0.8]},
+            }
             path = f"/v1/concepts/{concept_id}/syntheses"
             submits = [_post_json(path, keys[i % len(keys)], body) for i in range(submitters)]
             submit = asyncio.run(
                 _closed_loop(service_port, submits, submitters, seconds / 2, warmup)
             )
-            with httpx.Client(base_url=f"http://127.0.0.1:{service_port}", timeout=30,
-                              headers={"Authorization": f"Bearer {keys[0]}"}) as http:  # fmt: skip
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{service_port}",
+                timeout=30,
+                headers={"Authorization": f"Bearer {keys[0]}"},
+            ) as http:
                 ids = [j["id"] for j in http.get("/v1/jobs?limit=100").json()["data"]]
             polls = [
                 _get(f"/v1/jobs/{ids[i % len(ids)]}", keys[i % len(keys)]) for i in range(pollers)
@@ -274,11 +319,16 @@ def compare(
             log.close()
             redis_flush(broker)
     return {
-        "pollers": pollers, "seconds": seconds, "warmup_seconds": warmup, "cpus": os.cpu_count(),
+        "pollers": pollers,
+        "seconds": seconds,
+        "warmup_seconds": warmup,
+        "cpus": os.cpu_count(),
         "access_log": access_log,
-        "submit_synthesis": submit, "poll_job_status": status, "bare_fastapi_json": bare,
+        "submit_synthesis": submit,
+        "poll_job_status": status,
+        "bare_fastapi_json": bare,
         "status_vs_bare_throughput": round(status["rps"] / bare["rps"], 3),
-    }  # fmt: skip
+    }
 
 
 def redis_flush(url: str) -> None:
@@ -305,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="--compare: unmeasured seconds of polling (and bare) load first",
     )
-    p.add_argument("--access-log", action="store_true",
-                   help="--compare: both servers log every request (default: neither does)")  # fmt: skip
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="--compare: both servers log every request (default: neither does)",
+    )
     args = p.parse_args(argv)
     if args.compare:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

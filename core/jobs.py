@@ -53,9 +53,14 @@ def create_job(
 ) -> Job:
     assert kind in KINDS
     job = Job(
-        tenant_id=tenant_id, kind=kind, status="queued", concept_id=concept_id, params=params,
-        webhook_url=webhook_url, webhook_events=webhook_events,
-    )  # fmt: skip
+        tenant_id=tenant_id,
+        kind=kind,
+        status="queued",
+        concept_id=concept_id,
+        params=params,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+    )
     session.add(job)
     session.flush()
     return job
@@ -85,9 +90,10 @@ def attempt_prefix(output: str, attempt: int) -> str:
 
 def job_output(session: Session, job_id: uuid.UUID) -> str | None:
     row = session.execute(
-        select(Job.kind, Concept.id).join(Concept, Job.concept_id == Concept.id)
+        select(Job.kind, Concept.id)
+        .join(Concept, Job.concept_id == Concept.id)
         .where(Job.id == job_id)
-    ).one_or_none()  # fmt: skip
+    ).one_or_none()
     return None if row is None else output_prefix(row[0], concept_prefix(row[1]), job_id)
 
 

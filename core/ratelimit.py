@@ -71,9 +71,11 @@ class RateLimiter:
 
             # One retry: a connection closed by a restarted server reconnects at once.
             self._client = aioredis.Redis.from_url(
-                url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 1),
-            )  # fmt: skip
+                url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 1),
+            )
             options: dict[str, Any] = {"connection_pool": self._client.connection_pool}
             self.storage = RedisStorage(
                 f"async+{url}", implementation="redispy", key_prefix="mifo:rate", **options
@@ -118,8 +120,10 @@ class RateLimiter:
             if self._down_until is None:
                 log.warning(
                     "rate limiter unavailable, requests admitted unlimited until it is back: "
-                    "%s: %s", type(exc).__name__, exc,
-                )  # fmt: skip
+                    "%s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
             self._down_until = time.monotonic() + RETRY_SECONDS
             return 0.0
         finally:

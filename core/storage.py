@@ -108,16 +108,20 @@ class S3Storage:
         self.presign_seconds = settings.presign_seconds
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, signature_version="s3v4")
         self.client = boto3.client(
-            "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
             config=config,
-        )  # fmt: skip
+        )
         # Inside a compose network the store is http://minio:9000; clients need a public name.
         self.signer = self.client
         if settings.s3_public_endpoint_url:
             self.signer = boto3.client(
-                "s3", endpoint_url=settings.s3_public_endpoint_url,
-                region_name=settings.s3_region, config=config,
-            )  # fmt: skip
+                "s3",
+                endpoint_url=settings.s3_public_endpoint_url,
+                region_name=settings.s3_region,
+                config=config,
+            )
 
     def _key(self, key: str) -> str:
         return self.prefix + _clean(key)

@@ -138,7 +138,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "step": job.step,
             "total": job.total,
             "fraction": job.fraction,
-        },  # fmt: skip
+        },
         "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
         "links": {"self": f"/v1/jobs/{job.id}"},
     }
@@ -151,11 +151,17 @@ def emit(session: Session, job_id: uuid.UUID, event: str) -> bool:
         return False
     session.add(
         WebhookDelivery(
-            job_id=job.id, tenant_id=job.tenant_id, event=f"job.{event}", url=job.webhook_url,
-            payload={"type": f"job.{event}", "timestamp": utcnow().isoformat(),
-                     "data": job_summary(job)},
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            event=f"job.{event}",
+            url=job.webhook_url,
+            payload={
+                "type": f"job.{event}",
+                "timestamp": utcnow().isoformat(),
+                "data": job_summary(job),
+            },
         )
-    )  # fmt: skip
+    )
     return True
 
 
@@ -223,8 +229,15 @@ def dispatch_due(sessions: sessionmaker[Session], settings: Settings, http: Any)
                 continue
             code, error, ms, retry = _send(http, settings, delivery, tenant.webhook_secret)
             delivery.attempts += 1
-            session.add(WebhookAttempt(delivery_id=delivery.id, number=delivery.attempts,
-                                       status_code=code, error=error, duration_ms=ms))  # fmt: skip
+            session.add(
+                WebhookAttempt(
+                    delivery_id=delivery.id,
+                    number=delivery.attempts,
+                    status_code=code,
+                    error=error,
+                    duration_ms=ms,
+                )
+            )
             if error is None:
                 delivery.status = "delivered"
             elif retry and delivery.attempts < settings.webhook_max_attempts:

@@ -40,11 +40,13 @@ def serve(host: str, port: int) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     log.info(
-        "embedded mode: data in %s, base model %s%s", settings.data_dir.resolve(),
+        "embedded mode: data in %s, base model %s%s",
+        settings.data_dir.resolve(),
         settings.base_model,
         " (random test weights: images are noise, for trying the service only)"
-        if settings.base_model == "tiny" else "",
-    )  # fmt: skip
+        if settings.base_model == "tiny"
+        else "",
+    )
     env = {**os.environ, "MIFO_DATA_DIR": str(settings.data_dir.resolve())}
     worker = subprocess.Popen(
         [sys.executable, "-m", "mifo_cli", "worker", "--pool", "solo"],

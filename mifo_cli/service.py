@@ -191,10 +191,15 @@ def _api(args: argparse.Namespace) -> int:
         return rc
     settings = Settings()
     uvicorn.run(
-        "api.main:app_factory", factory=True, host=args.host, port=args.port,
-        workers=args.workers, proxy_headers=True, log_level=settings.log_level,
+        "api.main:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        log_level=settings.log_level,
         access_log=settings.access_log,
-    )  # fmt: skip
+    )
     return 0
 
 
@@ -208,8 +213,19 @@ def _worker(args: argparse.Namespace) -> int:
     prepare_folders(get_settings())
     from worker.tasks import celery_app
 
-    argv = ["worker", "--queues", args.queues, "--concurrency", str(args.concurrency),
-            "--pool", args.pool, "--loglevel", level, "--without-gossip", "--without-mingle"]  # fmt: skip
+    argv = [
+        "worker",
+        "--queues",
+        args.queues,
+        "--concurrency",
+        str(args.concurrency),
+        "--pool",
+        args.pool,
+        "--loglevel",
+        level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     celery_app.worker_main(argv)
     return 0
 

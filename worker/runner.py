@@ -315,8 +315,17 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
             jobs.finish(session, job_id=job_id, status="canceled")
             return None
         deadline = time.monotonic() + ctx.settings.time_limit(job.kind)
-        return Claimed(job.id, job.kind, dict(job.params), concept.id, list(concept.names),
-                       concept.prefix, concept.files_prefix, job.attempts, deadline)  # fmt: skip
+        return Claimed(
+            job.id,
+            job.kind,
+            dict(job.params),
+            concept.id,
+            list(concept.names),
+            concept.prefix,
+            concept.files_prefix,
+            job.attempts,
+            deadline,
+        )
 
 
 def _learn(
@@ -425,7 +434,7 @@ def _record(
                 status="succeeded",
                 result=produced.result,
                 attempt=job.attempt,
-            )  # fmt: skip
+            )
         )
         if succeeded:
             assert concept is not None and produced is not None
@@ -439,9 +448,13 @@ def _record(
             status = "canceled"
         error_type, message = error or (None, None)
         ended = jobs.finish(
-            session, job_id=job.job_id, status=status, error_type=error_type,
-            error_message=message, attempt=job.attempt,
-        )  # fmt: skip
+            session,
+            job_id=job.job_id,
+            status=status,
+            error_type=error_type,
+            error_message=message,
+            attempt=job.attempt,
+        )
         if ended:  # refused: a newer attempt owns the job (and its concept) now
             jobs.settle_concept(session, job.job_id, status)
         return _status(session, job.job_id)

@@ -42,10 +42,7 @@ def download_artifact(
     if not link_valid(state.link_key, artifact_id, expires, signature):
         raise not_found("artifact", artifact_id)  # the same answer as a missing artifact
     if expires < time.time():
-        raise Problem(
-            410, "link_expired", "Download link expired", "This download link has expired.",
-            field="expires", fix="read the job or concept again for fresh links",
-        )  # fmt: skip
+        raise _expired()
     artifact = session.get(Artifact, artifact_id)
     if artifact is None:
         raise not_found("artifact", artifact_id)
@@ -54,8 +51,16 @@ def download_artifact(
         return RedirectResponse(url, status_code=307)
     path = state.storage.local_path(artifact.key)
     if path is None or not path.is_file():
-        raise Problem(
-            410, "artifact_gone", "Artifact gone", f"The file of artifact {artifact_id} is missing.",
-            fix="produce it again (re-run the job)",
-        )  # fmt: skip
+        raise _gone(artifact_id)
     return FileResponse(path, media_type=artifact.content_type, filename=path.name)
+
+
+def _gone(artifact_id: uuid.UUID) -> Problem:
+    detail = f"The file of artifact {artifact_id} is missing."
+    return Problem(410, "artifact_gone", "Artifact gone", detail, fix="produce it again")
+
+
+def _expired() -> Problem:
+    fix = "read the job or concept again for fresh links"
+    detail = "This download link has expired."
+    return Problem(410, "link_expired", "Download link expired", detail, field="expires", fix=fix)

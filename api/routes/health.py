@@ -87,10 +87,13 @@ def metrics(request: Request, state: StateDep) -> Response:
         sent = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
             raise Problem(
-                401, "unauthorized", "Missing or wrong metrics token",
-                "This server protects /metrics with MIFO_METRICS_TOKEN.", field="Authorization",
+                401,
+                "unauthorized",
+                "Missing or wrong metrics token",
+                "This server protects /metrics with MIFO_METRICS_TOKEN.",
+                field="Authorization",
                 fix="send `Authorization: Bearer <MIFO_METRICS_TOKEN>` (Prometheus: "
                 "`authorization: {credentials: ...}` in the scrape config)",
                 headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            )
     return Response(generate_latest(registry_for(state)), media_type=CONTENT_TYPE_LATEST)

@@ -84,9 +84,11 @@ def list_jobs(
 
 
 @router.get(
-    "/{job_id}", response_model=JobPublic, responses=ERRORS,
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=ERRORS,
     openapi_extra={"security": BEARER_SECURITY},
-)  # fmt: skip
+)
 async def get_job(job_id: uuid.UUID, request: Request) -> Any:
     """A job: status, progress, timestamps, error, and the result once it succeeded."""
     # The hot path of polling clients: no dependencies to solve (it authenticates by itself,
@@ -244,7 +246,7 @@ def job_webhooks(
                     )
                     for a in d.tries
                 ],
-            )  # fmt: skip
+            )
             for d in rows
         ]
     )

@@ -87,10 +87,14 @@ def _params(
 def _limits(body: SynthesisCreate, settings: Settings) -> None:
     for field, value, limit, env in (
         ("prompt", len(body.prompt), settings.max_prompt_chars, "MIFO_MAX_PROMPT_CHARS"),
-        ("num_images", body.num_images, settings.max_images_per_synthesis,
-         "MIFO_MAX_IMAGES_PER_SYNTHESIS"),
+        (
+            "num_images",
+            body.num_images,
+            settings.max_images_per_synthesis,
+            "MIFO_MAX_IMAGES_PER_SYNTHESIS",
+        ),
         ("steps", body.steps, settings.max_synthesis_steps, "MIFO_MAX_SYNTHESIS_STEPS"),
-    ):  # fmt: skip
+    ):
         if value > limit:
             what = "characters" if field == "prompt" else ""
             raise Problem(

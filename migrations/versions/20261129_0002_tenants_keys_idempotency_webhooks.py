@@ -166,10 +166,12 @@ def _adopt_existing_rows() -> None:
             batch_op.add_column(sa.Column("tenant_id", sa.Uuid(), nullable=True))
     conn = op.get_bind()
     tenants = sa.table(
-        "tenants", sa.column("id", sa.Uuid()), sa.column("name", sa.String()),
+        "tenants",
+        sa.column("id", sa.Uuid()),
+        sa.column("name", sa.String()),
         sa.column("webhook_secret", sa.String()),
         sa.column("created_at", core.models.UTCDateTime(timezone=True)),
-    )  # fmt: skip
+    )
     orphans = sum(
         conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
         for t in ("concepts", "jobs")
@@ -178,9 +180,11 @@ def _adopt_existing_rows() -> None:
         return
     tenant = uuid.UUID(DEFAULT_TENANT)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    conn.execute(tenants.insert().values(
-        id=tenant, name="default", webhook_secret=secret, created_at=datetime.now(UTC)
-    ))  # fmt: skip
+    conn.execute(
+        tenants.insert().values(
+            id=tenant, name="default", webhook_secret=secret, created_at=datetime.now(UTC)
+        )
+    )
     for table in ("concepts", "jobs"):
         t = sa.table(table, sa.column("tenant_id", sa.Uuid()))
         conn.execute(t.update().values(tenant_id=tenant))
