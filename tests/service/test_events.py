@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from core import events, jobs
 from core.db import make_engine, make_sessionmaker, session_scope
 from core.events import Publisher
 from core.settings import Settings
+from tests.helpers.wait import wait_until
 
 from .conftest import bearer
 from .factories import LEASE, make_concept, make_job
@@ -34,8 +36,9 @@ def _events(client: TestClient, job_id: object) -> Iterator[tuple[str, dict]]:
                 yield kind or "", json.loads(line[6:])
 
 
-def _drive(settings: Settings, job_id: object, publish: bool) -> threading.Thread:
-    """Play a worker: start, report two progress steps, succeed."""
+def _drive(settings: Settings, job_id: object, publish: bool, seen: list) -> threading.Thread:
+    """Play a worker: start, report two progress steps, succeed; each change once the stream
+    has sent the previous state (and, polling, re-read it twice more: no repeats)."""
 
     def run() -> None:
         engine = make_engine(settings.db_url)
@@ -51,8 +54,11 @@ def _drive(settings: Settings, job_id: object, publish: bool) -> threading.Threa
             ),  # fmt: skip
             lambda s: jobs.finish(s, job_id=job_id, status="succeeded", result={"images": []}),
         ]
-        for step in steps:
-            time.sleep(0.7)
+        for i, step in enumerate(steps):
+            with contextlib.suppress(AssertionError):  # go on: the stream must end to report
+                wait_until(lambda i=i: len(seen) > i, 10)  # type: ignore[misc]
+            if not publish:
+                time.sleep(2 * events.POLL_SECONDS)
             with session_scope(sessions) as s:
                 step(s)
             publisher.publish(job_id)  # type: ignore[arg-type]
@@ -81,12 +87,16 @@ def test_stream_follows_every_change_to_the_end(
     if mode == "redis":
         settings = settings.model_copy(update={"events_url": REDIS})
         monkeypatch.setattr(events, "FALLBACK_SECONDS", 60.0)  # only a message can wake it
+    else:
+        monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
     job = make_job(session, make_concept(session), kind="synthesize")
     session.commit()
     with TestClient(create_app(settings), headers=bearer(api_key)) as client:
-        thread = _drive(settings, job.id, publish=mode == "redis")
+        seen: list[tuple[str, str, int | None]] = []
+        thread = _drive(settings, job.id, publish=mode == "redis", seen=seen)
         t0 = time.monotonic()
-        seen = [(k, d["status"], d["progress"]["step"]) for k, d in _events(client, job.id)]
+        for k, d in _events(client, job.id):
+            seen.append((k, d["status"], d["progress"]["step"]))
         elapsed = time.monotonic() - t0
     thread.join()
     assert seen == [
