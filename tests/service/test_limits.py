@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from core.settings import Settings
+from tests.helpers.wait import wait_until
 
 from .conftest import bearer
 from .factories import make_concept, make_job, png, scene
@@ -193,7 +194,8 @@ def test_concurrent_posts_do_not_exceed_the_active_jobs(
 
     def slow_count(*a: object, **k: object) -> int:
         n = counted(*a, **k)  # type: ignore[arg-type]
-        time.sleep(0.2)  # every request counts before any inserts, unless they take turns
+        time.sleep(0.2)  # the race window under test: all count before any inserts, unless
+        # they take turns
         return n
 
     monkeypatch.setattr(jobs, "count_active", slow_count)
@@ -303,11 +305,9 @@ def _serving(s: Settings) -> Iterator[int]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
     try:
+        wait_until(lambda: server.started or not thread.is_alive(), 30)
+        assert server.started, "the server did not start"
         yield port
     finally:
         server.should_exit = True
