@@ -26,7 +26,7 @@ class JobCollector:
 
     def collect(self) -> Iterator[Any]:
         with self.state.sessions() as session:
-            counts = {(k, s): 0 for k in KINDS for s in STATUSES}
+            counts: dict[tuple[str, str], int] = {(k, str(s)): 0 for k in KINDS for s in STATUSES}
             counts.update({(k, s): n for k, s, n in count_by_kind_status(session)})
             durations = self._durations(session)
         jobs = GaugeMetricFamily("mifo_jobs", "Jobs by kind and status.", labels=["kind", "status"])

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from api.inputs import TEXT_FIX, forbidden_character, options_problem
+from core.models import JobStatus
 
 JobKind = Literal["learn", "synthesize"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
 WebhookEvent = Literal["started", "progress", "completed"]
 

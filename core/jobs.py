@@ -25,12 +25,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import webhooks
-from core.models import Concept, Job, concept_prefix, utcnow
+from core.models import Concept, Job, JobStatus, concept_prefix, utcnow
 
 KINDS = ("learn", "synthesize")
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-ACTIVE = frozenset({"queued", "running"})
+STATUSES = tuple(JobStatus)
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 
 class InvalidTransition(Exception):
@@ -55,7 +55,7 @@ def create_job(
     job = Job(
         tenant_id=tenant_id,
         kind=kind,
-        status="queued",
+        status=JobStatus.QUEUED,
         concept_id=concept_id,
         params=params,
         webhook_url=webhook_url,
@@ -105,7 +105,7 @@ def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:
     session.execute(
         update(Concept)
         .where(Concept.id == concept_id, Concept.status == "pending")
-        .values(status="failed" if status == "failed" else "canceled"),
+        .values(status="failed" if status == JobStatus.FAILED else "canceled"),  # concept's
         execution_options={"synchronize_session": False},
     )
 
@@ -137,13 +137,15 @@ def claim_unsent(
     cutoff = utcnow() - timedelta(seconds=older_than)
     rows = session.execute(
         select(Job.id, Job.kind, Job.updated_at)
-        .where(Job.status == "queued", Job.enqueued_at.is_(None), Job.updated_at < cutoff)
+        .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None), Job.updated_at < cutoff)
         .order_by(Job.updated_at)
         .limit(limit)
     ).all()
     claimed = []
     for job_id, kind, seen in rows:
-        unsent = (Job.status == "queued") & Job.enqueued_at.is_(None) & (Job.updated_at == seen)
+        unsent = (
+            (Job.status == JobStatus.QUEUED) & Job.enqueued_at.is_(None) & (Job.updated_at == seen)
+        )
         if _update(session, job_id, unsent):  # _update moves updated_at to now
             claimed.append((job_id, kind))
     return claimed
@@ -158,7 +160,7 @@ def lapsed(now: datetime) -> Any:
     """Running jobs whose worker stopped renewing their lease: it is gone (killed, crashed,
     cut off), or too slow to matter, and the job is the reconciler's to re-queue."""
     legacy = Job.lease_expires_at.is_(None) & (Job.updated_at < now - LEGACY_SILENCE)
-    return (Job.status == "running") & ((Job.lease_expires_at < now) | legacy)
+    return (Job.status == JobStatus.RUNNING) & ((Job.lease_expires_at < now) | legacy)
 
 
 def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job | Refused | None:
@@ -172,18 +174,18 @@ def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job |
     canceled = _update(
         session,
         job_id,
-        (Job.status == "queued") & Job.cancel_requested.is_(True),
-        status="canceled",
+        (Job.status == JobStatus.QUEUED) & Job.cancel_requested.is_(True),
+        status=JobStatus.CANCELED,
         finished_at=utcnow(),
     )
     if canceled:
-        return _refused(session, job_id, "canceled")
+        return _refused(session, job_id, JobStatus.CANCELED)
     now = utcnow()
     started = _update(
         session,
         job_id,
-        Job.status == "queued",
-        status="running",
+        Job.status == JobStatus.QUEUED,
+        status=JobStatus.RUNNING,
         started_at=now,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
         attempts=Job.attempts + 1,
@@ -225,7 +227,11 @@ def release(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
     """Put a running job back in the queue because its worker is shutting down (not the
     job's fault, so not a loss); the caller returns its message to the broker."""
     return _update(
-        session, job_id, _mine(attempt) & Job.cancel_requested.is_(False), status="queued", **_FRESH
+        session,
+        job_id,
+        _mine(attempt) & Job.cancel_requested.is_(False),
+        status=JobStatus.QUEUED,
+        **_FRESH,
     )
 
 
@@ -255,18 +261,24 @@ def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> 
         still = lapsed(now) & (Job.attempts == attempts)  # not renewed, not re-run meanwhile
         ended = {"finished_at": now, "lease_expires_at": None}
         if cancel:
-            if _update(session, job_id, still, status="canceled", **ended):
-                handled.append(_ended(session, job_id, kind, "canceled"))
+            if _update(session, job_id, still, status=JobStatus.CANCELED, **ended):
+                handled.append(_ended(session, job_id, kind, JobStatus.CANCELED))
         elif losses + 1 >= max_attempts:
             message = (
                 f"The job's worker stopped (killed, crashed, out of memory or cut off) during "
                 f"each of its {losses + 1} runs; it is not run again (MIFO_MAX_ATTEMPTS)."
             )
             failed = {"error_type": "worker_lost", "error_message": message, "losses": losses + 1}
-            if _update(session, job_id, still, status="failed", **failed, **ended):
-                handled.append(_ended(session, job_id, kind, "failed"))
+            if _update(session, job_id, still, status=JobStatus.FAILED, **failed, **ended):
+                handled.append(_ended(session, job_id, kind, JobStatus.FAILED))
         elif _update(
-            session, job_id, still, status="queued", losses=losses + 1, enqueued_at=None, **_FRESH
+            session,
+            job_id,
+            still,
+            status=JobStatus.QUEUED,
+            losses=losses + 1,
+            enqueued_at=None,
+            **_FRESH,
         ):
             handled.append(Lapsed(job_id, kind, "requeued", None))
     return handled
@@ -285,7 +297,7 @@ _FRESH: dict[str, Any] = dict(
 
 
 def _sent_before(kind: str, cutoff: datetime) -> Any:
-    queued = (Job.kind == kind) & (Job.status == "queued")
+    queued = (Job.kind == kind) & (Job.status == JobStatus.QUEUED)
     return queued & Job.enqueued_at.is_not(None) & (Job.enqueued_at < cutoff)
 
 
@@ -312,7 +324,11 @@ def count_queued_and_sent(session: Session, *, kind: str, older_than: float) -> 
 def mark_resent(session: Session, job_id: uuid.UUID) -> None:
     """Record a re-sent message, so the same job is not re-sent again for a while."""
     _update(
-        session, job_id, Job.status == "queued", enqueued_at=utcnow(), updated_at=Job.updated_at
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        enqueued_at=utcnow(),
+        updated_at=Job.updated_at,
     )
 
 
@@ -339,7 +355,7 @@ def abandon(
     if attempt is not None:
         fence = _mine(attempt)
     elif started_before is not None:
-        fence = (Job.status == "running") & (Job.started_at <= started_before)
+        fence = (Job.status == JobStatus.RUNNING) & (Job.started_at <= started_before)
     else:
         raise ValueError("abandon needs the attempt or a start time to fence on")
     now = utcnow()
@@ -347,7 +363,7 @@ def abandon(
         session,
         job_id,
         fence,
-        status="failed",
+        status=JobStatus.FAILED,
         error_type=error_type,
         error_message=message,
         finished_at=now,
@@ -355,7 +371,7 @@ def abandon(
     )
     if done:
         webhooks.emit(session, job_id, "completed")
-        settle_concept(session, job_id, "failed")
+        settle_concept(session, job_id, JobStatus.FAILED)
     return done
 
 
@@ -388,7 +404,9 @@ def record_progress(
     row = session.execute(
         select(Job.status, Job.cancel_requested).where(Job.id == job_id)
     ).one_or_none()
-    return written and row is not None and row.status == "running" and not row.cancel_requested
+    return (
+        written and row is not None and row.status == JobStatus.RUNNING and not row.cancel_requested
+    )
 
 
 def is_current(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
@@ -397,7 +415,7 @@ def is_current(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
 
 
 def _mine(attempt: int | None) -> Any:
-    where = Job.status == "running"
+    where = Job.status == JobStatus.RUNNING
     return where if attempt is None else where & (Job.attempts == attempt)
 
 
@@ -417,7 +435,7 @@ def finish(
     """
     assert status in TERMINAL
     where = _mine(attempt)
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         where = where & Job.cancel_requested.is_(False)
     now = utcnow()
     started = session.scalar(select(Job.started_at).where(Job.id == job_id))
@@ -431,8 +449,8 @@ def finish(
         error_message=error_message,
         finished_at=now,
         duration_seconds=_seconds(started, now),
-        eta_seconds=0.0 if status == "succeeded" else None,
-        fraction=1.0 if status == "succeeded" else Job.fraction,
+        eta_seconds=0.0 if status == JobStatus.SUCCEEDED else None,
+        fraction=1.0 if status == JobStatus.SUCCEEDED else Job.fraction,
         lease_expires_at=None,
     )
     if done:
@@ -451,7 +469,7 @@ def request_cancel(session: Session, *, job: Job) -> str | None:
 
     A running job whose lease lapsed (its worker is gone) is canceled at once too. Returns
     the storage prefix to remove once the caller committed, when the job ended here."""
-    if job.status == "canceled":
+    if job.status == JobStatus.CANCELED:
         return None
     if job.status in TERMINAL:
         raise InvalidTransition(job, "canceled")
@@ -460,14 +478,14 @@ def request_cancel(session: Session, *, job: Job) -> str | None:
     ended = _update(
         session,
         job.id,
-        (Job.status == "queued") | lapsed(now),
-        status="canceled",
+        (Job.status == JobStatus.QUEUED) | lapsed(now),
+        status=JobStatus.CANCELED,
         finished_at=now,
         lease_expires_at=None,
     )
     if ended:
         webhooks.emit(session, job.id, "completed")
-        settle_concept(session, job.id, "canceled")
+        settle_concept(session, job.id, JobStatus.CANCELED)
     else:  # running, or just put back in the queue: either way it must not go on
         _update(session, job.id, Job.status.in_(ACTIVE), cancel_requested=True)
     output = job_output(session, job.id) if ended else None

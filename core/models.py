@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
@@ -106,6 +107,16 @@ class Concept(Base):
         return self.files or f"{self.prefix}concept/"
 
 
+class JobStatus(StrEnum):
+    """A job's state (core/jobs.py moves it): stored as its value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),)
@@ -115,7 +126,7 @@ class Job(Base):
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str] = mapped_column(String(16))  # learn|synthesize
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # JobStatus
     # SET NULL: a job outlives its deleted concept so that its cancellation stays visible.
     concept_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("concepts.id", ondelete="SET NULL"), index=True
