@@ -70,6 +70,17 @@ def test_every_relative_link_points_at_a_file(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
 
 
+def test_the_code_map_has_a_line_for_every_service_module() -> None:
+    text = (DOCS / "architecture.md").read_text()
+    missing = [
+        str(path.relative_to(ROOT))
+        for package in ("api", "core", "worker")
+        for path in sorted((ROOT / package).glob("*.py"))
+        if path.name != "__init__.py" and f"](../{package}/{path.name})" not in text
+    ]
+    assert not missing, f"docs/architecture.md, Code map: add a line for {missing}"
+
+
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     readme = README.read_text()
     unlinked = [p.name for p in DOCS.glob("*.md") if f"(docs/{p.name}" not in readme]
