@@ -1,7 +1,7 @@
 """Webhooks: an outbox of job events, signed the Standard Webhooks way, sent with retries.
 
 A job change and its delivery row are written in one transaction (`emit`), so an accepted
-event survives any crash. Senders (a loop in every API process, `dispatch_due`) lease due rows
+event survives any crash. Senders (the webhook duty, core/duties.py: `dispatch_due`) lease due rows
 with a conditional UPDATE, so two processes never send the same attempt. Each attempt is a
 row; after `webhook_max_attempts` failures the delivery is `failed`.
 

@@ -3,7 +3,7 @@ worker on PostgreSQL and Redis, the tiny model, local object storage; `mifo serv
 own. A worker's process group killed mid-job, `mifo serve` stopped with Ctrl-C, a broker
 restarted without persistence, an API restarted, a concept deleted while syntheses are
 submitted, a database that goes away or freezes. Lease and reconcile settings are the
-defaults: the recovery bounds asserted here are the ones the README states."""
+defaults: the recovery bounds asserted here are the ones docs/service.md states."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 MIFO = [sys.executable, "-m", "mifo_cli"]
 ROOT = Path(__file__).resolve().parents[2]
-RECOVERY_SECONDS = 60  # the README's bound for a lost worker and for a restarted broker
+RECOVERY_SECONDS = 60  # docs/service.md: the bound for a lost worker and a restarted broker
 
 
 class Stack:
