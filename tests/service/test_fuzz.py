@@ -3,15 +3,12 @@ input, no 5xx and every response matches the schema. Bounded examples per operat
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -26,21 +23,16 @@ from core import auth
 from core.db import make_engine, make_sessionmaker, session_scope, upgrade
 from core.settings import Settings
 
-from .conftest import PG_ADMIN, bearer
+from .conftest import bearer, throwaway_postgres
 from .factories import make_concept, make_job
 
-# The app must exist when the tests are collected (the schema comes from it); its database
-# is created only when the tests run.
-_DB = f"mifo_fuzz_{uuid.uuid4().hex[:12]}"
-_URL = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + "/" + _DB
-SETTINGS = Settings(
-    data_dir=Path(tempfile.mkdtemp(prefix="mifo-fuzz-")), database_url=_URL,
-    broker_url="memory://", base_model="tiny", rate_limit_per_second=0,
-)  # fmt: skip
-APP = create_app(SETTINGS)
-schema = schemathesis.openapi.from_dict(APP.openapi())
-schema.app, schema.location = APP, "/openapi.json"
-KEY: dict[str, Any] = {}
+SETTINGS = Settings(broker_url="memory://", base_model="tiny", rate_limit_per_second=0)
+# The operations must be known when the tests are collected, so the document comes from an
+# app built then; creating it touches no file, database or server (its lifespan does, and
+# never runs). The fixture serves the same app on a database and folder of its own.
+# (schemathesis.pytest.from_fixture would defer it, but fails under pytest 9: no `_nodeid`.)
+schema = schemathesis.openapi.from_dict(create_app(SETTINGS).openapi())
+schema.location = "/openapi.json"
 # What must hold for any input. Not "schema-valid data is accepted": random bytes pass the
 # schema's `format: binary` but are no image, and a 422 naming the field is right for them.
 CHECKS = [
@@ -49,28 +41,29 @@ CHECKS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def running_app() -> Iterator[None]:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{_DB}"')
-    try:
-        upgrade(_URL)
-        engine = make_engine(_URL)
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, str]]:
+    """The app with a tenant's key and one real job (something besides random ids), in one
+    lifespan for all calls."""
+    with throwaway_postgres() as url:
+        upgrade(url)
+        engine = make_engine(url)
         with session_scope(make_sessionmaker(engine)) as s:
-            _, KEY["key"] = auth.create_key(s, tenant=auth.get_or_create_tenant(s, "tests")[0])
-            make_job(s, make_concept(s), kind="synthesize")  # something real besides random ids
+            _, key = auth.create_key(s, tenant=auth.get_or_create_tenant(s, "tests")[0])
+            make_job(s, make_concept(s), kind="synthesize")
         engine.dispose()
-        with TestClient(APP) as client:  # one lifespan for all calls
-            KEY["client"] = client
-            yield
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{_DB}" WITH (FORCE)')
+        own = {"data_dir": tmp_path_factory.mktemp("fuzz"), "database_url": url}
+        app = create_app(SETTINGS.model_copy(update=own))
+        with TestClient(app):
+            yield app, key
 
 
 @schema.exclude(path_regex="/events$").parametrize()  # an endless stream for a queued job
 @settings(max_examples=80, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))  # fmt: skip
-def test_no_server_errors_and_responses_match_the_schema(case: Any) -> None:
-    response = case.call(session=KEY["client"], headers=bearer(KEY["key"]))
+def test_no_server_errors_and_responses_match_the_schema(
+    case: Any, served: tuple[FastAPI, str]
+) -> None:
+    app, key = served
+    response = case.call(app=app, headers=bearer(key))
     case.validate_response(response, checks=CHECKS)
