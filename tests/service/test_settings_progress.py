@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -133,7 +134,6 @@ def test_log_level_and_access_log_reach_uvicorn(
     import uvicorn
 
     import mifo_cli.embedded
-    import mifo_cli.service
     from core.db import upgrade
     from mifo_cli import main
 
@@ -150,8 +150,10 @@ def test_log_level_and_access_log_reach_uvicorn(
     worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0, poll=lambda: 0)
     monkeypatch.setattr(mifo_cli.embedded.subprocess, "Popen", lambda *a, **kw: worker)
     monkeypatch.setattr(mifo_cli.embedded.signal, "signal", lambda *a: None)
-    monkeypatch.setattr(mifo_cli.service, "_logging", lambda: "WARNING")
+    configured: list[str] = []  # the level the command sets; this process keeps its logging
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: configured.append(kw["level"]))
     assert main([command, "--port", "8123"]) == 0
+    assert configured and set(configured) == {"WARNING"}
     assert ran["app"] == "api.main:app_factory" and ran["port"] == 8123
     assert ran["log_level"] == "warning" and ran["access_log"] is False
 
