@@ -1,0 +1,75 @@
+"""A Python client for the MIFO service: learn concepts, synthesise them, wait for jobs,
+download their files, verify webhooks. It needs httpx and pydantic only (no torch, none of
+the service's packages), so it installs anywhere: see docs/client.md.
+
+    from mifo_client import Client
+
+    with Client() as client:  # MIFO_API_URL, MIFO_API_KEY
+        created = client.learn("scene.png", ["mask0.png", "mask1.png"])
+        job = client.wait(created, on_progress=print)
+"""
+
+from mifo_client.async_client import AsyncClient
+from mifo_client.client import Client
+from mifo_client.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GoneError,
+    InvalidRequestError,
+    JobNotSucceededError,
+    MifoConnectionError,
+    MifoError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ServerError,
+    ServiceUnavailableError,
+    WaitTimeoutError,
+)
+from mifo_client.models import (
+    Concept,
+    ConceptCreated,
+    ConceptsPage,
+    Image,
+    Job,
+    JobError,
+    JobResult,
+    JobsPage,
+    Progress,
+    Token,
+)
+from mifo_client.webhooks import WebhookVerificationError, verify_webhook
+
+__all__ = [
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "Concept",
+    "ConceptCreated",
+    "ConceptsPage",
+    "ConflictError",
+    "GoneError",
+    "Image",
+    "InvalidRequestError",
+    "Job",
+    "JobError",
+    "JobNotSucceededError",
+    "JobResult",
+    "JobsPage",
+    "MifoConnectionError",
+    "MifoError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Progress",
+    "RateLimitedError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "Token",
+    "WaitTimeoutError",
+    "WebhookVerificationError",
+    "verify_webhook",
+]

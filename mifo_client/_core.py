@@ -1,0 +1,478 @@
+"""What the sync and async clients share: configuration, request building, retry decisions,
+response and problem parsing, the Server-Sent Events parser, the state of a `wait` and the
+file names of a download. No I/O happens here; `Client` and `AsyncClient` only send."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import mimetypes
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+from pydantic import BaseModel
+
+from mifo_client import errors
+from mifo_client.models import Concept, ConceptCreated, ConceptsPage, Job, JobsPage
+
+log = logging.getLogger("mifo_client")
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"  # `mifo serve`
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+VERSION = "0.1.0"
+
+FileInput = str | os.PathLike[str] | bytes | IO[bytes]
+JobRef = Job | ConceptCreated | str | uuid.UUID
+ConceptRef = Concept | ConceptCreated | str | uuid.UUID
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request and how to read its answer; sent again as is on a retry (the same
+    Idempotency-Key, the same bytes)."""
+
+    method: str
+    url: str
+    parse: Callable[[httpx.Response], T]
+    params: Mapping[str, Any] | list[tuple[str, Any]] | None = None
+    json: Any = None
+    data: Mapping[str, str] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    auth: bool = True  # download links are signed: they go out without the API key
+
+    def request_args(self, auth_headers: Mapping[str, str]) -> dict[str, Any]:
+        headers = {**(auth_headers if self.auth else {}), **self.headers}
+        args: dict[str, Any] = {"headers": headers}
+        for name in ("params", "json", "data", "files"):
+            if getattr(self, name) is not None:
+                args[name] = getattr(self, name)
+        return {"method": self.method, "url": self.url, **args}
+
+    def finish(self, response: httpx.Response) -> T:
+        """The parsed answer, or the problem raised as its exception."""
+        if response.status_code >= 400:
+            raise problem(response)
+        return self.parse(response)
+
+    def follow(self, next_url: str) -> Call[T]:
+        """The call for the page a list answer names in `next`: the same path on this
+        client's base URL, the next page's query."""
+        return replace(self, params=parse_qsl(urlsplit(next_url).query))
+
+
+def _model(cls: type[BaseModel]) -> Callable[[httpx.Response], Any]:
+    return lambda response: cls.model_validate_json(response.content)
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _content(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _post_headers(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key or str(uuid.uuid4())}
+
+
+def job_id(job: JobRef) -> str:
+    if isinstance(job, ConceptCreated):
+        return job.job.id
+    return job.id if isinstance(job, Job) else str(job)
+
+
+def concept_id(concept: ConceptRef) -> str:
+    if isinstance(concept, ConceptCreated):
+        return concept.concept.id
+    return concept.id if isinstance(concept, Concept) else str(concept)
+
+
+def _file(part: str, value: FileInput, default_name: str) -> tuple[str, tuple[str, bytes, str]]:
+    """A multipart part, read into memory now so that a retry sends the same bytes."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        name, data = default_name, bytes(value)
+    elif isinstance(value, str | os.PathLike):
+        path = Path(value)
+        name, data = path.name, path.read_bytes()
+    else:
+        name = Path(str(getattr(value, "name", "") or default_name)).name
+        data = value.read()
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return part, (name, data, kind)
+
+
+class Builder:
+    """The calls of the API, one method each; the clients send them."""
+
+    def learn_call(
+        self,
+        image: FileInput,
+        masks: Iterable[FileInput],
+        *,
+        names: Iterable[str] | str | None,
+        options: Mapping[str, Any] | None,
+        webhook_url: str | None,
+        webhook_events: Iterable[str] | None,
+        idempotency_key: str | None,
+    ) -> Call[ConceptCreated]:
+        files = [_file("image", image, "image")]
+        files += [_file("masks", m, f"mask{i}") for i, m in enumerate(masks)]
+        data: dict[str, str] = {}
+        if names is not None:
+            data["names"] = names if isinstance(names, str) else ",".join(names)
+        if options is not None:
+            data["options"] = json.dumps(dict(options))
+        if webhook_url is not None:
+            data["webhook_url"] = webhook_url
+        if webhook_events is not None:
+            data["webhook_events"] = ",".join(webhook_events)
+        return Call(
+            "POST", "/v1/concepts", _model(ConceptCreated), data=data, files=files,
+            headers=_post_headers(idempotency_key),
+        )  # fmt: skip
+
+    def synthesize_call(
+        self, concept: ConceptRef, body: dict[str, Any], idempotency_key: str | None
+    ) -> Call[Job]:
+        body = {k: v for k, v in body.items() if v is not None}
+        return Call(
+            "POST", f"/v1/concepts/{concept_id(concept)}/syntheses", _model(Job), json=body,
+            headers=_post_headers(idempotency_key),
+        )  # fmt: skip
+
+    def job_call(self, job: JobRef) -> Call[Job]:
+        return Call("GET", f"/v1/jobs/{job_id(job)}", _model(Job))
+
+    def cancel_call(self, job: JobRef) -> Call[Job]:
+        url = f"/v1/jobs/{job_id(job)}/cancel"
+        return Call("POST", url, _model(Job), headers=_post_headers(None))
+
+    def concept_call(self, concept: ConceptRef) -> Call[Concept]:
+        return Call("GET", f"/v1/concepts/{concept_id(concept)}", _model(Concept))
+
+    def delete_concept_call(self, concept: ConceptRef) -> Call[None]:
+        return Call("DELETE", f"/v1/concepts/{concept_id(concept)}", _nothing)
+
+    def concepts_call(self, limit: int, offset: int) -> Call[ConceptsPage]:
+        params = [("limit", limit), ("offset", offset)]
+        return Call("GET", "/v1/concepts", _model(ConceptsPage), params=params)
+
+    def jobs_call(
+        self,
+        status: str | Iterable[str] | None,
+        kind: str | None,
+        concept: ConceptRef | None,
+        limit: int,
+        offset: int,
+    ) -> Call[JobsPage]:
+        params: list[tuple[str, Any]] = [("limit", limit), ("offset", offset)]
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        params += [("status", s) for s in statuses]
+        if kind is not None:
+            params.append(("kind", kind))
+        if concept is not None:
+            params.append(("concept_id", concept_id(concept)))
+        return Call("GET", "/v1/jobs", _model(JobsPage), params=params)
+
+    def webhook_secret_call(self) -> Call[str]:
+        return Call("GET", "/v1/webhook-secret", lambda r: str(r.json()["secret"]))
+
+    def file_call(self, url: str) -> Call[bytes]:
+        return Call("GET", url, _content, auth=False)
+
+
+def synthesis_body(args: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of a synthesis from the method's arguments (None: the server's default)."""
+    names = ("prompt", "num_images", "seed", "steps", "guidance_scale", "box_control")
+    body = {name: args[name] for name in names}
+    boxes = args["boxes"]
+    body["boxes"] = {k: list(v) for k, v in (boxes or {}).items()}
+    body["options"] = dict(args["options"]) if args["options"] is not None else None
+    body["webhook_url"] = args["webhook_url"]
+    events = args["webhook_events"]
+    body["webhook_events"] = list(events) if events is not None else None
+    return body
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds: a number, or an HTTP date."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def problem(response: httpx.Response) -> errors.MifoError:
+    """The exception for a 4xx/5xx answer, from its problem JSON when it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"detail": response.text[:500] or response.reason_phrase}
+    status = response.status_code
+    return errors.error_class(status)(
+        str(body.get("detail") or body.get("title") or response.reason_phrase),
+        type=body.get("type"),
+        status=status,
+        title=body.get("title") or response.reason_phrase,
+        instance=body.get("instance"),
+        field=body.get("field"),
+        fix=body.get("fix"),
+        retry_after=retry_after(response),
+        body=body,
+    )
+
+
+def _key_in_use(response: httpx.Response) -> bool:
+    """409 idempotency_key_in_use: the first try of this POST is still being handled."""
+    if response.status_code != 409:
+        return False
+    try:
+        return str(response.json().get("type", "")).endswith("idempotency_key_in_use")
+    except (ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded retries with exponential backoff and full jitter; a Retry-After the server
+    sends is waited for instead (up to `max_retry_after`)."""
+
+    retries: int = 3  # tries after the first one
+    backoff: float = 0.5  # the first pause, doubled after each try
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+
+    def pause(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before try `attempt + 2`, or None: do not try again. `response`
+        None: the try got no answer (a connection error)."""
+        if attempt >= self.retries:
+            return None
+        if response is not None:
+            if response.status_code not in RETRY_STATUSES and not _key_in_use(response):
+                return None
+            asked = retry_after(response)
+            if asked is not None:
+                return min(asked, self.max_retry_after)
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+
+
+def log_retry(call: Call[Any], attempt: int, pause: float, why: str) -> None:
+    log.info("%s %s: %s; try %d in %.2f s", call.method, call.url, why, attempt + 2, pause)
+
+
+def gave_up(call: Call[Any], exc: httpx.TransportError, tries: int) -> errors.MifoError:
+    return errors.MifoConnectionError(
+        f"{call.method} {call.url}: no answer after {tries} tries: {exc!r}",
+        title="Connection failed",
+        fix="check that the service runs at the base URL (MIFO_API_URL)",
+    )
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+class Settings:
+    """The parts both clients share: where the service is, the key, the retry policy."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        poll_interval: float,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("MIFO_API_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("MIFO_API_KEY") or None
+        self.timeout = timeout
+        self.retry = Retry(retries=retries, backoff=backoff, max_backoff=max_backoff)
+        self.poll_interval = poll_interval
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def http_args(self, transport: Any) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "follow_redirects": True,  # downloads may redirect to presigned storage URLs
+            "headers": {"User-Agent": f"mifo-client/{VERSION}"},
+            "transport": transport,
+        }
+
+
+# --- waiting -----------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    event: str
+    data: str
+    id: str | None
+
+
+class SseParser:
+    """Server-Sent Events, line by line: an event ends at an empty line."""
+
+    def __init__(self) -> None:
+        self._event: str
+        self._id: str | None
+        self._event, self._id = "message", None
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> Event | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            if not self._data:
+                self._event = "message"
+                return None
+            done = Event(self._event, "\n".join(self._data), self._id)
+            self._event, self._data = "message", []
+            return done
+        if line.startswith(":"):  # a comment: the keep-alive
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id":
+            self._id = value
+        return None
+
+
+class StreamFailed(Exception):
+    """The event stream cannot be used: wait polls instead."""
+
+
+class Waiter:
+    """The state of one `wait`: the deadline, the stream being parsed, the last job reported."""
+
+    def __init__(self, job: JobRef, timeout: float | None, poll_interval: float) -> None:
+        self.job_id = job_id(job)
+        self.events_url = f"/v1/jobs/{self.job_id}/events"
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.poll_interval = poll_interval
+        self.parser = SseParser()
+        self._last: Any = None
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        left = self.left()
+        if left is not None and left <= 0:
+            raise errors.WaitTimeoutError(
+                f"job {self.job_id} did not finish within {self.timeout} s; it goes on",
+                title="Wait timed out",
+                fix="wait again, or cancel the job",
+            )
+
+    def stream_timeout(self, timeout: float) -> httpx.Timeout:
+        """Reads wait for keep-alives (sent every few seconds) up to the deadline."""
+        left = self.left()
+        read = 60.0 if left is None else max(0.1, min(60.0, left))
+        return httpx.Timeout(timeout, read=read)
+
+    def opened(self, response: httpx.Response) -> None:
+        """Refusals that polling would meet too are raised; anything else falls back."""
+        if response.status_code in (401, 403, 404):
+            response.read()
+            raise problem(response)
+        kind = response.headers.get("content-type", "")
+        if response.status_code != 200 or not kind.startswith("text/event-stream"):
+            raise StreamFailed(f"{response.status_code} {kind}")
+
+    def feed(self, line: str) -> Job | None:
+        """The job an event carried, once it is complete."""
+        event = self.parser.feed(line)
+        self.check()
+        if event is None:
+            return None
+        if event.event == "deleted":
+            raise errors.NotFoundError(
+                f"job {self.job_id} was deleted with its concept",
+                type="/problems/not_found", status=404, title="Job deleted",
+            )  # fmt: skip
+        if event.event not in ("status", "progress"):
+            return None
+        return Job.model_validate_json(event.data)
+
+    def changed(self, job: Job) -> bool:
+        """True when the job's status or progress differs from the last one reported."""
+        key = (job.status, job.progress.model_dump())
+        if key == self._last:
+            return False
+        self._last = key
+        return True
+
+    def pause(self) -> float:
+        """Seconds until the next poll; WaitTimeoutError once the deadline has passed."""
+        self.check()
+        left = self.left()
+        return self.poll_interval if left is None else max(0.0, min(self.poll_interval, left))
+
+
+# --- downloads ---------------------------------------------------------------------------
+
+
+def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
+    """(url, file name) of each file of a succeeded job: a synthesis' images (and previews),
+    a learning job's attention maps, one per token. Names start with the job id."""
+    if not job.succeeded or job.result is None:
+        raise errors.JobNotSucceededError(
+            f"job {job.id} is {job.status}: only a succeeded job has files",
+            title="Nothing to download", fix="wait for the job to succeed",
+        )  # fmt: skip
+    plan: list[tuple[str, str]] = []
+    for image in job.result.images or []:
+        if image.url:
+            plan.append((image.url, f"{job.id}_image_{image.index:02d}.png"))
+        if previews and image.preview_url:
+            plan.append((image.preview_url, f"{job.id}_preview_{image.index:02d}.png"))
+    concept = job.result.concept
+    for i, token in enumerate(concept.tokens if concept else []):
+        if token.attention_map:
+            plan.append((token.attention_map, f"{job.id}_attention_{i:02d}.png"))
+    return plan
+
+
+def save(folder: Path, name: str, data: bytes) -> Path:
+    """Write the file whole (a temporary name, then renamed), so no half file is left."""
+    path = folder / name
+    part = folder / f".{name}.part"
+    part.write_bytes(data)
+    part.replace(path)
+    return path

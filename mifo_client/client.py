@@ -1,0 +1,229 @@
+"""The synchronous client. Requests, parsing and retry decisions are `_core`'s; this module
+only sends them with httpx.Client and sleeps between tries."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from mifo_client import _core
+from mifo_client._core import ConceptRef, FileInput, JobRef
+from mifo_client.models import Concept, ConceptCreated, ConceptsPage, Job, JobsPage
+
+T = TypeVar("T")
+
+
+class Client(_core.Builder):
+    """A MIFO service. `base_url` defaults to MIFO_API_URL (else http://127.0.0.1:8000),
+    `api_key` to MIFO_API_KEY (none is needed on a loopback `mifo serve`).
+
+    Every request is tried up to `retries` more times on a connection error, 429, 502, 503
+    and 504, waiting for Retry-After when the server sends one, else backing off
+    exponentially from `backoff` seconds. Every POST carries an Idempotency-Key, the same on
+    each try, so a retried POST never makes a second job."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        poll_interval: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings = _core.Settings(
+            base_url, api_key, timeout, retries, backoff, max_backoff, poll_interval
+        )
+        self.base_url = self.settings.base_url
+        self._http = httpx.Client(**self.settings.http_args(transport))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _core.Call[T]) -> T:
+        retry, attempt = self.settings.retry, 0
+        while True:
+            try:
+                response = self._http.request(**call.request_args(self.settings.auth_headers()))
+            except httpx.TransportError as exc:
+                pause = retry.pause(attempt, None)
+                if pause is None:
+                    raise _core.gave_up(call, exc, attempt + 1) from exc
+                why = repr(exc)
+            else:
+                pause = retry.pause(attempt, response)
+                if pause is None:
+                    return call.finish(response)
+                why = f"answered {response.status_code}"
+            _core.log_retry(call, attempt, pause, why)
+            time.sleep(pause)
+            attempt += 1
+
+    # --- concepts ------------------------------------------------------------------------
+
+    def learn(
+        self,
+        image: FileInput,
+        masks: Iterable[FileInput],
+        *,
+        names: Iterable[str] | str | None = None,
+        options: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ConceptCreated:
+        """Upload a scene and one mask per instance (paths, bytes or binary files) and queue
+        the learning job. `wait(created)` waits for it."""
+        return self._send(
+            self.learn_call(
+                image,
+                masks,
+                names=names,
+                options=options,
+                webhook_url=webhook_url,
+                webhook_events=webhook_events,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        )
+
+    def concept(self, concept: ConceptRef) -> Concept:
+        return self._send(self.concept_call(concept))
+
+    def delete_concept(self, concept: ConceptRef) -> None:
+        """Delete a concept, its files and its jobs (unfinished ones are canceled)."""
+        self._send(self.delete_concept_call(concept))
+
+    def concepts_page(self, limit: int = 20, offset: int = 0) -> ConceptsPage:
+        return self._send(self.concepts_call(limit, offset))
+
+    def concepts(self, page_size: int = 100) -> Iterator[Concept]:
+        """Every concept, newest first, page after page."""
+        return self._pages(self.concepts_call(page_size, 0))
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def synthesize(
+        self,
+        concept: ConceptRef,
+        prompt: str,
+        boxes: Mapping[str, Iterable[float]] | None = None,
+        *,
+        num_images: int | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        box_control: bool | None = None,
+        options: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a synthesis of a ready concept: `boxes` maps each token (`<asset0>`) or
+        instance name to [x0, y0, x1, y1] as image fractions. Unset options take the
+        server's defaults."""
+        body = _core.synthesis_body(locals())
+        return self._send(self.synthesize_call(concept, body, idempotency_key))
+
+    def job(self, job: JobRef) -> Job:
+        return self._send(self.job_call(job))
+
+    def cancel(self, job: JobRef) -> Job:
+        """Cancel a queued job at once, or ask a running one to stop at its next step."""
+        return self._send(self.cancel_call(job))
+
+    def jobs_page(
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        kind: str | None = None,
+        concept: ConceptRef | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> JobsPage:
+        return self._send(self.jobs_call(status, kind, concept, limit, offset))
+
+    def jobs(
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        kind: str | None = None,
+        concept: ConceptRef | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Every job matching the filters, newest first, page after page."""
+        return self._pages(self.jobs_call(status, kind, concept, page_size, 0))
+
+    def _pages(self, call: _core.Call[Any]) -> Iterator[Any]:
+        page = self._send(call)
+        yield from page.data
+        while page.next:
+            page = self._send(call.follow(page.next))
+            yield from page.data
+
+    def wait(
+        self,
+        job: JobRef,
+        timeout: float | None = None,
+        on_progress: Callable[[Job], object] | None = None,
+    ) -> Job:
+        """The job once it has succeeded, failed or been canceled (check `job.status`).
+
+        Follows the job's event stream, calling `on_progress(job)` on every change of status
+        or progress; polls every `poll_interval` seconds if the stream fails. Raises
+        WaitTimeoutError after `timeout` seconds, NotFoundError if the job is deleted."""
+        w = _core.Waiter(job, timeout, self.settings.poll_interval)
+        with contextlib.suppress(httpx.TransportError, _core.StreamFailed):
+            done = self._stream(w, on_progress)
+            if done is not None:
+                return done
+        while True:
+            found = self.job(w.job_id)
+            if w.changed(found) and on_progress is not None:
+                on_progress(found)
+            if found.done:
+                return found
+            time.sleep(w.pause())
+
+    def _stream(self, w: _core.Waiter, on_progress: Callable[[Job], object] | None) -> Job | None:
+        timeout = w.stream_timeout(self.settings.timeout)
+        headers = self.settings.auth_headers()
+        with self._http.stream("GET", w.events_url, headers=headers, timeout=timeout) as r:
+            w.opened(r)
+            for line in r.iter_lines():
+                found = w.feed(line)
+                if found is None:
+                    continue
+                if w.changed(found) and on_progress is not None:
+                    on_progress(found)
+                if found.done:
+                    return found
+        return None  # the stream ended early: poll
+
+    # --- files ---------------------------------------------------------------------------
+
+    def download(self, job: JobRef, folder: str | Path, *, previews: bool = False) -> list[Path]:
+        """Save the files of a succeeded job into `folder`: a synthesis' images
+        (`<job id>_image_00.png`, ..., and `<job id>_preview_00.png` with `previews`), a
+        learning job's attention maps (`<job id>_attention_00.png`, one per token)."""
+        plan = _core.download_plan(self.job(job), previews)  # fresh links
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        return [_core.save(target, name, self._send(self.file_call(url))) for url, name in plan]
+
+    def webhook_secret(self) -> str:
+        """The secret this tenant's webhooks are signed with (for `verify_webhook`)."""
+        return self._send(self.webhook_secret_call())

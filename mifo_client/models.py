@@ -1,0 +1,112 @@
+"""Typed results: the fields of the API's response schemas a client needs.
+
+Every model allows extra fields, so a server that adds fields does not break the client;
+ids are the UUIDs as strings; statuses are plain strings (a new status is not an error)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Token(_Model):
+    token: str
+    name: str
+    attention_map: str | None = None
+
+
+class Concept(_Model):
+    id: str
+    status: str
+    base_model: str | None = None
+    tokens: list[Token] = Field(default_factory=list)
+    diagnostics: dict[str, Any] = Field(default_factory=dict)
+    width: int | None = None
+    height: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    learn_job_id: str | None = None
+    created_at: datetime | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class Progress(_Model):
+    phase: str | None = None
+    step: int | None = None
+    total: int | None = None
+    fraction: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobError(_Model):
+    type: str
+    message: str
+
+
+class Image(_Model):
+    index: int
+    seed: int
+    url: str | None = None
+    preview_url: str | None = None
+    diagnostics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobResult(_Model):
+    concept: Concept | None = None
+    images: list[Image] | None = None
+    expired_at: datetime | None = None
+
+
+class Job(_Model):
+    id: str
+    kind: str
+    status: str
+    concept_id: str | None = None
+    progress: Progress = Field(default_factory=Progress)
+    cancel_requested: bool = False
+    attempts: int = 0
+    request: dict[str, Any] = Field(default_factory=dict)
+    error: JobError | None = None
+    result: JobResult | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Succeeded, failed or canceled: the job will not change any more."""
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class ConceptCreated(_Model):
+    """The answer to `learn`: the pending concept and the job that learns it."""
+
+    concept: Concept
+    job: Job
+
+
+class Page(_Model):
+    total: int
+    limit: int
+    offset: int
+    next: str | None = None
+
+
+class ConceptsPage(Page):
+    data: list[Concept]
+
+
+class JobsPage(Page):
+    data: list[Job]
