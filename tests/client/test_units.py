@@ -1,0 +1,242 @@
+"""The client's logic without a server (httpx.MockTransport): retries and their pauses,
+idempotency keys, problems, configuration, the event stream parser, the polling fallback."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from mifo_client import (
+    Client,
+    InvalidRequestError,
+    JobNotSucceededError,
+    MifoConnectionError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+    WaitTimeoutError,
+)
+from mifo_client._core import Retry, SseParser
+
+JOB_ID = "0b7d5a52-3c6e-4f1a-8e0f-5d2f7f9c4e21"
+CONCEPT_ID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"
+
+
+def job(status: str = "queued", fraction: float | None = None, **more: object) -> dict:
+    return {
+        "id": JOB_ID, "kind": "synthesize", "status": status, "concept_id": CONCEPT_ID,
+        "progress": {"phase": None, "step": None, "total": None, "fraction": fraction,
+                     "eta_seconds": None},
+        "cancel_requested": False, "attempts": 1, "request": {}, "error": None,
+        "result": None, "created_at": "2025-01-01T12:30:00Z", "started_at": None,
+        "finished_at": None, "links": {}, "a_field_from_a_newer_server": 1, **more,
+    }  # fmt: skip
+
+
+def problem(status: int, code: str, **more: object) -> httpx.Response:
+    body = {"type": f"/problems/{code}", "title": code, "status": status, "detail": code, **more}
+    headers = {"content-type": "application/problem+json"}
+    if status in (429, 503):
+        headers["retry-after"] = "0.2"
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response], **options: object) -> Client:
+    return Client("http://mifo.test", transport=httpx.MockTransport(handler), **options)  # type: ignore[arg-type]
+
+
+def test_a_503_is_retried_after_retry_after_with_the_same_idempotency_key() -> None:
+    seen: list[tuple[float, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((time.monotonic(), request.headers.get("idempotency-key")))
+        if len(seen) < 3:
+            return problem(503, "database_unavailable")
+        return httpx.Response(202, json=job())
+
+    with client(handler, backoff=5) as c:
+        found = c.synthesize(CONCEPT_ID, "a photo of <asset0>", {"<asset0>": [0, 0, 1, 1]})
+    assert found.id == JOB_ID and found.a_field_from_a_newer_server == 1  # type: ignore[attr-defined]
+    assert len(seen) == 3 and len({key for _, key in seen}) == 1 and seen[0][1]
+    assert seen[1][0] - seen[0][0] >= 0.19 and seen[2][0] - seen[1][0] >= 0.19  # not backoff=5
+
+
+def test_each_post_gets_its_own_key() -> None:
+    keys: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        return httpx.Response(202, json=job("canceled"))
+
+    with client(handler) as c:
+        c.cancel(JOB_ID)
+        c.cancel(JOB_ID)
+    assert keys[0] and keys[1] and keys[0] != keys[1]
+
+
+def test_retries_are_bounded_and_the_last_answer_is_raised() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return problem(503, "broker_unavailable", fix="retry later")
+
+    with client(handler, retries=2) as c, pytest.raises(ServiceUnavailableError) as info:
+        c.job(JOB_ID)
+    assert len(calls) == 3 and info.value.status == 503 and info.value.fix == "retry later"
+    assert info.value.retry_after == pytest.approx(0.2)
+
+
+def test_connection_errors_are_retried_then_raised_as_mifo_connection_error() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ConnectError("refused", request=request)
+
+    with client(handler, retries=2, backoff=0.01) as c, pytest.raises(MifoConnectionError):
+        c.job(JOB_ID)
+    assert len(calls) == 3
+
+
+def test_a_key_still_in_use_is_retried_other_refusals_are_not() -> None:
+    answers = [problem(409, "idempotency_key_in_use"), httpx.Response(202, json=job("canceled"))]
+    with client(lambda r: answers.pop(0), backoff=0.01) as c:
+        assert c.cancel(JOB_ID).status == "canceled"
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return problem(422, "invalid_layout", field="boxes[<asset0>]", fix="use fractions")
+
+    with client(refuse) as c, pytest.raises(InvalidRequestError) as info:
+        c.synthesize(CONCEPT_ID, "p", {"<asset0>": [0, 0, 2, 1]})
+    assert len(calls) == 1 and info.value.field == "boxes[<asset0>]"
+    assert info.value.fix == "use fractions" and info.value.type == "/problems/invalid_layout"
+
+
+def test_an_answer_without_problem_json_still_raises_by_status() -> None:
+    broken = client(lambda r: httpx.Response(500, text="Internal Server Error"), retries=0)
+    with broken as c, pytest.raises(ServerError) as info:
+        c.job(JOB_ID)
+    assert info.value.status == 500 and "Internal" in info.value.detail
+
+
+def test_retry_pauses_back_off_exponentially_and_honour_an_http_date() -> None:
+    retry = Retry(retries=4, backoff=1, max_backoff=3)
+    assert all(0 <= retry.pause(0, None) <= 1 for _ in range(50))  # type: ignore[operator]
+    assert max(retry.pause(3, None) for _ in range(200)) <= 3  # type: ignore[type-var]
+    assert retry.pause(4, None) is None
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)
+    answer = httpx.Response(429, headers={"retry-after": later})
+    assert 8 <= retry.pause(0, answer) <= 10  # type: ignore[operator]
+    assert retry.pause(0, httpx.Response(400)) is None
+
+
+def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.path] = request.headers.get("authorization")
+        if request.url.path.startswith("/v1/artifacts/"):
+            return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n...")
+        image = {"index": 0, "seed": 0, "url": "http://mifo.test/v1/artifacts/a?signature=s",
+                 "preview_url": None}  # fmt: skip
+        return httpx.Response(200, json=job("succeeded", 1.0, result={"images": [image]}))
+
+    monkeypatch.setenv("MIFO_API_URL", "http://mifo.test/")
+    monkeypatch.setenv("MIFO_API_KEY", "mifo_secret")
+    with Client(transport=httpx.MockTransport(handler)) as c:
+        assert c.base_url == "http://mifo.test"
+        c.job(JOB_ID)
+    assert seen[f"/v1/jobs/{JOB_ID}"] == "Bearer mifo_secret"
+    monkeypatch.delenv("MIFO_API_URL")
+    monkeypatch.delenv("MIFO_API_KEY")
+    assert Client().base_url == "http://127.0.0.1:8000"
+
+
+def test_downloads_go_without_the_api_key_and_need_a_succeeded_job(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seen: dict[str, str | None] = {}
+    state = {"status": "succeeded"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.path] = request.headers.get("authorization")
+        if request.url.path.startswith("/v1/artifacts/"):
+            return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n...")
+        image = {"index": 0, "seed": 0, "url": "http://mifo.test/v1/artifacts/a?signature=s",
+                 "preview_url": "http://mifo.test/v1/artifacts/b?signature=s"}  # fmt: skip
+        return httpx.Response(200, json=job(state["status"], result={"images": [image]}))
+
+    with client(handler, api_key="k") as c:
+        saved = c.download(JOB_ID, tmp_path / "out", previews=True)
+        assert [p.name for p in saved] == [f"{JOB_ID}_image_00.png", f"{JOB_ID}_preview_00.png"]
+        assert seen[f"/v1/jobs/{JOB_ID}"] == "Bearer k" and seen["/v1/artifacts/a"] is None
+        state["status"] = "failed"
+        with pytest.raises(JobNotSucceededError):
+            c.download(JOB_ID, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in saved]
+
+
+def test_the_event_parser_joins_lines_and_skips_comments() -> None:
+    parser = SseParser()
+    lines = [": ping", "event: status", 'data: {"a":', "data: 1}", "id: 7", ""]
+    events = [e for e in map(parser.feed, lines) if e is not None]
+    assert len(events) == 1 and events[0].event == "status" and events[0].id == "7"
+    assert json.loads(events[0].data) == {"a": 1}
+    assert parser.feed("") is None
+
+
+def stream(*events: tuple[str, dict]) -> bytes:
+    return "".join(f"event: {k}\ndata: {json.dumps(d)}\nid: {i}\n\n" for i, (k, d) in
+                   enumerate(events)).encode()  # fmt: skip
+
+
+def test_wait_follows_the_stream_and_reports_each_change_once() -> None:
+    body = stream(("status", job("running")), ("progress", job("running", 0.5)),
+                  ("progress", job("running", 0.5)), ("status", job("succeeded", 1.0)))  # fmt: skip
+    headers = {"content-type": "text/event-stream"}
+    reported: list[float | None] = []
+    with client(lambda r: httpx.Response(200, content=body, headers=headers)) as c:
+        done = c.wait(JOB_ID, on_progress=lambda j: reported.append(j.progress.fraction))
+    assert done.succeeded and reported == [None, 0.5, 1.0]
+
+
+def test_wait_polls_when_the_stream_is_refused_or_ends_early() -> None:
+    polls = [job("running", 0.2), job("running", 0.2), job("succeeded", 1.0)]
+    early = stream(("status", job("running")))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, content=early, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=polls.pop(0))
+
+    reported: list[str] = []
+    with client(handler, poll_interval=0.01) as c:
+        done = c.wait(JOB_ID, on_progress=lambda j: reported.append(j.status))
+    assert done.succeeded and reported == ["running", "running", "succeeded"] and not polls
+    with client(lambda r: httpx.Response(502) if r.url.path.endswith("/events")
+                else httpx.Response(200, json=job("canceled")), retries=0) as c:  # fmt: skip
+        assert c.wait(JOB_ID).status == "canceled"
+
+
+def test_wait_gives_up_at_its_timeout_and_raises_for_a_deleted_job() -> None:
+    def running(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(503)
+        return httpx.Response(200, json=job("running"))
+
+    with client(running, poll_interval=0.05, retries=0) as c:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeoutError):
+            c.wait(JOB_ID, timeout=0.3)
+        assert time.monotonic() - started < 2
+    body = stream(("status", job("running")), ("deleted", {"id": JOB_ID}))
+    headers = {"content-type": "text/event-stream"}
+    deleted = client(lambda r: httpx.Response(200, content=body, headers=headers))
+    with deleted as c, pytest.raises(NotFoundError):
+        c.wait(JOB_ID)
