@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import redis
 from PIL import Image
 
 from tests.helpers.images import encode, make_scene
+from tests.helpers.wait import wait_until
 
 from .conftest import throwaway_postgres
 from .servers import free_port, s3_server
@@ -59,13 +59,12 @@ def processes(env: dict[str, str], logs: Path, *commands: list[str]) -> Iterator
 
 
 def wait_ready(base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"{base} never became ready")
+            return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        return False
+
+    wait_until(ready, timeout, f"{base} never became ready", interval=0.1)
 
 
 def follow(base: str, job_id: str, timeout: float = 300) -> list[tuple[str, dict[str, Any]]]:
@@ -84,13 +83,14 @@ def follow(base: str, job_id: str, timeout: float = 300) -> list[tuple[str, dict
 
 
 def poll(base: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=HEADERS).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish")
+    job: dict[str, Any] = {}
+
+    def ended() -> bool:
+        job.update(httpx.get(f"{base}/v1/jobs/{job_id}", headers=HEADERS).json())
+        return job["status"] in ("succeeded", "failed", "canceled")
+
+    wait_until(ended, timeout, f"job {job_id} did not finish", interval=0.1)
+    return job
 
 
 def png(url: str) -> Image.Image:
@@ -196,10 +196,9 @@ def test_embedded_mifo_serve(tmp_path: Path) -> None:
         result = whole_flow(base)
         assert result["images"][0]["url"].startswith(f"{base}/v1/artifacts/")
     assert (data / "mifo.db").is_file() and any((data / "objects").rglob("image_00.png"))
-    deadline = time.monotonic() + 30  # stopping `mifo serve` stops its worker too
-    while _with_env(f"MIFO_DATA_DIR={data.resolve()}"):
-        assert time.monotonic() < deadline, "the embedded worker outlived mifo serve"
-        time.sleep(0.5)
+    # Stopping `mifo serve` stops its worker too.
+    wait_until(lambda: not _with_env(f"MIFO_DATA_DIR={data.resolve()}"), 30,
+               "the embedded worker outlived mifo serve", interval=0.1)  # fmt: skip
 
 
 def _with_env(entry: str) -> list[int]:
