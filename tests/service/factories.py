@@ -92,9 +92,12 @@ def make_job(
     params: dict[str, Any] | None = None,
 ) -> Job:
     job = jobs.create_job(
-        session, tenant_id=concept.tenant_id, kind=kind, concept_id=concept.id,
+        session,
+        tenant_id=concept.tenant_id,
+        kind=kind,
+        concept_id=concept.id,
         params=params or {},
-    )  # fmt: skip
+    )
     job.status = status
     session.flush()
     return job

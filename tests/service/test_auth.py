@@ -43,9 +43,15 @@ def test_requests_without_a_valid_key_are_401(
     with TestClient(create_app(settings)) as c:
         # The status poll authenticates without FastAPI's dependencies: it must answer alike.
         for path in ("/v1/jobs", f"/v1/jobs/{job.id}"):
-            for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
-                            {"Authorization": "Bearer "}, bearer("mifo_kdeadbeef.nope"),
-                            bearer("not-a-key"), bearer(api_key + "x")):  # fmt: skip
+            for headers in (
+                {},
+                {"Authorization": "Basic abc"},
+                {"Authorization": "Bearer"},
+                {"Authorization": "Bearer "},
+                bearer("mifo_kdeadbeef.nope"),
+                bearer("not-a-key"),
+                bearer(api_key + "x"),
+            ):
                 r = c.get(path, headers=headers)
                 assert r.status_code == 401, (path, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
@@ -87,13 +93,17 @@ def test_another_tenants_resources_are_404_like_missing_ones(
     assert client.get(f"/v1/jobs/{job.id}", headers=theirs).status_code == 200
     missing = "00000000-0000-4000-8000-000000000000"
     for method, path in (
-        ("GET", f"/v1/concepts/{concept.id}"), ("DELETE", f"/v1/concepts/{concept.id}"),
-        ("GET", f"/v1/jobs/{job.id}"), ("POST", f"/v1/jobs/{job.id}/cancel"),
-        ("GET", f"/v1/jobs/{job.id}/events"), ("GET", f"/v1/jobs/{job.id}/webhooks"),
-    ):  # fmt: skip
+        ("GET", f"/v1/concepts/{concept.id}"),
+        ("DELETE", f"/v1/concepts/{concept.id}"),
+        ("GET", f"/v1/jobs/{job.id}"),
+        ("POST", f"/v1/jobs/{job.id}/cancel"),
+        ("GET", f"/v1/jobs/{job.id}/events"),
+        ("GET", f"/v1/jobs/{job.id}/webhooks"),
+    ):
         mine = client.request(method, path)
-        gone = client.request(method, path.replace(str(concept.id), missing).replace(
-            str(job.id), missing))  # fmt: skip
+        gone = client.request(
+            method, path.replace(str(concept.id), missing).replace(str(job.id), missing)
+        )
         assert mine.status_code == gone.status_code == 404, (method, path)
         assert mine.json()["type"] == gone.json()["type"]
     body = {"prompt": "<asset0>", "boxes": {"<asset0>": [0.1, 0.1, 0.5, 0.5]}}
@@ -147,15 +157,24 @@ def test_webhook_secret_route(client: TestClient, settings: Settings) -> None:
 
 @pytest.mark.parametrize(
     ("embedded", "host", "require", "anonymous"),
-    [(True, "127.0.0.1", False, True), (True, "0.0.0.0", False, False),
-     (True, "::1", True, False), (False, "127.0.0.1", False, False)],
-)  # fmt: skip
+    [
+        (True, "127.0.0.1", False, True),
+        (True, "0.0.0.0", False, False),
+        (True, "::1", True, False),
+        (False, "127.0.0.1", False, False),
+    ],
+)
 def test_keys_are_optional_only_embedded_on_loopback(
-    settings: Settings, embedded: bool, host: str, require: bool, anonymous: bool,
+    settings: Settings,
+    embedded: bool,
+    host: str,
+    require: bool,
+    anonymous: bool,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
-    s = settings.model_copy(update={"embedded": embedded, "bind_host": host,
-                                    "require_api_keys": require})  # fmt: skip
+) -> None:
+    s = settings.model_copy(
+        update={"embedded": embedded, "bind_host": host, "require_api_keys": require}
+    )
     with caplog.at_level("INFO", "mifo"), TestClient(create_app(s)) as c:
         assert (c.get("/v1/jobs").status_code == 200) is anonymous
     said = "API keys are NOT required" if anonymous else "API keys required"
@@ -170,8 +189,14 @@ def test_mifo_keys_create_list_revoke(settings: Settings) -> None:
     }
 
     def mifo(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mifo_cli", "keys", *args], env=env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "mifo_cli", "keys", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     made = mifo("create", "--tenant", "acme")
     assert made.returncode == 0, made.stderr

@@ -109,8 +109,11 @@ def test_each_service_runs_a_real_command_with_valid_settings(
         assert settings.device.startswith("cuda") and "gpu" in devices[0]["capabilities"]
     if settings.storage_url and settings.storage_url.startswith("s3://"):
         bucket = urlsplit(settings.storage_url).hostname
-        made = [s for s in SERVICES.values() if f"mb --ignore-existing local/{bucket}" in
-                str(s.get("command"))]  # fmt: skip
+        made = [
+            s
+            for s in SERVICES.values()
+            if f"mb --ignore-existing local/{bucket}" in str(s.get("command"))
+        ]
         assert made, f"no service creates the bucket {bucket}"
 
 

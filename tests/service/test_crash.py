@@ -48,11 +48,17 @@ class Stack:
         self.base = f"http://127.0.0.1:{self.port}"
         proxied = db.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         self.env = {
-            **os.environ, "MIFO_DATABASE_URL": db, "MIFO_BROKER_URL": broker,
-            "MIFO_STORAGE_URL": (tmp / "objects").as_uri(), "MIFO_BASE_MODEL": "tiny",
-            "MIFO_DEVICE": "cpu", "MIFO_PROGRESS_INTERVAL": "0.2", "MIFO_DATA_DIR": str(tmp),
-            "MIFO_URL_SIGNING_KEY": "test-signing", "TMPDIR": str(tmp),
-        }  # fmt: skip
+            **os.environ,
+            "MIFO_DATABASE_URL": db,
+            "MIFO_BROKER_URL": broker,
+            "MIFO_STORAGE_URL": (tmp / "objects").as_uri(),
+            "MIFO_BASE_MODEL": "tiny",
+            "MIFO_DEVICE": "cpu",
+            "MIFO_PROGRESS_INTERVAL": "0.2",
+            "MIFO_DATA_DIR": str(tmp),
+            "MIFO_URL_SIGNING_KEY": "test-signing",
+            "TMPDIR": str(tmp),
+        }
         self.api_env = {**self.env, "MIFO_DATABASE_URL": proxied}
         self.storage = LocalStorage(tmp / "objects")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -60,8 +66,9 @@ class Stack:
         self.sessions = make_sessionmaker(engine)
         with session_scope(self.sessions) as s:
             _, key = auth.create_key(s, tenant=auth.get_or_create_tenant(s, "crash")[0])
-        self.http = httpx.Client(base_url=self.base, timeout=30,
-                                 headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        self.http = httpx.Client(
+            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
 
     def start(self, name: str, *args: str) -> None:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
@@ -96,8 +103,12 @@ class Stack:
         image, masks = make_scene()
         files = [("image", ("s.png", encode(image), "image/png"))]
         files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
-        options = {"phase1_steps": steps, "phase2_steps": 1, "reward_steps": 1,
-                   "diagnostic_timesteps": [100]}  # fmt: skip
+        options = {
+            "phase1_steps": steps,
+            "phase2_steps": 1,
+            "reward_steps": 1,
+            "diagnostic_timesteps": [100],
+        }
         r = self.http.post("/v1/concepts", files=files, data={"options": json.dumps(options)})
         assert r.status_code == 202, r.text
         return r.json()
@@ -206,8 +217,19 @@ def test_queued_jobs_survive_a_broker_restarted_without_persistence(tmp_path: Pa
     """Three jobs wait in a Redis that keeps nothing on disk; Redis restarts and they are
     gone from it. Once a worker is back, they run within a minute."""
     port = free_port()
-    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+    redis_cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
     server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     broker = f"redis://127.0.0.1:{port}/0"
     _wait_for_redis(broker)
@@ -303,8 +325,10 @@ def test_deleting_a_concept_while_syntheses_are_submitted_never_answers_503(
     stack.api()
     with session_scope(stack.sessions) as s:
         concept_id = make_concept(s, tenant="crash").id
-    body = {"prompt": "<asset0> and <asset1>", "boxes": {"<asset0>": [0.0, 0.0, 0.5, 0.5],
-            "<asset1>": [0.5, 0.5, 1.0, 1.0]}}  # fmt: skip
+    body = {
+        "prompt": "<asset0> and <asset1>",
+        "boxes": {"<asset0>": [0.0, 0.0, 0.5, 0.5], "<asset1>": [0.5, 0.5, 1.0, 1.0]},
+    }
 
     def submit(_: int) -> int:
         return stack.http.post(f"/v1/concepts/{concept_id}/syntheses", json=body).status_code
@@ -410,16 +434,26 @@ def test_mifo_serve_stops_within_10_s_on_ctrl_c_and_finishes_the_job_after_a_res
     """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the server
     and its worker. The running job goes back to the queue and runs after a restart."""
     port = free_port()
-    env = {**os.environ, "MIFO_DATA_DIR": str(tmp_path / "data"), "MIFO_BASE_MODEL": "tiny",
-           "MIFO_PROGRESS_INTERVAL": "0.2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MIFO_DATA_DIR": str(tmp_path / "data"),
+        "MIFO_BASE_MODEL": "tiny",
+        "MIFO_PROGRESS_INTERVAL": "0.2",
+    }
     for name in ("MIFO_DATABASE_URL", "MIFO_BROKER_URL", "MIFO_STORAGE_URL", "MIFO_EVENTS_URL"):
         env.pop(name, None)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 
     def serve(n: int) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"serve{n}.log", "ab")  # noqa: SIM115 - lives with the process
-        proc = subprocess.Popen([*MIFO, "serve", "--port", str(port)], env=env, cwd=ROOT,
-                                stdout=log, stderr=log, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [*MIFO, "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -433,8 +467,12 @@ def test_mifo_serve_stops_within_10_s_on_ctrl_c_and_finishes_the_job_after_a_res
         image, masks = make_scene()
         files = [("image", ("s.png", encode(image), "image/png"))]
         files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
-        options = {"phase1_steps": 150, "phase2_steps": 1, "reward_steps": 1,
-                   "diagnostic_timesteps": [100]}  # fmt: skip
+        options = {
+            "phase1_steps": 150,
+            "phase2_steps": 1,
+            "reward_steps": 1,
+            "diagnostic_timesteps": [100],
+        }
         r = http.post("/v1/concepts", files=files, data={"options": json.dumps(options)})
         assert r.status_code == 202, r.text
         job_id = r.json()["job"]["id"]
@@ -476,8 +514,19 @@ def test_a_real_api_process_holds_its_request_limits(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
-    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+    redis_cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
     server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     limits_url = f"redis://127.0.0.1:{port}/0"
     _wait_for_redis(limits_url)

@@ -70,8 +70,9 @@ def wait_ready(base: str, timeout: float = 120) -> None:
 def follow(base: str, job_id: str, timeout: float = 300) -> list[tuple[str, dict[str, Any]]]:
     """Read the job's event stream to its end."""
     seen = []
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout,
-                      headers=HEADERS) as r:  # fmt: skip
+    with httpx.stream(
+        "GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout, headers=HEADERS
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         kind = ""
         for line in r.iter_lines():
@@ -119,14 +120,21 @@ def whole_flow(base: str) -> dict[str, Any]:
     assert "running" in statuses and any(k == "progress" for k, _ in events)
     concept = events[-1][1]["result"]["concept"]
     assert concept["status"] == "ready" and [t["name"] for t in concept["tokens"]] == [
-        "left blob", "right blob",
-    ]  # fmt: skip
+        "left blob",
+        "right blob",
+    ]
     for token in concept["tokens"]:
         png(token["attention_map"])
     assert png(concept["inputs"]["masks"][1]).size == masks[1].size
 
-    body = {"prompt": "a photo of <asset0> and <asset1> on grass", "boxes": BOXES,
-            "num_images": 2, "seed": 5, "steps": 2, "options": {"max_guidance_iters": 1}}  # fmt: skip
+    body = {
+        "prompt": "a photo of <asset0> and <asset1> on grass",
+        "boxes": BOXES,
+        "num_images": 2,
+        "seed": 5,
+        "steps": 2,
+        "options": {"max_guidance_iters": 1},
+    }
     r = httpx.post(
         f"{base}/v1/concepts/{concept_id}/syntheses", json=body, timeout=30, headers=HEADERS
     )
@@ -165,8 +173,13 @@ def test_production_processes_postgres_redis_s3(tmp_path: Path) -> None:
         assert refused.returncode == 2 and "mifo migrate" in refused.stderr
         migrated = subprocess.run([*MIFO, "migrate"], env=env, cwd=ROOT, capture_output=True)
         assert migrated.returncode == 0, migrated.stderr
-        made = subprocess.run([*MIFO, "keys", "create", "--tenant", "e2e"], env=env, cwd=ROOT,
-                              capture_output=True, text=True)  # fmt: skip
+        made = subprocess.run(
+            [*MIFO, "keys", "create", "--tenant", "e2e"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         HEADERS["Authorization"] = "Bearer " + made.stdout.strip().splitlines()[-1]
         try:
             with processes(env, tmp_path, [*MIFO, "api", "--port", str(port)], [*MIFO, "worker"]):
@@ -197,8 +210,12 @@ def test_embedded_mifo_serve(tmp_path: Path) -> None:
         assert result["images"][0]["url"].startswith(f"{base}/v1/artifacts/")
     assert (data / "mifo.db").is_file() and any((data / "objects").rglob("image_00.png"))
     # Stopping `mifo serve` stops its worker too.
-    wait_until(lambda: not _with_env(f"MIFO_DATA_DIR={data.resolve()}"), 30,
-               "the embedded worker outlived mifo serve", interval=0.1)  # fmt: skip
+    wait_until(
+        lambda: not _with_env(f"MIFO_DATA_DIR={data.resolve()}"),
+        30,
+        "the embedded worker outlived mifo serve",
+        interval=0.1,
+    )
 
 
 def _with_env(entry: str) -> list[int]:

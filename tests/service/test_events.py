@@ -48,10 +48,10 @@ def _drive(settings: Settings, job_id: object, publish: bool, seen: list) -> thr
             lambda s: jobs.start(s, job_id=job_id, lease_seconds=LEASE),
             lambda s: jobs.record_progress(
                 s, job_id=job_id, phase="phase1", step=1, total=2, fraction=0.5, eta_seconds=1.0
-            ),  # fmt: skip
+            ),
             lambda s: jobs.record_progress(
                 s, job_id=job_id, phase="phase1", step=2, total=2, fraction=1.0, eta_seconds=0.0
-            ),  # fmt: skip
+            ),
             lambda s: jobs.finish(s, job_id=job_id, status="succeeded", result={"images": []}),
         ]
         for i, step in enumerate(steps):

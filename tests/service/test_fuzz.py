@@ -36,9 +36,11 @@ schema.location = "/openapi.json"
 # What must hold for any input. Not "schema-valid data is accepted": random bytes pass the
 # schema's `format: binary` but are no image, and a 422 naming the field is right for them.
 CHECKS = [
-    not_a_server_error, status_code_conformance, content_type_conformance,
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
     response_schema_conformance,
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, 
 
 
 @schema.exclude(path_regex="/events$").parametrize()  # an endless stream for a queued job
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_server_errors_and_responses_match_the_schema(
     case: Any, served: tuple[FastAPI, str]
 ) -> None:

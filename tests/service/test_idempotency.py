@@ -35,8 +35,9 @@ def _concept(client: TestClient, key: str, names: str = "a, b"):  # type: ignore
     image, masks = scene()
     files = [("image", ("s.png", image, "image/png"))]
     files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
-    return client.post("/v1/concepts", files=files, data={"names": names},
-                       headers={"Idempotency-Key": key})  # fmt: skip
+    return client.post(
+        "/v1/concepts", files=files, data={"names": names}, headers={"Idempotency-Key": key}
+    )
 
 
 def test_concept_post_replays_and_refuses_another_body(
@@ -136,9 +137,13 @@ def test_an_abandoned_claim_is_taken_over_by_one_retry_only(
     session.execute(
         update(IdempotencyKey)
         .where(IdempotencyKey.key == "crashed")
-        .values(job_id=None, status_code=None, response=None,
-                created_at=utcnow() - timedelta(seconds=120))
-    )  # fmt: skip
+        .values(
+            job_id=None,
+            status_code=None,
+            response=None,
+            created_at=utcnow() - timedelta(seconds=120),
+        )
+    )
     session.commit()
     assert _count(session, Job) == 0
 

@@ -83,8 +83,10 @@ def test_control_and_bidi_characters_are_refused_in_the_prompt(
 ) -> None:
     concept = make_concept(session)
     session.commit()
-    r = client.post(f"/v1/concepts/{concept.id}/syntheses",
-                    json={"prompt": f"<asset0> on{char} a beach", "boxes": BOX})  # fmt: skip
+    r = client.post(
+        f"/v1/concepts/{concept.id}/syntheses",
+        json={"prompt": f"<asset0> on{char} a beach", "boxes": BOX},
+    )
     body = _problem(r, 422, "prompt")
     assert f"U+{ord(char):04X}" in body["detail"] and "control" in body["fix"], body
     assert _stored(session) == 1
@@ -133,10 +135,16 @@ def test_a_wrong_method_answers_405_with_allow(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("address", "public"),
-    [("64:ff9b:1::a00:1", False), ("64:ff9b:1::7f00:1", False), ("64:ff9b:1::c0a8:105", False),
-     ("64:ff9b:1:ab::a9fe:a9fe", False), ("64:ff9b::a00:1", False),
-     ("64:ff9b:1::5db8:d822", True), ("64:ff9b::5db8:d822", True)],
-)  # fmt: skip
+    [
+        ("64:ff9b:1::a00:1", False),
+        ("64:ff9b:1::7f00:1", False),
+        ("64:ff9b:1::c0a8:105", False),
+        ("64:ff9b:1:ab::a9fe:a9fe", False),
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1::5db8:d822", True),
+        ("64:ff9b::5db8:d822", True),
+    ],
+)
 def test_nat64_addresses_are_judged_by_their_ipv4(
     monkeypatch: pytest.MonkeyPatch, address: str, public: bool
 ) -> None:

@@ -27,8 +27,12 @@ def test_happy_path_records_times_progress_and_duration(session: Session) -> Non
     assert jobs.finish(session, job_id=job.id, status="succeeded", result={"ok": 1})
     job = _fresh(session, job)
     assert (job.status, job.phase, job.step, job.fraction, job.result) == (
-        "succeeded", "phase1", 3, 1.0, {"ok": 1},
-    )  # fmt: skip
+        "succeeded",
+        "phase1",
+        3,
+        1.0,
+        {"ok": 1},
+    )
     assert job.started_at <= job.finished_at and job.duration_seconds >= 0
     assert job.finished_at.tzinfo is not None
 
@@ -113,5 +117,6 @@ def test_counts_by_kind_and_status(session: Session) -> None:
     make_job(session, concept, kind="synthesize", status="failed")
     session.commit()
     assert sorted(jobs.count_by_kind_status(session)) == [
-        ("learn", "queued", 2), ("synthesize", "failed", 1),
-    ]  # fmt: skip
+        ("learn", "queued", 2),
+        ("synthesize", "failed", 1),
+    ]

@@ -102,9 +102,12 @@ def test_instances_and_learning_steps(settings: Settings, session: Session, api_
 
 @pytest.mark.parametrize(
     ("field", "value", "setting"),
-    [("num_images", 3, "max_images_per_synthesis"), ("steps", 21, "max_synthesis_steps"),
-     ("prompt", "<asset0> " + "x" * 40, "max_prompt_chars")],
-)  # fmt: skip
+    [
+        ("num_images", 3, "max_images_per_synthesis"),
+        ("steps", 21, "max_synthesis_steps"),
+        ("prompt", "<asset0> " + "x" * 40, "max_prompt_chars"),
+    ],
+)
 def test_synthesis_limits(
     settings: Settings, session: Session, api_key: str, field: str, value: object, setting: str
 ) -> None:
@@ -146,8 +149,9 @@ def test_rate_limit_is_shared_by_api_processes_through_redis(
     settings: Settings, api_key: str
 ) -> None:
     url = "redis://127.0.0.1:6379/14"
-    s = settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 4,
-                                    "rate_limit_url": url})  # fmt: skip
+    s = settings.model_copy(
+        update={"rate_limit_per_second": 0.5, "rate_limit_burst": 4, "rate_limit_url": url}
+    )
     try:
         with (
             TestClient(create_app(s), headers=bearer(api_key)) as a,
@@ -210,8 +214,10 @@ def test_concurrent_posts_do_not_exceed_the_active_jobs(
             if i % 2:
                 r = _post(c, image, masks)
             else:
-                r = c.post(f"/v1/concepts/{concept.id}/syntheses",
-                           json={"prompt": "<asset0>", "boxes": BOX})  # fmt: skip
+                r = c.post(
+                    f"/v1/concepts/{concept.id}/syntheses",
+                    json={"prompt": "<asset0>", "boxes": BOX},
+                )
             if r.status_code == 429:
                 _problem(r, 429, "tenant")
             codes.append(r.status_code)
@@ -335,8 +341,10 @@ def test_a_real_server_answers_413_before_the_body_arrives(
         "POST /v1/concepts HTTP/1.1\r\nHost: test\r\n"
         f"Authorization: Bearer {api_key}\r\nContent-Type: {MULTIPART['content-type']}\r\n"
     )
-    part = (b'--b0und\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n")  # fmt: skip
+    part = (
+        b'--b0und\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
     with _serving(s) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(f"{head}Content-Length: {300 << 20}\r\n\r\n".encode())

@@ -23,9 +23,17 @@ from .conftest import throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
-    "alembic_version", "artifacts", "concepts", "jobs", "tenants", "api_keys",
-    "idempotency_keys", "webhook_deliveries", "webhook_attempts", "storage_cleanups",
-}  # fmt: skip
+    "alembic_version",
+    "artifacts",
+    "concepts",
+    "jobs",
+    "tenants",
+    "api_keys",
+    "idempotency_keys",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "storage_cleanups",
+}
 
 
 def test_postgres_upgrade_from_empty_and_downgrade_back() -> None:
@@ -48,11 +56,13 @@ def test_rows_from_before_tenants_go_to_a_default_tenant(tmp_path: Path) -> None
     upgrade(url, "0001")
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO concepts (id, status, base_model, names, options, width, height, "
-            "created_at, updated_at) VALUES ('0b7d5a523c6e4f1a8e0f5d2f7f9c4e21', 'ready', 'tiny', "
-            "'[]', '{}', 64, 64, '2025-01-01', '2025-01-01')"
-        ))  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO concepts (id, status, base_model, names, options, width, height, "
+                "created_at, updated_at) VALUES ('0b7d5a523c6e4f1a8e0f5d2f7f9c4e21', 'ready', 'tiny', "
+                "'[]', '{}', 64, 64, '2025-01-01', '2025-01-01')"
+            )
+        )
     upgrade(url)
     with engine.connect() as conn:
         tenant = conn.execute(text("SELECT id, name FROM tenants")).one()
@@ -119,8 +129,9 @@ def test_upgrades_and_downgrades_keep_related_rows(backend: str, tmp_path: Path)
 def test_models_match_migrations(request: pytest.FixtureRequest, backend: str) -> None:
     engine = make_engine(request.getfixturevalue(f"{backend}_url"))
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                Base.metadata)  # fmt: skip
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     engine.dispose()
     assert diff == []
 
@@ -133,10 +144,14 @@ def test_api_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
 def test_mifo_commands_refuse_then_migrate(tmp_path: Path) -> None:
     env = {"MIFO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    cli = [sys.executable, "-c", "import sys, mifo_cli.service as s, argparse; "
-           "p = argparse.ArgumentParser(); s.register(p.add_subparsers()); "
-           "a = p.parse_args(sys.argv[1:]); "
-           "sys.exit(a.func(a))"]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-c",
+        "import sys, mifo_cli.service as s, argparse; "
+        "p = argparse.ArgumentParser(); s.register(p.add_subparsers()); "
+        "a = p.parse_args(sys.argv[1:]); "
+        "sys.exit(a.func(a))",
+    ]
     refused = subprocess.run([*cli, "worker"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "Run `mifo migrate`" in refused.stderr
     done = subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True)

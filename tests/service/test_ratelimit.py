@@ -38,10 +38,20 @@ def db_url(postgres_url: str) -> str:
 def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server of this test's own on `port`, keeping nothing on disk."""
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
 
     def answers() -> bool:
@@ -80,8 +90,13 @@ def test_a_fresh_key_sends_its_whole_burst_at_once_and_no_more(
     settings: Settings, api_key: str, where: str
 ) -> None:
     # A 20 s window (40 at 2/s), so that a slow machine still sends the 41st inside it.
-    s = settings.model_copy(update={"rate_limit_per_second": 2, "rate_limit_burst": 40,
-                                    "rate_limit_url": SHARED if where == "redis" else None})  # fmt: skip
+    s = settings.model_copy(
+        update={
+            "rate_limit_per_second": 2,
+            "rate_limit_burst": 40,
+            "rate_limit_url": SHARED if where == "redis" else None,
+        }
+    )
     try:
         with TestClient(create_app(s), headers=bearer(api_key)) as c:
             codes = _at_once(c, 40)
@@ -129,13 +144,20 @@ def test_window_is_whole_seconds_never_above_the_rate() -> None:
 
 
 def test_a_redis_outage_admits_requests_with_one_warning_then_limits_resume(
-    settings: Settings, api_key: str, caplog: pytest.LogCaptureFixture,
+    settings: Settings,
+    api_key: str,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setattr(ratelimit, "RETRY_SECONDS", 0.2)
     port = free_port()
-    s = settings.model_copy(update={"rate_limit_per_second": 0.1, "rate_limit_burst": 3,
-                                    "rate_limit_url": f"redis://127.0.0.1:{port}/0"})  # fmt: skip
+    s = settings.model_copy(
+        update={
+            "rate_limit_per_second": 0.1,
+            "rate_limit_burst": 3,
+            "rate_limit_url": f"redis://127.0.0.1:{port}/0",
+        }
+    )
     caplog.set_level(logging.INFO, logger="core.ratelimit")
 
     def records(level: int) -> list[logging.LogRecord]:

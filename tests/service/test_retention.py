@@ -34,8 +34,9 @@ def _old_synthesis(session: Session, settings: Settings, age: float) -> tuple:
     job = make_job(session, concept, kind="synthesize", status="running")
     art = make_artifact(session, concept, job, "image", 0)
     art.key = f"{concept.prefix}syntheses/{job.id}/image_00.png"
-    jobs.finish(session, job_id=job.id, status="succeeded",
-                result={"images": [{"index": 0, "seed": 0}]})  # fmt: skip
+    jobs.finish(
+        session, job_id=job.id, status="succeeded", result={"images": [{"index": 0, "seed": 0}]}
+    )
     job.finished_at = utcnow() - timedelta(seconds=age)
     session.commit()
     storage.put(art.key, b"png")

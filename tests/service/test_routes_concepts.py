@@ -241,9 +241,14 @@ def test_list_offset_is_bounded(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    ['{"lambda_rec": NaN}', '{"lr": Infinity}', '{"mask_threshold": -Infinity}',
-     '{"lr": 1e999}', '{"init_words": ["box", NaN]}'],
-)  # fmt: skip
+    [
+        '{"lambda_rec": NaN}',
+        '{"lr": Infinity}',
+        '{"mask_threshold": -Infinity}',
+        '{"lr": 1e999}',
+        '{"init_words": ["box", NaN]}',
+    ],
+)
 def test_non_finite_numbers_in_options_are_422(
     client: TestClient, session: Session, settings: Settings, options: str
 ) -> None:
@@ -280,8 +285,11 @@ def test_cmyk_jpeg_image_and_mask_are_stored_as_png_meaning_the_same(
     cmyk = _jpeg(Image.open(io.BytesIO(image)).convert("CMYK"))
     cmyk_mask = _jpeg(Image.open(io.BytesIO(masks[1])).convert("CMYK"))
     assert Image.open(io.BytesIO(cmyk)).mode == Image.open(io.BytesIO(cmyk_mask)).mode == "CMYK"
-    files = [("image", ("s.jpg", cmyk, "image/jpeg")), ("masks", ("m0.png", masks[0], "image/png")),
-             ("masks", ("m1.jpg", cmyk_mask, "image/jpeg"))]  # fmt: skip
+    files = [
+        ("image", ("s.jpg", cmyk, "image/jpeg")),
+        ("masks", ("m0.png", masks[0], "image/png")),
+        ("masks", ("m1.jpg", cmyk_mask, "image/jpeg")),
+    ]
     r = client.post("/v1/concepts", files=files)
     assert r.status_code == 202, r.text
     inputs = r.json()["concept"]["inputs"]
@@ -329,10 +337,12 @@ def test_mask_without_a_greyscale_reading_is_422(
     with TestClient(create_app(tiff), headers=bearer(api_key)) as client:
         r = client.post(
             "/v1/concepts",
-            files=[("image", ("s.png", image, "image/png")),
-                   ("masks", ("m0.png", masks[0], "image/png")),
-                   ("masks", ("m1.tif", lab.getvalue(), "image/tiff"))],
-        )  # fmt: skip
+            files=[
+                ("image", ("s.png", image, "image/png")),
+                ("masks", ("m0.png", masks[0], "image/png")),
+                ("masks", ("m1.tif", lab.getvalue(), "image/tiff")),
+            ],
+        )
     assert r.status_code == 422, r.text
     problem = r.json()
     assert problem["field"] == "masks[1]" and problem["fix"]

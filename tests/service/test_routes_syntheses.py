@@ -142,9 +142,10 @@ def test_a_concept_deleted_while_the_job_is_created_is_404(
 
     monkeypatch.setattr(submissions, "check_capacity", deleted_meanwhile)
     r = client.post(
-        f"/v1/concepts/{concept.id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES},
+        f"/v1/concepts/{concept.id}/syntheses",
+        json={"prompt": PROMPT, "boxes": BOXES},
         headers={"Idempotency-Key": "gone"},
-    )  # fmt: skip
+    )
     missing = _post(client, "00000000-0000-0000-0000-000000000000")
     assert r.status_code == missing.status_code == 404, r.text
     assert r.json()["type"] == missing.json()["type"] == "/problems/not_found"
@@ -211,14 +212,18 @@ def test_a_concept_deleted_at_the_job_insert(
 
 @pytest.mark.parametrize(
     ("member", "field"),
-    [('"options": {"eta": NaN}', "options.eta"),
-     ('"options": {"alpha_max": Infinity}', "options.alpha_max"),
-     ('"options": {"loss_threshold": -Infinity}', "options.loss_threshold"),
-     ('"options": {"ca_mask_offset": 1e999}', "options.ca_mask_offset"),
-     ('"guidance_scale": NaN', "guidance_scale"),
-     ('"boxes": {"<asset0>": [NaN, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}',
-      "boxes.<asset0>[0]")],
-)  # fmt: skip
+    [
+        ('"options": {"eta": NaN}', "options.eta"),
+        ('"options": {"alpha_max": Infinity}', "options.alpha_max"),
+        ('"options": {"loss_threshold": -Infinity}', "options.loss_threshold"),
+        ('"options": {"ca_mask_offset": 1e999}', "options.ca_mask_offset"),
+        ('"guidance_scale": NaN', "guidance_scale"),
+        (
+            '"boxes": {"<asset0>": [NaN, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}',
+            "boxes.<asset0>[0]",
+        ),
+    ],
+)
 def test_non_finite_numbers_are_422_naming_the_field(
     client: TestClient, session: Session, member: str, field: str
 ) -> None:

@@ -151,8 +151,10 @@ def test_failures_are_retried_with_backoff_and_recorded(
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202  # queued: completed
         (row,) = _deliveries(client, job_id, 1)
     assert row["status"] == "delivered" and [a["status_code"] for a in row["attempts"]] == [
-        500, 500, 204,
-    ]  # fmt: skip
+        500,
+        500,
+        204,
+    ]
     at = [datetime.fromisoformat(a["created_at"]) for a in row["attempts"]]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
     backoff = settings.webhook_backoff_seconds
@@ -182,10 +184,14 @@ def test_attempts_are_bounded(settings: Settings, api_key: str) -> None:
 
 @pytest.mark.parametrize(
     ("url", "events", "field"),
-    [("http://10.1.2.3/x", None, "webhook_url"), ("http://169.254.169.254/", None, "webhook_url"),
-     ("http://localhost:9/x", None, "webhook_url"), ("ftp://example.com/", None, "webhook_url"),
-     ("http://127.0.0.1:9/x", "started,finished", "webhook_events")],
-)  # fmt: skip
+    [
+        ("http://10.1.2.3/x", None, "webhook_url"),
+        ("http://169.254.169.254/", None, "webhook_url"),
+        ("http://localhost:9/x", None, "webhook_url"),
+        ("ftp://example.com/", None, "webhook_url"),
+        ("http://127.0.0.1:9/x", "started,finished", "webhook_events"),
+    ],
+)
 def test_unsafe_targets_and_unknown_events_are_422(
     client: TestClient, settings: Settings, url: str, events: str | None, field: str
 ) -> None:
@@ -406,9 +412,14 @@ def test_a_dns_failure_at_delivery_is_retried_with_backoff(
 
     concept = make_concept(session)
     job = jobs.create_job(
-        session, tenant_id=concept.tenant_id, kind="learn", concept_id=concept.id, params={},
-        webhook_url="https://hooks.example/x", webhook_events=["completed"],
-    )  # fmt: skip
+        session,
+        tenant_id=concept.tenant_id,
+        kind="learn",
+        concept_id=concept.id,
+        params={},
+        webhook_url="https://hooks.example/x",
+        webhook_events=["completed"],
+    )
     assert webhooks.emit(session, job.id, "completed")
     session.commit()
 

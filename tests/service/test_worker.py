@@ -238,8 +238,16 @@ def test_a_superseded_attempt_cannot_record_an_outcome(
         first = jobs.start(s, job_id=job_id, lease_seconds=LEASE).attempts  # type: ignore[union-attr]
         lose_worker(s, job_id)  # its lease lapsed (the worker was cut off, still running)
         jobs.start(s, job_id=job_id, lease_seconds=LEASE)  # ... and another worker took it
-        assert not jobs.record_progress(s, job_id=job_id, phase="p", step=1, total=2,
-                                        fraction=0.5, eta_seconds=None, attempt=first)  # fmt: skip
+        assert not jobs.record_progress(
+            s,
+            job_id=job_id,
+            phase="p",
+            step=1,
+            total=2,
+            fraction=0.5,
+            eta_seconds=None,
+            attempt=first,
+        )
         assert not jobs.finish(s, job_id=job_id, status="succeeded", result={}, attempt=first)
 
 
@@ -258,8 +266,9 @@ def test_a_superseded_attempt_stops_uploading_and_never_touches_the_new_files(
     folder.mkdir()
 
     def claimed(attempt: int) -> Claimed:
-        return Claimed(job_id, "learn", {}, concept_id, [], f"concepts/{concept_id}/", "",
-                       attempt, 0.0)  # fmt: skip
+        return Claimed(
+            job_id, "learn", {}, concept_id, [], f"concepts/{concept_id}/", "", attempt, 0.0
+        )
 
     old, new = claimed(first), claimed(first + 1)
     assert old.files != new.files and old.files.startswith(old.output)
