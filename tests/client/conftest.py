@@ -34,8 +34,12 @@ def serve(data: Path, **env: str) -> Iterator[str]:
     command = [sys.executable, "-m", "mifo_cli", "serve", "--base-model", "tiny"]
     proc = subprocess.Popen(
         [*command, "--port", str(port)],
-        env=clean, cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+        env=clean,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

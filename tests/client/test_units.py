@@ -29,13 +29,29 @@ CONCEPT_ID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"
 
 def job(status: str = "queued", fraction: float | None = None, **more: object) -> dict:
     return {
-        "id": JOB_ID, "kind": "synthesize", "status": status, "concept_id": CONCEPT_ID,
-        "progress": {"phase": None, "step": None, "total": None, "fraction": fraction,
-                     "eta_seconds": None},
-        "cancel_requested": False, "attempts": 1, "request": {}, "error": None,
-        "result": None, "created_at": "2025-01-01T12:30:00Z", "started_at": None,
-        "finished_at": None, "links": {}, "a_field_from_a_newer_server": 1, **more,
-    }  # fmt: skip
+        "id": JOB_ID,
+        "kind": "synthesize",
+        "status": status,
+        "concept_id": CONCEPT_ID,
+        "progress": {
+            "phase": None,
+            "step": None,
+            "total": None,
+            "fraction": fraction,
+            "eta_seconds": None,
+        },
+        "cancel_requested": False,
+        "attempts": 1,
+        "request": {},
+        "error": None,
+        "result": None,
+        "created_at": "2025-01-01T12:30:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "links": {},
+        "a_field_from_a_newer_server": 1,
+        **more,
+    }
 
 
 def problem(status: int, code: str, **more: object) -> httpx.Response:
@@ -145,8 +161,12 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
         seen[request.url.path] = request.headers.get("authorization")
         if request.url.path.startswith("/v1/artifacts/"):
             return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n...")
-        image = {"index": 0, "seed": 0, "url": "http://mifo.test/v1/artifacts/a?signature=s",
-                 "preview_url": None}  # fmt: skip
+        image = {
+            "index": 0,
+            "seed": 0,
+            "url": "http://mifo.test/v1/artifacts/a?signature=s",
+            "preview_url": None,
+        }
         return httpx.Response(200, json=job("succeeded", 1.0, result={"images": [image]}))
 
     monkeypatch.setenv("MIFO_API_URL", "http://mifo.test/")
@@ -157,7 +177,8 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert seen[f"/v1/jobs/{JOB_ID}"] == "Bearer mifo_secret"
     monkeypatch.delenv("MIFO_API_URL")
     monkeypatch.delenv("MIFO_API_KEY")
-    assert Client().base_url == "http://127.0.0.1:8000"
+    with Client() as default:
+        assert default.base_url == "http://127.0.0.1:8000" and default.settings.api_key is None
 
 
 def test_downloads_go_without_the_api_key_and_need_a_succeeded_job(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -168,8 +189,12 @@ def test_downloads_go_without_the_api_key_and_need_a_succeeded_job(tmp_path) -> 
         seen[request.url.path] = request.headers.get("authorization")
         if request.url.path.startswith("/v1/artifacts/"):
             return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n...")
-        image = {"index": 0, "seed": 0, "url": "http://mifo.test/v1/artifacts/a?signature=s",
-                 "preview_url": "http://mifo.test/v1/artifacts/b?signature=s"}  # fmt: skip
+        image = {
+            "index": 0,
+            "seed": 0,
+            "url": "http://mifo.test/v1/artifacts/a?signature=s",
+            "preview_url": "http://mifo.test/v1/artifacts/b?signature=s",
+        }
         return httpx.Response(200, json=job(state["status"], result={"images": [image]}))
 
     with client(handler, api_key="k") as c:
@@ -192,13 +217,18 @@ def test_the_event_parser_joins_lines_and_skips_comments() -> None:
 
 
 def stream(*events: tuple[str, dict]) -> bytes:
-    return "".join(f"event: {k}\ndata: {json.dumps(d)}\nid: {i}\n\n" for i, (k, d) in
-                   enumerate(events)).encode()  # fmt: skip
+    return "".join(
+        f"event: {k}\ndata: {json.dumps(d)}\nid: {i}\n\n" for i, (k, d) in enumerate(events)
+    ).encode()
 
 
 def test_wait_follows_the_stream_and_reports_each_change_once() -> None:
-    body = stream(("status", job("running")), ("progress", job("running", 0.5)),
-                  ("progress", job("running", 0.5)), ("status", job("succeeded", 1.0)))  # fmt: skip
+    body = stream(
+        ("status", job("running")),
+        ("progress", job("running", 0.5)),
+        ("progress", job("running", 0.5)),
+        ("status", job("succeeded", 1.0)),
+    )
     headers = {"content-type": "text/event-stream"}
     reported: list[float | None] = []
     with client(lambda r: httpx.Response(200, content=body, headers=headers)) as c:
@@ -219,8 +249,14 @@ def test_wait_polls_when_the_stream_is_refused_or_ends_early() -> None:
     with client(handler, poll_interval=0.01) as c:
         done = c.wait(JOB_ID, on_progress=lambda j: reported.append(j.status))
     assert done.succeeded and reported == ["running", "running", "succeeded"] and not polls
-    with client(lambda r: httpx.Response(502) if r.url.path.endswith("/events")
-                else httpx.Response(200, json=job("canceled")), retries=0) as c:  # fmt: skip
+    with client(
+        lambda r: (
+            httpx.Response(502)
+            if r.url.path.endswith("/events")
+            else httpx.Response(200, json=job("canceled"))
+        ),
+        retries=0,
+    ) as c:
         assert c.wait(JOB_ID).status == "canceled"
 
 
