@@ -142,18 +142,25 @@ class Builder:
         if webhook_events is not None:
             data["webhook_events"] = ",".join(webhook_events)
         return Call(
-            "POST", "/v1/concepts", _model(ConceptCreated), data=data, files=files,
+            "POST",
+            "/v1/concepts",
+            _model(ConceptCreated),
+            data=data,
+            files=files,
             headers=_post_headers(idempotency_key),
-        )  # fmt: skip
+        )
 
     def synthesize_call(
         self, concept: ConceptRef, body: dict[str, Any], idempotency_key: str | None
     ) -> Call[Job]:
         body = {k: v for k, v in body.items() if v is not None}
         return Call(
-            "POST", f"/v1/concepts/{concept_id(concept)}/syntheses", _model(Job), json=body,
+            "POST",
+            f"/v1/concepts/{concept_id(concept)}/syntheses",
+            _model(Job),
+            json=body,
             headers=_post_headers(idempotency_key),
-        )  # fmt: skip
+        )
 
     def job_call(self, job: JobRef) -> Call[Job]:
         return Call("GET", f"/v1/jobs/{job_id(job)}", _model(Job))
@@ -424,8 +431,10 @@ class Waiter:
         if event.event == "deleted":
             raise errors.NotFoundError(
                 f"job {self.job_id} was deleted with its concept",
-                type="/problems/not_found", status=404, title="Job deleted",
-            )  # fmt: skip
+                type="/problems/not_found",
+                status=404,
+                title="Job deleted",
+            )
         if event.event not in ("status", "progress"):
             return None
         return Job.model_validate_json(event.data)
@@ -454,8 +463,9 @@ def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
     if not job.succeeded or job.result is None:
         raise errors.JobNotSucceededError(
             f"job {job.id} is {job.status}: only a succeeded job has files",
-            title="Nothing to download", fix="wait for the job to succeed",
-        )  # fmt: skip
+            title="Nothing to download",
+            fix="wait for the job to succeed",
+        )
     plan: list[tuple[str, str]] = []
     for image in job.result.images or []:
         if image.url:

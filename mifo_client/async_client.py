@@ -93,7 +93,7 @@ class AsyncClient(_core.Builder):
                 webhook_url=webhook_url,
                 webhook_events=webhook_events,
                 idempotency_key=idempotency_key,
-            )  # fmt: skip
+            )
         )
 
     async def concept(self, concept: ConceptRef) -> Concept:

@@ -97,7 +97,7 @@ class Client(_core.Builder):
                 webhook_url=webhook_url,
                 webhook_events=webhook_events,
                 idempotency_key=idempotency_key,
-            )  # fmt: skip
+            )
         )
 
     def concept(self, concept: ConceptRef) -> Concept:

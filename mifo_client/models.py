@@ -23,6 +23,11 @@ class Token(_Model):
     attention_map: str | None = None
 
 
+class JobError(_Model):
+    type: str
+    message: str
+
+
 class Concept(_Model):
     id: str
     status: str
@@ -33,6 +38,7 @@ class Concept(_Model):
     height: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     learn_job_id: str | None = None
+    error: JobError | None = None  # why learning failed or stopped (newer servers)
     created_at: datetime | None = None
     links: dict[str, str] = Field(default_factory=dict)
 
@@ -43,11 +49,6 @@ class Progress(_Model):
     total: int | None = None
     fraction: float | None = None
     eta_seconds: float | None = None
-
-
-class JobError(_Model):
-    type: str
-    message: str
 
 
 class Image(_Model):
