@@ -1,6 +1,9 @@
 # Two entry points: `make serve` (install, then run the service with embedded defaults)
 # and `make test` (install, then run the whole test suite). Both create .venv on first use.
 PYTHON ?= python3
+# Where `make serve` listens: make serve HOST=0.0.0.0 PORT=9000
+HOST ?= 127.0.0.1
+PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: install
-	$(BIN)/mifo serve
+	$(BIN)/mifo serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest

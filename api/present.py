@@ -46,7 +46,8 @@ class Presenter:
     def path(self, name: str, **params: Any) -> str:
         return self.request.app.url_path_for(name, **{k: str(v) for k, v in params.items()})
 
-    def concept(self, concept: Concept, learn_job_id: uuid.UUID | None) -> ConceptPublic:
+    def concept(self, concept: Concept, learn_job: Job | None) -> ConceptPublic:
+        """A concept; a failed or canceled one carries its learning job's error."""
         meta = concept.meta or {}
         maps = {a.label: self.url(a) for a in concept.artifacts if a.kind == "attention"}
         names = [t["name"] for t in meta.get("tokens", [])] or list(concept.names)
@@ -67,7 +68,8 @@ class Presenter:
             width=concept.width,
             height=concept.height,
             options=concept.options,
-            learn_job_id=learn_job_id,
+            learn_job_id=learn_job.id if learn_job else None,
+            error=_error(learn_job) if learn_job and concept.status != "ready" else None,
             inputs=inputs,
             created_at=concept.created_at,
             updated_at=concept.updated_at,
@@ -99,9 +101,7 @@ class Presenter:
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
             request=job.params,
-            error=ErrorPublic(type=job.error_type, message=job.error_message or "")
-            if job.error_type
-            else None,
+            error=_error(job) if job.error_type else None,
             result=self._result(job),
             created_at=job.created_at,
             started_at=job.started_at,
@@ -124,7 +124,7 @@ class Presenter:
         if job.kind == "learn":
             if job.concept is None:
                 return JobResult()
-            return JobResult(concept=self.concept(job.concept, job.id))
+            return JobResult(concept=self.concept(job.concept, job))
         files = {(a.kind, a.position): self.url(a) for a in job.artifacts}
         return JobResult(
             expired_at=job.result.get("expired_at"),
@@ -149,14 +149,12 @@ JOB_LOAD = (
 CONCEPT_LOAD = (selectinload(Concept.artifacts),)
 
 
-def learn_jobs(session: Session, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+def learn_jobs(session: Session, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Job]:
     """The learning job of each concept, in one query."""
     if not concept_ids:
         return {}
-    rows = session.execute(
-        select(Job.concept_id, Job.id).where(Job.kind == "learn", Job.concept_id.in_(concept_ids))
-    )
-    return {cid: jid for cid, jid in rows if cid is not None}
+    rows = session.scalars(select(Job).where(Job.kind == "learn", Job.concept_id.in_(concept_ids)))
+    return {job.concept_id: job for job in rows if job.concept_id is not None}
 
 
 def next_page(request: Request, limit: int, offset: int, total: int) -> str | None:
@@ -164,3 +162,9 @@ def next_page(request: Request, limit: int, offset: int, total: int) -> str | No
     if offset + limit >= total:
         return None
     return str(request.url.include_query_params(limit=limit, offset=offset + limit))
+
+
+def _error(job: Job) -> ErrorPublic | None:
+    if job.error_type is None:
+        return None
+    return ErrorPublic(type=job.error_type, message=job.error_message or "")

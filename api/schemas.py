@@ -42,6 +42,9 @@ class ConceptPublic(BaseModel):
     height: int
     options: dict[str, Any] = Field(description="LearnConfig fields set at creation.")
     learn_job_id: uuid.UUID | None
+    error: ErrorPublic | None = Field(
+        None, description="Why learning failed or stopped (its job's error); null otherwise."
+    )
     inputs: dict[str, Any] = Field(description="URLs of the uploaded image and masks.")
     created_at: datetime
     updated_at: datetime
@@ -200,9 +203,13 @@ class SynthesisCreate(BaseModel):
     prompt: str = Field(min_length=1, max_length=2000, description="Mentions each boxed token.")
     # Shape and range are checked by the engine, which names the box: boxes[<asset0>].
     boxes: dict[str, list[float]] = Field(
-        description="One box per token (or instance name): [x0, y0, x1, y1] as image fractions."
+        default_factory=dict,
+        description="One box per token (or instance name): [x0, y0, x1, y1] as image fractions. "
+        "Leave it out for plain generation.",
     )
-    num_images: int = Field(1, ge=1, le=16)
+    num_images: int = Field(
+        1, ge=1, description="Images to make; at most MIFO_MAX_IMAGES_PER_SYNTHESIS (default 8)."
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1)
     steps: int = Field(50, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0)

@@ -229,11 +229,25 @@ def synthesize(
     return job_id
 
 
-def ready_concept(session: Session, concept_id: uuid.UUID, tenant_id: uuid.UUID) -> Concept:
-    """The tenant's concept, ready to synthesise from (404, 409 otherwise)."""
+def ready_concept(
+    session: Session, concept_id: uuid.UUID, tenant_id: uuid.UUID, base_model: str
+) -> Concept:
+    """The tenant's concept, ready to synthesise from on this server's `base_model` (404,
+    409 otherwise)."""
     concept = session.get(Concept, concept_id)
     if concept is None or concept.tenant_id != tenant_id:
         raise not_found("concept", concept_id)
+    if concept.base_model != base_model:
+        raise Problem(
+            409,
+            "base_model_mismatch",
+            "Concept learned on another base model",
+            f"Concept {concept_id} was learned on {concept.base_model!r}; this server "
+            f"synthesises with {base_model!r}.",
+            field="concept_id",
+            fix="learn the concept again here, or synthesise on a server with its base model "
+            "(MIFO_BASE_MODEL)",
+        )
     if concept.status != "ready" or concept.meta is None:
         raise Problem(
             409,

@@ -66,8 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _host_port(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+        "interface, and then API keys are required).",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000).")
 
 
 def _logging() -> str:

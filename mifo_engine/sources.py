@@ -25,7 +25,8 @@ COMPONENTS = ("unet", "text_encoder", "vae")
 _HUB_PROBE_TIMEOUT_S = 10.0
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 FIX = (
-    "point `--model` or MIFO_BASE_MODEL at a local diffusers directory (model_index.json with "
+    "point the base model (`--model` of mifo learn / synthesize; `--base-model` of mifo serve, "
+    "or MIFO_BASE_MODEL, for the service) at a local diffusers directory (model_index.json with "
     "unet/, text_encoder/, vae/, tokenizer/ and scheduler/ subfolders), or fill the Hugging Face "
     "cache on a machine that can reach the hub"
 )

@@ -106,7 +106,12 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
 
 def test_make_serve_and_make_test_do_what_the_readme_says() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^serve: install\n\t\$\(BIN\)/mifo serve$", makefile, re.M)
+    assert re.search(
+        r"^serve: install\n\t\$\(BIN\)/mifo serve --host \$\(HOST\) --port \$\(PORT\)$",
+        makefile,
+        re.M,
+    )
+    assert re.search(r"^HOST \?= 127\.0\.0\.1$", makefile, re.M)  # loopback unless asked
     assert re.search(r"^test: install\n\t\$\(BIN\)/python -m pytest$", makefile, re.M)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 

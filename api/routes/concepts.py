@@ -95,7 +95,7 @@ def _created(request: Request, session: Session, state: AppState, job_id: uuid.U
         select(Concept).where(Concept.id == job.concept_id).options(*CONCEPT_LOAD)
     ).one()
     present = Presenter(request, state)
-    return ConceptCreated(concept=present.concept(concept, job.id), job=present.job(job))
+    return ConceptCreated(concept=present.concept(concept, job), job=present.job(job))
 
 
 @router.get("", response_model=ConceptsPublic, responses=ERRORS)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import BEARER_SECURITY, SessionDep, StateDep, TenantDep, authenticate
@@ -67,6 +67,18 @@ def list_jobs(
         where.append(Job.kind == kind)
     if concept_id:
         where.append(Job.concept_id == concept_id)
+    return jobs_page(request, session, state, where, limit, offset)
+
+
+def jobs_page(
+    request: Request,
+    session: Session,
+    state: AppState,
+    where: list[ColumnElement[bool]],
+    limit: int,
+    offset: int,
+) -> JobsPublic:
+    """One page of the jobs matching `where`, newest first."""
     total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
     rows = session.scalars(
         select(Job)

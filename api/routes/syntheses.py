@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from api.costs import SYNTHESIS_CAPS, check_costs
 from api.deps import SessionDep, StateDep, TenantDep
 from api.idempotency import KeyHeader
 from api.present import Presenter
 from api.problems import responses
-from api.schemas import JobPublic, SynthesisCreate
+from api.routes.jobs import jobs_page
+from api.schemas import JobPublic, JobsPublic, SynthesisCreate
 from api.state import AppState
 from api.submission import accepted, idempotent
 from core import submissions
 from core.engine import MifoError, SynthesisConfig, validate_synthesis_request
-from core.models import Concept
-from core.problems import Problem, from_engine
+from core.models import Concept, Job
+from core.problems import Problem, from_engine, not_found
 from core.settings import Settings
 
 router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
@@ -47,7 +48,7 @@ def create_synthesis(
     state.check_base_model()  # 503 model_unavailable: a job would only fail
     events: list[str] | None = list(body.webhook_events or []) or None
     hook = submissions.webhook(body.webhook_url, events, settings)
-    concept = submissions.ready_concept(session, concept_id, tenant)
+    concept = submissions.ready_concept(session, concept_id, tenant, settings.base_model)
     params = _params(body, config, concept, state)
     present = functools.partial(Presenter(request, state).job_by_id, session)
     parts = ("POST", request.url.path, body.model_dump_json())
@@ -63,6 +64,24 @@ def create_synthesis(
         attach=idem.attach,
     )
     return accepted(request, response, idem, submit, present)
+
+
+@router.get("", response_model=JobsPublic, responses=responses(404, 422))
+def list_syntheses(
+    concept_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobsPublic:
+    """The concept's synthesis jobs, newest first (the concept's `links.syntheses`)."""
+    concept = session.get(Concept, concept_id)
+    if concept is None or concept.tenant_id != tenant:
+        raise not_found("concept", concept_id)
+    where = [Job.tenant_id == tenant, Job.concept_id == concept_id, Job.kind == "synthesize"]
+    return jobs_page(request, session, state, where, limit, offset)
 
 
 def _params(
@@ -96,14 +115,12 @@ def _limits(body: SynthesisCreate, settings: Settings) -> None:
         ("steps", body.steps, settings.max_synthesis_steps, "MIFO_MAX_SYNTHESIS_STEPS"),
     ):
         if value > limit:
-            what = "characters" if field == "prompt" else ""
+            what = " characters" if field == "prompt" else ""
             raise Problem(
                 422,
                 "limit_exceeded",
                 "Over a server limit",
-                f"{field} is {value} {what}; this server allows at most {limit}.".replace(
-                    "  ", " "
-                ),
+                f"{field} is {value}{what}; this server allows at most {limit}.",
                 field=field,
                 fix=f"ask for at most {limit} ({env} on the server)",
             )

@@ -1,0 +1,97 @@
+"""Rough edges a newcomer hits: the concept's syntheses link answers GET, plain generation
+needs no boxes, one limit for num_images, a failed concept says why, a concept of another
+base model is refused at request time, and limit messages read cleanly."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from core import jobs
+from core.models import Concept
+
+from .factories import LEASE, make_concept, make_job
+
+BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
+PROMPT = "a photo of <asset0> and <asset1>"
+
+
+def test_a_concepts_syntheses_link_lists_its_syntheses(
+    client: TestClient, session: Session
+) -> None:
+    concept, other = make_concept(session), make_concept(session)
+    session.commit()
+    url = client.get(f"/v1/concepts/{concept.id}").json()["links"]["syntheses"]
+    made = [
+        client.post(url, json={"prompt": PROMPT, "boxes": BOXES}).json()["id"] for _ in range(3)
+    ]
+    client.post(f"/v1/concepts/{other.id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES})
+    page = client.get(url, params={"limit": 2})
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert body["total"] == 3 and [j["id"] for j in body["data"]] == made[::-1][:2]
+    assert body["next"] and client.get(body["next"]).json()["data"][0]["id"] == made[0]
+    assert client.get(f"/v1/concepts/{other.id}/syntheses").json()["total"] == 1
+    missing = client.get("/v1/concepts/00000000-0000-0000-0000-000000000000/syntheses")
+    assert missing.status_code == 404
+
+
+def test_plain_generation_needs_no_boxes(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    r = client.post(f"/v1/concepts/{concept.id}/syntheses", json={"prompt": "a beach"})
+    assert r.status_code == 202, r.text
+
+
+def test_num_images_has_one_limit_the_servers(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    url = f"/v1/concepts/{concept.id}/syntheses"
+    for n in (9, 16, 17):
+        r = client.post(url, json={"prompt": PROMPT, "boxes": BOXES, "num_images": n})
+        assert r.status_code == 422 and r.json()["field"] == "num_images", r.text
+        assert r.json()["detail"] == f"num_images is {n}; this server allows at most 8."
+        assert "MIFO_MAX_IMAGES_PER_SYNTHESIS" in r.json()["fix"]
+
+
+def test_a_failed_concept_carries_its_jobs_error(client: TestClient, session: Session) -> None:
+    concept = make_concept(session, status="pending")
+    job = make_job(session, concept)
+    session.commit()
+    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+    jobs.finish(
+        session, job_id=job.id, status="failed", error_type="empty_mask", error_message="Mask 1."
+    )
+    jobs.settle_concept(session, job.id, "failed")
+    session.commit()
+    body = client.get(f"/v1/concepts/{concept.id}").json()
+    assert body["status"] == "failed"
+    assert body["error"] == {"type": "empty_mask", "message": "Mask 1."}
+    listed = client.get("/v1/concepts").json()["data"][0]
+    assert listed["error"]["type"] == "empty_mask"
+
+
+def test_a_ready_concept_has_no_error(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    assert client.get(f"/v1/concepts/{concept.id}").json()["error"] is None
+
+
+def test_a_concept_of_another_base_model_is_409_naming_both(
+    client: TestClient, session: Session
+) -> None:
+    concept = make_concept(session)
+    session.get(Concept, concept.id).base_model = "someone/sd21@abc"  # type: ignore[union-attr]
+    session.commit()
+    r = client.post(f"/v1/concepts/{concept.id}/syntheses", json={"prompt": PROMPT, "boxes": BOXES})
+    assert r.status_code == 409 and r.json()["type"].endswith("/base_model_mismatch")
+    assert "'someone/sd21@abc'" in r.json()["detail"] and "'tiny'" in r.json()["detail"]
+    assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_a_steps_limit_message_reads_cleanly(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    body = {"prompt": PROMPT, "boxes": BOXES, "steps": 1000}
+    r = client.post(f"/v1/concepts/{concept.id}/syntheses", json=body)
+    assert r.json()["detail"] == "steps is 1000; this server allows at most 150."
