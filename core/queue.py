@@ -30,7 +30,7 @@ CONTROL = "control"
 QUEUES = ("learn", "synthesize", CONTROL)
 
 
-def transport_options(settings: Settings) -> dict[str, object]:
+def transport_options(settings: Settings, *, sending: bool = False) -> dict[str, object]:
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_folder
         return {
@@ -41,14 +41,18 @@ def transport_options(settings: Settings) -> dict[str, object]:
         }
     # Redis hands an unacknowledged message to another worker after this long. Recovery does
     # not wait for it (a lost worker's lease expires first); such a late copy is skipped.
-    # Socket timeouts: a Redis that stops answering fails a send within seconds (503)
-    # instead of hanging the request (kombu's own default is to wait for ever).
-    return {
-        "visibility_timeout": settings.visibility_timeout,
-        "socket_timeout": BROKER_SOCKET_SECONDS,
-        "socket_connect_timeout": BROKER_SOCKET_SECONDS,
-        "socket_keepalive": True,
-    }
+    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout}
+    if sending:
+        # Only for apps that send (the API, the reconciler): a Redis that stops answering
+        # fails a send within seconds (503) instead of hanging the request; kombu's own
+        # default waits for ever. Consuming workers keep kombu's defaults, whose blocking
+        # reads and broadcast subscription are not meant to time out.
+        options |= {
+            "socket_timeout": BROKER_SOCKET_SECONDS,
+            "socket_connect_timeout": BROKER_SOCKET_SECONDS,
+            "socket_keepalive": True,
+        }
+    return options
 
 
 def prepare_folders(settings: Settings) -> None:
@@ -77,7 +81,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, *, sending: bool = False) -> Celery:
     app = Celery("mifo", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
@@ -96,7 +100,7 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,  # a message whose worker dies is not lost with it
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one GPU job at a time; others stay with the broker
-        broker_transport_options=transport_options(settings),
+        broker_transport_options=transport_options(settings, sending=sending),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -116,7 +120,7 @@ class Broker:
     @classmethod
     def from_settings(cls, settings: Settings) -> Broker:
         prepare_folders(settings)
-        return cls(create_celery(settings))
+        return cls(create_celery(settings, sending=True))
 
     def send(self, job_id: uuid.UUID, kind: str) -> None:
         """Ring for a job (raises what the broker raised)."""
