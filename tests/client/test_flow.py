@@ -34,7 +34,10 @@ def learned(service: str, scene: tuple[Path, list[Path]]) -> tuple[ConceptCreate
     image, masks = scene
     seen: list[Job] = []
     with Client(service) as client:
-        created = client.learn(image, masks, names=["left blob", "right blob"], options=QUICK)
+        # Long enough that the stream sees it part-way through (a 2-step run can end between
+        # two progress writes).
+        options = {**QUICK, "phase1_steps": 30}
+        created = client.learn(image, masks, names=["left blob", "right blob"], options=options)
         job = client.wait(created, timeout=WAIT, on_progress=seen.append)
     return created, job, seen
 
