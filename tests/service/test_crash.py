@@ -217,19 +217,7 @@ def test_queued_jobs_survive_a_broker_restarted_without_persistence(tmp_path: Pa
     """Three jobs wait in a Redis that keeps nothing on disk; Redis restarts and they are
     gone from it. Once a worker is back, they run within a minute."""
     port = free_port()
-    redis_cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    redis_cmd = _redis_cmd(port, tmp_path)
     server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     broker = f"redis://127.0.0.1:{port}/0"
     _wait_for_redis(broker)
@@ -269,6 +257,12 @@ def test_queued_jobs_survive_a_broker_restarted_without_persistence(tmp_path: Pa
             stack.close()
         proxy.stop()
         server.kill()
+
+
+def _redis_cmd(port: int, folder: Path) -> list[str]:
+    """A redis-server of the test's own on `port` that keeps nothing on disk."""
+    keep_nothing = ["--save", "", "--appendonly", "no", "--dir", str(folder)]
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *keep_nothing]
 
 
 def _wait_for_redis(url: str) -> None:
@@ -515,19 +509,7 @@ def test_a_real_api_process_holds_its_request_limits(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
-    redis_cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    redis_cmd = _redis_cmd(port, tmp_path)
     server = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     limits_url = f"redis://127.0.0.1:{port}/0"
     _wait_for_redis(limits_url)
