@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -65,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*loops, warming, return_exceptions=True)
             await state.close()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from this server, never from a CDN.
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         title="MIFO",
         version="1.0.0",
         description=DESCRIPTION,
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             400: problems.PROBLEM_RESPONSE,
             401: problems.PROBLEM_RESPONSE,
             422: problems.PROBLEM_RESPONSE,
+            415: problems.PROBLEM_RESPONSE,
             429: problems.PROBLEM_RESPONSE,
             500: problems.PROBLEM_RESPONSE,
             503: problems.PROBLEM_RESPONSE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -39,6 +39,9 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    wrong_type = _wrong_content_type(request)
+    if wrong_type is not None:  # the fields' errors would only hide the real fault
+        return _respond(request, wrong_type)
     errors = [
         {"field": _location(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
         for e in exc.errors()
@@ -56,6 +59,40 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         errors=errors,
     )
     return _respond(request, problem)
+
+
+def _wrong_content_type(request: Request) -> Problem | None:
+    """415 naming the content type a route reads, when the body came as another one (a JSON
+    body to a multipart route reads as 'image: Field required' otherwise)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    body = list(dependant.body_params) if dependant is not None else []
+    sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body or not sent:
+        return None
+    if any(isinstance(p.field_info, params.Form) for p in body):  # File is a Form too
+        if sent == "multipart/form-data":
+            return None
+        parts = ", ".join(p.alias for p in body)
+        wanted, fix = (
+            "multipart/form-data",
+            f"send multipart/form-data with the parts {parts} (curl -F part=value, "
+            "-F image=@file.png)",
+        )
+    else:
+        if sent == "application/json" or sent.endswith("+json"):
+            return None
+        wanted, fix = (
+            "application/json",
+            "send a JSON object with Content-Type: application/json (curl --json '{...}')",
+        )
+    return Problem(
+        415,
+        "unsupported_media_type",
+        "Unsupported content type",
+        f"{request.method} {request.url.path} reads {wanted}; the body came as {sent}.",
+        field="Content-Type",
+        fix=fix,
+    )
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

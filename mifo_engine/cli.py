@@ -209,7 +209,8 @@ def _do_learn(args: argparse.Namespace) -> None:
 
 def _do_synthesize(args: argparse.Namespace) -> None:
     from .concept import Concept, read_metadata
-    from .models import load_base_model
+    from .layout import validate_synthesis_request
+    from .models import load_base_model, load_tokenizer
     from .runtime import check_new_directory
     from .synthesis import synthesize
 
@@ -234,7 +235,10 @@ def _do_synthesize(args: argparse.Namespace) -> None:
     cfg = SynthesisConfig.from_mapping(cfg_values)
     boxes = dict(_parse_box(b) for b in args.box)
     check_new_directory(args.out, field="--out")
-    base = load_base_model(args.model or meta["base_model"]["spec"], device=args.device)
+    spec = args.model or meta["base_model"]["spec"]
+    # The prompt and boxes are checked with the tokenizer alone, before the weights load.
+    validate_synthesis_request(meta, args.prompt, boxes, load_tokenizer(spec))
+    base = load_base_model(spec, device=args.device)
     concept = Concept.load(args.concept)
     with _Bars() as bars:
         result = synthesize(base, concept, args.prompt, boxes, config=cfg, progress=bars)

@@ -195,3 +195,27 @@ def test_synthesize_reads_a_config_file(tmp_path):
     path.write_text('{"loss_layers": [["mid", 8, 9]]}')
     with pytest.raises(Exception, match="loss_layers"):
         SynthesisConfig.from_file(path)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "box", "message"),
+    [
+        ("a photo of <asset0>", "<asset1>=0.1,0.1,0.5,0.5", "does not mention <asset1>"),
+        ("   ", "<asset0>=0.1,0.1,0.5,0.5", "prompt is empty"),
+        ("a photo of <asset0>", "<asset0>=0.6,0.1,0.5,0.5", "inverted or empty"),
+    ],
+)
+def test_synthesize_checks_the_prompt_and_boxes_before_loading_the_model(
+    tiny_concept, tmp_path, capsys, monkeypatch, prompt, box, message
+):
+    tiny_concept.save(tmp_path / "concept")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr("mifo_engine.models.load_base_model", refuse)
+    argv = ["synthesize", str(tmp_path / "concept"), "--prompt", prompt, "--box", box]
+    code = main([*argv, "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "loaded before" not in err

@@ -1,8 +1,11 @@
 """Rough edges a newcomer hits: the concept's syntheses link answers GET, plain generation
 needs no boxes, one limit for num_images, a failed concept says why, a concept of another
-base model is refused at request time, and limit messages read cleanly."""
+base model is refused at request time, limit messages read cleanly, and a body of the
+wrong content type is told which one to send; the API docs work offline."""
 
 from __future__ import annotations
+
+import re
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -95,3 +98,39 @@ def test_a_steps_limit_message_reads_cleanly(client: TestClient, session: Sessio
     body = {"prompt": PROMPT, "boxes": BOXES, "steps": 1000}
     r = client.post(f"/v1/concepts/{concept.id}/syntheses", json=body)
     assert r.json()["detail"] == "steps is 1000; this server allows at most 150."
+
+
+def test_a_body_of_the_wrong_content_type_is_told_which_one_to_send(
+    client: TestClient, session: Session
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    as_json = client.post("/v1/concepts", json={"image": "scene.png", "masks": ["a.png"]})
+    assert as_json.status_code == 415, as_json.text
+    body = as_json.json()
+    assert body["type"].endswith("/unsupported_media_type") and body["field"] == "Content-Type"
+    assert "multipart/form-data" in body["detail"] and "application/json" in body["detail"]
+    assert "image" in body["fix"] and "masks" in body["fix"]
+    url = f"/v1/concepts/{concept.id}/syntheses"
+    as_form = client.post(url, data={"prompt": PROMPT})
+    assert as_form.status_code == 415, as_form.text
+    body = as_form.json()
+    assert body["field"] == "Content-Type" and "application/json" in body["fix"]
+    assert "application/x-www-form-urlencoded" in body["detail"]
+    # The right type with a wrong field still names the field, and nothing was queued.
+    wrong = client.post(url, json={"prompt": PROMPT, "num_images": 0})
+    assert wrong.status_code == 422 and wrong.json()["field"] == "num_images"
+    assert client.get(url).json()["total"] == 0
+
+
+def test_the_api_docs_load_nothing_from_another_host(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)["']""", html.text)
+        assert urls and all(u.startswith("/") for u in urls), (page, urls)
+        for url in urls:
+            asset = client.get(url)
+            assert asset.status_code == 200 and asset.content, (page, url)
+    assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
+    assert client.get("/openapi.json").json()["info"]["title"] == "MIFO"
