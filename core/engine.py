@@ -10,7 +10,7 @@ torch when they are called, in a worker.
 | `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model` | settings, prompt checks, readiness |
 | `check_inputs`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
-| `load_base_model`, `load_concept`, `learn`, `synthesize` | the worker |
+| `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = [
     "mask_to_binary",
     "synthesize",
     "to_rgb",
+    "use_cpu_threads",
     "validate_synthesis_request",
 ]
 
@@ -52,6 +53,12 @@ def load_base_model(spec: str, *, device: str) -> LoadedBase:
     from mifo_engine.models import load_base_model as load
 
     return load(spec, device=device)
+
+
+def use_cpu_threads(base: LoadedBase, threads: int) -> int:
+    from mifo_engine.device import use_cpu_threads as use
+
+    return use(base.device, threads)
 
 
 def load_concept(folder: str) -> Concept:

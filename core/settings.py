@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(3600, ge=60, description="Lifetime of download URLs (S3).")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="'tiny', a path or hub-id@revision.")
     device: str = Field("auto", description="Worker device: auto, cuda, cuda:1, cpu.")
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Torch threads of a job on the CPU; 0: the cores left idle when it starts.",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Per uploaded file.")
     progress_interval: float = Field(1.0, gt=0, description="Seconds between progress writes.")
     visibility_timeout: int = Field(

@@ -51,3 +51,13 @@ def resolve_device(name: str) -> torch.device:
             fix="pass --device auto, cpu, cuda[:N] or mps",
         )
     return device
+
+
+def use_cpu_threads(device: torch.device, threads: int) -> int:
+    """Run the coming CPU work on `threads` torch threads (no effect on a GPU device, whose
+    host threads only feed it); returns the number in use afterwards."""
+    import torch
+
+    if device.type == "cpu" and threads >= 1 and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -26,6 +26,7 @@ from core.storage import StorageError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import ProgressReporter, learn_plan
+from worker.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,9 @@ def _run(
         base = _load(load_base)
         if heartbeat.should_stop():  # asked while the model loaded
             raise Cancelled("stopped before the first step")
+        if base.device.type == "cpu":
+            threads = engine.use_cpu_threads(base, cpu_threads(ctx.settings.cpu_threads))
+            log.info("job %s: %d CPU thread(s)", job_id, threads)
         if claimed.kind == "learn":
             _learn(ctx, claimed, base, produced, heartbeat)
         else:

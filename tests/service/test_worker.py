@@ -498,3 +498,27 @@ def test_a_failure_of_a_superseded_attempt_never_ends_the_newer_one(
     tasks.learn.on_failure(RuntimeError("late"), "task-id", (str(job_id),), {}, None)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "running" and job["attempts"] == 2
+
+
+def test_a_cpu_job_runs_on_the_threads_the_machine_leaves_idle(
+    client: TestClient, ctx: WorkerContext, base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+    import torch
+
+    from worker import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    monkeypatch.setattr(psutil, "cpu_count", lambda: 4)
+    for percent, chosen in ((0.0, 4), (50.0, 2), (80.0, 1), (100.0, 1)):
+        monkeypatch.setattr(psutil, "cpu_percent", lambda interval, p=percent: p)
+        assert threads.cpu_threads(0) == chosen
+    assert threads.cpu_threads(3) == 3  # MIFO_CPU_THREADS wins
+    try:
+        ctx.settings = ctx.settings.model_copy(update={"cpu_threads": 2})
+        job_id = uuid.UUID(_learn_request(client)["job"]["id"])
+        assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "succeeded"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
