@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import Request
 from fastapi.sse import ServerSentEvent
 from sqlalchemy import select
@@ -16,6 +17,10 @@ from api.state import AppState
 from core import events
 from core.jobs import TERMINAL
 from core.models import Job
+
+# A queued job's place changes when other jobs move, which sends it no message: with pub/sub
+# its stream re-reads the row at least this often (polling mode reads it more often anyway).
+QUEUED_SECONDS = 2.0
 
 
 def _snapshot(request: Request, state: AppState, job_id: uuid.UUID) -> dict | None:
@@ -33,7 +38,9 @@ async def job_stream(
     keep-alive comments are FastAPI's (EventSourceResponse).
 
     Changes are noticed through Redis pub/sub (workers publish after each write) when
-    MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise."""
+    MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise. A queued
+    job's place in its queue is a change (a `progress` event); its start estimate drifting
+    alone is not, so the stream does not repeat a body that only the clock changed."""
     last: dict | None = None
     seq = 0
     async with events.changes(state.settings.events_url, job_id) as wait:
@@ -42,14 +49,22 @@ async def job_stream(
             if snap is None:  # deleted with its concept
                 yield _event(seq + 1, "deleted", {"id": str(job_id)})
                 return
-            if snap != last:
+            if _seen(snap) != _seen(last):
                 seq += 1
                 kind = "status" if last is None or snap["status"] != last["status"] else "progress"
                 yield _event(seq, kind, snap)
                 last = snap
                 if snap["status"] in TERMINAL:
                     return
-            await wait()
+            with anyio.move_on_after(QUEUED_SECONDS if snap["queue"] else None):
+                await wait()
+
+
+def _seen(snap: dict | None) -> dict | None:
+    """What a new event is sent for: the body less the queue's start estimate."""
+    if snap is None or not snap.get("queue"):
+        return snap
+    return snap | {"queue": {k: snap["queue"][k] for k in ("position", "ahead")}}
 
 
 def _event(seq: int, kind: str, data: dict) -> ServerSentEvent:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, object_session, selectinload
 
 from api.schemas import (
     ConceptPublic,
@@ -18,11 +18,13 @@ from api.schemas import (
     JobPublic,
     JobResult,
     ProgressPublic,
+    QueuePublic,
     TokenPublic,
 )
 from api.state import AppState
+from core import queueinfo
 from core.auth import sign_link
-from core.models import Artifact, Concept, Job
+from core.models import Artifact, Concept, Job, JobStatus
 
 
 class Presenter:
@@ -85,7 +87,12 @@ class Presenter:
         assert job is not None
         return self.job(job)
 
-    def job(self, job: Job) -> JobPublic:
+    def job(self, job: Job, spots: Mapping[uuid.UUID, queueinfo.Spot] | None = None) -> JobPublic:
+        """A job; `spots`: the queue places of a page's jobs (queueinfo.spots), read in one
+        go; without it a queued job's place is read here, in the job's own session."""
+        if spots is None:
+            session = object_session(job)
+            spots = queueinfo.spots(session, [job]) if session is not None else {}
         return JobPublic(
             id=job.id,
             kind=job.kind,  # type: ignore[arg-type]
@@ -98,6 +105,7 @@ class Presenter:
                 fraction=job.fraction,
                 eta_seconds=job.eta_seconds,
             ),
+            queue=_queue(spots.get(job.id)) if job.status == JobStatus.QUEUED else None,
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
             request=job.params,
@@ -134,7 +142,8 @@ class Presenter:
                     seed=img["seed"],
                     url=files.get(("image", img["index"])),
                     preview_url=files.get(("preview", img["index"])),
-                    diagnostics=img.get("diagnostics") or {},
+                    # Stored as `diagnostics` by workers (worker/runner.py).
+                    in_box_share=img.get("in_box_share") or img.get("diagnostics") or {},
                 )
                 for img in job.result.get("images", [])
             ],
@@ -162,6 +171,17 @@ def next_page(request: Request, limit: int, offset: int, total: int) -> str | No
     if offset + limit >= total:
         return None
     return str(request.url.include_query_params(limit=limit, offset=offset + limit))
+
+
+def _queue(spot: queueinfo.Spot | None) -> QueuePublic | None:
+    if spot is None:
+        return None
+    return QueuePublic(
+        position=spot.position,
+        ahead=spot.ahead,
+        estimated_start_at=spot.start_at,
+        estimated_start_seconds=spot.start_seconds,
+    )
 
 
 def _error(job: Job) -> ErrorPublic | None:

@@ -108,7 +108,33 @@ class ImagePublic(BaseModel):
     seed: int
     url: str | None
     preview_url: str | None = Field(description="The image with its boxes and names drawn.")
-    diagnostics: dict[str, float] = Field(default_factory=dict)
+    in_box_share: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per boxed token: the share of the subject's attention (its token's "
+        "cross-attention) that falls inside its box, 0..1; 1 is all of it. Empty without "
+        "boxes. The CLI's synthesis.json has the same name.",
+        examples=[{"<asset0>": 0.82, "<asset1>": 0.77}],
+    )
+
+
+class QueuePublic(BaseModel):
+    """Where a queued job stands in its queue (learning and synthesis jobs have one each),
+    counted from the job rows of every tenant, in order of creation."""
+
+    position: int = Field(
+        ge=1, description="1: the next job of its queue to start; 1 + the queued jobs before it."
+    )
+    ahead: int = Field(
+        ge=0, description="Jobs before it: those queued jobs plus its queue's running jobs."
+    )
+    estimated_start_at: datetime | None = Field(
+        description="An estimate, not a promise: when it should start, from the mean running "
+        "time of recent succeeded jobs of its kind, the running jobs' ETAs, and one worker "
+        "per running job of its queue (at least one). Null until a job of its kind succeeded."
+    )
+    estimated_start_seconds: float | None = Field(
+        description="The same estimate as seconds from when the body was made."
+    )
 
 
 class JobResult(BaseModel):
@@ -125,6 +151,9 @@ class JobPublic(BaseModel):
     status: JobStatus
     concept_id: uuid.UUID | None
     progress: ProgressPublic
+    queue: QueuePublic | None = Field(
+        None, description="Its place in its queue while queued; null once it started or ended."
+    )
     cancel_requested: bool
     attempts: int
     request: dict[str, Any] = Field(description="The parameters the job runs with.")
@@ -150,6 +179,7 @@ class JobPublic(BaseModel):
                         "fraction": 0.4,
                         "eta_seconds": 12.5,
                     },
+                    "queue": None,
                     "cancel_requested": False,
                     "attempts": 1,
                     "request": {"prompt": "<asset0> and <asset1> on a beach"},

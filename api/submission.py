@@ -1,16 +1,29 @@
 """The ending every job-creating POST shares: 202 with `Location`, and the Idempotency-Key
-completed with the answer (or released when the submission failed)."""
+completed with the answer (or released when the submission failed); with `Prefer: wait`
+(api/prefer.py), the wait for the job's end without a thread or a connection."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.idempotency import Idempotency, fingerprint
+from api.prefer import Wait
+from api.state import AppState
+from core import events
+from core.jobs import TERMINAL
+from core.models import Job
 
 
 def idempotent(
@@ -33,7 +46,13 @@ def idempotent(
     )
 
 
-def accepted(
+@dataclass(frozen=True)
+class Accepted:
+    job_id: uuid.UUID
+    body: Any  # the 202 body, or the replayed response of an earlier request with the key
+
+
+def accept(
     request: Request,
     response: Response,
     idem: Idempotency,
@@ -41,11 +60,12 @@ def accepted(
     present: Callable[[uuid.UUID], Any],
     *,
     location: bool = True,
-) -> Any:
+) -> Accepted:
     """Run `submit` (a core.submissions function: it returns the job's id) and answer with
     `present(job_id)`; `location`: point at the job to poll."""
     if idem.replay is not None:
-        return idem.replay
+        replayed = json.loads(bytes(idem.replay.body))
+        return Accepted(uuid.UUID(replayed.get("job", replayed)["id"]), idem.replay)
     try:
         job_id = submit()
         body = present(job_id)
@@ -57,4 +77,75 @@ def accepted(
         headers["Location"] = request.app.url_path_for("get_job", job_id=str(job_id))
         response.headers["Location"] = headers["Location"]
     idem.complete(body, headers)
+    return Accepted(job_id, body)
+
+
+def accepted(
+    request: Request,
+    response: Response,
+    idem: Idempotency,
+    submit: Callable[[], uuid.UUID],
+    present: Callable[[uuid.UUID], Any],
+    *,
+    location: bool = True,
+) -> Any:
+    """`accept`, answering its body."""
+    return accept(request, response, idem, submit, present, location=location).body
+
+
+async def answer(
+    request: Request,
+    response: Response,
+    state: AppState,
+    session: Session,
+    wait: Wait | None,
+    done: Accepted,
+    finished: Callable[[Session, uuid.UUID], Any],
+) -> Any:
+    """The answer to a job-creating POST: the 202 of `done`, or with `Prefer: wait` 200 with
+    `finished(session, job_id)` (None: nothing to show, the 202 then) once the job ended
+    within the wait. A replay waits too, and keeps its headers."""
+    if wait is None:
+        return done.body
+    await run_in_threadpool(session.close)  # no connection is held while waiting
+    body = None
+    if await until_ended(request, state, done.job_id, wait.seconds):
+        body = await run_in_threadpool(_render, state, finished, done.job_id)
+    replay = done.body if isinstance(done.body, Response) else None
+    if body is None:  # the 202, as without the header
+        (replay or response).headers.update(wait.applied)
+        return done.body
+    if replay is not None:
+        kept = {
+            k: v for k, v in replay.headers.items() if k not in ("content-length", "content-type")
+        }
+        return JSONResponse(jsonable_encoder(body), headers=kept | wait.applied)
+    response.status_code = 200
+    response.headers.update(wait.applied)
     return body
+
+
+async def until_ended(request: Request, state: AppState, job_id: uuid.UUID, seconds: float) -> bool:
+    """Whether the job ended (or is gone) within `seconds`. Waits on "job changed" notices
+    (core.events: Redis pub/sub, or polling), holding no thread between two reads of the
+    job's status; stops early when the client went away."""
+    async with events.changes(state.settings.events_url, job_id) as changed:
+        with anyio.move_on_after(seconds):
+            while not await request.is_disconnected():
+                if await run_in_threadpool(_ended, state, job_id):
+                    return True
+                await changed()
+    return False
+
+
+def _ended(state: AppState, job_id: uuid.UUID) -> bool:
+    with state.sessions() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or status in TERMINAL
+
+
+def _render(
+    state: AppState, finished: Callable[[Session, uuid.UUID], Any], job_id: uuid.UUID
+) -> Any:
+    with state.sessions() as session:
+        return finished(session, job_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -56,7 +56,20 @@ class Image(_Model):
     seed: int
     url: str | None = None
     preview_url: str | None = None
-    diagnostics: dict[str, float] = Field(default_factory=dict)
+    # Per boxed token: the share of the subject's attention inside its box, 0..1 (older
+    # servers sent it as `diagnostics`).
+    in_box_share: dict[str, float] = Field(
+        default_factory=dict, validation_alias=AliasChoices("in_box_share", "diagnostics")
+    )
+
+
+class Queue(_Model):
+    """A queued job's place in its queue; the start is the server's estimate, not a promise."""
+
+    position: int  # 1: the next of its queue to start
+    ahead: int  # queued jobs before it plus the running jobs of its queue
+    estimated_start_at: datetime | None = None
+    estimated_start_seconds: float | None = None
 
 
 class JobResult(_Model):
@@ -71,6 +84,7 @@ class Job(_Model):
     status: str
     concept_id: str | None = None
     progress: Progress = Field(default_factory=Progress)
+    queue: Queue | None = None  # while queued (newer servers)
     cancel_requested: bool = False
     attempts: int = 0
     request: dict[str, Any] = Field(default_factory=dict)

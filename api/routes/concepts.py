@@ -9,14 +9,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.idempotency import KeyHeader
+from api.prefer import WaitDep, finished_response
 from api.present import CONCEPT_LOAD, Presenter, learn_jobs, next_page
 from api.problems import responses
 from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
 from api.state import AppState
-from api.submission import accepted, idempotent
+from api.submission import Accepted, accept, answer, idempotent
 from api.uploads import learn_inputs, read_upload
 from core import submissions
 from core.models import Concept, Job
@@ -49,8 +51,13 @@ WebhookEventsField = Annotated[
 ]
 
 
-@router.post("", status_code=202, response_model=ConceptCreated, responses=ERRORS)
-def create_concept(
+@router.post(
+    "",
+    status_code=202,
+    response_model=ConceptCreated,
+    responses={**ERRORS, **finished_response(ConceptCreated, "learning")},
+)
+async def create_concept(
     request: Request,
     response: Response,
     session: SessionDep,
@@ -58,6 +65,7 @@ def create_concept(
     tenant: TenantDep,
     image: ImageFile,
     masks: MaskFiles,
+    wait: WaitDep,
     names: NamesField = None,
     options: OptionsField = None,
     webhook_url: WebhookUrlField = None,
@@ -66,15 +74,38 @@ def create_concept(
 ) -> Any:
     """Validate the inputs with the engine, store them and queue a learning job (202).
 
-    Nothing is stored when the request is rejected. `Location` names the job to poll."""
+    Nothing is stored when the request is rejected. `Location` names the job to poll. With
+    `Prefer: wait=N`: 200 once learning ended within N seconds, with the concept and the job
+    as they ended (the 202's shape)."""
+    form = (names, options, webhook_url, webhook_events)
+    done = await run_in_threadpool(
+        _learn, request, response, session, state, tenant, image, masks, form, idempotency_key
+    )
+    finished = functools.partial(_created, request, state=state)
+    return await answer(request, response, state, session, wait, done, finished)
+
+
+def _learn(
+    request: Request,
+    response: Response,
+    session: Session,
+    state: AppState,
+    tenant: uuid.UUID,
+    image: UploadFile,
+    masks: list[UploadFile],
+    form: tuple[str | None, str | None, str | None, str | None],
+    idempotency_key: str | None,
+) -> Accepted:
+    """The submission, in the thread pool: it reads the upload and writes rows and objects."""
+    names, options, webhook_url, webhook_events = form
     settings = state.settings
     upload = read_upload(image, masks, names, options, settings)
     state.check_base_model()  # 503 model_unavailable: a job would only fail
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
     hook = submissions.webhook(webhook_url, events, settings)
-    form = (names or "", options or "", webhook_url or "", webhook_events or "")
-    present = functools.partial(_created, request, session, state)
-    parts: list[bytes | str] = ["POST /v1/concepts", upload.image, *upload.masks, *form]
+    present = functools.partial(_created, request, session, state=state)
+    parts: list[bytes | str] = ["POST /v1/concepts", upload.image, *upload.masks]
+    parts += [field or "" for field in form]
     idem = idempotent(session, state, tenant, idempotency_key, present, *parts)
     submit = functools.partial(
         submissions.learn,
@@ -85,15 +116,21 @@ def create_concept(
         hook=hook,
         attach=idem.attach,
     )
-    return accepted(request, response, idem, submit, present)
+    return accept(request, response, idem, submit, present)
 
 
-def _created(request: Request, session: Session, state: AppState, job_id: uuid.UUID) -> Any:
+def _created(
+    request: Request, session: Session, job_id: uuid.UUID, *, state: AppState
+) -> ConceptCreated | None:
+    """The concept and its learning job; None once the concept is gone (deleted meanwhile)."""
     job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None and job.concept_id is not None
+    if job is None or job.concept_id is None:
+        return None
     concept = session.scalars(
         select(Concept).where(Concept.id == job.concept_id).options(*CONCEPT_LOAD)
-    ).one()
+    ).one_or_none()
+    if concept is None:
+        return None
     present = Presenter(request, state)
     return ConceptCreated(concept=present.concept(concept, job), job=present.job(job))
 

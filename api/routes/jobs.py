@@ -29,7 +29,7 @@ from api.schemas import (
 )
 from api.state import AppState
 from api.submission import accepted
-from core import submissions
+from core import queueinfo, submissions
 from core.models import Job, WebhookDelivery
 from core.problems import not_found
 
@@ -90,9 +90,9 @@ def jobs_page(
     ).all()
     present = Presenter(request, state)
     nxt = next_page(request, limit, offset, total)
-    return JobsPublic(
-        data=[present.job(j) for j in rows], total=total, limit=limit, offset=offset, next=nxt
-    )
+    spots = queueinfo.spots(session, rows)  # the page's queue places in a few queries
+    data = [present.job(j, spots) for j in rows]
+    return JobsPublic(data=data, total=total, limit=limit, offset=offset, next=nxt)
 
 
 @router.get(

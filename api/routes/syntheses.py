@@ -7,16 +7,19 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.costs import SYNTHESIS_CAPS, check_costs
 from api.deps import SessionDep, StateDep, TenantDep
 from api.idempotency import KeyHeader
+from api.prefer import WaitDep, finished_response
 from api.present import Presenter
 from api.problems import responses
 from api.routes.jobs import jobs_page
 from api.schemas import JobPublic, JobsPublic, SynthesisCreate
 from api.state import AppState
-from api.submission import accepted, idempotent
+from api.submission import Accepted, accept, answer, idempotent
 from core import submissions
 from core.engine import MifoError, SynthesisConfig, validate_synthesis_request
 from core.models import Concept, Job
@@ -28,8 +31,13 @@ ERRORS = responses(404, 409, 413, 422, 429, 503)
 FIELDS = ("num_images", "seed", "steps", "guidance_scale", "box_control")
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS)
-def create_synthesis(
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses={**ERRORS, **finished_response(JobPublic, "the job")},
+)
+async def create_synthesis(
     concept_id: uuid.UUID,
     body: SynthesisCreate,
     request: Request,
@@ -37,11 +45,32 @@ def create_synthesis(
     session: SessionDep,
     state: StateDep,
     tenant: TenantDep,
+    wait: WaitDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Validate the prompt and boxes against the concept and queue a synthesis job (202).
 
-    Box keys may be tokens (`<asset0>`) or the instance names given at learning time."""
+    Box keys may be tokens (`<asset0>`) or the instance names given at learning time. With
+    `Prefer: wait=N`: 200 with the job as GET /v1/jobs/{id} shows it once it ended within N
+    seconds."""
+    done = await run_in_threadpool(
+        _submit, concept_id, body, request, response, session, state, tenant, idempotency_key
+    )
+    finished = Presenter(request, state).job_by_id
+    return await answer(request, response, state, session, wait, done, finished)
+
+
+def _submit(
+    concept_id: uuid.UUID,
+    body: SynthesisCreate,
+    request: Request,
+    response: Response,
+    session: Session,
+    state: AppState,
+    tenant: uuid.UUID,
+    idempotency_key: str | None,
+) -> Accepted:
+    """The submission, in the thread pool: it reads the concept and writes the job."""
     settings = state.settings
     _limits(body, settings)
     config = _config(body)  # 422 before any lookup
@@ -63,7 +92,7 @@ def create_synthesis(
         hook=hook,
         attach=idem.attach,
     )
-    return accepted(request, response, idem, submit, present)
+    return accept(request, response, idem, submit, present)
 
 
 @router.get("", response_model=JobsPublic, responses=responses(404, 422))
