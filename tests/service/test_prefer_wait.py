@@ -1,0 +1,259 @@
+"""`Prefer: wait=N` on the job-creating POSTs: 200 with the finished job when it ends within
+N seconds, the usual 202 after N seconds otherwise, and no thread held while waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from api.prefer import MAX_WAIT, Wait, parse_wait
+from core import events, jobs
+from core.db import make_engine, make_sessionmaker, session_scope
+from core.models import Concept, Job
+from core.problems import Problem
+from core.settings import Settings
+from tests.client.conftest import QUICK, serve
+from tests.helpers.wait import wait_until
+
+from .conftest import bearer
+from .factories import LEASE, concept_meta, make_concept, scene
+
+BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
+PROMPT = "a photo of <asset0> and <asset1> at the beach"
+
+
+@pytest.fixture(autouse=True)
+def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "POLL_SECONDS", 0.05)  # no Redis here: waits poll the row
+
+
+def _synthesis(client: TestClient, concept_id: Any, **headers: str) -> httpx.Response:
+    body = {"prompt": PROMPT, "boxes": BOXES, "steps": 4}
+    return client.post(f"/v1/concepts/{concept_id}/syntheses", json=body, headers=headers)
+
+
+def _worker(settings: Settings, kind: str, *, learned: bool = False) -> threading.Thread:
+    """Play a worker: take the first job of `kind` once it is queued, run it, succeed (and
+    make its concept ready, as the worker's own outcome transaction does)."""
+
+    def run() -> None:
+        engine = make_engine(settings.db_url)
+        sessions = make_sessionmaker(engine)
+
+        def queued() -> uuid.UUID | None:
+            with sessions() as s:
+                return s.scalar(select(Job.id).where(Job.kind == kind, Job.status == "queued"))
+
+        wait_until(queued, 20)
+        job_id = queued()
+        assert job_id is not None
+        time.sleep(0.3)  # the request is waiting by now
+        with session_scope(sessions) as s:
+            jobs.start(s, job_id=job_id, lease_seconds=LEASE)
+        with session_scope(sessions) as s:
+            jobs.finish(s, job_id=job_id, status="succeeded", result={"images": []})
+            if learned:
+                job = s.get(Job, job_id)
+                assert job is not None
+                s.execute(
+                    update(Concept)
+                    .where(Concept.id == job.concept_id)
+                    .values(status="ready", meta=concept_meta(["red box", "blue disc"]))
+                )
+        engine.dispose()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_parse_wait() -> None:
+    assert parse_wait([]) is None
+    assert parse_wait(["return=minimal"]) is None  # not ours: ignored
+    assert parse_wait(["wait=10"]) == Wait(10)
+    assert parse_wait(["respond-async, WAIT = 5 ; x=y"]) == Wait(5)
+    assert parse_wait(["return=minimal", 'wait="7"']) == Wait(7)  # every line counts
+    assert parse_wait(["wait"]) == Wait(MAX_WAIT)
+    assert parse_wait(["wait=600"]) == Wait(MAX_WAIT)
+    assert Wait(30).applied == {"Preference-Applied": "wait=30"}
+    for bad in ("wait=abc", "wait=-1", "wait=1.5", "wait="):
+        with pytest.raises(Problem) as caught:
+            parse_wait([bad])
+        assert caught.value.field == "Prefer"
+
+
+def test_synthesis_that_ends_within_the_wait_is_200_with_the_finished_job(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    worker = _worker(settings, "synthesize")
+    r = _synthesis(client, concept.id, Prefer="wait=20")
+    worker.join()
+    assert r.status_code == 200, r.text
+    assert r.headers["preference-applied"] == "wait=20"
+    body = r.json()
+    assert body["status"] == "succeeded" and body["queue"] is None
+    assert r.headers["location"] == f"/v1/jobs/{body['id']}"
+    assert body == client.get(f"/v1/jobs/{body['id']}").json()  # the body GET gives
+
+
+def test_a_wait_over_60_is_capped(client: TestClient, session: Session, settings: Settings) -> None:
+    concept = make_concept(session)
+    session.commit()
+    worker = _worker(settings, "synthesize")
+    r = _synthesis(client, concept.id, Prefer="wait=3600")
+    worker.join()
+    assert r.status_code == 200 and r.headers["preference-applied"] == f"wait={MAX_WAIT}"
+
+
+def test_a_short_wait_on_a_long_job_is_the_usual_202(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    t0 = time.monotonic()
+    r = _synthesis(client, concept.id, Prefer="wait=1")
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 202 and 1.0 <= elapsed < 4.0, (r.status_code, elapsed)
+    assert r.headers["preference-applied"] == "wait=1"
+    assert r.json()["status"] == "queued" and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    plain = _synthesis(client, concept.id, Prefer="return=minimal")
+    assert plain.status_code == 202 and "preference-applied" not in plain.headers
+
+
+def test_a_malformed_wait_is_422_naming_prefer_and_stores_nothing(
+    client: TestClient, session: Session
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    r = _synthesis(client, concept.id, Prefer="wait=soon")
+    assert r.status_code == 422, r.text
+    assert (r.json()["field"], r.json()["type"].rsplit("/", 1)[1]) == ("Prefer", "invalid_prefer")
+    assert "wait=N" in r.json()["fix"]
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_learning_that_ends_within_the_wait_is_200_with_the_ready_concept(
+    client: TestClient, settings: Settings
+) -> None:
+    image, masks = scene()
+    files = [("image", ("scene.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    worker = _worker(settings, "learn", learned=True)
+    r = client.post("/v1/concepts", files=files, headers={"Prefer": "wait=20"})
+    worker.join()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["concept"]["status"], body["job"]["status"]) == ("ready", "succeeded")
+    assert body["concept"]["learn_job_id"] == body["job"]["id"]
+    assert body["job"] == client.get(f"/v1/jobs/{body['job']['id']}").json()
+
+
+def test_an_idempotent_replay_waits_too(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    first = _synthesis(client, concept.id, **{"Idempotency-Key": "k1"})
+    assert first.status_code == 202
+    t0 = time.monotonic()
+    queued = _synthesis(client, concept.id, **{"Idempotency-Key": "k1", "Prefer": "wait=1"})
+    assert queued.status_code == 202 and time.monotonic() - t0 >= 1.0
+    assert queued.headers["idempotent-replayed"] == "true"
+    assert queued.headers["preference-applied"] == "wait=1"
+    assert queued.json() == first.json()
+    worker = _worker(settings, "synthesize")
+    done = _synthesis(client, concept.id, **{"Idempotency-Key": "k1", "Prefer": "wait=20"})
+    worker.join()
+    assert done.status_code == 200, done.text
+    assert done.json()["id"] == first.json()["id"] and done.json()["status"] == "succeeded"
+    assert done.headers["idempotent-replayed"] == "true"
+    assert done.headers["location"] == first.headers["location"]
+    assert done.headers["preference-applied"] == "wait=20"
+    assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_waiting_requests_hold_no_thread(settings: Settings, api_key: str) -> None:
+    """More waiting requests than the thread pool has threads, and a plain (thread-pool)
+    GET still answers at once."""
+    tokens, waiting, seconds = 4, 12, 6
+    settings = settings.model_copy(update={"max_active_jobs": 100})
+    engine = make_engine(settings.db_url)
+    with session_scope(make_sessionmaker(engine)) as s:
+        concept_id = make_concept(s).id
+    with TestClient(create_app(settings), headers=bearer(api_key)) as client:
+
+        def shrink() -> None:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = tokens
+
+        assert client.portal is not None
+        client.portal.call(shrink)
+        with ThreadPoolExecutor(waiting) as pool:
+            t0 = time.monotonic()
+            answers = [
+                pool.submit(_synthesis, client, concept_id, Prefer=f"wait={seconds}")
+                for _ in range(waiting)
+            ]
+
+            def all_queued() -> bool:
+                with make_sessionmaker(engine)() as s:
+                    return s.scalar(select(func.count()).select_from(Job)) == waiting
+
+            wait_until(all_queued, seconds - 2, "the submissions did not all get through")
+            g0 = time.monotonic()
+            listed = client.get("/v1/jobs?limit=1")  # a sync route: it needs a free thread
+            took = time.monotonic() - g0
+            assert not any(a.done() for a in answers)  # still waiting meanwhile
+            got = [a.result() for a in answers]
+        elapsed = time.monotonic() - t0
+    engine.dispose()
+    assert listed.status_code == 200 and listed.json()["total"] == waiting
+    assert took < 1.0, took
+    assert [r.status_code for r in got] == [202] * waiting
+    assert seconds <= elapsed < seconds + 6, elapsed
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("service")) as base:
+        yield base
+
+
+def test_real_service_answers_learning_and_synthesis_when_they_end(
+    service: str, tmp_path: Path
+) -> None:
+    """`mifo serve --base-model tiny`: a worker really runs both jobs while the POSTs wait."""
+    import json
+
+    image, masks = scene()
+    files = [("image", ("scene.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    wait = {"Prefer": "wait=60"}
+    with httpx.Client(base_url=service, timeout=90) as http:
+        learned = http.post(
+            "/v1/concepts", files=files, data={"options": json.dumps(QUICK)}, headers=wait
+        )
+        assert learned.status_code == 200, learned.text
+        assert learned.headers["preference-applied"] == "wait=60"
+        concept = learned.json()["concept"]
+        assert concept["status"] == "ready" and learned.json()["job"]["status"] == "succeeded"
+        body = {"prompt": PROMPT, "boxes": BOXES, "steps": 2}
+        made = http.post(f"/v1/concepts/{concept['id']}/syntheses", json=body, headers=wait)
+        assert made.status_code == 200, made.text
+        job = made.json()
+        assert job["status"] == "succeeded"
+        shares = job["result"]["images"][0]["in_box_share"]
+        assert set(shares) == {"<asset0>", "<asset1>"}
+        assert all(0.0 <= v <= 1.0 for v in shares.values())
