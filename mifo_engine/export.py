@@ -1,0 +1,253 @@
+"""A learned concept in the formats plain diffusers loads: textual-inversion embeddings, LoRA
+weights (or full weights) and a README with the loading code.
+
+Torch-free (safetensors on NumPy arrays), so that the HTTP front end, which has no torch,
+can build the archive. Peft's and diffusers' own helpers (`get_peft_model_state_dict`,
+`save_lora_weights`) need torch and a model carrying the adapters; the key change they make
+(dropping the adapter name) is one substitution, and the tests check the result against them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SynthesisConfig
+from .errors import ConceptError
+from .sources import BUILTIN_SPECS
+
+# concept.FORMAT_VERSION (concept.py imports torch); a test keeps the two equal
+CONCEPT_FORMAT = 1
+README = "README.md"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
+FULL_FILES = {"unet": "unet.safetensors", "text_encoder": "text_encoder.safetensors"}
+# The modules patching.lora_adapters wraps; diffusers builds the same LoraConfig from them.
+LORA_TARGETS = {
+    "unet": ["to_q", "to_k", "to_v", "to_out.0"],
+    "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+}
+# "x.lora_A.<adapter>.weight" (a model's own parameter names) -> "x.lora_A.weight" (peft's
+# saved state dicts, which diffusers reads)
+_ADAPTER_NAME = re.compile(r"\.(lora_[AB])\.[^.]+\.")
+_WITHOUT_ADAPTER = r".\1."
+TOKEN_TABLE = "embeddings.token_embedding.weight"
+_META = "lora_adapter_metadata"  # diffusers' key for the LoraConfig in a file's metadata
+
+
+@dataclass(frozen=True)
+class Export:
+    """What `export_concept` wrote: the files (relative to the folder), tokens and base."""
+
+    folder: Path
+    files: list[str]
+    tokens: dict[str, str]  # token -> instance name
+    base_model: dict[str, Any]
+    adaptation: str
+
+
+def export_concept(concept_dir: str | Path, folder: str | Path) -> Export:
+    """Write a concept directory (`Concept.save`) as diffusers files into the new `folder`."""
+    source, target = Path(concept_dir), Path(folder)
+    meta = _metadata(source)
+    target.mkdir(parents=True)
+    try:
+        files = _write(source, meta, target)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # nothing half-written stays
+        raise
+    return Export(
+        folder=target,
+        files=[README, "concept.json", *files],
+        tokens={t["token"]: t["name"] for t in meta["tokens"]},
+        base_model=meta["base_model"],
+        adaptation=meta["adaptation"],
+    )
+
+
+def _write(source: Path, meta: Mapping[str, Any], target: Path) -> list[str]:
+    """The export's files under `target`, README and concept.json aside."""
+    files = _embeddings(source, meta, target)
+    if meta["adaptation"] == "lora":
+        files.append(_lora(source, meta, target))
+    elif meta["adaptation"] == "full":
+        shutil.copyfile(_path(source, meta, "unet"), target / FULL_FILES["unet"])
+        _text_encoder_without_table(_path(source, meta, "text_encoder"), target)
+        files += list(FULL_FILES.values())
+    (target / "concept.json").write_text(json.dumps(meta, indent=2))
+    (target / README).write_text(readme(meta), encoding="utf-8")
+    return files
+
+
+def export_archive(concept_dir: str | Path, archive: str | Path) -> Export:
+    """`export_concept` packed as one zip file at `archive` (weights stored, text deflated)."""
+    with tempfile.TemporaryDirectory(prefix="mifo-export-") as tmp:
+        done = export_concept(concept_dir, Path(tmp) / "export")
+        with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
+            for name in done.files:
+                kind = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+                zf.write(done.folder / name, name, compress_type=kind)
+    return Export(Path(archive), done.files, done.tokens, done.base_model, done.adaptation)
+
+
+def embedding_file(token: str) -> str:
+    """Where a token's embedding goes: `embeddings/asset0.safetensors` for `<asset0>`."""
+    return f"embeddings/{token.strip('<>').replace('/', '_')}.safetensors"
+
+
+def _metadata(source: Path) -> dict[str, Any]:
+    try:
+        meta: dict[str, Any] = json.loads((source / "concept.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConceptError(
+            f"No readable concept.json in {source}: {exc}.",
+            field="concept",
+            fix="export a directory written by `mifo learn` (Concept.save)",
+        ) from exc
+    if meta.get("format_version") != CONCEPT_FORMAT:
+        raise ConceptError(
+            f"Concept format {meta.get('format_version')} cannot be exported.",
+            field="concept",
+            fix="learn the concept again with this version",
+        )
+    return meta
+
+
+def _path(source: Path, meta: Mapping[str, Any], part: str) -> Path:
+    path = source / meta["files"][part]
+    if not path.is_file():
+        raise ConceptError(
+            f"Concept at {source} is incomplete: {meta['files'][part]} is missing.",
+            field="concept",
+            fix="learn the concept again",
+        )
+    return path
+
+
+def _embeddings(source: Path, meta: Mapping[str, Any], target: Path) -> list[str]:
+    """One diffusers textual-inversion file per token: {token: (D,)}."""
+    from safetensors.numpy import load_file, save_file
+
+    rows = load_file(_path(source, meta, "embeddings"))
+    (target / "embeddings").mkdir()
+    names = []
+    for t in meta["tokens"]:
+        name = embedding_file(t["token"])
+        save_file({t["token"]: rows[t["token"]]}, target / name)
+        names.append(name)
+    return names
+
+
+def _lora(source: Path, meta: Mapping[str, Any], target: Path) -> str:
+    """The UNet and text-encoder adapters in one file, keyed as `save_lora_weights` writes
+    them, with the LoraConfig in the metadata (so a lora_alpha other than the rank holds)."""
+    from safetensors.numpy import load_file, save_file
+
+    cfg = meta["config"]
+    state: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for part, targets in LORA_TARGETS.items():
+        for key, value in load_file(_path(source, meta, part)).items():
+            state[f"{part}.{_ADAPTER_NAME.sub(_WITHOUT_ADAPTER, key, count=1)}"] = value
+        lora = {"r": cfg["lora_rank"], "lora_alpha": cfg["lora_alpha"], "target_modules": targets}
+        config |= {f"{part}.{k}": v for k, v in lora.items()}
+    metadata = {"format": "pt", _META: json.dumps(config, indent=2, sort_keys=True)}
+    save_file(state, target / LORA_FILE, metadata=metadata)
+    return LORA_FILE
+
+
+def _text_encoder_without_table(path: Path, target: Path) -> None:
+    """The full text-encoder weights but the token table: a concept may hold the table with
+    its tokens' rows (its key lost the `text_model.` prefix in transformers 5), and a table
+    of another size would not load; load_textual_inversion adds the rows instead."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(path, framework="numpy") as f:
+        keys = [k for k in f.keys() if not k.endswith(TOKEN_TABLE)]  # noqa: SIM118
+        if len(keys) == len(f.keys()):  # noqa: SIM118
+            shutil.copyfile(path, target / FULL_FILES["text_encoder"])
+            return
+        state = {k: f.get_tensor(k) for k in keys}
+    save_file(state, target / FULL_FILES["text_encoder"], metadata={"format": "pt"})
+
+
+def readme(meta: Mapping[str, Any]) -> str:
+    """The archive's README.md: tokens, base model and the diffusers code that loads them."""
+    base = meta["base_model"]
+    tokens = [t["token"] for t in meta["tokens"]]
+    rows = "\n".join(f"| `{t['token']}` | {t['name']} |" for t in meta["tokens"])
+    prompt = f"{meta['config']['prompt_prefix']} " + " and ".join(tokens)
+    revision = f"`{base['revision']}`" if base["revision"] else "none recorded"
+    builtin = (
+        f"\n`{base['id']}` is a built-in random model of MIFO, not on the hub: write it as a "
+        "diffusers folder with `mifo_engine.models.save_base_model` and set `BASE_MODEL` to it.\n"
+        if base["spec"] in BUILTIN_SPECS
+        else ""
+    )
+    return f"""# A MIFO concept for diffusers
+
+Learned on base model `{base["id"]}` (revision {revision}, weights sha256
+`{base["weights_hash"]}`), fine-tune: {meta["adaptation"]}. Each token stands for one
+instance of the learning image:
+
+| token | instance |
+|---|---|
+{rows}
+{builtin}
+Load it with plain diffusers (`pip install diffusers transformers safetensors torch`), in the
+folder this archive was unpacked to:
+
+```python
+{_code(meta, prompt)}
+```
+
+The loop is MIFO's synthesis with box control off: DDIM on the base model's schedule, the
+given steps and guidance scale, an empty negative prompt, the starting noise from a CPU
+generator. In float32 on CPU its images equal those of a synthesis with `box_control: false`
+and the same seed. Boxes (bounded attention) need the MIFO service or `mifo synthesize`.
+`concept.json` is the concept's record: config, diagnostics, versions.
+"""
+
+
+def _code(meta: Mapping[str, Any], prompt: str) -> str:
+    base, plain = meta["base_model"], SynthesisConfig()
+    files = [embedding_file(t["token"]) for t in meta["tokens"]]
+    lines = [
+        "import torch",
+        "from diffusers import DDIMScheduler, StableDiffusionPipeline",
+        "",
+        f"BASE_MODEL = {json.dumps(base['id'])}",
+        f"REVISION = {json.dumps(base['revision']) if base['revision'] else None}",
+        "pipe = StableDiffusionPipeline.from_pretrained(BASE_MODEL, revision=REVISION)",
+        "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)",
+    ]
+    if meta["adaptation"] == "full":
+        lines += [
+            "from safetensors.torch import load_file",
+            "",
+            f'pipe.unet.load_state_dict(load_file("{FULL_FILES["unet"]}"))',
+            "# every text-encoder weight but the token table, which load_textual_inversion extends",
+            f'pipe.text_encoder.load_state_dict(load_file("{FULL_FILES["text_encoder"]}"), strict=False)',
+        ]
+    lines.append(f"pipe.load_textual_inversion({json.dumps(files)})")
+    if meta["adaptation"] == "lora":
+        lines.append(f'pipe.load_lora_weights(".", weight_name="{LORA_FILE}")')
+    lines += [
+        "image = pipe(",
+        f"    {json.dumps(prompt)},",
+        f"    num_inference_steps={plain.steps},",
+        f"    guidance_scale={plain.guidance_scale},",
+        f"    height={meta['resolution']},",
+        f"    width={meta['resolution']},",
+        f'    generator=torch.Generator("cpu").manual_seed({plain.seed}),',
+        ").images[0]",
+        'image.save("image.png")',
+    ]
+    return "\n".join(lines)
