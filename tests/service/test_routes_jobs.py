@@ -7,6 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from core import jobs
+from mifo_client import models
 
 from .factories import LEASE, make_artifact, make_concept, make_job
 
@@ -63,6 +64,11 @@ def test_synthesis_result_lists_images_with_urls_and_seeds(
     got = body["result"]["images"]
     assert [(i["index"], i["seed"]) for i in got] == [(0, 7), (1, 8)]
     assert all(i["url"] and i["preview_url"] for i in got)
+    assert [i["in_box_share"] for i in got] == [{"<asset0>": 0.5}] * 2  # the CLI's name too
+    parsed = models.JobResult.model_validate(body["result"]).images or []
+    assert [i.in_box_share for i in parsed] == [{"<asset0>": 0.5}] * 2  # as the client reads it
+    older = {"index": 0, "seed": 1, "diagnostics": {"<asset0>": 0.2}}  # before the rename
+    assert models.Image.model_validate(older).in_box_share == {"<asset0>": 0.2}
     assert body["progress"]["fraction"] == 1.0 and body["finished_at"]
 
 
