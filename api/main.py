@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from api import problems
+from api import console, problems
 from api.bodylimit import BodyLimit
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.state import AppState
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (concepts, syntheses, jobs, artifacts, tenant, health):
         app.include_router(module.router)
+    console.install(app)  # the web console at /console/, and / redirecting there
     return app
 
 

@@ -1,0 +1,75 @@
+// Small DOM helpers shared by the views.
+
+/** An element: el("a", {href: "#"}, "text", child). `on*` attributes become listeners. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+export function view(id) {
+  return document.getElementById(id).content.cloneNode(true);
+}
+
+/** The `[data-field]` box that shows a problem about `field`, or null. */
+function slotFor(root, field) {
+  if (!field) return null;
+  const slots = [...root.querySelectorAll("[data-field]")];
+  const exact = slots.find((s) => s.dataset.field === field);
+  if (exact) return exact;
+  // boxes.<asset0>[1] (request validation) and boxes[<asset0>] (the engine) name one box
+  const box = field.match(/^boxes(?:\.|\[)([^\].[]+)/);
+  if (box) {
+    const one = slots.find((s) => s.dataset.field === `boxes[${box[1]}]`);
+    if (one) return one;
+  }
+  const prefix = slots.filter((s) => field.startsWith(s.dataset.field))
+    .sort((a, b) => b.dataset.field.length - a.dataset.field.length);
+  return prefix[0] || null;
+}
+
+export function problemText(problem) {
+  const fix = problem.fix ? ` Fix: ${problem.fix}.` : "";
+  return `${problem.message}${fix}`.replace(/\.\./g, ".");
+}
+
+/** Show an API problem next to the field it names, else in the form's own line. */
+export function showProblem(root, problem) {
+  clearProblems(root);
+  const slot = slotFor(root, problem.field);
+  const line = slot
+    ? slot.querySelector(":scope > .problem") || slot.querySelector(".problem")
+    : root.querySelector(".form-problem");
+  const target = line || root.querySelector(".form-problem");
+  if (!target) return;
+  target.textContent = problemText(problem);
+  if (slot) slot.classList.add("invalid");
+  const input = slot && slot.querySelector("input, textarea, select, canvas");
+  if (input) input.setAttribute("aria-invalid", "true");
+}
+
+export function clearProblems(root) {
+  for (const p of root.querySelectorAll(".problem")) p.textContent = "";
+  for (const s of root.querySelectorAll(".invalid")) s.classList.remove("invalid");
+  for (const i of root.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
+}
+
+export function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "unknown";
+  const s = Math.max(0, Math.round(seconds));
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+export function percent(v) {
+  return `${Math.round(v * 100)}%`;
+}

@@ -1,0 +1,56 @@
+// The jobs: filtered by status, newest first; cancel.
+
+import { api, isTerminal } from "./api.js";
+import { el, percent, problemText, view, when } from "./dom.js";
+
+const PAGE = 20;
+
+export function showJobs(main) {
+  main.append(view("view-jobs"));
+  const rows = main.querySelector("#job-rows");
+  const status = main.querySelector("#job-status");
+  const more = main.querySelector("#more-jobs");
+  const problem = main.querySelector(".form-problem");
+  let offset = 0;
+  const load = async (fresh) => {
+    if (fresh) offset = 0;
+    const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
+    if (status.value) query.set("status", status.value);
+    try {
+      const page = await api(`v1/jobs?${query}`);
+      problem.textContent = "";
+      if (fresh) rows.replaceChildren();
+      rows.append(...page.data.map((job) => row(job, problem, () => load(true))));
+      offset += page.data.length;
+      more.hidden = !page.next;
+      if (!rows.children.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "hint" }, "No jobs match.")));
+    } catch (err) {
+      problem.textContent = problemText(err);
+    }
+  };
+  status.addEventListener("change", () => load(true));
+  main.querySelector("#refresh-jobs").addEventListener("click", () => load(true));
+  more.addEventListener("click", () => load(false));
+  load(true);
+}
+
+function row(job, problem, reload) {
+  const p = job.progress || {};
+  const progress = isTerminal(job) ? "" : `${p.phase || ""} ${p.fraction ? percent(p.fraction) : ""}`.trim();
+  const cancel = !isTerminal(job) && el("button", { type: "button", onclick: async () => {
+    try {
+      await api(`v1/jobs/${job.id}/cancel`, { method: "POST" });
+      reload();
+    } catch (err) {
+      problem.textContent = problemText(err);
+    }
+  } }, `Cancel job ${job.id.slice(0, 8)}`);
+  return el("tr", { "data-job": job.id },
+    el("td", {}, el("code", { title: job.id }, job.id.slice(0, 8))),
+    el("td", {}, job.kind),
+    el("td", {}, el("span", { class: "badge", "data-status": job.status }, job.status)),
+    el("td", {}, progress),
+    el("td", {}, when(job.created_at)),
+    el("td", {}, job.concept_id ? el("a", { href: `#/concepts/${job.concept_id}` }, "Open concept") : ""),
+    el("td", {}, cancel || ""));
+}
