@@ -130,7 +130,8 @@ class QueuePublic(BaseModel):
     estimated_start_at: datetime | None = Field(
         description="An estimate, not a promise: when it should start, from the mean running "
         "time of recent succeeded jobs of its kind, the running jobs' ETAs, and one worker "
-        "per running job of its queue (at least one). Null until a job of its kind succeeded."
+        "per running job of its queue (at least one). Null without a basis (no succeeded job "
+        "of its kind yet, or a running job whose end is unknown)."
     )
     estimated_start_seconds: float | None = Field(
         description="The same estimate as seconds from when the body was made."
