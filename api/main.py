@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api import console, problems
 from api.bodylimit import BodyLimit
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
+from api.routes import export as concept_export
 from api.state import AppState
 from core.auth import REFRESH_SECONDS
 from core.settings import Settings, get_settings
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (concepts, syntheses, jobs, artifacts, tenant, health):
         app.include_router(module.router)
+    app.include_router(concept_export.router)  # GET /v1/concepts/{id}/export
     console.install(app)  # the web console at /console/, and / redirecting there
     return app
 

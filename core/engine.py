@@ -11,6 +11,7 @@ torch when they are called, in a worker.
 | `check_inputs`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
+| `export_archive` | concept export (core.export; torch-free) |
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "SynthesisConfig",
     "check_base_model",
     "check_inputs",
+    "export_archive",
     "learn",
     "load_base_model",
     "load_concept",
@@ -79,3 +81,10 @@ def synthesize(base: LoadedBase, concept: Concept, **kwargs: Any) -> Any:
     from mifo_engine.synthesis import synthesize as run
 
     return run(base, concept, **kwargs)
+
+
+def export_archive(concept_dir: str, archive: str) -> Any:
+    """mifo_engine.export.export_archive: the concept as a zip of diffusers files."""
+    from mifo_engine.export import export_archive as run
+
+    return run(concept_dir, archive)

@@ -217,6 +217,15 @@ class AsyncClient(_core.Builder):
             saved.append(_core.save(target, name, await self._send(self.file_call(url))))
         return saved
 
+    async def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
+        """See `Client.export_concept`."""
+        ident = _core.concept_id(concept)
+        call = _core.Call("GET", f"/v1/concepts/{ident}/export", lambda r: r.content)
+        data = await self._send(call)
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        return _core.save(target, f"concept-{ident}.zip", data)
+
     async def webhook_secret(self) -> str:
         return await self._send(self.webhook_secret_call())
 

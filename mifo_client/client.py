@@ -224,6 +224,17 @@ class Client(_core.Builder):
         target.mkdir(parents=True, exist_ok=True)
         return [_core.save(target, name, self._send(self.file_call(url))) for url, name in plan]
 
+    def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
+        """Save a ready concept's export as `concept-<id>.zip` in `folder`: files plain
+        diffusers loads (textual inversion, LoRA or full weights) and a README.md with the
+        code (GET /v1/concepts/{id}/export; 409 while the concept is not ready)."""
+        ident = _core.concept_id(concept)
+        call = _core.Call("GET", f"/v1/concepts/{ident}/export", lambda r: r.content)
+        data = self._send(call)
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        return _core.save(target, f"concept-{ident}.zip", data)
+
     def webhook_secret(self) -> str:
         """The secret this tenant's webhooks are signed with (for `verify_webhook`)."""
         return self._send(self.webhook_secret_call())

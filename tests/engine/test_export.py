@@ -228,3 +228,24 @@ def test_a_broken_concept_directory_is_refused(concepts, tmp_path) -> None:
         export_concept(broken, tmp_path / "out2")
     assert "embeddings.safetensors is missing" in str(missing.value)
     assert missing.value.fix == "learn the concept again"
+
+
+def test_without_boxes_the_images_agree_on_two_threads_too(
+    concepts, tiny_base, tiny_dir, tmp_path
+) -> None:
+    """With box control off the engine still computes the attention of the diagnostics
+    layers explicitly (for the in-box shares), and on two threads that may round a pixel
+    apart from the fused kernel diffusers runs; without boxes the two paths are the same."""
+    concept = Concept.load(concepts["lora"])
+    done = export_concept(concepts["lora"], tmp_path / "export")
+    cfg = SynthesisConfig(steps=4, seed=11)
+    pipe = _pipeline(tiny_dir)
+    _load_export(pipe, done.folder, "lora")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = np.asarray(synthesize(tiny_base, concept, PROMPT, None, config=cfg).images[0])
+        exported = _draw(pipe, PROMPT, cfg, concept.resolution)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(exported, engine)

@@ -1,0 +1,47 @@
+"""Concept export: a zip that plain diffusers loads, without this service."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from api.deps import SessionDep, StateDep, TenantDep
+from api.problems import responses
+from core import export
+
+router = APIRouter(prefix="/v1/concepts", tags=["concepts"])
+
+ARCHIVE = {
+    "description": "The archive (`Content-Disposition: attachment; "
+    'filename="concept-<id>.zip"`): README.md with the loading code, '
+    "embeddings/<token>.safetensors (textual inversion, one per token), "
+    "pytorch_lora_weights.safetensors (a LoRA fine-tune) or unet.safetensors and "
+    "text_encoder.safetensors (a full one), concept.json.",
+    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.get(
+    "/{concept_id}/export",
+    summary="Export a concept for diffusers",
+    response_class=FileResponse,
+    responses={200: ARCHIVE, **responses(404, 409, 429, 500, 503)},
+)
+def export_concept(
+    concept_id: uuid.UUID, session: SessionDep, state: StateDep, tenant: TenantDep
+) -> FileResponse:
+    """The ready concept as a zip for diffusers' `load_textual_inversion` and
+    `load_lora_weights`, with a README naming its tokens, instances and base model.
+    409 while the concept is not ready."""
+    archive = export.concept_archive(
+        session, state.storage, concept_id=concept_id, tenant_id=tenant
+    )
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=f"concept-{concept_id}.zip",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )
