@@ -120,8 +120,8 @@ def test_paint_learn_compose_synthesise_download(
     first.get_by_role("button", name="Show layout").click()
     assert first.locator("img.preview").is_visible()
     assert re.search(r"<asset0>: \d+% in its box", first.locator(".shares").inner_text())
-    page.locator("#results").scroll_into_view_if_needed()
-    page.screenshot(path=str(shots / "console-results.png"), full_page=False)
+    page.locator("#compose").evaluate("section => section.scrollIntoView()")
+    page.screenshot(path=str(shots / "console-compose.png"))
     with page.expect_download() as download:
         first.get_by_role("link", name="Download image 1 (PNG)").click()
     assert is_png(Path(download.value.path()).read_bytes())
@@ -180,3 +180,24 @@ def test_problems_appear_next_to_their_fields(
     problem.wait_for()
     assert "outside [0, 1]" in problem.inner_text() and "Fix:" in problem.inner_text()
     assert page.locator(".gallery .result").count() == 0
+    # A long run (the paper's steps) followed live, then canceled from the jobs list.
+    page.get_by_role("link", name="New concept").click()
+    page.set_input_files("#image-input", str(scene))
+    page.get_by_label("Mask file for instance 1").set_input_files(str(masks[0]))
+    page.wait_for_function(
+        "document.querySelector('.instance .coverage').textContent.includes('%')"
+    )
+    page.get_by_label("Preset").select_option("paper")
+    assert page.get_by_label("Options (JSON object of LearnConfig fields)").input_value() == "{}"
+    page.get_by_role("button", name="Start learning").click()
+    status = page.locator("#learning .status-line")
+    status.filter(
+        has_text=re.compile(r"Phase 1: token embeddings · step \d+ of 800 · ETA")
+    ).wait_for()
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    page.get_by_label("Status").select_option("running")
+    page.get_by_role("button", name=re.compile("^Cancel job ")).click()
+    page.locator("#job-rows td.hint").wait_for()  # the list follows: no running job left
+    page.get_by_label("Status").select_option("canceled")
+    page.locator("#job-rows tr[data-job]").first.wait_for()
+    assert page.locator("#job-rows tr[data-job]").count() == 1

@@ -204,10 +204,12 @@ export class BoxEditor {
       ctx.font = `${13 * ratio}px system-ui, sans-serif`;
       const label = `${t.token} ${t.name}`;
       const tw = ctx.measureText(label).width + 8 * ratio;
+      const lx = Math.max(0, Math.min(x, W - tw)); // the name stays inside the frame
+      const ly = Math.max(0, y - 18 * ratio);
       ctx.fillStyle = t.colour;
-      ctx.fillRect(x, Math.max(0, y - 18 * ratio), tw, 18 * ratio);
+      ctx.fillRect(lx, ly, tw, 18 * ratio);
       ctx.fillStyle = "#fff";
-      ctx.fillText(label, x + 4 * ratio, Math.max(0, y - 18 * ratio) + 13 * ratio);
+      ctx.fillText(label, lx + 4 * ratio, ly + 13 * ratio);
       if (active) {
         for (const [cx, cy] of [[x, y], [x + w, y], [x, y + h], [x + w, y + h]]) {
           ctx.fillStyle = t.colour;

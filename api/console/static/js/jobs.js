@@ -4,6 +4,7 @@ import { api, isTerminal } from "./api.js";
 import { el, percent, problemText, view, when } from "./dom.js";
 
 const PAGE = 20;
+const REFRESH_MS = 2000; // while a listed job is unfinished, the list is read again
 
 export function showJobs(main) {
   main.append(view("view-jobs"));
@@ -12,7 +13,9 @@ export function showJobs(main) {
   const more = main.querySelector("#more-jobs");
   const problem = main.querySelector(".form-problem");
   let offset = 0;
+  let timer = null;
   const load = async (fresh) => {
+    clearTimeout(timer);
     if (fresh) offset = 0;
     const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
     if (status.value) query.set("status", status.value);
@@ -24,6 +27,9 @@ export function showJobs(main) {
       offset += page.data.length;
       more.hidden = !page.next;
       if (!rows.children.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "hint" }, "No jobs match.")));
+      if (page.data.some((job) => !isTerminal(job)) && offset <= PAGE) {
+        timer = setTimeout(() => load(true), REFRESH_MS);
+      }
     } catch (err) {
       problem.textContent = problemText(err);
     }
@@ -32,6 +38,7 @@ export function showJobs(main) {
   main.querySelector("#refresh-jobs").addEventListener("click", () => load(true));
   more.addEventListener("click", () => load(false));
   load(true);
+  return () => clearTimeout(timer);
 }
 
 function row(job, problem, reload) {
