@@ -37,6 +37,19 @@ def paint_instance(page: Any, box: tuple[float, float, float, float]) -> None:
     drag(page, "#paint-canvas", [((x0 + x1) / 2, (y0 + y1) / 2)])
 
 
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button, canvas')]
+  .filter((e) => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))
+  .filter((e) => !(e.getAttribute('aria-label') || (e.labels && e.labels.length)
+    || (e.tagName === 'BUTTON' && e.textContent.trim())))
+  .map((e) => e.outerHTML.slice(0, 120))"""
+
+
+def fits_and_labelled(page: Any) -> None:
+    """Every visible control has a name, and nothing is wider than the window."""
+    assert page.evaluate(UNLABELLED) == []
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
 def coverage(page: Any, n: int) -> float:
     text = page.locator(".instance .coverage").nth(n).inner_text()
     found = re.match(r"([\d.]+)% of the image", text)
@@ -68,6 +81,7 @@ def learn_with_painted_masks(page: Any, base: str, scene: Path, shots: Path) -> 
         '"phase1_steps"'
         in page.get_by_label("Options (JSON object of LearnConfig fields)").input_value()
     )
+    fits_and_labelled(page)
     page.screenshot(path=str(shots / "console-new-concept.png"))
     page.get_by_role("button", name="Start learning").click()
     page.wait_for_url(re.compile(r"#/concepts/[0-9a-f-]{36}$"))
@@ -120,6 +134,7 @@ def test_paint_learn_compose_synthesise_download(
     first.get_by_role("button", name="Show layout").click()
     assert first.locator("img.preview").is_visible()
     assert re.search(r"<asset0>: \d+% in its box", first.locator(".shares").inner_text())
+    fits_and_labelled(page)
     page.locator("#compose").evaluate("section => section.scrollIntoView()")
     page.screenshot(path=str(shots / "console-compose.png"))
     with page.expect_download() as download:
@@ -129,15 +144,22 @@ def test_paint_learn_compose_synthesise_download(
     page.get_by_role("link", name="Concepts").click()
     card = page.locator(".card").first
     assert "ready" in card.inner_text() and card.locator("img.thumb").count() == 1
+    fits_and_labelled(page)
+    concept_page = card.get_by_role("link", name="Open").get_attribute("href")
     page.get_by_role("link", name="Jobs", exact=True).click()
     page.get_by_label("Status").select_option("succeeded")
     page.wait_for_function("document.querySelectorAll('#job-rows tr[data-job]').length === 2")
     page.get_by_label("Status").select_option("running")
     page.wait_for_selector("#job-rows td.hint")
-    # Phone width: nothing wider than the screen.
+    fits_and_labelled(page)
+    # Phone width: one column, nothing wider than the screen.
     page.set_viewport_size({"width": 390, "height": 844})
-    page.get_by_role("link", name="New concept").click()
-    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    for view in ("#/new", concept_page, "#/concepts", "#/jobs"):
+        page.goto(f"{open_service}/console/{view}")
+        page.locator("main h2").wait_for()
+        if view == concept_page:
+            page.locator(".gallery img").first.wait_for()
+        fits_and_labelled(page)
 
 
 def test_problems_appear_next_to_their_fields(
@@ -201,3 +223,12 @@ def test_problems_appear_next_to_their_fields(
     page.get_by_label("Status").select_option("canceled")
     page.locator("#job-rows tr[data-job]").first.wait_for()
     assert page.locator("#job-rows tr[data-job]").count() == 1
+    # Delete the canceled concept from the list, after confirming.
+    page.get_by_role("link", name="Concepts").click()
+    cards = page.locator(".card")
+    cards.nth(1).wait_for()
+    assert "canceled" in cards.first.inner_text()
+    page.once("dialog", lambda dialog: dialog.accept())
+    cards.first.get_by_role("button", name=re.compile("^Delete ")).click()
+    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    assert "ready" in cards.first.inner_text()

@@ -146,6 +146,11 @@ function check(image, rows, painter, options) {
   if (unnamed >= 0) {
     return { field: `masks[${unnamed}]`, message: `Instance ${unnamed + 1} has no name.`, fix: "name every instance" };
   }
+  const comma = rows.findIndex((r) => r.querySelector(".name").value.includes(","));
+  if (comma >= 0) {
+    return { field: `masks[${comma}]`, message: `The name of instance ${comma + 1} has a comma, which separates names.`,
+      fix: "leave the comma out" };
+  }
   try {
     const parsed = options.trim() ? JSON.parse(options) : {};
     if (typeof parsed !== "object" || Array.isArray(parsed) || parsed === null) throw new Error("not an object");
