@@ -193,9 +193,11 @@ def readme(meta: Mapping[str, Any]) -> str:
     )
     return f"""# A MIFO concept for diffusers
 
-Learned on base model `{base["id"]}` (revision {revision}, weights sha256
-`{base["weights_hash"]}`), fine-tune: {meta["adaptation"]}. Each token stands for one
-instance of the learning image:
+- Base model: `{base["id"]}`, revision {revision}
+- Base weights (sha256 of the state dicts): `{base["weights_hash"]}`
+- Fine-tune: {meta["adaptation"]}
+
+Each token stands for one instance of the learning image:
 
 | token | instance |
 |---|---|
@@ -208,11 +210,13 @@ folder this archive was unpacked to:
 {_code(meta, prompt)}
 ```
 
-The loop is MIFO's synthesis with box control off: DDIM on the base model's schedule, the
-given steps and guidance scale, an empty negative prompt, the starting noise from a CPU
-generator. In float32 on CPU its images equal those of a synthesis with `box_control: false`
-and the same seed. Boxes (bounded attention) need the MIFO service or `mifo synthesize`.
-`concept.json` is the concept's record: config, diagnostics, versions.
+This is MIFO's synthesis with box control off: DDIM on the base model's noise schedule,
+MIFO's default steps and guidance scale, an empty negative prompt, the starting noise drawn
+by a CPU generator of the seed. In float32 on the CPU it draws, pixel for pixel, the image
+of a MIFO synthesis of the same prompt and seed with `box_control: false` (on one thread; on
+more, a few pixels may round one level apart). Boxes (bounded attention) need the MIFO
+service or `mifo synthesize`. `concept.json` is the concept's record: config, diagnostics,
+versions.
 """
 
 
@@ -222,6 +226,7 @@ def _code(meta: Mapping[str, Any], prompt: str) -> str:
     lines = [
         "import torch",
         "from diffusers import DDIMScheduler, StableDiffusionPipeline",
+        *(["from safetensors.torch import load_file"] if meta["adaptation"] == "full" else []),
         "",
         f"BASE_MODEL = {json.dumps(base['id'])}",
         f"REVISION = {json.dumps(base['revision']) if base['revision'] else None}",
@@ -230,8 +235,6 @@ def _code(meta: Mapping[str, Any], prompt: str) -> str:
     ]
     if meta["adaptation"] == "full":
         lines += [
-            "from safetensors.torch import load_file",
-            "",
             f'pipe.unet.load_state_dict(load_file("{FULL_FILES["unet"]}"))',
             "# every text-encoder weight but the token table, which load_textual_inversion extends",
             f'pipe.text_encoder.load_state_dict(load_file("{FULL_FILES["text_encoder"]}"), strict=False)',

@@ -121,15 +121,17 @@ def test_diffusers_draws_the_engines_image_from_the_export(
         assert not np.array_equal(_draw(plain, PROMPT, cfg, concept.resolution), engine)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
 def test_the_readme_code_runs_and_draws_the_engines_image(
-    concepts, tiny_base, tiny_dir, tmp_path
+    mode, concepts, tiny_base, tiny_dir, tmp_path
 ) -> None:
-    archive = export_archive(concepts["lora"], tmp_path / "concept.zip")
+    archive = export_archive(concepts[mode], tmp_path / "concept.zip")
     folder = tmp_path / "unpacked"
     with zipfile.ZipFile(archive.folder) as zf:
         zf.extractall(folder)
     text = (folder / README).read_text()
-    assert "| `<asset0>` | left toy |" in text and "`tiny`" in text
+    assert "| `<asset0>` | left toy |" in text and "| `<asset1>` | right toy |" in text
+    assert f"- Fine-tune: {mode}" in text and "`tiny` is a built-in random model" in text
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     code, swapped = re.subn(
         r"^BASE_MODEL = .*$", f"BASE_MODEL = {str(tiny_dir)!r}", code, flags=re.M
@@ -148,7 +150,7 @@ def test_the_readme_code_runs_and_draws_the_engines_image(
     assert prompt is not None and prompt.group(1) == "a photo of <asset0> and <asset1>"
     result = synthesize(
         tiny_base,
-        Concept.load(concepts["lora"]),
+        Concept.load(concepts[mode]),
         prompt.group(1),
         BOXES,
         config=SynthesisConfig(box_control=False),
