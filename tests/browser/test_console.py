@@ -120,6 +120,11 @@ def test_paint_learn_compose_synthesise_download(
     assert abs(float(x0.input_value()) - 0.45) < 0.02
     page.keyboard.press("ArrowRight")
     assert abs(float(x0.input_value()) - 0.46) < 0.02
+    x1 = page.locator('[data-token="<asset1>"] input').nth(2)
+    right = float(x1.input_value())
+    page.keyboard.press("Alt+ArrowRight")  # resizes: the right edge moves, the left stays
+    assert abs(float(x1.input_value()) - (right + 0.01)) < 0.002
+    assert abs(float(x0.input_value()) - 0.46) < 0.02
     page.get_by_label("Steps").fill("2")
     page.get_by_label("Number of images").fill("2")
     page.get_by_label("Seed").fill("3")

@@ -116,20 +116,16 @@ export function followJob(id, onJob, onGone = () => {}) {
   };
   if (!apiKey.get() && typeof EventSource === "function") {
     source = new EventSource(url(`${path}/events`));
-    let heard = false;
-    const handle = (ev) => {
-      heard = true;
-      seen(JSON.parse(ev.data));
-    };
+    const handle = (ev) => seen(JSON.parse(ev.data));
     source.addEventListener("status", handle);
     source.addEventListener("progress", handle);
     source.addEventListener("deleted", gone);
     source.onerror = () => {
-      // The stream closes after a terminal state; before that, or when it never opened
-      // (a key is needed after all), carry on by polling.
+      // The stream closes after a terminal state; an error before that (the connection
+      // dropped, or a key is needed after all) hands over to polling, which asks for a key.
       if (ended) return;
       source.close();
-      if (!heard || source.readyState === EventSource.CLOSED) poll();
+      poll();
     };
   } else {
     const fallBack = () => ended || poll();  // the stream ended early: finish by polling

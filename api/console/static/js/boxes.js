@@ -154,10 +154,21 @@ export class BoxEditor {
       e.preventDefault();
       return;
     }
+    if (e.key === "Enter" && !b && this.active) {
+      e.preventDefault();
+      this.boxes.set(this.active, [0.25, 0.25, 0.75, 0.75]); // a box to start from, by keys
+      this.commit(this.active);
+      return;
+    }
     if (!moves[e.key] || !b) return;
     e.preventDefault();
     const step = e.shiftKey ? STEP * 10 : STEP;
     const [dx, dy] = moves[e.key].map((v) => v * step);
+    if (e.altKey) { // resize: the right and bottom edges follow the keys
+      this.boxes.set(this.active, [b[0], b[1], clamp(b[2] + dx, b[0] + MIN, 1), clamp(b[3] + dy, b[1] + MIN, 1)]);
+      this.commit(this.active);
+      return;
+    }
     const w = b[2] - b[0];
     const h = b[3] - b[1];
     const x0 = clamp(b[0] + dx, 0, 1 - w);

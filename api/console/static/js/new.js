@@ -51,8 +51,19 @@ export function showNew(main) {
     const radio = el("input", { type: "radio", name: "active-instance", onchange: () => select(rows().indexOf(row)) });
     const upload = el("input", { id: `${id}-mask`, type: "file", accept: "image/*", onchange: async () => {
       const file = upload.files[0];
-      if (!file || !painter.image) return;
-      painter.loadMask(rows().indexOf(row), await createImageBitmap(file));
+      const at = rows().indexOf(row);
+      if (!file) return;
+      if (!painter.image) {
+        upload.value = "";
+        showProblem(form, { field: `masks[${at}]`, message: "No image chosen yet.", fix: "choose the image first, then its masks" });
+        return;
+      }
+      try {
+        painter.loadMask(at, await createImageBitmap(file));
+        clearProblems(form);
+      } catch {
+        showProblem(form, { field: `masks[${at}]`, message: "This mask file is not an image the browser can read.", fix: "choose a PNG, JPEG or WebP file" });
+      }
     } });
     const row = el("li", { class: "instance" },
       el("label", { class: "paint-label" }, radio, el("span", { class: "swatch", "aria-hidden": "true" }), " "),

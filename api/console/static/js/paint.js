@@ -181,9 +181,10 @@ export class MaskPainter {
     const { ctx, canvas } = this;
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (this.image) ctx.drawImage(this.image, 0, 0);
+    this.tint = this.tint || document.createElement("canvas"); // reused: render runs per move
+    const tint = this.tint;
     this.layers.forEach((layer, i) => {
-      const tint = document.createElement("canvas");
-      tint.width = canvas.width;
+      tint.width = canvas.width; // also clears it
       tint.height = canvas.height;
       const t = tint.getContext("2d");
       t.drawImage(layer, 0, 0);
