@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 from fastapi import Request
@@ -17,6 +20,8 @@ from api.state import AppState
 from core import events
 from core.jobs import TERMINAL
 from core.models import Job
+
+log = logging.getLogger(__name__)
 
 # A queued job's place changes when other jobs move, which sends it no message: with pub/sub
 # its stream re-reads the row at least this often (polling mode reads it more often anyway).
@@ -38,12 +43,13 @@ async def job_stream(
     keep-alive comments are FastAPI's (EventSourceResponse).
 
     Changes are noticed through Redis pub/sub (workers publish after each write) when
-    MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise. A queued
+    MIFO_EVENTS_URL or a Redis broker is configured, by polling the row otherwise (and while
+    Redis does not answer). A queued
     job's place in its queue is a change (a `progress` event); its start estimate drifting
     alone is not, so the stream does not repeat a body that only the clock changed."""
     last: dict | None = None
     seq = 0
-    async with events.changes(state.settings.events_url, job_id) as wait:
+    async with notices(state.settings.events_url, job_id) as wait:
         while not await request.is_disconnected():
             snap = await run_in_threadpool(_snapshot, request, state, job_id)
             if snap is None:  # deleted with its concept
@@ -71,3 +77,31 @@ def _event(seq: int, kind: str, data: dict) -> ServerSentEvent:
     return ServerSentEvent(
         raw_data=json.dumps(data, separators=(",", ":")), event=kind, id=str(seq)
     )
+
+
+@contextlib.asynccontextmanager
+async def notices(url: str | None, job_id: uuid.UUID) -> AsyncIterator[Callable[[], Any]]:
+    """core.events.changes, or polling once Redis fails: a lost notice channel must not fail
+    a request about a job that exists (a stream, a POST that created the job and waits)."""
+    stack = contextlib.AsyncExitStack()
+    changed: Callable[[], Any] | None = None
+    try:
+        changed = await stack.enter_async_context(events.changes(url, job_id))
+    except Exception as exc:
+        log.warning("job %s: no change notices (%s); polling its row instead", job_id, exc)
+
+    async def wait() -> None:
+        nonlocal changed
+        if changed is not None:
+            try:
+                return await changed()
+            except Exception as exc:
+                log.warning("job %s: change notices lost (%s); polling its row", job_id, exc)
+                changed = None
+        await anyio.sleep(events.POLL_SECONDS)
+
+    try:
+        yield wait
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await stack.aclose()  # even when the wait ran out: the subscription is closed

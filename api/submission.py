@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.events import notices
 from api.idempotency import Idempotency, fingerprint
 from api.prefer import Wait
 from api.state import AppState
-from core import events
 from core.jobs import TERMINAL
 from core.models import Job
 
@@ -129,8 +129,8 @@ async def until_ended(request: Request, state: AppState, job_id: uuid.UUID, seco
     """Whether the job ended (or is gone) within `seconds`. Waits on "job changed" notices
     (core.events: Redis pub/sub, or polling), holding no thread between two reads of the
     job's status; stops early when the client went away."""
-    async with events.changes(state.settings.events_url, job_id) as changed:
-        with anyio.move_on_after(seconds):
+    with anyio.move_on_after(seconds):
+        async with notices(state.settings.events_url, job_id) as changed:
             while not await request.is_disconnected():
                 if await run_in_threadpool(_ended, state, job_id):
                     return True

@@ -38,6 +38,7 @@ class Spot:
 
 @dataclass(frozen=True)
 class _Running:
+    id: uuid.UUID
     kind: str
     started_at: datetime | None
     eta_seconds: float | None
@@ -54,25 +55,28 @@ def spots(
     now = now or utcnow()
     kinds = sorted({j.kind for j in queued})
     ids = [j.id for j in queued]
-    before = _queued_before(session, ids)
-    # Not the jobs themselves: one that started since it was read is not ahead of itself.
+    places = _places(session, ids)
     running = [
         _Running(*row)
         for row in session.execute(
-            select(Job.kind, Job.started_at, Job.eta_seconds, Job.updated_at).where(
-                Job.status == JobStatus.RUNNING, Job.kind.in_(kinds), Job.id.not_in(ids)
+            select(Job.id, Job.kind, Job.started_at, Job.eta_seconds, Job.updated_at).where(
+                Job.status == JobStatus.RUNNING, Job.kind.in_(kinds)
             )
         )
     ]
     means = {kind: _mean_seconds(session, kind) for kind in kinds}
     found = {}
     for job in queued:
-        mine = [r for r in running if r.kind == job.kind]
-        k = before.get(job.id, 0)
-        seconds = estimate(k, [_remaining(r, means[job.kind], now) for r in mine], means[job.kind])
+        if job.id not in places:  # deleted meanwhile
+            continue
+        k, busy = places[job.id]
+        # Not the job itself: one that started since it was read is not ahead of itself.
+        ahead = [r for r in running if r.kind == job.kind and r.id != job.id]
+        mine = [_remaining(r, means[job.kind], now) for r in ahead]
+        seconds = estimate(k, mine, means[job.kind])
         found[job.id] = Spot(
             position=k + 1,
-            ahead=k + len(mine),
+            ahead=k + busy,
             start_seconds=None if seconds is None else round(seconds, 1),
             start_at=None
             if seconds is None
@@ -94,22 +98,30 @@ def estimate(queued_ahead: int, remaining: list[float | None], mean: float | Non
     return float(free[slot]) + rounds * (mean or 0.0)
 
 
-def _queued_before(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """For each of the queued jobs `ids`: how many queued jobs of its kind came before it, in
-    one query (an index range count per job: ix_jobs_status_kind_created)."""
-    other = aliased(Job)
-    earlier = (other.created_at < Job.created_at) | (
-        (other.created_at == Job.created_at) & (other.id < Job.id)
+def _places(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
+    """For each of the queued jobs `ids`: (queued jobs of its kind before it, running jobs of
+    its kind), in one statement, so that both come from one snapshot even while a job moves
+    from one to the other (index range counts: ix_jobs_status_kind_created)."""
+    before, running = aliased(Job), aliased(Job)
+    earlier = (before.created_at < Job.created_at) | (
+        (before.created_at == Job.created_at) & (before.id < Job.id)
     )
-    count = (
+    queued_count = (
         select(func.count())
-        .select_from(other)
-        .where(other.status == JobStatus.QUEUED, other.kind == Job.kind, earlier)
+        .select_from(before)
+        .where(before.status == JobStatus.QUEUED, before.kind == Job.kind, earlier)
         .correlate(Job)
         .scalar_subquery()
     )
-    rows = session.execute(select(Job.id, count).where(Job.id.in_(ids)))
-    return {job_id: int(n) for job_id, n in rows}
+    running_count = (
+        select(func.count())
+        .select_from(running)
+        .where(running.status == JobStatus.RUNNING, running.kind == Job.kind, running.id != Job.id)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    rows = session.execute(select(Job.id, queued_count, running_count).where(Job.id.in_(ids)))
+    return {job_id: (int(q), int(r)) for job_id, q, r in rows}
 
 
 def _mean_seconds(session: Session, kind: str) -> float | None:

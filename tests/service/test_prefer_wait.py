@@ -22,6 +22,7 @@ from api.main import create_app
 from api.prefer import MAX_WAIT, Wait, parse_wait
 from core import events, jobs
 from core.db import make_engine, make_sessionmaker, session_scope
+from core.events import Publisher
 from core.models import Concept, Job
 from core.problems import Problem
 from core.settings import Settings
@@ -33,6 +34,7 @@ from .factories import LEASE, concept_meta, make_concept, scene
 
 BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
 PROMPT = "a photo of <asset0> and <asset1> at the beach"
+REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +42,7 @@ def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "POLL_SECONDS", 0.05)  # no Redis here: waits poll the row
 
 
-def _synthesis(client: TestClient, concept_id: Any, **headers: str) -> httpx.Response:
+def _synthesis(client: TestClient, concept_id: Any, **headers: str) -> Any:
     body = {"prompt": PROMPT, "boxes": BOXES, "steps": 4}
     return client.post(f"/v1/concepts/{concept_id}/syntheses", json=body, headers=headers)
 
@@ -73,6 +75,7 @@ def _worker(settings: Settings, kind: str, *, learned: bool = False) -> threadin
                     .where(Concept.id == job.concept_id)
                     .values(status="ready", meta=concept_meta(["red box", "blue disc"]))
                 )
+        Publisher(settings.events_url).publish(job_id)  # as workers do after each commit
         engine.dispose()
 
     thread = threading.Thread(target=run, daemon=True)
@@ -109,6 +112,36 @@ def test_synthesis_that_ends_within_the_wait_is_200_with_the_finished_job(
     assert body["status"] == "succeeded" and body["queue"] is None
     assert r.headers["location"] == f"/v1/jobs/{body['id']}"
     assert body == client.get(f"/v1/jobs/{body['id']}").json()  # the body GET gives
+
+
+def test_with_redis_the_job_changed_notice_ends_the_wait(
+    api_key: str, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={"events_url": REDIS})
+    monkeypatch.setattr(events, "FALLBACK_SECONDS", 60.0)  # only the message can wake it
+    concept = make_concept(session)
+    session.commit()
+    with TestClient(create_app(settings), headers=bearer(api_key)) as client:
+        worker = _worker(settings, "synthesize")
+        t0 = time.monotonic()
+        r = _synthesis(client, concept.id, Prefer="wait=30")
+        elapsed = time.monotonic() - t0
+        worker.join()
+    assert (r.status_code, r.json()["status"]) == (200, "succeeded") and elapsed < 10
+
+
+def test_without_notices_the_wait_polls(api_key: str, settings: Settings, session: Session) -> None:
+    """Redis unreachable: the job exists by then, so the request waits by polling, no 5xx."""
+    settings = settings.model_copy(update={"events_url": "redis://127.0.0.1:1/0"})
+    concept = make_concept(session)
+    session.commit()
+    with TestClient(create_app(settings), headers=bearer(api_key)) as client:
+        worker = _worker(settings, "synthesize")
+        done = _synthesis(client, concept.id, Prefer="wait=20")
+        worker.join()
+        assert (done.status_code, done.json()["status"]) == (200, "succeeded"), done.text
+        r = _synthesis(client, concept.id, Prefer="wait=1")
+        assert (r.status_code, r.json()["status"]) == (202, "queued"), r.text
 
 
 def test_a_wait_over_60_is_capped(client: TestClient, session: Session, settings: Settings) -> None:

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -154,7 +154,9 @@ def _stream(client: TestClient, job_id: object) -> Iterator[tuple[str, dict]]:
 
 
 def _play(
-    settings: Settings, steps: list[tuple[Callable[[Session], object], uuid.UUID, bool]], seen: list
+    settings: Settings,
+    steps: Sequence[tuple[Callable[[Session], object], uuid.UUID, bool]],
+    seen: list,
 ) -> threading.Thread:
     """Run each step once the stream has sent the events so far; a step marked False must
     send none, so the next waits a while instead (the stream re-reads meanwhile)."""
@@ -182,7 +184,7 @@ def _play(
     return thread
 
 
-@pytest.mark.parametrize("mode", ["poll", "redis"])
+@pytest.mark.parametrize("mode", ["poll", "redis", "redis-down"])
 def test_the_stream_sends_an_event_when_the_place_changes(
     api_key: str, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
@@ -190,7 +192,9 @@ def test_the_stream_sends_an_event_when_the_place_changes(
         settings = settings.model_copy(update={"events_url": REDIS})
         monkeypatch.setattr(events, "FALLBACK_SECONDS", 60.0)  # only its own messages wake it
         monkeypatch.setattr("api.events.QUEUED_SECONDS", 0.2)  # ... and the queued re-read
-    else:
+    else:  # redis-down: the stream polls instead of failing
+        if mode == "redis-down":
+            settings = settings.model_copy(update={"events_url": "redis://127.0.0.1:1/0"})
         monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
     concept = make_concept(session)
     first = make_job(session, concept, kind="synthesize")
