@@ -185,6 +185,12 @@ def readme(meta: Mapping[str, Any]) -> str:
     rows = "\n".join(f"| `{t['token']}` | {t['name']} |" for t in meta["tokens"])
     prompt = f"{meta['config']['prompt_prefix']} " + " and ".join(tokens)
     revision = f"`{base['revision']}`" if base["revision"] else "none recorded"
+    versions = meta.get("versions", {})
+    used = ", ".join(
+        f"{k} {versions[k]}"
+        for k in ("diffusers", "transformers", "peft", "torch")
+        if k in versions
+    )
     builtin = (
         f"\n`{base['id']}` is a built-in random model of MIFO, not on the hub: write it as a "
         "diffusers folder with `mifo_engine.models.save_base_model` and set `BASE_MODEL` to it.\n"
@@ -196,6 +202,7 @@ def readme(meta: Mapping[str, Any]) -> str:
 - Base model: `{base["id"]}`, revision {revision}
 - Base weights (sha256 of the state dicts): `{base["weights_hash"]}`
 - Fine-tune: {meta["adaptation"]}
+- Learned with: {used}
 
 Each token stands for one instance of the learning image:
 
@@ -222,6 +229,7 @@ versions.
 
 def _code(meta: Mapping[str, Any], prompt: str) -> str:
     base, plain = meta["base_model"], SynthesisConfig()
+    transformers = meta.get("versions", {}).get("transformers", "as in concept.json")
     files = [embedding_file(t["token"]) for t in meta["tokens"]]
     lines = [
         "import torch",
@@ -237,7 +245,11 @@ def _code(meta: Mapping[str, Any], prompt: str) -> str:
         lines += [
             f'pipe.unet.load_state_dict(load_file("{FULL_FILES["unet"]}"))',
             "# every text-encoder weight but the token table, which load_textual_inversion extends",
-            f'pipe.text_encoder.load_state_dict(load_file("{FULL_FILES["text_encoder"]}"), strict=False)',
+            "missing, unexpected = pipe.text_encoder.load_state_dict(",
+            f'    load_file("{FULL_FILES["text_encoder"]}"), strict=False',
+            ")",
+            "assert len(missing) == 1 and not unexpected, "
+            f'"the text encoder\'s keys differ: use transformers {transformers}"',
         ]
     lines.append(f"pipe.load_textual_inversion({json.dumps(files)})")
     if meta["adaptation"] == "lora":

@@ -8,9 +8,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from mifo_engine.concept import FORMAT_VERSION, Concept
@@ -132,6 +134,7 @@ def test_the_readme_code_runs_and_draws_the_engines_image(
     text = (folder / README).read_text()
     assert "| `<asset0>` | left toy |" in text and "| `<asset1>` | right toy |" in text
     assert f"- Fine-tune: {mode}" in text and "`tiny` is a built-in random model" in text
+    assert f"diffusers {diffusers.__version__}, transformers {transformers.__version__}" in text
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     code, swapped = re.subn(
         r"^BASE_MODEL = .*$", f"BASE_MODEL = {str(tiny_dir)!r}", code, flags=re.M
