@@ -14,13 +14,16 @@ export function showJobs(main) {
   const problem = main.querySelector(".form-problem");
   let offset = 0;
   let timer = null;
+  let latest = 0; // only the answer to the latest request is shown (the filter may change)
   const load = async (fresh) => {
     clearTimeout(timer);
+    const asked = ++latest;
     if (fresh) offset = 0;
     const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
     if (status.value) query.set("status", status.value);
     try {
       const page = await api(`v1/jobs?${query}`);
+      if (asked !== latest) return;
       problem.textContent = "";
       if (fresh) rows.replaceChildren();
       rows.append(...page.data.map((job) => row(job, problem, () => load(true))));

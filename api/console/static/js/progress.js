@@ -14,6 +14,11 @@ export function renderJob(box, job) {
   if (p.phase && !isTerminal(job)) parts.push(PHASES[p.phase] || p.phase);
   if (p.step !== null && p.step !== undefined && p.total && !isTerminal(job)) parts.push(`step ${p.step} of ${p.total}`);
   if (!isTerminal(job) && job.status === "running") parts.push(`ETA ${duration(p.eta_seconds)}`);
+  const queue = job.status === "queued" ? job.queue : null; // servers that report it
+  if (queue) {
+    const start = queue.estimated_start_seconds;
+    parts.push(`position ${queue.position} in its queue${start == null ? "" : `, starts in about ${duration(start)}`}`);
+  }
   const losses = p.losses && Object.keys(p.losses).length
     ? Object.entries(p.losses).map(([k, v]) => `${k} ${Number(v).toFixed(4)}`).join(", ")
     : null;
