@@ -253,7 +253,7 @@ def test_waiting_requests_hold_no_thread(settings: Settings, api_key: str) -> No
         elapsed = time.monotonic() - t0
     engine.dispose()
     assert listed.status_code == 200 and listed.json()["total"] == waiting
-    assert took < 1.0, took
+    assert took < 2.0, took  # a held thread would make it wait for the 6 s waits to end
     assert [r.status_code for r in got] == [202] * waiting
     assert seconds <= elapsed < seconds + 6, elapsed
 
