@@ -142,7 +142,7 @@ class Presenter:
                     seed=img["seed"],
                     url=files.get(("image", img["index"])),
                     preview_url=files.get(("preview", img["index"])),
-                    # Stored as `diagnostics` by workers (worker/runner.py).
+                    # Results recorded before the field was renamed say `diagnostics`.
                     in_box_share=img.get("in_box_share") or img.get("diagnostics") or {},
                 )
                 for img in job.result.get("images", [])

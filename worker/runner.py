@@ -392,8 +392,8 @@ def _synthesize(
                 out.artifacts.append(dict(kind=kind, position=i, key=key, size=sizes[key]))
     out.result = {
         "images": [
-            {"index": i, "seed": int(seed), "diagnostics": diagnostics}
-            for i, (seed, diagnostics) in enumerate(zip(made.seeds, made.diagnostics, strict=True))
+            {"index": i, "seed": int(seed), "in_box_share": shares}
+            for i, (seed, shares) in enumerate(zip(made.seeds, made.diagnostics, strict=True))
         ]
     }
 

@@ -57,7 +57,7 @@ def test_synthesis_result_lists_images_with_urls_and_seeds(
     for i in range(2):
         make_artifact(session, concept, job, "image", i)
         make_artifact(session, concept, job, "preview", i)
-    images = [{"index": i, "seed": 7 + i, "diagnostics": {"<asset0>": 0.5}} for i in range(2)]
+    images = [{"index": i, "seed": 7 + i, "in_box_share": {"<asset0>": 0.5}} for i in range(2)]
     jobs.finish(session, job_id=job.id, status="succeeded", result={"images": images})
     session.commit()
     body = client.get(f"/v1/jobs/{job.id}").json()
@@ -69,6 +69,11 @@ def test_synthesis_result_lists_images_with_urls_and_seeds(
     assert [i.in_box_share for i in parsed] == [{"<asset0>": 0.5}] * 2  # as the client reads it
     older = {"index": 0, "seed": 1, "diagnostics": {"<asset0>": 0.2}}  # before the rename
     assert models.Image.model_validate(older).in_box_share == {"<asset0>": 0.2}
+    finished = make_job(session, concept, kind="synthesize", status="running")
+    jobs.finish(session, job_id=finished.id, status="succeeded", result={"images": [older]})
+    session.commit()
+    stored = client.get(f"/v1/jobs/{finished.id}").json()["result"]["images"]
+    assert stored[0]["in_box_share"] == {"<asset0>": 0.2}  # a result recorded before it too
     assert body["progress"]["fraction"] == 1.0 and body["finished_at"]
 
 

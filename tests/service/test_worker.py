@@ -70,6 +70,7 @@ def test_learn_then_synthesize(client: TestClient, ctx: WorkerContext, base: Any
     done = client.get(f"/v1/jobs/{synth['id']}").json()
     images = done["result"]["images"]
     assert [i["seed"] for i in images] == [0, 1]
+    assert all(set(i["in_box_share"]) == {"<asset0>", "<asset1>"} for i in images)
     for item in images:
         picture = Image.open(io.BytesIO(client.get(item["url"]).content))
         assert picture.format == "PNG" and picture.size == (64, 64)
