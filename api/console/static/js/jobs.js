@@ -55,12 +55,13 @@ function row(job, problem, reload) {
       problem.textContent = problemText(err);
     }
   } }, `Cancel job ${job.id.slice(0, 8)}`);
+  // data-label: the column's name, shown beside each value where rows stack (phones)
   return el("tr", { "data-job": job.id },
-    el("td", {}, el("code", { title: job.id }, job.id.slice(0, 8))),
-    el("td", {}, job.kind),
-    el("td", {}, el("span", { class: "badge", "data-status": job.status }, job.status)),
-    el("td", {}, progress),
-    el("td", {}, when(job.created_at)),
+    el("td", { "data-label": "Job" }, el("code", { title: job.id }, job.id.slice(0, 8))),
+    el("td", { "data-label": "Kind" }, job.kind),
+    el("td", { "data-label": "Status" }, el("span", { class: "badge", "data-status": job.status }, job.status)),
+    el("td", { "data-label": "Progress" }, progress),
+    el("td", { "data-label": "Created" }, when(job.created_at)),
     el("td", {}, job.concept_id ? el("a", { href: `#/concepts/${job.concept_id}` }, "Open concept") : ""),
     el("td", {}, cancel || ""));
 }
