@@ -243,7 +243,7 @@ def _do_synthesize(args: argparse.Namespace) -> None:
     with _Bars() as bars:
         result = synthesize(base, concept, args.prompt, boxes, config=cfg, progress=bars)
     result.save(args.out)
-    for k, (seed, diag) in enumerate(zip(result.seeds, result.diagnostics, strict=True)):
+    for k, (seed, diag) in enumerate(zip(result.seeds, result.in_box_share, strict=True)):
         shares = ", ".join(f"{tok} {100 * v:.0f}% in box" for tok, v in diag.items())
         log.info("image_%02d.png (seed %d)%s", k, seed, f": {shares}" if shares else "")
     log.info("images written to %s", args.out)

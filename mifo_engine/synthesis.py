@@ -56,12 +56,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SynthesisResult:
-    """Generated images with their seeds, layout previews and per-image diagnostics."""
+    """Generated images with their seeds, layout previews and each image's in-box shares."""
 
     images: list[Image.Image]
     seeds: list[int]
     previews: list[Image.Image]
-    diagnostics: list[
+    in_box_share: list[
         dict[str, float]
     ]  # per image: subject token -> share of its attention in its box
     layout: Layout
@@ -84,7 +84,7 @@ class SynthesisResult:
                     "seed": s,
                     "in_box_share": d,
                 }
-                for k, (s, d) in enumerate(zip(self.seeds, self.diagnostics, strict=True))
+                for k, (s, d) in enumerate(zip(self.seeds, self.in_box_share, strict=True))
             ],
             "guidance_losses": self.guidance_losses,
             "base_model": self.concept_base,
@@ -147,14 +147,14 @@ def synthesize(
         # 7. Decode
         images = decode_images(base, latents)
     # 8. Diagnostics and previews
-    diagnostics = controller.in_box_shares()
+    shares = controller.in_box_shares()
     labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
     boxes_by_token = {s.token: s.box for s in layout.subjects}
     return SynthesisResult(
         images=images,
         seeds=seeds,
         previews=[layout_preview(img, boxes_by_token, labels) for img in images],
-        diagnostics=diagnostics,
+        in_box_share=shares,
         layout=layout,
         config=cfg,
         concept_base=concept.metadata()["base_model"],

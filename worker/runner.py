@@ -393,7 +393,7 @@ def _synthesize(
     out.result = {
         "images": [
             {"index": i, "seed": int(seed), "in_box_share": shares}
-            for i, (seed, shares) in enumerate(zip(made.seeds, made.diagnostics, strict=True))
+            for i, (seed, shares) in enumerate(zip(made.seeds, made.in_box_share, strict=True))
         ]
     }
 

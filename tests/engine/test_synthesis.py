@@ -38,8 +38,8 @@ def test_images_previews_and_diagnostics(tiny_base, tiny_concept):
     assert result.seeds == [5, 6]
     assert len(result.images) == 2 and result.images[0].size == (tiny_base.resolution,) * 2
     assert result.previews[0].size[0] >= 256
-    assert set(result.diagnostics[0]) == {"<asset0>", "<asset1>"}
-    assert all(0.0 < v < 1.0 for d in result.diagnostics for v in d.values())
+    assert set(result.in_box_share[0]) == {"<asset0>", "<asset1>"}
+    assert all(0.0 < v < 1.0 for d in result.in_box_share for v in d.values())
     assert len(result.guidance_losses) == FAST.guidance_steps
     assert list(result.images[0].getdata()) != list(result.images[1].getdata())
 
@@ -205,10 +205,10 @@ def test_box_control_raises_the_in_box_attention_share(scene):
         base, *scene, config=FAST_LEARN.replace(phase2=False, phase1_steps=2, reward_steps=1)
     )
     cfg = SynthesisConfig(steps=20, num_images=2, seed=0)
-    on = synthesize(base, concept, PROMPT, BOXES, config=cfg).diagnostics
+    on = synthesize(base, concept, PROMPT, BOXES, config=cfg).in_box_share
     off = synthesize(
         base, concept, PROMPT, BOXES, config=cfg.replace(box_control=False)
-    ).diagnostics
+    ).in_box_share
     for with_control, without in zip(on, off, strict=True):
         for token in BOXES:
             assert with_control[token] > without[token] + 0.02, (on, off)
@@ -415,7 +415,7 @@ def test_overlapping_boxes_are_allowed(tiny_base, tiny_concept):
     result = synthesize(tiny_base, tiny_concept, PROMPT, boxes, config=FAST)
     assert len(result.guidance_losses) == FAST.guidance_steps
     assert all(math.isfinite(v) for v in result.guidance_losses)
-    assert all(0.0 < v < 1.0 for v in result.diagnostics[0].values())
+    assert all(0.0 < v < 1.0 for v in result.in_box_share[0].values())
 
 
 def test_refinement_turns_self_attention_clusters_into_subject_masks(tiny_base, tiny_concept):
