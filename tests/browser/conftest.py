@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from tests.client.conftest import ROOT, serve
 
-CHROMIUM = os.environ.get("MIFO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # The scene: two boxes of one colour family on grey; fractions of its side.
 SIDE = 256
 INSTANCES = {"red block": (0.1, 0.3, 0.42, 0.72), "orange block": (0.58, 0.3, 0.9, 0.72)}
