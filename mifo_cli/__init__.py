@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 # Each module exposes register(subparsers); commands set `func` on their parser.
 # Service commands live outside the engine so that the engine never imports the web stack.
-_COMMAND_MODULES = ("mifo_engine.cli", "mifo_cli.service")
+_COMMAND_MODULES = ("mifo_engine.cli", "mifo_cli.service", "mifo_cli.remote")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ file names of a download. No I/O happens here; `Client` and `AsyncClient` only s
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import logging
 import mimetypes
@@ -479,10 +480,32 @@ def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
     return plan
 
 
-def save(folder: Path, name: str, data: bytes) -> Path:
-    """Write the file whole (a temporary name, then renamed), so no half file is left."""
+def check_free(folder: Path, plan: list[tuple[str, str]]) -> None:
+    """FileExistsError naming the first planned file already in `folder` (nothing fetched)."""
+    for _, name in plan:
+        if (folder / name).exists():
+            raise FileExistsError(errno.EEXIST, "the file exists", str(folder / name))
+
+
+def save(folder: Path, name: str, data: bytes, *, overwrite: bool = True) -> Path:
+    """Write the file whole (a temporary name, then renamed), so no half file is left. With
+    `overwrite` False an existing file raises FileExistsError and stays as it was."""
     path = folder / name
     part = folder / f".{name}.part"
     part.write_bytes(data)
-    part.replace(path)
+    if overwrite:
+        part.replace(path)
+        return path
+    try:
+        os.link(part, path)  # fails, atomically, if the name is taken meanwhile
+    except FileExistsError:
+        part.unlink()
+        raise
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists():
+            part.unlink()
+            raise FileExistsError(errno.EEXIST, "the file exists", str(path)) from None
+        part.replace(path)
+    else:
+        part.unlink()
     return path

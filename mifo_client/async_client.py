@@ -206,15 +206,18 @@ class AsyncClient(_core.Builder):
     # --- files ---------------------------------------------------------------------------
 
     async def download(
-        self, job: JobRef, folder: str | Path, *, previews: bool = False
+        self, job: JobRef, folder: str | Path, *, previews: bool = False, overwrite: bool = True
     ) -> list[Path]:
         """See `Client.download`."""
         plan = _core.download_plan(await self.job(job), previews)
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
+        if not overwrite:
+            _core.check_free(target, plan)
         saved = []
         for url, name in plan:
-            saved.append(_core.save(target, name, await self._send(self.file_call(url))))
+            data = await self._send(self.file_call(url))
+            saved.append(_core.save(target, name, data, overwrite=overwrite))
         return saved
 
     async def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:

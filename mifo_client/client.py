@@ -215,14 +215,23 @@ class Client(_core.Builder):
 
     # --- files ---------------------------------------------------------------------------
 
-    def download(self, job: JobRef, folder: str | Path, *, previews: bool = False) -> list[Path]:
+    def download(
+        self, job: JobRef, folder: str | Path, *, previews: bool = False, overwrite: bool = True
+    ) -> list[Path]:
         """Save the files of a succeeded job into `folder`: a synthesis' images
         (`<job id>_image_00.png`, ..., and `<job id>_preview_00.png` with `previews`), a
-        learning job's attention maps (`<job id>_attention_00.png`, one per token)."""
+        learning job's attention maps (`<job id>_attention_00.png`, one per token). With
+        `overwrite=False` a file of that name already there raises FileExistsError, before
+        anything is fetched."""
         plan = _core.download_plan(self.job(job), previews)  # fresh links
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        return [_core.save(target, name, self._send(self.file_call(url))) for url, name in plan]
+        if not overwrite:
+            _core.check_free(target, plan)
+        return [
+            _core.save(target, name, self._send(self.file_call(url)), overwrite=overwrite)
+            for url, name in plan
+        ]
 
     def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
         """Save a ready concept's export as `concept-<id>.zip` in `folder`: files plain
