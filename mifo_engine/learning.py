@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from .models import LoadedBase
 
 log = logging.getLogger(__name__)
-TOKEN_EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
 
 
 def learn(
@@ -145,9 +144,11 @@ def _phase2(
     stack.enter_context(preserved_weights(base.unet))
     stack.enter_context(preserved_weights(base.text_encoder))
     run.phase2(list(base.unet.parameters()), _text_params_without_table(base.text_encoder), latents)
-    text_w = {
-        k: v for k, v in _cpu(base.text_encoder.state_dict()).items() if k != TOKEN_EMBEDDING_KEY
-    }
+    # The token table is the concept's own tokens (stored apart) plus the base's rows: found
+    # by identity, as its key differs between text encoder classes and transformers versions.
+    table = _table(base.text_encoder)
+    skip = {k for k, p in base.text_encoder.named_parameters() if p is table}
+    text_w = {k: v for k, v in _cpu(base.text_encoder.state_dict()).items() if k not in skip}
     return cfg.phase2_mode, _cpu(base.unet.state_dict()), text_w
 
 
