@@ -4,6 +4,7 @@ download; then the API's refusals shown where they belong (a box off the frame, 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,15 @@ from tests.browser.conftest import INSTANCES, is_png
 
 pytestmark = pytest.mark.slow
 NAMES = list(INSTANCES)
+
+
+def wait_until(page: Any, condition: str, timeout: float = 90) -> None:
+    """Poll a JavaScript condition (Playwright's wait_for_function compiles it with eval,
+    which the console's content security policy refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {condition}"
+        time.sleep(0.1)
 
 
 def drag(page: Any, selector: str, points: list[tuple[float, float]]) -> None:
@@ -99,8 +109,8 @@ def test_paint_learn_compose_synthesise_download(
         card = page.locator(".map-card").nth(i + 1)
         assert card.locator("h4").inner_text() == f"<asset{i}> {name}"
         assert re.search(r"Inside other instances\s+\d+%", card.inner_text())
-    page.wait_for_function(
-        "[...document.querySelectorAll('img.attention-map')].every(i => i.naturalWidth > 0)"
+    wait_until(
+        page, "[...document.querySelectorAll('img.attention-map')].every(i => i.naturalWidth > 0)"
     )
     # Compose: the chips insert the tokens at the cursor.
     prompt = page.get_by_label("Prompt")
@@ -132,8 +142,9 @@ def test_paint_learn_compose_synthesise_download(
     # Results: both images, the layout preview toggled over one, in-box shares, a download.
     images = page.locator(".gallery .stack img:not(.preview)")
     images.nth(1).wait_for()
-    page.wait_for_function(
-        "[...document.querySelectorAll('.gallery img:not(.preview)')].every(i => i.naturalWidth > 0)"
+    wait_until(
+        page,
+        "[...document.querySelectorAll('.gallery img:not(.preview)')].every(i => i.naturalWidth > 0)",
     )
     first = page.locator(".gallery .result").first
     first.get_by_role("button", name="Show layout").click()
@@ -153,7 +164,7 @@ def test_paint_learn_compose_synthesise_download(
     concept_page = card.get_by_role("link", name="Open").get_attribute("href")
     page.get_by_role("link", name="Jobs", exact=True).click()
     page.get_by_label("Status").select_option("succeeded")
-    page.wait_for_function("document.querySelectorAll('#job-rows tr[data-job]').length === 2")
+    wait_until(page, "document.querySelectorAll('#job-rows tr[data-job]').length === 2")
     page.get_by_label("Status").select_option("running")
     page.wait_for_selector("#job-rows td.hint")
     fits_and_labelled(page)
@@ -178,8 +189,8 @@ def test_problems_appear_next_to_their_fields(
     assert "This server requires an API key." in page.locator("#key-problem").inner_text()
     page.get_by_role("textbox", name="API key").fill("mifo_wrong")
     page.get_by_role("button", name="Use this key").click()
-    page.wait_for_function(
-        "document.querySelector('#key-problem').textContent.includes('The API key is')"
+    wait_until(
+        page, "document.querySelector('#key-problem').textContent.includes('The API key is')"
     )
     assert "mifo keys create" in page.locator("#key-problem").inner_text()
     page.get_by_role("textbox", name="API key").fill(key)
@@ -193,8 +204,8 @@ def test_problems_appear_next_to_their_fields(
             page.get_by_role("button", name="Add instance").click()
         page.get_by_label(f"Mask file for instance {i + 1}").set_input_files(str(mask))
         page.get_by_label(f"Name of instance {i + 1}").fill(name)
-        page.wait_for_function(
-            f"document.querySelectorAll('.instance .coverage')[{i}].textContent.includes('%')"
+        wait_until(
+            page, f"document.querySelectorAll('.instance .coverage')[{i}].textContent.includes('%')"
         )
     page.get_by_role("button", name="Start learning").click()
     page.locator("#compose").wait_for()
@@ -211,9 +222,7 @@ def test_problems_appear_next_to_their_fields(
     page.get_by_role("link", name="New concept").click()
     page.set_input_files("#image-input", str(scene))
     page.get_by_label("Mask file for instance 1").set_input_files(str(masks[0]))
-    page.wait_for_function(
-        "document.querySelector('.instance .coverage').textContent.includes('%')"
-    )
+    wait_until(page, "document.querySelector('.instance .coverage').textContent.includes('%')")
     page.get_by_label("Preset").select_option("paper")
     assert page.get_by_label("Options (JSON object of LearnConfig fields)").input_value() == "{}"
     page.get_by_role("button", name="Start learning").click()
@@ -235,5 +244,5 @@ def test_problems_appear_next_to_their_fields(
     assert "canceled" in cards.first.inner_text()
     page.once("dialog", lambda dialog: dialog.accept())
     cards.first.get_by_role("button", name=re.compile("^Delete ")).click()
-    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    wait_until(page, "document.querySelectorAll('.card').length === 1")
     assert "ready" in cards.first.inner_text()

@@ -50,6 +50,8 @@ def test_every_file_is_served_with_its_type(client: TestClient) -> None:
         assert got.status_code == 200, path
         assert types[path.suffix] in got.headers["content-type"], path
         assert got.content == path.read_bytes()
+        policy = got.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(STATIC).as_posix())

@@ -7,6 +7,7 @@ export function el(tag, attrs = {}, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v; // CSSOM: allowed by the console's CSP
     else node.setAttribute(k, v === true ? "" : v);
   }
   node.append(...children.filter((c) => c !== null && c !== undefined));
