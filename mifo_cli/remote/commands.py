@@ -31,11 +31,9 @@ class Detached(Exception):
         self.job_id = job_id
 
 
-def how_to_follow(args: argparse.Namespace, job_id: str) -> str:
-    api = f" --api {args.api}" if args.api else ""
-    return (
-        f"follow it: mifo remote wait {job_id}{api}   cancel it: mifo remote cancel {job_id}{api}"
-    )
+def how_to_follow(args: argparse.Namespace, job_id: str, command: str = "wait") -> str:
+    """The command that follows (or cancels) the job, with this command's --api."""
+    return f"mifo remote {command} {job_id}" + (f" --api {args.api}" if args.api else "")
 
 
 def follow(client: Client, job_id: str, args: argparse.Namespace, console: Console) -> Job:
@@ -71,7 +69,7 @@ def save(client: Client, job: Job, out: str, previews: bool) -> list[Path]:
 
 
 def submitted(job: Job, args: argparse.Namespace, console: Console, data: dict) -> None:
-    console.result([*job_lines(job), how_to_follow(args, job.id)], data)
+    console.result([*job_lines(job), f"follow it: {how_to_follow(args, job.id)}"], data)
 
 
 def learn(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -85,7 +83,8 @@ def learn(client: Client, args: argparse.Namespace, console: Console) -> int:
     )
     if not (args.wait or args.out):
         lines = [*concept_lines(created.concept), *job_lines(created.job)]
-        console.result([*lines, how_to_follow(args, created.job.id)], body(created))
+        lines.append(f"follow it: {how_to_follow(args, created.job.id)}")
+        console.result(lines, body(created))
         return 0
     return finish(client, follow(client, created.job.id, args, console), args, console)
 

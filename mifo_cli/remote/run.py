@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     except Detached as exc:
         console.note(f"\nstopped waiting; job {exc.job_id} keeps running at the service")
-        console.note(f"  {how_to_follow(args, exc.job_id)}")
+        console.note(f"  follow it: {how_to_follow(args, exc.job_id)}")
+        console.note(f"  cancel it: {how_to_follow(args, exc.job_id, 'cancel')}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         console.note("\ninterrupted")
