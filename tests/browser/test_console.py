@@ -14,6 +14,7 @@ from tests.browser.conftest import INSTANCES, is_png
 
 pytestmark = pytest.mark.slow
 NAMES = list(INSTANCES)
+JOB_URL = re.compile(r"/v1/jobs/[0-9a-f-]{36}$")  # one job's status: what polling reads
 
 
 def wait_until(page: Any, condition: str, timeout: float = 90) -> None:
@@ -100,11 +101,15 @@ def learn_with_painted_masks(page: Any, base: str, scene: Path, shots: Path) -> 
 def test_paint_learn_compose_synthesise_download(
     page: Any, open_service: str, scene_files: tuple[Path, list[Path]], shots: Path
 ) -> None:
+    streams: list[Any] = []
+    page.on("request", lambda r: streams.append(r) if r.url.endswith("/events") else None)
     learn_with_painted_masks(page, open_service, scene_files[0], shots)
     # Learning: live progress, then one attention map per token with its leakage.
     maps = page.locator("#attention img.attention-map")
     maps.nth(2).wait_for()
     assert page.locator("#learning .status-line").inner_text() == "Status: succeeded"
+    # Followed with EventSource: no key in use, so none sent.
+    assert streams and all("authorization" not in r.headers for r in streams)
     for i, name in enumerate(NAMES):
         card = page.locator(".map-card").nth(i + 1)
         assert card.locator("h4").inner_text() == f"<asset{i}> {name}"
@@ -183,6 +188,10 @@ def test_problems_appear_next_to_their_fields(
 ) -> None:
     base, key = keyed_service
     scene, masks = scene_files
+    streams: list[Any] = []
+    polls: list[str] = []
+    page.on("request", lambda r: streams.append(r) if r.url.endswith("/events") else None)
+    page.on("request", lambda r: polls.append(r.url) if JOB_URL.search(r.url) else None)
     page.goto(base + "/console/#/concepts")
     dialog = page.get_by_role("dialog", name="API key")
     dialog.wait_for()
@@ -230,6 +239,9 @@ def test_problems_appear_next_to_their_fields(
     status.filter(
         has_text=re.compile(r"Phase 1: token embeddings · step \d+ of 800 · ETA")
     ).wait_for()
+    # Followed through fetch(), which can send the key EventSource cannot: no polling.
+    assert streams and all(r.headers.get("authorization") == f"Bearer {key}" for r in streams)
+    assert len(polls) <= 3, polls  # the concept page's own reads of its learning jobs
     page.get_by_role("link", name="Jobs", exact=True).click()
     page.get_by_label("Status").select_option("running")
     page.get_by_role("button", name=re.compile("^Cancel job ")).click()
