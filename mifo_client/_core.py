@@ -496,15 +496,16 @@ def save(folder: Path, name: str, data: bytes, *, overwrite: bool = True) -> Pat
     if overwrite:
         part.replace(path)
         return path
+    taken = FileExistsError(errno.EEXIST, "the file exists", str(path))
     try:
         os.link(part, path)  # fails, atomically, if the name is taken meanwhile
     except FileExistsError:
         part.unlink()
-        raise
+        raise taken from None
     except OSError:  # no hard links on this file system: check, then rename
         if path.exists():
             part.unlink()
-            raise FileExistsError(errno.EEXIST, "the file exists", str(path)) from None
+            raise taken from None
         part.replace(path)
     else:
         part.unlink()

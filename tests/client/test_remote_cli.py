@@ -375,3 +375,26 @@ def test_mifo_remote_runs_without_torch(service: str) -> None:
     assert isinstance(json.loads(done.stdout), list)
     loaded = set(json.loads(done.stderr.splitlines()[-1]))
     assert "mifo_client" in loaded and not loaded & HEAVY, sorted(loaded & HEAVY)
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_saving_without_overwrite_keeps_the_file_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    """What `--out` relies on, with and without hard links on the file system."""
+    from mifo_client import _core
+
+    if not hard_links:
+
+        def refuse(src: object, dst: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse)
+    assert _core.save(tmp_path, "a.png", b"first", overwrite=False) == tmp_path / "a.png"
+    with pytest.raises(FileExistsError) as taken:
+        _core.save(tmp_path, "a.png", b"second", overwrite=False)
+    assert taken.value.filename == str(tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no part file left
+    _core.save(tmp_path, "a.png", b"third")  # the default replaces, as before
+    assert (tmp_path / "a.png").read_bytes() == b"third"
