@@ -104,6 +104,7 @@ class Presenter:
                 total=job.total,
                 fraction=job.fraction,
                 eta_seconds=job.eta_seconds,
+                losses=job.progress_losses or None,
             ),
             queue=_queue(spots.get(job.id)) if job.status == JobStatus.QUEUED else None,
             cancel_requested=job.cancel_requested,

@@ -96,6 +96,13 @@ class ProgressPublic(BaseModel):
     total: int | None = Field(examples=[800])
     fraction: float | None = Field(description="Share of the whole job done, 0..1.")
     eta_seconds: float | None
+    losses: dict[str, float] | None = Field(
+        None,
+        description="The loss terms of the latest reported step: in learning rec (masked "
+        "reconstruction), reward or penalty (cross-attention), prior; in synthesis guidance "
+        "(the layout loss, on the optimised steps only); null when the step had none.",
+        examples=[{"rec": 0.21, "reward": 0.05}],
+    )
 
 
 class ErrorPublic(BaseModel):

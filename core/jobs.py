@@ -194,6 +194,7 @@ def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job |
         total=None,
         fraction=None,
         eta_seconds=None,
+        progress_losses=None,
     )
     if not started:
         return None
@@ -292,7 +293,13 @@ def _ended(session: Session, job_id: uuid.UUID, kind: str, status: str) -> Lapse
 
 # A job between two runs: no lease, no progress of a previous attempt.
 _FRESH: dict[str, Any] = dict(
-    lease_expires_at=None, phase=None, step=None, total=None, fraction=None, eta_seconds=None
+    lease_expires_at=None,
+    phase=None,
+    step=None,
+    total=None,
+    fraction=None,
+    eta_seconds=None,
+    progress_losses=None,
 )
 
 
@@ -384,11 +391,13 @@ def record_progress(
     total: int,
     fraction: float,
     eta_seconds: float | None,
+    losses: dict[str, float] | None = None,
     attempt: int | None = None,
     notify: bool = False,
 ) -> bool:
-    """Store progress; False when the job should stop (cancel requested, no longer running,
-    or redelivered to another worker). `notify`: also queue a `progress` webhook event."""
+    """Store progress (`losses`: the step's loss terms); False when the job should stop
+    (cancel requested, no longer running, or redelivered to another worker). `notify`: also
+    queue a `progress` webhook event."""
     written = _update(
         session,
         job_id,
@@ -398,6 +407,7 @@ def record_progress(
         total=total,
         fraction=fraction,
         eta_seconds=eta_seconds,
+        progress_losses=losses or None,
     )
     if written and notify:
         webhooks.emit(session, job_id, "progress")

@@ -137,6 +137,8 @@ class Job(Base):
     total: Mapped[int | None] = mapped_column(Integer)
     fraction: Mapped[float | None] = mapped_column(Float)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    # The loss terms of the latest step written with the progress (learning), by name.
+    progress_losses: Mapped[dict[str, Any] | None] = mapped_column()
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

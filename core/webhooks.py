@@ -138,6 +138,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "step": job.step,
             "total": job.total,
             "fraction": job.fraction,
+            "losses": job.progress_losses or None,
         },
         "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
         "links": {"self": f"/v1/jobs/{job.id}"},

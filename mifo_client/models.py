@@ -49,6 +49,7 @@ class Progress(_Model):
     total: int | None = None
     fraction: float | None = None
     eta_seconds: float | None = None
+    losses: dict[str, float] | None = None  # the latest step's loss terms (learning)
 
 
 class Image(_Model):

@@ -85,6 +85,7 @@ class ProgressReporter:
                 total=total,
                 fraction=fraction,
                 eta_seconds=eta,
+                losses=_losses(progress),
                 attempt=self.attempt,
                 notify=notify,
             )
@@ -100,3 +101,11 @@ class ProgressReporter:
             return 1.0
         done = sum(n for _, n in self.plan[: names.index(phase)])
         return min((done + min(step, self.plan[names.index(phase)][1])) / whole, 1.0)
+
+
+def _losses(progress: Any) -> dict[str, float]:
+    """The step's loss terms as plain numbers (read from the device only here, once per write);
+    a term that is not finite is left out, as JSON has no NaN."""
+    terms = getattr(progress, "losses", None) or {}
+    values = {str(name): float(value) for name, value in terms.items()}
+    return {name: v for name, v in values.items() if math.isfinite(v)}

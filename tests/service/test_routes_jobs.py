@@ -110,3 +110,28 @@ def test_listing_uses_a_fixed_number_of_queries(client: TestClient, session: Ses
 
 def _other(statement: str) -> bool:
     return "webhook_deliveries" in statement or "api_keys" in statement
+
+
+def test_a_running_jobs_progress_carries_its_latest_loss_terms(
+    client: TestClient, session: Session
+) -> None:
+    job = make_job(session, make_concept(session), status="running")
+    assert jobs.record_progress(
+        session,
+        job_id=job.id,
+        phase="phase1",
+        step=3,
+        total=10,
+        fraction=0.3,
+        eta_seconds=7.0,
+        losses={"rec": 0.25, "reward": -0.5},
+    )
+    session.commit()
+    body = client.get(f"/v1/jobs/{job.id}").json()
+    assert body["progress"]["losses"] == {"rec": 0.25, "reward": -0.5}
+    assert models.Job.model_validate(body).progress.losses == {"rec": 0.25, "reward": -0.5}
+    jobs.record_progress(
+        session, job_id=job.id, phase="diagnostics", step=1, total=1, fraction=1.0, eta_seconds=0
+    )
+    session.commit()
+    assert client.get(f"/v1/jobs/{job.id}").json()["progress"]["losses"] is None

@@ -168,3 +168,14 @@ def test_an_empty_metrics_token_leaves_metrics_open(monkeypatch: pytest.MonkeyPa
     assert Settings().metrics_token is None
     monkeypatch.setenv("MIFO_METRICS_TOKEN", "t")
     assert Settings().metrics_token is not None
+
+
+def test_the_steps_loss_terms_are_written_with_the_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reporter, ctx = _reporter((), [0.0], monkeypatch)
+    terms = {"rec": 0.5, "reward": float("nan"), "prior": 0.125}
+    reporter(SimpleNamespace(phase="phase1", step=1, total=6, losses=terms))
+    assert ctx.writes[-1]["losses"] == {"rec": 0.5, "prior": 0.125}  # JSON has no NaN
+    reporter(SimpleNamespace(phase="diagnostics", step=6, total=6))
+    assert ctx.writes[-1]["losses"] == {}
