@@ -239,6 +239,8 @@ def test_problems_appear_next_to_their_fields(
     status.filter(
         has_text=re.compile(r"Phase 1: token embeddings · step \d+ of 800 · ETA")
     ).wait_for()
+    # The step's loss terms, as the job's progress reports them.
+    page.locator("#learning .losses").filter(has_text=re.compile(r"rec \d")).wait_for()
     # Followed through fetch(), which can send the key EventSource cannot: no polling.
     assert streams and all(r.headers.get("authorization") == f"Bearer {key}" for r in streams)
     assert len(polls) <= 3, polls  # the concept page's own reads of its learning jobs
