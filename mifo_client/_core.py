@@ -8,6 +8,7 @@ import email.utils
 import errno
 import json
 import logging
+import math
 import mimetypes
 import os
 import random
@@ -54,11 +55,12 @@ class Call(Generic[T]):
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: bool = True  # download links are signed: they go out without the API key
+    timeout: float | None = None  # seconds of reading; None: the client's own
 
     def request_args(self, auth_headers: Mapping[str, str]) -> dict[str, Any]:
         headers = {**(auth_headers if self.auth else {}), **self.headers}
         args: dict[str, Any] = {"headers": headers}
-        for name in ("params", "json", "data", "files"):
+        for name in ("params", "json", "data", "files", "timeout"):
             if getattr(self, name) is not None:
                 args[name] = getattr(self, name)
         return {"method": self.method, "url": self.url, **args}
@@ -87,8 +89,25 @@ def _content(response: httpx.Response) -> bytes:
     return response.content
 
 
-def _post_headers(key: str | None) -> dict[str, str]:
-    return {"Idempotency-Key": key or str(uuid.uuid4())}
+def _post_headers(key: str | None, wait: int | None = None) -> dict[str, str]:
+    headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+    if wait is not None:
+        headers["Prefer"] = f"wait={wait}"
+    return headers
+
+
+MAX_WAIT = 60  # seconds: the most the service waits for a job before answering (Prefer)
+WAIT_MARGIN = 15.0  # seconds a waiting POST may take beyond its wait (storing the upload)
+
+
+def _wait(wait: float | None) -> tuple[int | None, float | None]:
+    """The whole seconds to ask the service to wait, and the read timeout that allows them."""
+    if wait is None:
+        return None, None
+    if not 0 <= wait <= MAX_WAIT:
+        raise ValueError(f"wait={wait}: the service waits 0 to {MAX_WAIT} s; use wait() beyond")
+    seconds = math.ceil(wait)
+    return seconds, seconds + WAIT_MARGIN
 
 
 def job_id(job: JobRef) -> str:
@@ -130,6 +149,7 @@ class Builder:
         webhook_url: str | None,
         webhook_events: Iterable[str] | None,
         idempotency_key: str | None,
+        wait: float | None = None,
     ) -> Call[ConceptCreated]:
         files = [_file("image", image, "image")]
         files += [_file("masks", m, f"mask{i}") for i, m in enumerate(masks)]
@@ -142,25 +162,33 @@ class Builder:
             data["webhook_url"] = webhook_url
         if webhook_events is not None:
             data["webhook_events"] = ",".join(webhook_events)
+        seconds, timeout = _wait(wait)
         return Call(
             "POST",
             "/v1/concepts",
             _model(ConceptCreated),
             data=data,
             files=files,
-            headers=_post_headers(idempotency_key),
+            headers=_post_headers(idempotency_key, seconds),
+            timeout=timeout,
         )
 
     def synthesize_call(
-        self, concept: ConceptRef, body: dict[str, Any], idempotency_key: str | None
+        self,
+        concept: ConceptRef,
+        body: dict[str, Any],
+        idempotency_key: str | None,
+        wait: float | None = None,
     ) -> Call[Job]:
         body = {k: v for k, v in body.items() if v is not None}
+        seconds, timeout = _wait(wait)
         return Call(
             "POST",
             f"/v1/concepts/{concept_id(concept)}/syntheses",
             _model(Job),
             json=body,
-            headers=_post_headers(idempotency_key),
+            headers=_post_headers(idempotency_key, seconds),
+            timeout=timeout,
         )
 
     def job_call(self, job: JobRef) -> Call[Job]:

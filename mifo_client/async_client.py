@@ -82,6 +82,7 @@ class AsyncClient(_core.Builder):
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> ConceptCreated:
         """See `Client.learn`."""
         return await self._send(
@@ -93,6 +94,7 @@ class AsyncClient(_core.Builder):
                 webhook_url=webhook_url,
                 webhook_events=webhook_events,
                 idempotency_key=idempotency_key,
+                wait=wait,
             )
         )
 
@@ -125,10 +127,11 @@ class AsyncClient(_core.Builder):
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> Job:
         """See `Client.synthesize`."""
         body = _core.synthesis_body(locals())
-        return await self._send(self.synthesize_call(concept, body, idempotency_key))
+        return await self._send(self.synthesize_call(concept, body, idempotency_key, wait))
 
     async def job(self, job: JobRef) -> Job:
         return await self._send(self.job_call(job))

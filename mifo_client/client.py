@@ -85,9 +85,11 @@ class Client(_core.Builder):
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> ConceptCreated:
         """Upload a scene and one mask per instance (paths, bytes or binary files) and queue
-        the learning job. `wait(created)` waits for it."""
+        the learning job. `wait(created)` waits for it; `wait=N` (at most 60 s) has the
+        service answer once the job ends or after N seconds, whichever comes first."""
         return self._send(
             self.learn_call(
                 image,
@@ -97,6 +99,7 @@ class Client(_core.Builder):
                 webhook_url=webhook_url,
                 webhook_events=webhook_events,
                 idempotency_key=idempotency_key,
+                wait=wait,
             )
         )
 
@@ -131,12 +134,14 @@ class Client(_core.Builder):
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> Job:
         """Queue a synthesis of a ready concept: `boxes` maps each token (`<asset0>`) or
         instance name to [x0, y0, x1, y1] as image fractions. Unset options take the
-        server's defaults."""
+        server's defaults. `wait=N` (at most 60 s): the answer comes once the job ends (the
+        finished job) or after N seconds (the job as it is then)."""
         body = _core.synthesis_body(locals())
-        return self._send(self.synthesize_call(concept, body, idempotency_key))
+        return self._send(self.synthesize_call(concept, body, idempotency_key, wait))
 
     def job(self, job: JobRef) -> Job:
         return self._send(self.job_call(job))

@@ -107,7 +107,8 @@ class Job(_Model):
 
 
 class ConceptCreated(_Model):
-    """The answer to `learn`: the pending concept and the job that learns it."""
+    """The answer to `learn`: the pending concept and the job that learns it (both as they
+    ended, with `wait=N` when the job ended within it)."""
 
     concept: Concept
     job: Job

@@ -232,3 +232,31 @@ def test_the_async_client_learns_synthesises_and_downloads(
     assert done.succeeded and 1.0 in seen
     assert [p.name for p in files] == [f"{done.id}_image_00.png"]
     assert files[0].read_bytes().startswith(PNG)
+
+
+def test_prefer_wait_answers_with_the_finished_job(
+    service: str, scene: tuple[Path, list[Path]], learned: tuple[ConceptCreated, Job, list[Job]]
+) -> None:
+    image, masks = scene
+    with Client(service) as client:
+        created = client.learn(image, masks, options=QUICK, wait=60)
+        assert created.job.done, created.job.status  # no wait() needed
+        assert created.job.succeeded and created.concept.status == "ready"
+        done = client.synthesize(created, PROMPT, BOXES, num_images=1, steps=1, wait=60)
+        assert done.succeeded and done.result and done.result.images
+        # A wait shorter than the job: the job as it was then, to follow with wait().
+        slow = client.synthesize(created, PROMPT, BOXES, num_images=4, steps=30, wait=0)
+        assert not slow.done
+        assert client.wait(slow, timeout=WAIT).succeeded
+        with pytest.raises(ValueError, match="0 to 60"):
+            client.synthesize(created, PROMPT, BOXES, wait=61)
+
+
+def test_the_async_client_waits_through_prefer_too(
+    service: str, learned: tuple[ConceptCreated, Job, list[Job]]
+) -> None:
+    async def run() -> Job:
+        async with AsyncClient(service) as client:
+            return await client.synthesize(learned[0], PROMPT, BOXES, steps=1, wait=60)
+
+    assert asyncio.run(run()).succeeded
