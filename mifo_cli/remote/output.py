@@ -25,7 +25,7 @@ def when(moment: dt.datetime | None) -> str:
 
 
 def progress_text(job: Job) -> str:
-    """`phase1 12/40 31% ETA 0:00:25`, the queue place, or the status alone."""
+    """`running phase1 12/40 31% ETA 0:00:25 rec 0.0213`, the queue place, or the status."""
     p = job.progress
     if job.status == "queued" and job.queue is not None:
         start = job.queue.estimated_start_seconds
@@ -36,7 +36,13 @@ def progress_text(job: Job) -> str:
     steps = f" {p.step}/{p.total}" if p.step is not None and p.total else ""
     share = f" {p.fraction:.0%}" if p.fraction is not None else ""
     cancel = " (cancel requested)" if job.cancel_requested else ""
-    return f"running {p.phase}{steps}{share} ETA {duration(p.eta_seconds)}{cancel}"
+    return f"running {p.phase}{steps}{share} ETA {duration(p.eta_seconds)}{losses(job)}{cancel}"
+
+
+def losses(job: Job) -> str:
+    """` rec 0.0213 reward -0.41`: the latest step's loss terms, or nothing."""
+    terms = job.progress.losses or {}
+    return "".join(f" {name} {value:.3g}" for name, value in sorted(terms.items()))
 
 
 def body(model: BaseModel, **extra: Any) -> dict[str, Any]:

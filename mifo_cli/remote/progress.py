@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from mifo_cli.remote.output import duration, progress_text
+from mifo_cli.remote.output import duration, losses, progress_text
 from mifo_client import Job
 
 LINE_SECONDS = 5.0  # plain output: at most one line this often within a phase
@@ -65,7 +65,8 @@ class BarProgress:
             )
         self.bar.n = min(p.step or 0, p.total)
         share = f"{p.fraction:.0%}" if p.fraction is not None else "?"
-        self.bar.set_postfix_str(f"job {share}, ETA {duration(p.eta_seconds)}", refresh=False)
+        postfix = f"job {share}, ETA {duration(p.eta_seconds)}{losses(job)}"
+        self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.refresh()
 
     def close(self, finished: bool = False) -> None:

@@ -398,3 +398,15 @@ def test_saving_without_overwrite_keeps_the_file_there(
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no part file left
     _core.save(tmp_path, "a.png", b"third")  # the default replaces, as before
     assert (tmp_path / "a.png").read_bytes() == b"third"
+
+
+def test_progress_lines_show_the_phase_the_share_the_eta_and_the_loss_terms() -> None:
+    from mifo_cli.remote.output import progress_text
+    from mifo_client import Job
+
+    progress = {"phase": "phase1", "step": 12, "total": 40, "fraction": 0.31, "eta_seconds": 25}
+    running = Job(id="0b7d5a52-x", kind="learn", status="running", progress=progress)
+    assert progress_text(running) == "running phase1 12/40 31% ETA 0:00:25"
+    progress["losses"] = {"reward": -0.4123, "rec": 0.02134}
+    running = Job(id="0b7d5a52-x", kind="learn", status="running", progress=progress)
+    assert progress_text(running) == "running phase1 12/40 31% ETA 0:00:25 rec 0.0213 reward -0.412"
