@@ -79,7 +79,9 @@ def _wrong_content_type(request: Request) -> Problem | None:
             "-F image=@file.png)",
         )
     else:
-        if sent == "application/json" or sent.endswith("+json"):
+        if sent == "application/json" or (
+            sent.startswith("application/") and sent.endswith("+json")
+        ):
             return None
         wanted, fix = (
             "application/json",

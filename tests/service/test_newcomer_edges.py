@@ -117,6 +117,10 @@ def test_a_body_of_the_wrong_content_type_is_told_which_one_to_send(
     body = as_form.json()
     assert body["field"] == "Content-Type" and "application/json" in body["fix"]
     assert "application/x-www-form-urlencoded" in body["detail"]
+    odd = client.post(url, content=b'{"prompt": "x"}', headers={"content-type": "text/x+json"})
+    assert odd.status_code == 415, odd.text  # only application/*+json is JSON to FastAPI
+    vendor = {"content-type": "application/vnd.example+json"}
+    assert client.post(url, content=b"{}", headers=vendor).json()["field"] == "prompt"
     # The right type with a wrong field still names the field, and nothing was queued.
     wrong = client.post(url, json={"prompt": PROMPT, "num_images": 0})
     assert wrong.status_code == 422 and wrong.json()["field"] == "num_images"
