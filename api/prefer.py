@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.request import parse_http_list
 
 from fastapi import Depends, Header, Request
 
@@ -26,27 +27,43 @@ class Wait:
 
 def parse_wait(values: list[str]) -> Wait | None:
     """The `wait` preference among the Prefer header lines `values`; other preferences are
-    not this service's and are ignored, as RFC 7240 asks. Hand-written: the grammar needed
-    here is one token, and no maintained library parses Prefer."""
+    not this service's and are ignored, as RFC 7240 asks. The list is split by the standard
+    library's RFC 7230 list parser (commas inside quoted strings do not split); the one
+    preference read here is matched by hand, as no maintained library parses Prefer."""
     for line in values:
-        for item in line.split(","):
+        for item in parse_http_list(line):
             name, equals, value = item.split(";", 1)[0].partition("=")
-            if name.strip().lower() != "wait":
-                continue
-            if not equals:
-                return Wait(MAX_WAIT)
-            value = value.strip().strip('"')
-            if not value.isascii() or not value.isdigit():
-                raise Problem(
-                    422,
-                    "invalid_prefer",
-                    "Invalid Prefer header",
-                    f"Prefer has wait={value!r}; the wait is whole seconds.",
-                    field="Prefer",
-                    fix=_FIX,
-                )
-            return Wait(min(int(value), MAX_WAIT))
+            if name.strip().lower() == "wait":
+                return _wait(value.strip())
     return None
+
+
+def _wait(value: str) -> Wait:
+    """`value`: what follows `wait=`; empty (`wait`, `wait=`, `wait=""`) means no value,
+    RFC 7240 section 2, which waits MAX_WAIT."""
+    if value.startswith('"'):
+        if len(value) < 2 or not value.endswith('"'):
+            raise _invalid(value, "its quoted string is not closed")
+        value = value[1:-1]
+    if not value:
+        return Wait(MAX_WAIT)
+    if not value.isascii() or not value.isdigit():
+        raise _invalid(value, "the wait is whole seconds")
+    digits = value.lstrip("0") or "0"
+    # More digits than any wait worth reading: capped without converting them all.
+    return Wait(MAX_WAIT if len(digits) > 4 else min(int(digits), MAX_WAIT))
+
+
+def _invalid(value: str, why: str) -> Problem:
+    shown = value if len(value) <= 40 else f"{value[:40]}..."
+    return Problem(
+        422,
+        "invalid_prefer",
+        "Invalid Prefer header",
+        f"Prefer has wait={shown!r}; {why}.",
+        field="Prefer",
+        fix=_FIX,
+    )
 
 
 async def prefer_wait(
@@ -75,7 +92,11 @@ APPLIED = {
     "Preference-Applied": {
         "description": "`wait=N`: the request waited up to N seconds for the job to end.",
         "schema": {"type": "string"},
-    }
+    },
+    "Location": {
+        "description": "The job: `/v1/jobs/{id}` (GET it, or its `/events` stream).",
+        "schema": {"type": "string"},
+    },
 }
 
 

@@ -5,6 +5,7 @@ completed with the answer (or released when the submission failed); with `Prefer
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from api.prefer import Wait
 from api.state import AppState
 from core.jobs import TERMINAL
 from core.models import Job
+
+log = logging.getLogger(__name__)
 
 
 def idempotent(
@@ -107,10 +110,13 @@ async def answer(
     within the wait. A replay waits too, and keeps its headers."""
     if wait is None:
         return done.body
-    await run_in_threadpool(session.close)  # no connection is held while waiting
     body = None
-    if await until_ended(request, state, done.job_id, wait.seconds):
-        body = await run_in_threadpool(_render, state, finished, done.job_id)
+    try:
+        await run_in_threadpool(session.close)  # no connection is held while waiting
+        if await until_ended(request, state, done.job_id, wait.seconds):
+            body = await run_in_threadpool(_render, state, finished, done.job_id)
+    except Exception as exc:  # the job is stored: its 202 is still the right answer
+        log.warning("job %s: waiting for its end failed (%s); answering 202", done.job_id, exc)
     replay = done.body if isinstance(done.body, Response) else None
     if body is None:  # the 202, as without the header
         (replay or response).headers.update(wait.applied)
@@ -128,14 +134,29 @@ async def answer(
 async def until_ended(request: Request, state: AppState, job_id: uuid.UUID, seconds: float) -> bool:
     """Whether the job ended (or is gone) within `seconds`. Waits on "job changed" notices
     (core.events: Redis pub/sub, or polling), holding no thread between two reads of the
-    job's status; stops early when the client went away."""
-    with anyio.move_on_after(seconds):
-        async with notices(state.settings.events_url, job_id) as changed:
-            while not await request.is_disconnected():
-                if await run_in_threadpool(_ended, state, job_id):
-                    return True
-                await changed()
-    return False
+    job's status; a client that goes away ends the wait at once (the wait for its
+    disconnect runs beside the wait for a change)."""
+    ended = False
+    async with anyio.create_task_group() as tasks:
+
+        async def client_gone() -> None:
+            await _disconnect(request)
+            log.info("job %s: the client went away; its wait ends", job_id)
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(client_gone)
+        with anyio.move_on_after(seconds):
+            async with notices(state.settings.events_url, job_id) as changed:
+                while not (ended := await run_in_threadpool(_ended, state, job_id)):
+                    await changed()
+        tasks.cancel_scope.cancel()
+    return ended
+
+
+async def _disconnect(request: Request) -> None:
+    """Return once the client has gone (ASGI `http.disconnect`; the body was read before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _ended(state: AppState, job_id: uuid.UUID) -> bool:
@@ -147,5 +168,8 @@ def _ended(state: AppState, job_id: uuid.UUID) -> bool:
 def _render(
     state: AppState, finished: Callable[[Session, uuid.UUID], Any], job_id: uuid.UUID
 ) -> Any:
+    """`finished`'s body; None once the job is gone (deleted with its concept or tenant)."""
     with state.sessions() as session:
+        if session.get(Job, job_id) is None:
+            return None
         return finished(session, job_id)

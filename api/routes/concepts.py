@@ -81,6 +81,8 @@ async def create_concept(
     done = await run_in_threadpool(
         _learn, request, response, session, state, tenant, image, masks, form, idempotency_key
     )
+    for upload in (image, *masks):  # stored by now: their temporary files are not kept open
+        await upload.close()
     finished = functools.partial(_created, request, state=state)
     return await answer(request, response, state, session, wait, done, finished)
 

@@ -3,6 +3,8 @@ N seconds, the usual 202 after N seconds otherwise, and no thread held while wai
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 import uuid
@@ -15,11 +17,14 @@ import anyio.to_thread
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from api import submission
 from api.main import create_app
 from api.prefer import MAX_WAIT, Wait, parse_wait
+from api.routes import concepts
 from core import events, jobs
 from core.db import make_engine, make_sessionmaker, session_scope
 from core.events import Publisher
@@ -92,10 +97,27 @@ def test_parse_wait() -> None:
     assert parse_wait(["wait"]) == Wait(MAX_WAIT)
     assert parse_wait(["wait=600"]) == Wait(MAX_WAIT)
     assert Wait(30).applied == {"Preference-Applied": "wait=30"}
-    for bad in ("wait=abc", "wait=-1", "wait=1.5", "wait="):
+    for bad in ("wait=abc", "wait=-1", "wait=1.5", 'wait="5', 'wait="', 'wait=5"'):
         with pytest.raises(Problem) as caught:
             parse_wait([bad])
         assert caught.value.field == "Prefer"
+
+
+def test_parse_wait_follows_rfc_7240() -> None:
+    # An empty value is no value (RFC 7240 section 2): plain `wait`.
+    assert parse_wait(["wait="]) == parse_wait(['wait=""']) == Wait(MAX_WAIT)
+    # A comma inside a quoted string does not start another preference.
+    assert parse_wait(['foo="a,wait=1"']) is None
+    assert parse_wait(['foo="a,wait=1", wait=3']) == Wait(3)
+    assert parse_wait(['foo="a;b", wait = "4"; x="y,z"']) == Wait(4)
+
+
+def test_a_wait_of_thousands_of_digits_is_capped() -> None:
+    assert parse_wait(["wait=" + "9" * 5000]) == Wait(MAX_WAIT)
+    assert parse_wait(["wait=" + "0" * 5000 + "7"]) == Wait(7)
+    with pytest.raises(Problem) as caught:
+        parse_wait(["wait=" + "9" * 5000 + "x"])
+    assert caught.value.field == "Prefer" and len(caught.value.detail) < 200
 
 
 def test_synthesis_that_ends_within_the_wait_is_200_with_the_finished_job(
@@ -290,3 +312,176 @@ def test_real_service_answers_learning_and_synthesis_when_they_end(
         shares = job["result"]["images"][0]["in_box_share"]
         assert set(shares) == {"<asset0>", "<asset1>"}
         assert all(0.0 <= v <= 1.0 for v in shares.values())
+
+
+def test_prefer_over_http_caps_long_digits_and_respects_quotes(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    worker = _worker(settings, "synthesize")
+    r = _synthesis(client, concept.id, Prefer="wait=" + "9" * 5000)
+    worker.join()
+    assert r.status_code == 200, r.text
+    assert r.headers["preference-applied"] == f"wait={MAX_WAIT}"
+    quoted = _synthesis(client, concept.id, Prefer='foo="a,wait=1"')  # not a wait: no wait
+    assert quoted.status_code == 202 and "preference-applied" not in quoted.headers
+    bad = _synthesis(client, concept.id, Prefer='wait="5')
+    assert (bad.status_code, bad.json()["field"]) == (422, "Prefer")
+
+
+def _broken(*_: Any) -> Any:
+    raise OperationalError("SELECT jobs.status", {}, Exception("server closed the connection"))
+
+
+@pytest.mark.parametrize("broken", ["status read", "final read"])
+def test_a_database_error_while_waiting_answers_the_202(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """The job and its key are stored before the wait: a failing read answers the 202 that
+    points at it (a 503 would make a client without a key submit it again)."""
+    if broken == "status read":
+        monkeypatch.setattr(submission, "_ended", _broken)
+    else:
+        monkeypatch.setattr(submission, "_ended", lambda *_: True)
+        monkeypatch.setattr(submission, "_render", _broken)
+    concept = make_concept(session)
+    session.commit()
+    r = _synthesis(client, concept.id, Prefer="wait=20")
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert r.headers["preference-applied"] == "wait=20" and r.json()["status"] == "queued"
+    assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_a_job_deleted_while_waiting_answers_the_202(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+
+    def delete_it() -> None:
+        engine = make_engine(settings.db_url)
+        sessions = make_sessionmaker(engine)
+
+        def queued() -> uuid.UUID | None:
+            with sessions() as s:
+                return s.scalar(select(Job.id).where(Job.status == "queued"))
+
+        wait_until(queued, 20)
+        time.sleep(0.3)  # the request is waiting by now
+        with session_scope(sessions) as s:
+            s.execute(delete(Job))
+        engine.dispose()
+
+    remover = threading.Thread(target=delete_it, daemon=True)
+    remover.start()
+    r = _synthesis(client, concept.id, Prefer="wait=20")
+    remover.join()
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert client.get(r.headers["location"]).status_code == 404
+
+
+def test_the_uploads_are_closed_before_the_wait(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads: list[Any] = []
+    closed_at_wait: list[bool] = []
+    learn, until_ended = concepts._learn, submission.until_ended
+
+    def recording_learn(*args: Any) -> Any:
+        uploads.extend([args[5], *args[6]])  # image, masks
+        return learn(*args)
+
+    async def recording_wait(*args: Any) -> bool:
+        closed_at_wait.extend(upload.file.closed for upload in uploads)
+        return await until_ended(*args)
+
+    monkeypatch.setattr(concepts, "_learn", recording_learn)
+    monkeypatch.setattr(submission, "until_ended", recording_wait)
+    image, masks = scene()
+    files = [("image", ("scene.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    r = client.post("/v1/concepts", files=files, headers={"Prefer": "wait=0"})
+    assert r.status_code == 202, r.text
+    assert len(uploads) == 1 + len(masks) and closed_at_wait == [True] * len(uploads)
+
+
+def test_a_client_that_goes_away_ends_its_wait_within_a_second(
+    client: TestClient,
+    session: Session,
+    settings: Settings,
+    api_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The request is driven at the ASGI level, its client going away once the job is
+    queued; the change-wait alone (5 s here) would notice that only at its next wake-up."""
+    monkeypatch.setattr(events, "POLL_SECONDS", 5.0)
+    concept = make_concept(session)
+    session.commit()
+    body = json.dumps({"prompt": PROMPT, "boxes": BOXES, "steps": 4}).encode()
+    path = f"/v1/concepts/{concept.id}/syntheses"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {api_key}".encode()),
+            (b"prefer", b"wait=8"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    engine = make_engine(settings.db_url)
+
+    def queued() -> bool:
+        with make_sessionmaker(engine)() as s:
+            return s.scalar(select(func.count()).select_from(Job)) == 1
+
+    async def drive() -> tuple[float, list[Any]]:
+        gone, gone_at, sent = anyio.Event(), [0.0], []
+        delivered = False
+
+        async def leave() -> None:
+            while not await anyio.to_thread.run_sync(queued):
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.5)  # the request is waiting by now
+            gone_at[0] = time.monotonic()
+            gone.set()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(leave)
+            with anyio.fail_after(30):
+                await client.app(scope, receive, send)
+        return time.monotonic() - gone_at[0], sent
+
+    assert client.portal is not None
+    with caplog.at_level(logging.INFO, logger="api.submission"):
+        after, sent = client.portal.call(drive)
+    engine.dispose()
+    assert after < 1.0, after
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 202
+    assert any("the client went away" in r.getMessage() for r in caplog.records)
