@@ -26,6 +26,9 @@ class Storage(Protocol):
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def download(self, key: str, path: Path) -> None:
+        """Write the object to the file `path`, streamed, never whole in memory."""
+
     def delete_prefix(self, prefix: str) -> None: ...
     def keys(self, prefix: str) -> list[str]: ...
     def presigned_url(self, key: str) -> str | None:
@@ -67,6 +70,12 @@ class LocalStorage:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"Cannot read {key!r}: {exc}") from exc
+
+    def download(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
         except OSError as exc:
             raise StorageError(f"Cannot read {key!r}: {exc}") from exc
 
@@ -139,6 +148,17 @@ class S3Storage:
 
     def get(self, key: str) -> bytes:
         return self._call("get_object", Key=self._key(key))["Body"].read()
+
+    def download(self, key: str, path: Path) -> None:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # in parts, each written to the file as it arrives
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except (Boto3Error, BotoCoreError, ClientError) as exc:
+            raise StorageError(
+                f"S3 download of {key!r} from {self.bucket!r} failed: {exc}"
+            ) from exc
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         token: dict[str, str] = {}

@@ -39,6 +39,7 @@ _ADAPTER_NAME = re.compile(r"\.(lora_[AB])\.[^.]+\.")
 _WITHOUT_ADAPTER = r".\1."
 TOKEN_TABLE = "embeddings.token_embedding.weight"
 _META = "lora_adapter_metadata"  # diffusers' key for the LoraConfig in a file's metadata
+ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # every member's timestamp: the archive's bytes are the concept's
 
 
 @dataclass(frozen=True)
@@ -58,42 +59,93 @@ def export_concept(concept_dir: str | Path, folder: str | Path) -> Export:
     meta = _metadata(source)
     target.mkdir(parents=True)
     try:
-        files = _write(source, meta, target)
+        members = _members(source, meta, target)
+        for name, path in members.items():
+            if path != target / name:  # a stored file that goes out unchanged
+                shutil.copyfile(path, target / name)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # nothing half-written stays
         raise
+    return _export(target, meta, members)
+
+
+def export_archive(concept_dir: str | Path, archive: str | Path) -> Export:
+    """`export_concept` packed as one zip file at `archive` (weights stored, text deflated).
+
+    The same concept gives the same bytes: members in name order, one fixed timestamp, and
+    safetensors headers in a fixed order. Stored files that go out unchanged are read from
+    the concept directory itself; only the converted ones are written to a temporary folder."""
+    source = Path(concept_dir)
+    meta = _metadata(source)
+    with tempfile.TemporaryDirectory(prefix="mifo-export-") as tmp:
+        members = _members(source, meta, Path(tmp))
+        with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
+            for name, path in members.items():
+                _add(zf, name, path)
+    return _export(Path(archive), meta, members)
+
+
+def _export(folder: Path, meta: Mapping[str, Any], members: Mapping[str, Path]) -> Export:
     return Export(
-        folder=target,
-        files=[README, "concept.json", *files],
+        folder=folder,
+        files=list(members),
         tokens={t["token"]: t["name"] for t in meta["tokens"]},
         base_model=meta["base_model"],
         adaptation=meta["adaptation"],
     )
 
 
-def _write(source: Path, meta: Mapping[str, Any], target: Path) -> list[str]:
-    """The export's files under `target`, README and concept.json aside."""
-    files = _embeddings(source, meta, target)
+def _members(source: Path, meta: Mapping[str, Any], target: Path) -> dict[str, Path]:
+    """The export's files by name, in name order: converted ones written under `target`,
+    stored ones that need no change as their path in `source`."""
+    members = {name: target / name for name in _embeddings(source, meta, target)}
     if meta["adaptation"] == "lora":
-        files.append(_lora(source, meta, target))
+        members[LORA_FILE] = target / _lora(source, meta, target)
     elif meta["adaptation"] == "full":
-        shutil.copyfile(_path(source, meta, "unet"), target / FULL_FILES["unet"])
-        _text_encoder_without_table(_path(source, meta, "text_encoder"), target)
-        files += list(FULL_FILES.values())
+        members[FULL_FILES["unet"]] = _path(source, meta, "unet")
+        members[FULL_FILES["text_encoder"]] = _text_encoder_without_table(
+            _path(source, meta, "text_encoder"), target
+        )
     (target / "concept.json").write_text(json.dumps(meta, indent=2))
     (target / README).write_text(readme(meta), encoding="utf-8")
-    return files
+    members |= {"concept.json": target / "concept.json", README: target / README}
+    return dict(sorted(members.items()))
 
 
-def export_archive(concept_dir: str | Path, archive: str | Path) -> Export:
-    """`export_concept` packed as one zip file at `archive` (weights stored, text deflated)."""
-    with tempfile.TemporaryDirectory(prefix="mifo-export-") as tmp:
-        done = export_concept(concept_dir, Path(tmp) / "export")
-        with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
-            for name in done.files:
-                kind = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
-                zf.write(done.folder / name, name, compress_type=kind)
-    return Export(Path(archive), done.files, done.tokens, done.base_model, done.adaptation)
+def _add(zf: zipfile.ZipFile, name: str, path: Path) -> None:
+    """One member with the fixed timestamp, copied from `path` in chunks."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+    info.compress_type = (
+        zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+    )
+    info.external_attr = 0o644 << 16  # a plain file, -rw-r--r--
+    info.file_size = path.stat().st_size  # zipfile decides on zip64 by it
+    with path.open("rb") as src, zf.open(info, "w") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _save(tensors: Mapping[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file` with the header's metadata in key order: the writer keeps it
+    in a hash map and lays it out in a new order each call, with no option for a fixed one,
+    so the header is written again, sorted, in the same bytes (padded with spaces)."""
+    from safetensors.numpy import save_file
+
+    save_file(dict(tensors), path, metadata=metadata)
+    if not metadata:
+        return
+    with path.open("r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))  # the tensors' entries keep their order
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # always, but for JSON escaped otherwise than serde_json does
+            f.seek(8)
+            f.write(text.ljust(size))
+            return
+        data = f.read()
+        text += b" " * (-len(text) % 8)  # the format aligns the tensors to 8 bytes
+        f.seek(0)
+        f.write(len(text).to_bytes(8, "little") + text + data)
 
 
 def embedding_file(token: str) -> str:
@@ -132,14 +184,14 @@ def _path(source: Path, meta: Mapping[str, Any], part: str) -> Path:
 
 def _embeddings(source: Path, meta: Mapping[str, Any], target: Path) -> list[str]:
     """One diffusers textual-inversion file per token: {token: (D,)}."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     rows = load_file(_path(source, meta, "embeddings"))
     (target / "embeddings").mkdir()
     names = []
     for t in meta["tokens"]:
         name = embedding_file(t["token"])
-        save_file({t["token"]: rows[t["token"]]}, target / name)
+        _save({t["token"]: rows[t["token"]]}, target / name)
         names.append(name)
     return names
 
@@ -147,7 +199,7 @@ def _embeddings(source: Path, meta: Mapping[str, Any], target: Path) -> list[str
 def _lora(source: Path, meta: Mapping[str, Any], target: Path) -> str:
     """The UNet and text-encoder adapters in one file, keyed as `save_lora_weights` writes
     them, with the LoraConfig in the metadata (so a lora_alpha other than the rank holds)."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     cfg = meta["config"]
     state: dict[str, Any] = {}
@@ -158,24 +210,24 @@ def _lora(source: Path, meta: Mapping[str, Any], target: Path) -> str:
         lora = {"r": cfg["lora_rank"], "lora_alpha": cfg["lora_alpha"], "target_modules": targets}
         config |= {f"{part}.{k}": v for k, v in lora.items()}
     metadata = {"format": "pt", _META: json.dumps(config, indent=2, sort_keys=True)}
-    save_file(state, target / LORA_FILE, metadata=metadata)
+    _save(state, target / LORA_FILE, metadata)
     return LORA_FILE
 
 
-def _text_encoder_without_table(path: Path, target: Path) -> None:
+def _text_encoder_without_table(path: Path, target: Path) -> Path:
     """The full text-encoder weights but the token table: a concept may hold the table with
     its tokens' rows (its key lost the `text_model.` prefix in transformers 5), and a table
-    of another size would not load; load_textual_inversion adds the rows instead."""
+    of another size would not load; load_textual_inversion adds the rows instead. The stored
+    file itself when it holds no table."""
     from safetensors import safe_open
-    from safetensors.numpy import save_file
 
     with safe_open(path, framework="numpy") as f:
         keys = [k for k in f.keys() if not k.endswith(TOKEN_TABLE)]  # noqa: SIM118
         if len(keys) == len(f.keys()):  # noqa: SIM118
-            shutil.copyfile(path, target / FULL_FILES["text_encoder"])
-            return
+            return path
         state = {k: f.get_tensor(k) for k in keys}
-    save_file(state, target / FULL_FILES["text_encoder"], metadata={"format": "pt"})
+    _save(state, target / FULL_FILES["text_encoder"], {"format": "pt"})
+    return target / FULL_FILES["text_encoder"]
 
 
 def readme(meta: Mapping[str, Any]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from mifo_engine.export import (
     LORA_FILE,
     README,
     TOKEN_TABLE,
+    ZIP_TIME,
     embedding_file,
     export_archive,
     export_concept,
@@ -193,7 +196,7 @@ def test_the_archive_holds_the_listed_files(concepts, tmp_path) -> None:
     with zipfile.ZipFile(done.folder) as zf:
         names = zf.namelist()
         weights = zf.getinfo("unet.safetensors")
-    assert names == done.files
+    assert names == done.files == sorted(names)
     assert set(names) == {
         README,
         "concept.json",
@@ -204,6 +207,39 @@ def test_the_archive_holds_the_listed_files(concepts, tmp_path) -> None:
     }
     assert weights.compress_type == zipfile.ZIP_STORED
     assert weights.file_size == (concepts["full"] / "unet_full.safetensors").stat().st_size
+
+
+def test_an_archive_is_the_same_bytes_every_time(concepts, tmp_path) -> None:
+    first = {m: export_archive(concepts[m], tmp_path / f"{m}-1.zip").folder for m in MODES}
+    time.sleep(2.1)  # the zip format's clock ticks in 2 seconds: a file's own time would show
+    for mode, archive in first.items():
+        again = export_archive(concepts[mode], tmp_path / f"{mode}-2.zip").folder
+        assert again.read_bytes() == archive.read_bytes(), mode
+        with zipfile.ZipFile(again) as zf:
+            assert {i.date_time for i in zf.infolist()} == {ZIP_TIME}
+    with zipfile.ZipFile(first["lora"]) as zf:
+        data = zf.read(LORA_FILE)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert list(header["__metadata__"]) == ["format", "lora_adapter_metadata"]
+
+
+def test_an_unchanged_stored_file_is_packed_from_the_concept_itself(concepts, tmp_path) -> None:
+    """The full UNet goes out as stored: read from the concept directory, not a copy."""
+    stored = concepts["full"] / "unet_full.safetensors"
+    opened: list[str] = []
+    real_open = Path.open
+
+    def tracked(self: Path, *args, **kwargs):
+        opened.append(str(self))
+        return real_open(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "open", tracked)
+        done = export_archive(concepts["full"], tmp_path / "c.zip")
+    assert str(stored) in opened
+    assert not [p for p in opened if p.endswith("/unet.safetensors")]  # no copy made
+    with zipfile.ZipFile(done.folder) as zf:
+        assert zf.read("unet.safetensors") == stored.read_bytes()
 
 
 def test_the_export_needs_no_torch(concepts, tmp_path) -> None:

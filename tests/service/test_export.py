@@ -1,21 +1,26 @@
 """core.export and its route: a stored concept (learned on `tiny`) as the engine's zip, read
-from a local folder or downloaded from S3; refusals as problems."""
+from a local folder or downloaded from S3, the same bytes every time; refusals as problems,
+and no temporary file left behind."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import io
 import json
 import tempfile
+import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from core import export
+from core.db import make_engine, make_sessionmaker
 from core.models import Concept
 from core.problems import Problem
 from core.settings import Settings
@@ -72,20 +77,12 @@ def _stored(session: Session, storage: Storage, folder: Path, *, skip: str = "")
     return concept
 
 
-def _members(archive: Path) -> dict[str, Any]:
-    """Each file's bytes; a safetensors file as its parsed header and its tensor bytes (the
-    writer lays the header's metadata out in no fixed order)."""
-    with zipfile.ZipFile(archive) as zf:
-        files = {name: zf.read(name) for name in zf.namelist()}
-    return {
-        name: _split(data) if name.endswith(".safetensors") else data
-        for name, data in files.items()
-    }
+def _bytes(archive: export.Archive) -> bytes:
+    return b"".join(archive.chunks())
 
 
-def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]), data[8 + size :]
+def _leftovers(concept_id: object = "") -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob(f"concept-{concept_id}*.zip"))
 
 
 def test_the_archive_is_the_engines_export_of_the_stored_concept(
@@ -95,12 +92,57 @@ def test_the_archive_is_the_engines_export_of_the_stored_concept(
     archive = export.concept_archive(
         session, storage, concept_id=concept.id, tenant_id=concept.tenant_id
     )
-    try:
-        expected = export_archive(concept_dir, tmp_path / "direct.zip").folder
-        assert _members(archive) == _members(expected)
-        assert "pytorch_lora_weights.safetensors" in _members(archive)
-    finally:
-        archive.unlink()
+    assert _leftovers(concept.id) == set()  # unlinked once open: a dropped response leaves none
+    data = _bytes(archive)
+    expected = export_archive(concept_dir, tmp_path / "direct.zip").folder
+    assert data == expected.read_bytes() and len(data) == archive.size
+    assert archive.etag == f'"{hashlib.sha256(data).hexdigest()}"'
+    with zipfile.ZipFile(expected) as zf:
+        assert "pytorch_lora_weights.safetensors" in zf.namelist()
+
+
+def test_a_concept_deleted_while_its_archive_is_built_is_404(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    concept_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    concept = _stored(session, storage, concept_dir)
+    ident, tenant, prefix = concept.id, concept.tenant_id, concept.prefix
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+
+    def delete() -> None:
+        with sessions() as other:
+            other.delete(other.get(Concept, ident))
+            other.commit()
+        storage.delete_prefix(prefix)
+
+    if storage.local_path(prefix) is not None:  # the build reads the stored folder itself
+        build = export.engine.export_archive
+        monkeypatch.setattr(export.engine, "export_archive", lambda *a: (delete(), build(*a)))
+    else:  # the build downloads the objects first: delete after the first one
+        download = storage.download
+        monkeypatch.setattr(storage, "download", lambda *a: (download(*a), delete()))
+    with pytest.raises(Problem) as refused:
+        export.concept_archive(session, storage, concept_id=ident, tenant_id=tenant)
+    assert (refused.value.status, refused.value.code) == (404, "not_found")
+    assert _leftovers(ident) == set()
+
+
+def test_a_failed_build_leaves_no_file(
+    session: Session, storage: Storage, concept_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    concept = _stored(session, storage, concept_dir)
+
+    def half_then_fail(folder: str, archive: str) -> None:
+        Path(archive).write_bytes(b"PK half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.engine, "export_archive", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        export.concept_archive(session, storage, concept_id=concept.id, tenant_id=concept.tenant_id)
+    assert _leftovers(concept.id) == set()
 
 
 def test_refusals_name_the_fix(session: Session, storage: Storage, concept_dir: Path) -> None:
@@ -114,13 +156,13 @@ def test_refusals_name_the_fix(session: Session, storage: Storage, concept_dir: 
         (pending.id, mine, 409, "concept_not_ready"),
         (broken.id, mine, 500, "concept_unreadable"),
     ]
-    before = set(Path(tempfile.gettempdir()).glob("concept-*.zip"))
+    before = _leftovers()
     for ident, tenant, status, code in cases:
         with pytest.raises(Problem) as refused:
             export.concept_archive(session, storage, concept_id=ident, tenant_id=tenant)
         assert (refused.value.status, refused.value.code) == (status, code)
         assert refused.value.fix
-    assert set(Path(tempfile.gettempdir()).glob("concept-*.zip")) == before  # none left
+    assert _leftovers() == before  # none left
 
 
 def test_an_unreachable_store_is_503(session: Session, concept_dir: Path) -> None:
@@ -137,22 +179,68 @@ def test_an_unreachable_store_is_503(session: Session, concept_dir: Path) -> Non
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "30"}
 
 
-def test_the_route_sends_the_zip_and_removes_its_file(
+def test_the_route_sends_the_same_zip_every_time_and_whole(
     client: TestClient, session: Session, settings: Settings, concept_dir: Path
 ) -> None:
     concept = _stored(session, storage_from_settings(settings), concept_dir)
-    before = set(Path(tempfile.gettempdir()).glob(f"concept-{concept.id}-*.zip"))
-    r = client.get(f"/v1/concepts/{concept.id}/export")
+    url = f"/v1/concepts/{concept.id}/export"
+    r = client.get(url)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
     assert r.headers["content-disposition"] == f'attachment; filename="concept-{concept.id}.zip"'
-    archive = Path(tempfile.gettempdir()) / "received.zip"
-    archive.write_bytes(r.content)
-    try:
-        assert "README.md" in _members(archive)
-    finally:
-        archive.unlink()
-    assert set(Path(tempfile.gettempdir()).glob(f"concept-{concept.id}-*.zip")) == before
+    assert r.headers["etag"] == f'"{hashlib.sha256(r.content).hexdigest()}"'
+    assert int(r.headers["content-length"]) == len(r.content)
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert "README.md" in zf.namelist()
+    # ranges are not served, so no two answers can be spliced: a Range (with or without
+    # If-Range) gets the whole archive, the same bytes as before
+    for extra in ({}, {"If-Range": r.headers["etag"]}, {"If-Range": '"another"'}):
+        again = client.get(url, headers={"Range": "bytes=10-19", **extra})
+        assert again.status_code == 200 and "content-range" not in again.headers
+        assert "accept-ranges" not in again.headers
+        assert again.content == r.content and again.headers["etag"] == r.headers["etag"]
+    assert _leftovers(concept.id) == set()
     refused = client.get(f"/v1/concepts/{uuid.uuid4()}/export")
     assert refused.status_code == 404
     assert refused.headers["content-type"] == "application/problem+json"
+
+
+def test_builds_beyond_the_limit_are_503_until_one_ends(
+    client: TestClient,
+    session: Session,
+    settings: Settings,
+    concept_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = storage_from_settings(settings)
+    concept = _stored(session, storage, concept_dir)
+    ident, tenant = concept.id, concept.tenant_id
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    build, started, release = (
+        export.engine.export_archive,
+        threading.Semaphore(0),
+        threading.Event(),
+    )
+
+    def slow(folder: str, archive: str) -> None:
+        started.release()
+        assert release.wait(60)
+        build(folder, archive)
+
+    def one() -> export.Archive:
+        with sessions() as s:
+            return export.concept_archive(s, storage, concept_id=ident, tenant_id=tenant)
+
+    monkeypatch.setattr(export.engine, "export_archive", slow)
+    with concurrent.futures.ThreadPoolExecutor(export.MAX_BUILDS) as pool:
+        running = [pool.submit(one) for _ in range(export.MAX_BUILDS)]
+        for _ in running:
+            assert started.acquire(timeout=60)
+        busy = client.get(f"/v1/concepts/{ident}/export")
+        release.set()
+        archives = [f.result(timeout=60) for f in running]
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "10"
+    problem = busy.json()
+    assert problem["type"] == "/problems/export_busy" and "retry" in problem["fix"]
+    assert len({_bytes(a) for a in archives}) == 1
+    assert client.get(f"/v1/concepts/{ident}/export").status_code == 200  # the slots are free
