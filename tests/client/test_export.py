@@ -4,6 +4,7 @@ loads into plain diffusers, which then draws the image the service's synthesis d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import zipfile
 from collections.abc import Iterator
@@ -91,12 +92,21 @@ def test_the_export_draws_the_services_image_in_plain_diffusers(
     assert np.array_equal(got, expected), f"max diff {np.abs(got - expected.astype(int)).max()}"
 
 
-def test_the_archive_comes_as_an_attachment(service: str, learned: ConceptCreated) -> None:
+def test_the_archive_comes_as_an_attachment_the_same_each_time(
+    service: str, learned: ConceptCreated
+) -> None:
     url = f"{service}/v1/concepts/{learned.concept.id}/export"
     r = httpx.get(url, timeout=60)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     disposition = r.headers["content-disposition"]
     assert disposition == f'attachment; filename="concept-{learned.concept.id}.zip"'
+    assert r.headers["etag"] == f'"{hashlib.sha256(r.content).hexdigest()}"'
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert "accept-ranges" not in r.headers
+    # a resumed download asks for the rest: it gets the whole archive, the same bytes
+    again = httpx.get(url, headers={"Range": "bytes=100-", "If-Range": r.headers["etag"]})
+    assert again.status_code == 200 and "content-range" not in again.headers
+    assert again.content == r.content and again.headers["etag"] == r.headers["etag"]
 
 
 def test_an_unknown_concept_is_404_and_an_unready_one_409(
@@ -128,3 +138,6 @@ def test_the_async_client_saves_the_same_archive(
     path = asyncio.run(main())
     with zipfile.ZipFile(path) as zf:
         assert "pytorch_lora_weights.safetensors" in zf.namelist()
+    with Client(service) as client:
+        same = client.export_concept(learned, tmp_path / "sync")
+    assert same.read_bytes() == path.read_bytes()
