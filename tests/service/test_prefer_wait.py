@@ -485,3 +485,11 @@ def test_a_client_that_goes_away_ends_its_wait_within_a_second(
     assert after < 1.0, after
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 202
     assert any("the client went away" in r.getMessage() for r in caplog.records)
+
+
+def test_the_openapi_document_names_the_headers_of_both_answers(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/concepts", "/v1/concepts/{concept_id}/syntheses"):
+        answers = paths[path]["post"]["responses"]
+        for status in ("200", "202"):
+            assert {"Location", "Preference-Applied"} <= set(answers[status]["headers"]), path
