@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _blocks() -> tuple[str, str]:
     blocks = re.findall(r"```bash\n(.*?)```", TOUR.group(1), re.S)
     scene = next(b for b in blocks if "scene.save" in b)
     calls = next(b for b in blocks if "/v1/concepts" in b)
-    return scene.replace(".venv/bin/python", str(Path(shutil.which("python") or "python"))), calls
+    return scene.replace(".venv/bin/python", sys.executable), calls
 
 
 def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
