@@ -515,6 +515,19 @@ def check_free(folder: Path, plan: list[tuple[str, str]]) -> None:
             raise FileExistsError(errno.EEXIST, "the file exists", str(folder / name))
 
 
+CHUNK_BYTES = 1 << 20  # streamed downloads are written a MiB at a time
+
+
+def export_call(concept: ConceptRef, folder: str | Path) -> tuple[Call[Path], Path, Path]:
+    """The export's call, the partial file it streams into, and the archive's final path."""
+    ident = concept_id(concept)
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"concept-{ident}.zip"
+    part = target / f".{path.name}.part"
+    return Call("GET", f"/v1/concepts/{ident}/export", lambda _: part), part, path
+
+
 def save(folder: Path, name: str, data: bytes, *, overwrite: bool = True) -> Path:
     """Write the file whole (a temporary name, then renamed), so no half file is left. With
     `overwrite` False an existing file raises FileExistsError and stays as it was."""

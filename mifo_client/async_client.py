@@ -50,12 +50,16 @@ class AsyncClient(_core.Builder):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, call: _core.Call[T]) -> T:
+    async def _send(self, call: _core.Call[T], into: Path | None = None) -> T:
+        """Send `call` with retries; `into`: stream a successful body into that file."""
         retry, attempt = self.settings.retry, 0
         while True:
             try:
                 args = call.request_args(self.settings.auth_headers())
-                response = await self._http.request(**args)
+                if into is None:
+                    response = await self._http.request(**args)
+                else:
+                    response = await self._fetch(args, into)
             except httpx.TransportError as exc:
                 pause = retry.pause(attempt, None)
                 if pause is None:
@@ -69,6 +73,17 @@ class AsyncClient(_core.Builder):
             _core.log_retry(call, attempt, pause, why)
             await asyncio.sleep(pause)
             attempt += 1
+
+    async def _fetch(self, args: dict[str, Any], into: Path) -> httpx.Response:
+        """The response, its body written to `into` when it succeeded, read otherwise."""
+        async with self._http.stream(**args) as response:
+            if response.is_success:
+                with into.open("wb") as out:
+                    async for chunk in response.aiter_bytes(_core.CHUNK_BYTES):
+                        out.write(chunk)
+            else:
+                await response.aread()
+        return response
 
     # --- concepts ------------------------------------------------------------------------
 
@@ -225,12 +240,13 @@ class AsyncClient(_core.Builder):
 
     async def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
         """See `Client.export_concept`."""
-        ident = _core.concept_id(concept)
-        call = _core.Call("GET", f"/v1/concepts/{ident}/export", lambda r: r.content)
-        data = await self._send(call)
-        target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
-        return _core.save(target, f"concept-{ident}.zip", data)
+        call, part, path = _core.export_call(concept, folder)
+        try:
+            await self._send(call, into=part)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return part.replace(path)
 
     async def webhook_secret(self) -> str:
         return await self._send(self.webhook_secret_call())

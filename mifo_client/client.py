@@ -54,11 +54,13 @@ class Client(_core.Builder):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, call: _core.Call[T]) -> T:
+    def _send(self, call: _core.Call[T], into: Path | None = None) -> T:
+        """Send `call` with retries; `into`: stream a successful body into that file."""
         retry, attempt = self.settings.retry, 0
         while True:
             try:
-                response = self._http.request(**call.request_args(self.settings.auth_headers()))
+                args = call.request_args(self.settings.auth_headers())
+                response = self._http.request(**args) if into is None else self._fetch(args, into)
             except httpx.TransportError as exc:
                 pause = retry.pause(attempt, None)
                 if pause is None:
@@ -72,6 +74,17 @@ class Client(_core.Builder):
             _core.log_retry(call, attempt, pause, why)
             time.sleep(pause)
             attempt += 1
+
+    def _fetch(self, args: dict[str, Any], into: Path) -> httpx.Response:
+        """The response, its body written to `into` when it succeeded, read otherwise."""
+        with self._http.stream(**args) as response:
+            if response.is_success:
+                with into.open("wb") as out:
+                    for chunk in response.iter_bytes(_core.CHUNK_BYTES):
+                        out.write(chunk)
+            else:
+                response.read()
+        return response
 
     # --- concepts ------------------------------------------------------------------------
 
@@ -242,12 +255,13 @@ class Client(_core.Builder):
         """Save a ready concept's export as `concept-<id>.zip` in `folder`: files plain
         diffusers loads (textual inversion, LoRA or full weights) and a README.md with the
         code (GET /v1/concepts/{id}/export; 409 while the concept is not ready)."""
-        ident = _core.concept_id(concept)
-        call = _core.Call("GET", f"/v1/concepts/{ident}/export", lambda r: r.content)
-        data = self._send(call)
-        target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
-        return _core.save(target, f"concept-{ident}.zip", data)
+        call, part, path = _core.export_call(concept, folder)
+        try:
+            self._send(call, into=part)  # streamed to disk: an archive may be gigabytes
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return part.replace(path)
 
     def webhook_secret(self) -> str:
         """The secret this tenant's webhooks are signed with (for `verify_webhook`)."""

@@ -141,3 +141,5 @@ def test_the_async_client_saves_the_same_archive(
     with Client(service) as client:
         same = client.export_concept(learned, tmp_path / "sync")
     assert same.read_bytes() == path.read_bytes()
+    # streamed into a partial file, renamed once whole: nothing else is left
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [path.name, same.name]
