@@ -54,8 +54,7 @@ def spots(
         return {}
     now = now or utcnow()
     kinds = sorted({j.kind for j in queued})
-    ids = [j.id for j in queued]
-    places = _places(session, ids)
+    places = _places(session, queued)
     running = [
         _Running(*row)
         for row in session.execute(
@@ -98,29 +97,45 @@ def estimate(queued_ahead: int, remaining: list[float | None], mean: float | Non
     return float(free[slot]) + rounds * (mean or 0.0)
 
 
-def _places(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
-    """For each of the queued jobs `ids`: (queued jobs of its kind before it, running jobs of
-    its kind), in one statement, so that both come from one snapshot even while a job moves
-    from one to the other (index range counts: ix_jobs_status_kind_created)."""
-    before, running = aliased(Job), aliased(Job)
-    earlier = (before.created_at < Job.created_at) | (
-        (before.created_at == Job.created_at) & (before.id < Job.id)
+def _places(session: Session, queued: list[Job]) -> dict[uuid.UUID, tuple[int, int]]:
+    """For each of the `queued` jobs: (queued jobs of its kind before it, running jobs of its
+    kind), in one statement, so that both come from one snapshot even while a job moves from
+    one to the other. The rank is one window over the queued jobs up to the newest of them,
+    so a page costs one scan of the queue's front, not one count per job."""
+    newest = max(j.created_at for j in queued)
+    order = (Job.created_at, Job.id)
+    ranked = (
+        select(
+            Job.id.label("id"),
+            Job.kind.label("kind"),
+            (func.row_number().over(partition_by=Job.kind, order_by=order) - 1).label("before"),
+        )
+        .where(
+            # The page's own jobs too: one that started since the page was read still gets
+            # its place (as the old counts gave it), not none.
+            (Job.status == JobStatus.QUEUED) | Job.id.in_([j.id for j in queued]),
+            Job.kind.in_({j.kind for j in queued}),
+            Job.created_at <= newest,
+        )
+        .subquery()
     )
-    queued_count = (
-        select(func.count())
-        .select_from(before)
-        .where(before.status == JobStatus.QUEUED, before.kind == Job.kind, earlier)
-        .correlate(Job)
-        .scalar_subquery()
-    )
+    running = aliased(Job)
     running_count = (
         select(func.count())
         .select_from(running)
-        .where(running.status == JobStatus.RUNNING, running.kind == Job.kind, running.id != Job.id)
-        .correlate(Job)
+        .where(
+            running.status == JobStatus.RUNNING,
+            running.kind == ranked.c.kind,
+            running.id != ranked.c.id,
+        )
+        .correlate(ranked)
         .scalar_subquery()
     )
-    rows = session.execute(select(Job.id, queued_count, running_count).where(Job.id.in_(ids)))
+    rows = session.execute(
+        select(ranked.c.id, ranked.c.before, running_count).where(
+            ranked.c.id.in_([j.id for j in queued])
+        )
+    )
     return {job_id: (int(q), int(r)) for job_id, q, r in rows}
 
 
