@@ -28,6 +28,12 @@ from core.storage import Storage, storage_from_settings
 
 log = logging.getLogger("mifo")
 
+# Set by the server of this process when it begins to stop (mifo_cli.embedded.Server): a
+# request waiting for its job (Prefer: wait) answers its 202 at once instead of being cut off
+# when the server's drain time runs out. One per process, as the server's stop is.
+STOPPING = threading.Event()
+STOPPING_POLL_SECONDS = 0.2  # how often a waiting request looks at it
+
 MODEL_CHECK_SECONDS = 30.0
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api.events import notices
 from api.idempotency import Idempotency, fingerprint
 from api.prefer import Wait
-from api.state import AppState
+from api.state import STOPPING, STOPPING_POLL_SECONDS, AppState
 from core.jobs import TERMINAL
 from core.models import Job
 
@@ -135,7 +135,8 @@ async def until_ended(request: Request, state: AppState, job_id: uuid.UUID, seco
     """Whether the job ended (or is gone) within `seconds`. Waits on "job changed" notices
     (core.events: Redis pub/sub, or polling), holding no thread between two reads of the
     job's status; a client that goes away ends the wait at once (the wait for its
-    disconnect runs beside the wait for a change)."""
+    disconnect runs beside the wait for a change), and so does the server's stop (STOPPING,
+    within STOPPING_POLL_SECONDS: the client gets its 202 before the drain cuts it off)."""
     ended = False
     async with anyio.create_task_group() as tasks:
 
@@ -144,7 +145,14 @@ async def until_ended(request: Request, state: AppState, job_id: uuid.UUID, seco
             log.info("job %s: the client went away; its wait ends", job_id)
             tasks.cancel_scope.cancel()
 
+        async def server_stopping() -> None:
+            while not STOPPING.is_set():
+                await anyio.sleep(STOPPING_POLL_SECONDS)
+            log.info("job %s: the server is stopping; its wait ends", job_id)
+            tasks.cancel_scope.cancel()
+
         tasks.start_soon(client_gone)
+        tasks.start_soon(server_stopping)
         with anyio.move_on_after(seconds):
             async with notices(state.settings.events_url, job_id) as changed:
                 while not (ended := await run_in_threadpool(_ended, state, job_id)):

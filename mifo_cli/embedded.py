@@ -59,7 +59,7 @@ def serve(host: str, port: int) -> int:
     try:
         with in_process(Duties.from_settings(settings)):
             try:
-                uvicorn.run(
+                config = uvicorn.Config(
                     "api.main:app_factory",
                     factory=True,
                     host=host,
@@ -68,12 +68,28 @@ def serve(host: str, port: int) -> int:
                     access_log=settings.access_log,
                     timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
                 )
+                server(config).run()
             finally:  # the worker starts handing its job back while the duties stop
                 if worker.poll() is None:
                     worker.terminate()
     finally:
         _stop(worker, deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
     return 0
+
+
+def server(config: Any) -> Any:
+    """uvicorn's server for `config`, which also tells the API when it begins to stop: a
+    request waiting for its job (Prefer: wait) then answers its 202 within the drain."""
+    import uvicorn
+
+    from api.state import STOPPING
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            STOPPING.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _stop(worker: subprocess.Popen[bytes], deadline: float) -> None:

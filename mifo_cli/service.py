@@ -195,16 +195,20 @@ def _api(args: argparse.Namespace) -> int:
     if rc := _check_db():
         return rc
     settings = Settings()
-    uvicorn.run(
-        "api.main:app_factory",
+    options = dict(
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
         proxy_headers=True,
         log_level=settings.log_level,
         access_log=settings.access_log,
     )
+    if args.workers > 1:  # uvicorn's supervisor runs its own servers in the child processes
+        uvicorn.run("api.main:app_factory", workers=args.workers, **options)
+    else:  # one process: waiting requests answer their 202 as soon as it begins to stop
+        from mifo_cli.embedded import server
+
+        server(uvicorn.Config("api.main:app_factory", **options)).run()
     return 0
 
 

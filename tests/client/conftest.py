@@ -26,6 +26,13 @@ PROMPT = "a photo of <asset0> and <asset1>"
 @contextlib.contextmanager
 def serve(data: Path, **env: str) -> Iterator[str]:
     """Yield the base URL of a ready `mifo serve` keeping its state in `data`."""
+    with serve_process(data, **env) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def serve_process(data: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`serve`, yielding the process too (for a test that stops it itself)."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
@@ -50,7 +57,7 @@ def serve(data: Path, **env: str) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"mifo serve never became ready: {_tail(data)}")
             time.sleep(0.3)
-        yield base
+        yield base, proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

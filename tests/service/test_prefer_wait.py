@@ -31,7 +31,7 @@ from core.events import Publisher
 from core.models import Concept, Job
 from core.problems import Problem
 from core.settings import Settings
-from tests.client.conftest import QUICK, serve
+from tests.client.conftest import QUICK, serve, serve_process
 from tests.helpers.wait import wait_until
 
 from .conftest import bearer
@@ -493,3 +493,40 @@ def test_the_openapi_document_names_the_headers_of_both_answers(client: TestClie
         answers = paths[path]["post"]["responses"]
         for status in ("200", "202"):
             assert {"Location", "Preference-Applied"} <= set(answers[status]["headers"]), path
+
+
+def test_a_request_still_waiting_when_the_server_stops_gets_its_202(tmp_path: Path) -> None:
+    """SIGTERM to `mifo serve` while a POST waits for a long job: the wait ends at once and
+    the client gets the 202 naming its job, within the server's drain (not its cut-off)."""
+    import signal
+
+    image, masks = scene()
+    files = [("image", ("scene.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    with (
+        serve_process(tmp_path / "data") as (base, proc),
+        httpx.Client(base_url=base, timeout=90) as http,
+    ):
+        long = {**QUICK, "phase1_steps": 2000}  # still learning when the server stops
+        waiting = ThreadPoolExecutor(1).submit(
+            http.post,
+            "/v1/concepts",
+            files=files,
+            data={"options": json.dumps(long)},
+            headers={"Prefer": "wait=60"},
+        )
+        running = {"status": "running"}
+
+        def started() -> bool:
+            assert not waiting.done(), waiting.result().text  # answered before it could wait
+            return bool(http.get("/v1/jobs", params=running).json().get("total"))
+
+        wait_until(started, 60, "the learning job never started", 0.5)
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        answer = waiting.result(timeout=30)
+        took = time.monotonic() - stopped
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["location"] == f"/v1/jobs/{answer.json()['job']['id']}"
+    assert answer.headers["preference-applied"] == "wait=60"
+    assert took < 3.0, took  # HTTP_DRAIN_SECONDS would cut it off with a 500
