@@ -78,7 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             400: problems.PROBLEM_RESPONSE,
             401: problems.PROBLEM_RESPONSE,
             422: problems.PROBLEM_RESPONSE,
-            415: problems.PROBLEM_RESPONSE,
             429: problems.PROBLEM_RESPONSE,
             500: problems.PROBLEM_RESPONSE,
             503: problems.PROBLEM_RESPONSE,

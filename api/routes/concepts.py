@@ -55,7 +55,7 @@ WebhookEventsField = Annotated[
     "",
     status_code=202,
     response_model=ConceptCreated,
-    responses={**ERRORS, **finished_response(ConceptCreated, "learning")},
+    responses={**ERRORS, **responses(415), **finished_response(ConceptCreated, "learning")},
 )
 async def create_concept(
     request: Request,

@@ -35,7 +35,7 @@ FIELDS = ("num_images", "seed", "steps", "guidance_scale", "box_control")
     "",
     status_code=202,
     response_model=JobPublic,
-    responses={**ERRORS, **finished_response(JobPublic, "the job")},
+    responses={**ERRORS, **responses(415), **finished_response(JobPublic, "the job")},
 )
 async def create_synthesis(
     concept_id: uuid.UUID,

@@ -138,3 +138,11 @@ def test_the_api_docs_load_nothing_from_another_host(client: TestClient) -> None
             assert asset.status_code == 200 and asset.content, (page, url)
     assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
     assert client.get("/openapi.json").json()["info"]["title"] == "MIFO"
+
+
+def test_415_is_documented_where_a_body_is_read_and_only_there(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            reads_body = "requestBody" in op
+            assert ("415" in op["responses"]) == reads_body, (method, path)
