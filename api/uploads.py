@@ -21,7 +21,7 @@ from api.inputs import (
     options_problem,
     too_deep,
 )
-from core.engine import LearnConfig, MifoError, check_inputs
+from core.engine import LearnConfig, MifoError, check_inputs, instance_names
 from core.problems import Problem, from_engine
 from core.settings import Settings
 from core.submissions import LearnInputs
@@ -157,7 +157,10 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
             field="names",
             fix="make the names distinct",
         )
-    return names
+    try:  # the engine's own rules too (e.g. no leading '<'): refused now, not by the job
+        return instance_names(names, count)
+    except MifoError as exc:
+        raise from_engine(exc) from exc
 
 
 def _name_limit(field: str, length: int, limit: int, env: str) -> Problem:

@@ -8,7 +8,7 @@ torch when they are called, in a worker.
 | `LearnConfig`, `SynthesisConfig` | request checks (api), job runs (worker) |
 | `MifoError`, `ModelLoadError`, `Cancelled` | problem mapping (core.problems), the runner |
 | `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model` | settings, prompt checks, readiness |
-| `check_inputs`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
+| `check_inputs`, `instance_names`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
 | `export_archive` | concept export (core.export; torch-free) |
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
-from mifo_engine.inputs import check_inputs, load_image, mask_to_binary, to_rgb
+from mifo_engine.inputs import check_inputs, instance_names, load_image, mask_to_binary, to_rgb
 from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.models import DEFAULT_BASE_MODEL, check_base_model, load_tokenizer
 
@@ -37,6 +37,7 @@ __all__ = [
     "SynthesisConfig",
     "check_base_model",
     "check_inputs",
+    "instance_names",
     "export_archive",
     "learn",
     "load_base_model",

@@ -338,3 +338,30 @@ def _open(source: str | Path | bytes | bytearray, field: str) -> Image.Image:
             f"{field} ({where}) is damaged or truncated ({exc}).", field=field, fix=_READ_FIX
         ) from exc
     return image
+
+
+def instance_names(names: Sequence[str] | None, n: int) -> list[str]:
+    """The names of `n` instances (`asset0`... when none are given), or InputError naming
+    the field: one per mask, non-empty, distinct, not starting with '<' (a token's mark)."""
+    if names is None or len(names) == 0:
+        return [f"asset{i}" for i in range(n)]
+    names = [s.strip() for s in names]
+    if len(names) != n:
+        raise InputError(
+            f"{len(names)} names given for {n} masks.",
+            field="names",
+            fix=f"give exactly {n} names, one per mask, in mask order",
+        )
+    if any(not s for s in names) or len(set(names)) != n:
+        raise InputError(
+            "Instance names must be non-empty and distinct.",
+            field="names",
+            fix="give each instance its own name",
+        )
+    if any(s.startswith("<") for s in names):
+        raise InputError(
+            "Instance names may not start with '<'.",
+            field="names",
+            fix="use plain words, e.g. 'red car'",
+        )
+    return names

@@ -21,8 +21,8 @@ from .attention import (
 )
 from .concept import BaseRef, Concept, TokenInfo
 from .config import LearnConfig, Place
-from .errors import ConfigError, InputError
-from .inputs import PreparedInputs, prepare_inputs
+from .errors import ConfigError
+from .inputs import PreparedInputs, instance_names, prepare_inputs
 from .losses import (
     leakage,
     masked_reconstruction_loss,
@@ -73,7 +73,7 @@ def learn(
     resolution = cfg.resolution or base.resolution
     inputs = prepare_inputs(image, masks, resolution=resolution, config=cfg)
     n = inputs.masks.shape[0]
-    names = _instance_names(names, n)
+    names = instance_names(names, n)
     init_words = _init_words(cfg.init_words, n)
     tokens = [f"<asset{i}>" for i in range(n)]
     # 2. Initial embeddings of the new tokens
@@ -582,31 +582,6 @@ class _Run:
             t: heat_map(acc[i].view(res, res), prep.image_rgb) for i, t in enumerate(prep.tokens)
         }
         return diag, maps
-
-
-def _instance_names(names: Sequence[str] | None, n: int) -> list[str]:
-    if names is None or len(names) == 0:
-        return [f"asset{i}" for i in range(n)]
-    names = [s.strip() for s in names]
-    if len(names) != n:
-        raise InputError(
-            f"{len(names)} names given for {n} masks.",
-            field="names",
-            fix=f"give exactly {n} names, one per mask, in mask order",
-        )
-    if any(not s for s in names) or len(set(names)) != n:
-        raise InputError(
-            "Instance names must be non-empty and distinct.",
-            field="names",
-            fix="give each instance its own name",
-        )
-    if any(s.startswith("<") for s in names):
-        raise InputError(
-            "Instance names may not start with '<'.",
-            field="names",
-            fix="use plain words, e.g. 'red car'",
-        )
-    return names
 
 
 def _init_words(words: Sequence[str], n: int) -> list[str | None]:

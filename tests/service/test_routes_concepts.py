@@ -92,6 +92,10 @@ def test_names_must_match_the_masks(
     image, masks = scene()
     r = _post(client, image, masks, names="only one")
     assert (r.status_code, r.json()["field"]) == (422, "names")
+    # The engine's own rule, at submission rather than in the job: no name looks like a token.
+    r = _post(client, image, masks, names="<left>, right")
+    assert (r.status_code, r.json()["field"]) == (422, "names"), r.text
+    assert "'<'" in r.json()["detail"] and r.json()["fix"]
     _nothing_stored(session, settings)
 
 
