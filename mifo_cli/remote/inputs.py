@@ -4,6 +4,7 @@ raises UsageError naming the option and the fix, before any request is sent."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ def parse_box(text: str) -> tuple[str, list[float]]:
         values = []
     if not sep or not key.strip() or len(values) != 4:
         raise UsageError("--box", f"{text!r} is not TOKEN=x0,y0,x1,y1", BOX_EXAMPLE)
+    if not all(math.isfinite(v) for v in values):
+        detail = f"{text!r} has a coordinate that is not a finite number"
+        raise UsageError("--box", detail, "give fractions of the image between 0 and 1")
     return key.strip(), values
 
 
@@ -42,10 +46,42 @@ def boxes(texts: Sequence[str]) -> dict[str, list[float]]:
     return found
 
 
-def _value(text: str) -> Any:
+class NotFinite(ValueError):
+    """NaN or Infinity in JSON: Python reads them, JSON (and so the service) has neither."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NotFinite(name)
+
+
+def strict_json(text: str) -> Any:
+    """json.loads, refusing NaN, Infinity and -Infinity (NotFinite); also numbers too
+    large for a float (1e999), which the json module reads as infinite."""
+    found = json.loads(text, parse_constant=_refuse_constant)
+    if _infinite(found):
+        raise NotFinite("a number too large")
+    return found
+
+
+def _infinite(found: Any) -> bool:
+    if isinstance(found, float):
+        return not math.isfinite(found)
+    if isinstance(found, dict):
+        return any(_infinite(v) for v in found.values())
+    if isinstance(found, list):
+        return any(_infinite(v) for v in found)
+    return False
+
+
+def _value(key: str, text: str) -> Any:
     """JSON when it parses (numbers, booleans, lists), else the text itself."""
     try:
-        return json.loads(text)
+        return strict_json(text)
+    except NotFinite as exc:
+        detail = f"{key}={text} holds {exc}, which JSON cannot carry"
+        raise UsageError(
+            "--option", detail, f"give {key} a finite number, e.g. {key}=7.5"
+        ) from None
     except ValueError:
         return text
 
@@ -61,16 +97,19 @@ def options(config: str | None, pairs: Sequence[str]) -> dict[str, Any] | None:
         if not sep or not key.strip():
             fix = "write e.g. --option phase1_steps=40 (the value is JSON, else text)"
             raise UsageError("--option", f"{pair!r} is not KEY=VALUE", fix)
-        found[key.strip()] = _value(value)
+        found[key.strip()] = _value(key.strip(), value)
     return found if config is not None or pairs else None
 
 
 def _config_file(path: str) -> dict[str, Any]:
     fix = 'give a JSON object of options, e.g. {"phase1_steps": 40}'
     try:
-        found = json.loads(Path(path).read_text())
+        found = strict_json(Path(path).read_text())
     except OSError as exc:
         raise UsageError("--config", f"cannot read {path}: {exc.strerror}", fix) from None
+    except NotFinite as exc:
+        detail = f"{path} holds {exc}, which JSON cannot carry"
+        raise UsageError("--config", detail, "give finite numbers only") from None
     except ValueError as exc:
         raise UsageError("--config", f"{path} is not JSON: {exc}", fix) from None
     if not isinstance(found, dict):

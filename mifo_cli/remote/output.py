@@ -61,12 +61,13 @@ class Console:
         """The command's answer: `text`, one line each, or `data` as JSON."""
         if self.json:
             print(json.dumps(data, indent=2), file=self.out)
-            return
-        for line in text:
-            print(line, file=self.out)
+        else:
+            for line in text:
+                print(line, file=self.out)
+        self.out.flush()  # a closed pipe fails here, inside run(), not at exit
 
     def problem(self, field: str | None, detail: str, fix: str | None, tag: str = "") -> None:
-        head = f"{field}: " if field else ""
+        head = f"{field}: " if field and not names(detail, field) else ""
         print(f"mifo remote: {head}{detail}{f' ({tag})' if tag else ''}", file=self.err)
         if fix:
             print(f"  fix: {fix}", file=self.err)
@@ -78,6 +79,11 @@ class Console:
 
     def note(self, text: str) -> None:
         print(text, file=self.err)
+
+
+def names(detail: str, field: str) -> bool:
+    """Whether the detail already starts with the field (`masks[1] is 320x320 ...`)."""
+    return detail.startswith(field) and detail[len(field) : len(field) + 1] in ("", ":", " ")
 
 
 def job_lines(job: Job, files: Sequence[Path] = ()) -> list[str]:

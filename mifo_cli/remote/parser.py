@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,39 @@ Command = Callable[..., int]
 EPILOG = (
     "exit codes: 0 done; 1 the job failed or was canceled; 2 bad usage or input (refused here "
     "or by the service); 3 service unreachable or failing; 4 API key missing or refused; "
-    "5 --timeout passed (the job goes on); 130 Ctrl-C (a job being waited for goes on)"
+    "5 --timeout passed (the job goes on); 130 Ctrl-C (a job being waited for goes on); "
+    "141 stdout closed early (e.g. piped into head)"
 )
+
+
+def count(text: str) -> int:
+    """A whole number >= 1 (--limit); argparse's `type` turns the error into exit 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1: give 1 or more")
+    return value
+
+
+def finite(text: str) -> float:
+    """A number that is not NaN or infinite (JSON has neither)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number: give e.g. 7.5")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (--timeout)."""
+    value = finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0: give 0 or more seconds")
+    return value
 
 
 def _common() -> argparse.ArgumentParser:
@@ -38,7 +70,7 @@ def _progress() -> argparse.ArgumentParser:
     """The options of a command that may wait for its job."""
     progress = argparse.ArgumentParser(add_help=False)
     progress.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop waiting after this (exit 5)"
+        "--timeout", type=seconds, metavar="SECONDS", help="stop waiting after this (exit 5)"
     )
     progress.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return progress
@@ -110,7 +142,7 @@ def _add_synthesize(sub: Any, common: Any, waiting: list[Any]) -> None:
     p.add_argument("--num-images", type=int, metavar="N", help="images, one seed each")
     p.add_argument("--seed", type=int, help="the first image's seed (then seed+1, ...)")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps")
-    p.add_argument("--guidance-scale", type=float, metavar="F", help="classifier-free guidance")
+    p.add_argument("--guidance-scale", type=finite, metavar="F", help="classifier-free guidance")
     p.add_argument("--no-box-control", action="store_true", help="plain generation, boxes unused")
     _submit_options(p, "a JSON object of SynthesisConfig fields (--option overrides them)")
 
@@ -136,14 +168,14 @@ def _add_jobs(sub: Any, common: Any, progress: Any, files: Any) -> None:
     )
     p.add_argument("--kind", help="learn or synthesize")
     p.add_argument("--concept", metavar="ID", help="the jobs of one concept")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    p.add_argument("--limit", type=count, default=20, metavar="N", help="at most N (default 20)")
 
 
 def _add_concepts(sub: Any, common: Any) -> None:
     concepts = sub.add_parser("concepts", help="list, show or delete concepts", epilog=EPILOG)
     csub = concepts.add_subparsers(dest="concepts_command", metavar="ACTION", required=True)
     p = _command(csub, "list", commands.concepts_list, [common], help="concepts, newest first")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    p.add_argument("--limit", type=count, default=20, metavar="N", help="at most N (default 20)")
     p = _command(csub, "get", commands.concepts_get, [common], help="one concept")
     p.add_argument("concept", metavar="ID", help="the concept id")
     p = _command(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 
 from mifo_cli.remote.commands import Detached, how_to_follow
@@ -28,6 +29,7 @@ EXIT_UNREACHABLE = 3  # no answer from the service, or it could not serve (5xx, 
 EXIT_AUTH = 4  # no API key, or one the service does not accept (401, 403)
 EXIT_TIMEOUT = 5  # --timeout passed while waiting; the job goes on
 EXIT_INTERRUPTED = 130  # Ctrl-C; a job being waited for goes on
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head`): 128 + SIGPIPE, as a shell reports it
 
 Command = Callable[[Client, argparse.Namespace, Console], int]
 
@@ -60,6 +62,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except MifoError as exc:
         return refused(console, exc, url)
+    except BrokenPipeError:
+        return broken_pipe()
+
+
+def broken_pipe() -> int:
+    """The reader of stdout went away: nothing more to say, and nothing for Python to flush
+    into the closed pipe at exit (stdout now points at os.devnull)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (tests capture it)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def refused(console: Console, exc: MifoError, url: str) -> int:

@@ -410,3 +410,121 @@ def test_progress_lines_show_the_phase_the_share_the_eta_and_the_loss_terms() ->
     progress["losses"] = {"reward": -0.4123, "rec": 0.02134}
     running = Job(id="0b7d5a52-x", kind="learn", status="running", progress=progress)
     assert progress_text(running) == "running phase1 12/40 31% ETA 0:00:25 rec 0.0213 reward -0.412"
+
+
+def _in_process(*args: str) -> int:
+    """`mifo remote ARGS...` in this process: its exit code, argparse's included."""
+    from mifo_cli import main
+
+    try:
+        return main(["remote", *args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["jobs", "--limit", "-1"], "argument --limit: -1 is below 1"),
+        (["jobs", "--limit", "0"], "argument --limit: 0 is below 1"),
+        (["concepts", "list", "--limit", "-5"], "argument --limit: -5 is below 1"),
+        (["jobs", "--limit", "many"], "argument --limit: 'many' is not a whole number"),
+        (["wait", "JOB", "--timeout", "-1"], "argument --timeout: -1 is below 0"),
+        (["wait", "JOB", "--timeout", "nan"], "argument --timeout: nan is not a finite number"),
+        (
+            ["synthesize", "C", PROMPT, "--guidance-scale", "inf"],
+            "argument --guidance-scale: inf is not a finite number",
+        ),
+    ],
+)
+def test_counts_and_seconds_out_of_range_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _in_process(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "detail"),
+    [
+        (
+            "--box",
+            "<asset0>=nan,0,1,1",
+            "'<asset0>=nan,0,1,1' has a coordinate that is not a finite number",
+        ),
+        (
+            "--box",
+            "<asset0>=0,0,inf,1",
+            "'<asset0>=0,0,inf,1' has a coordinate that is not a finite number",
+        ),
+        ("--option", "guidance_scale=NaN", "guidance_scale=NaN holds NaN, which JSON cannot carry"),
+        (
+            "--option",
+            "x=[0.5,-Infinity]",
+            "x=[0.5,-Infinity] holds -Infinity, which JSON cannot carry",
+        ),
+        ("--option", "x=1e999", "x=1e999 holds a number too large, which JSON cannot carry"),
+    ],
+)
+def test_non_finite_numbers_are_refused_before_any_request(
+    flag: str, value: str, detail: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens at this address: a request would exit 3, not 2.
+    api = f"http://127.0.0.1:{free_port()}"
+    assert _in_process("synthesize", "C", PROMPT, flag, value, "--api", api) == 2
+    first, fix = capsys.readouterr().err.splitlines()
+    assert first == f"mifo remote: {flag}: {detail}"
+    assert fix.startswith("  fix: give ")
+
+
+def test_a_config_file_with_nan_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "options.json"
+    config.write_text('{"guidance_scale": NaN}')
+    api = f"http://127.0.0.1:{free_port()}"
+    assert _in_process("synthesize", "C", PROMPT, "--config", str(config), "--api", api) == 2
+    first, _ = capsys.readouterr().err.splitlines()
+    assert first == f"mifo remote: --config: {config} holds NaN, which JSON cannot carry"
+
+
+def test_a_problem_names_its_field_once() -> None:
+    import io
+
+    from mifo_cli.remote.output import Console
+
+    err = io.StringIO()
+    console = Console(False, out=io.StringIO(), err=err)
+    console.problem("job_id", "job_id: Input should be a valid UUID", "give a job id", "422 /p")
+    console.problem("masks[1]", "masks[1] is 320x320, the image 256x256", None)
+    console.problem("masks", "masks[1] is 320x320", None)
+    console.problem("seed", "seeds must be whole numbers", None)
+    assert err.getvalue().splitlines() == [
+        "mifo remote: job_id: Input should be a valid UUID (422 /p)",
+        "  fix: give a job id",
+        "mifo remote: masks[1] is 320x320, the image 256x256",
+        "mifo remote: masks: masks[1] is 320x320",
+        "mifo remote: seed: seeds must be whole numbers",
+    ]
+
+
+def test_stdout_closed_early_exits_141_without_a_traceback(service: str) -> None:
+    """`mifo remote jobs --json | head -0`: the reader is gone before the answer is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mifo_cli", "remote", "jobs", "--json", "--api", service],
+            cwd=ROOT,
+            env=_env(),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=WAIT,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
