@@ -52,7 +52,10 @@ def download_artifact(
     path = state.storage.local_path(artifact.key)
     if path is None or not path.is_file():
         raise _gone(artifact_id)
-    return FileResponse(path, media_type=artifact.content_type, filename=path.name)
+    # Named by its job, as the client and `mifo remote` name it: a browser saving images of
+    # two jobs into one folder keeps both.
+    name = f"{artifact.job_id}_{path.name}" if artifact.job_id else path.name
+    return FileResponse(path, media_type=artifact.content_type, filename=name)
 
 
 def _gone(artifact_id: uuid.UUID) -> Problem:

@@ -71,6 +71,8 @@ def test_learn_then_synthesize(client: TestClient, ctx: WorkerContext, base: Any
     images = done["result"]["images"]
     assert [i["seed"] for i in images] == [0, 1]
     assert all(set(i["in_box_share"]) == {"<asset0>", "<asset1>"} for i in images)
+    saved = client.get(images[0]["url"]).headers["content-disposition"]
+    assert saved == f'attachment; filename="{synth["id"]}_image_00.png"'  # named by its job
     for item in images:
         picture = Image.open(io.BytesIO(client.get(item["url"]).content))
         assert picture.format == "PNG" and picture.size == (64, 64)
