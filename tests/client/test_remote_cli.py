@@ -528,3 +528,11 @@ def test_stdout_closed_early_exits_141_without_a_traceback(service: str) -> None
         os.close(write)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+def test_the_services_field_is_named_once(service: str) -> None:
+    done = mifo("wait", "not-a-uuid", "--api", service)
+    assert done.returncode == 2
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("mifo remote: job_id: Input should be a valid UUID"), first
+    assert first.endswith("(422 /problems/validation_error)")
