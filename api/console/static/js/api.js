@@ -79,12 +79,14 @@ export function isTerminal(job) {
 }
 
 /**
- * Follow a job until it ends: `onJob(job)` after every change, `onGone()` if it is deleted.
+ * Follow a job until it ends: `onJob(job)` after every change, `onGone()` if it is deleted,
+ * `onRefused(problem)` if the API refuses the reads (401 with the key prompt canceled, 403):
+ * following stops then, as asking again every second would bring the prompt straight back.
  * EventSource cannot send headers, so it serves only when no key is in use; with a key the
  * same stream is read through fetch(), and polling GET /v1/jobs/{id} is the last resort.
  * Returns a function that stops following.
  */
-export function followJob(id, onJob, onGone = () => {}) {
+export function followJob(id, onJob, onGone = () => {}, onRefused = () => {}) {
   const path = `v1/jobs/${encodeURIComponent(id)}`;
   const stop = new AbortController();
   let ended = false;
@@ -110,6 +112,10 @@ export function followJob(id, onJob, onGone = () => {}) {
       } catch (err) {
         if (err.name === "AbortError") return;
         if (err.status === 404) return gone();
+        if (err.status === 401 || err.status === 403) {
+          if (!ended) onRefused(err);
+          return finish();
+        }
       }
       await new Promise((r) => setTimeout(r, 1000));
     }

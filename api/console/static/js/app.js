@@ -9,6 +9,7 @@ import { showNew } from "./new.js";
 
 const main = document.getElementById("main");
 let leave = () => {};
+let routed = false;
 
 function route() {
   leave();
@@ -25,6 +26,8 @@ function route() {
   // a view returns what stops its streams and timers when the user goes elsewhere
   leave = show(main, id ? decodeURIComponent(id) : undefined) || (() => {});
   document.title = `${main.querySelector("h2")?.textContent || "MIFO"} - MIFO console`;
+  if (routed) main.querySelector("h2")?.focus(); // not on the first load: the page starts at the top
+  routed = true;
 }
 
 // One prompt at a time; every request waiting on a key resumes once it is given.
@@ -39,10 +42,14 @@ function askForKey(problem) {
     waiting = new Promise((resolve) => {
       dialog.onclose = () => {
         waiting = null;
-        resolve(dialog.returnValue === "key");
+        const given = dialog.returnValue === "key";
+        // the prompt follows a 401: a key still kept was refused, so it goes with Cancel
+        if (!given) apiKey.clear();
+        resolve(given);
       };
     });
     input.value = "";
+    dialog.returnValue = ""; // Escape keeps the last one
     dialog.showModal();
     input.focus();
   }
@@ -64,6 +71,7 @@ document.getElementById("key-forget").addEventListener("click", () => {
 document.getElementById("key-button").addEventListener("click", () => {
   problemLine.textContent = apiKey.get() ? "A key is in use in this tab." : "No key in use.";
   input.value = "";
+  dialog.returnValue = "";
   dialog.showModal();
   dialog.onclose = () => {
     if (dialog.returnValue === "key") route();

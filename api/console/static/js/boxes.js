@@ -33,10 +33,10 @@ export class BoxEditor {
   }
 
   fit() {
-    const r = this.canvas.getBoundingClientRect();
+    // the content box (clientWidth): the border is not part of the frame
     const ratio = window.devicePixelRatio || 1;
-    this.canvas.width = Math.max(1, Math.round(r.width * ratio));
-    this.canvas.height = Math.max(1, Math.round(r.height * ratio));
+    this.canvas.width = Math.max(1, Math.round(this.canvas.clientWidth * ratio));
+    this.canvas.height = Math.max(1, Math.round(this.canvas.clientHeight * ratio));
     this.render();
   }
 
@@ -64,9 +64,12 @@ export class BoxEditor {
   }
 
   frac(e) {
-    const r = this.canvas.getBoundingClientRect();
-    return { x: clamp((e.clientX - r.left) / r.width, 0, 1),
-      y: clamp((e.clientY - r.top) / r.height, 0, 1), px: 1 / r.width };
+    const c = this.canvas;
+    const r = c.getBoundingClientRect();
+    const w = c.clientWidth || r.width;
+    const h = c.clientHeight || r.height;
+    return { x: clamp((e.clientX - r.left - c.clientLeft) / w, 0, 1),
+      y: clamp((e.clientY - r.top - c.clientTop) / h, 0, 1), px: 1 / w };
   }
 
   /** The token's box under the point and what a drag there does: move, or a corner. */

@@ -3,7 +3,7 @@
 import { api, isTerminal } from "./api.js";
 import { BoxEditor } from "./boxes.js";
 import { clearProblems, el, percent, problemText, showProblem, view, when } from "./dom.js";
-import { COLOURS } from "./paint.js";
+import { COLOURS, centreSquare } from "./paint.js";
 import { trackJob } from "./progress.js";
 
 // A token whose attention has at least this share inside another instance's mask gets a
@@ -12,12 +12,22 @@ export const LEAK_WARN = 0.1;
 
 export function showConcept(main, id) {
   main.append(view("view-concept"));
-  const stops = [];
+  // Followers start when their reads answer, maybe after the user left: none starts then,
+  // and one that still slips in is stopped at once.
+  const stops = {
+    left: false,
+    list: [],
+    push(stop) {
+      if (this.left) stop();
+      else this.list.push(stop);
+    },
+  };
   const fail = (err) => {
     main.querySelector(".form-problem").textContent = problemText(err);
   };
   const load = async () => {
     const concept = await api(`v1/concepts/${encodeURIComponent(id)}`);
+    if (stops.left) return;
     const names = concept.tokens.map((t) => t.name).join(", ");
     main.querySelector("#concept-title").textContent = `Concept: ${names}`;
     document.title = `Concept: ${names} - MIFO console`;
@@ -30,7 +40,10 @@ export function showConcept(main, id) {
     }
   };
   load().catch(fail);
-  return () => stops.forEach((stop) => stop());
+  return () => {
+    stops.left = true;
+    stops.list.forEach((stop) => stop());
+  };
 }
 
 function learning(box, concept, stops, reload) {
@@ -39,6 +52,7 @@ function learning(box, concept, stops, reload) {
     return;
   }
   api(`v1/jobs/${concept.learn_job_id}`).then((job) => {
+    if (stops.left) return;
     let wasRunning = !isTerminal(job);
     stops.push(trackJob(box, job, () => {
       if (wasRunning) reload(); // now ready (or failed): show the maps and the composer
@@ -79,7 +93,7 @@ function compose(section, concept, submitted) {
   const tokens = concept.tokens.map((t, i) => ({ ...t, colour: COLOURS[i % COLOURS.length] }));
   const editor = new BoxEditor(form.querySelector("#box-canvas"), tokens, (token, box) => fill(token, box));
   const frame = new Image();
-  frame.onload = () => editor.setBackground(frame);
+  frame.onload = () => editor.setBackground(squareOf(frame));
   if (concept.inputs.image) frame.src = concept.inputs.image;
   prompt.placeholder = `a photo of ${tokens.map((t) => t.token).join(" and ")}`;
   const chips = form.querySelector(".chips");
@@ -112,9 +126,22 @@ function compose(section, concept, submitted) {
     const values = inputs(token).map((i) => i.value.trim());
     return values.every((v) => v !== "") ? values.map(Number) : null;
   }
+  /** A box with some of its four numbers typed: the first such token, or null. */
+  const partial = () => tokens.find((t) => {
+    const typed = inputs(t.token).filter((i) => i.value.trim() !== "").length;
+    return typed > 0 && typed < 4;
+  }) || null;
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearProblems(form);
+    const half = partial();
+    if (half) {
+      showProblem(form, { field: `boxes[${half.token}]`,
+        message: `The box of ${half.token} has only some of x0, y0, x1, y1.`,
+        fix: `give all four numbers, or press "Remove the box of ${half.token}"` });
+      form.querySelector("[aria-invalid]")?.focus();
+      return;
+    }
     const boxes = {};
     for (const t of tokens) {
       const box = read(t.token);
@@ -131,11 +158,21 @@ function compose(section, concept, submitted) {
       submitted(await api(`v1/concepts/${concept.id}/syntheses`, { method: "POST", json: body }));
     } catch (err) {
       showProblem(form, err);
+      form.querySelector("[aria-invalid]")?.focus();
     } finally {
       button.disabled = false;
     }
   });
   section.hidden = false;
+}
+
+/** The centred square of `image` the engine keeps (the frame boxes are drawn on). */
+function squareOf(image) {
+  const { x, y, side } = centreSquare(image.naturalWidth, image.naturalHeight);
+  const out = document.createElement("canvas");
+  out.width = out.height = side;
+  out.getContext("2d").drawImage(image, x, y, side, side, 0, 0, side, side);
+  return out;
 }
 
 /** Put `token` at the cursor, with a space either side where needed. */
@@ -153,6 +190,7 @@ function insert(area, token) {
 
 async function listResults(section, concept, stops) {
   const page = await api(`v1/concepts/${concept.id}/syntheses?limit=20`);
+  if (stops.left) return;
   for (const job of page.data.reverse()) addResult(section, job, stops, true);
 }
 

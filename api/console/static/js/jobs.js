@@ -15,6 +15,7 @@ export function showJobs(main) {
   let offset = 0;
   let timer = null;
   let latest = 0; // only the answer to the latest request is shown (the filter may change)
+  const cancels = new Map(); // job id -> its Cancel button, kept across refreshes (and focus)
   const load = async (fresh) => {
     clearTimeout(timer);
     const asked = ++latest;
@@ -25,8 +26,16 @@ export function showJobs(main) {
       const page = await api(`v1/jobs?${query}`);
       if (asked !== latest) return;
       problem.textContent = "";
+      // a kept button leaves the page for a moment below: it gets its focus back after
+      const focused = [...cancels.values()].includes(document.activeElement) ? document.activeElement : null;
       if (fresh) rows.replaceChildren();
-      rows.append(...page.data.map((job) => row(job, problem, () => load(true))));
+      const button = (job) => {
+        if (isTerminal(job)) return null;
+        if (!cancels.has(job.id)) cancels.set(job.id, cancelButton(job, problem, () => load(true)));
+        return cancels.get(job.id);
+      };
+      rows.append(...page.data.map((job) => row(job, button(job))));
+      if (focused?.isConnected) focused.focus();
       offset += page.data.length;
       more.hidden = !page.next;
       if (!rows.children.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "hint" }, "No jobs match.")));
@@ -44,10 +53,8 @@ export function showJobs(main) {
   return () => clearTimeout(timer);
 }
 
-function row(job, problem, reload) {
-  const p = job.progress || {};
-  const progress = isTerminal(job) ? "" : `${p.phase || ""} ${p.fraction ? percent(p.fraction) : ""}`.trim();
-  const cancel = !isTerminal(job) && el("button", { type: "button", onclick: async () => {
+function cancelButton(job, problem, reload) {
+  return el("button", { type: "button", onclick: async () => {
     try {
       await api(`v1/jobs/${job.id}/cancel`, { method: "POST" });
       reload();
@@ -55,6 +62,11 @@ function row(job, problem, reload) {
       problem.textContent = problemText(err);
     }
   } }, `Cancel job ${job.id.slice(0, 8)}`);
+}
+
+function row(job, cancel) {
+  const p = job.progress || {};
+  const progress = isTerminal(job) ? "" : `${p.phase || ""} ${p.fraction ? percent(p.fraction) : ""}`.trim();
   // data-label: the column's name, shown beside each value where rows stack (phones)
   return el("tr", { "data-job": job.id },
     el("td", { "data-label": "Job" }, el("code", { title: job.id }, job.id.slice(0, 8))),

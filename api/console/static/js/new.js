@@ -2,7 +2,7 @@
 
 import { api } from "./api.js";
 import { clearProblems, el, showProblem, view } from "./dom.js";
-import { COLOURS, MaskPainter } from "./paint.js";
+import { COLOURS, MaskPainter, maskSizeProblem } from "./paint.js";
 
 // `quick` runs in seconds on the built-in tiny model; `paper` sends no overrides.
 export const PRESETS = {
@@ -58,8 +58,21 @@ export function showNew(main) {
         showProblem(form, { field: `masks[${at}]`, message: "No image chosen yet.", fix: "choose the image first, then its masks" });
         return;
       }
+      let bitmap;
       try {
-        painter.loadMask(at, await createImageBitmap(file));
+        bitmap = await createImageBitmap(file);
+      } catch {
+        bitmap = null;
+      }
+      const size = bitmap && maskSizeProblem(bitmap, painter.canvas.width, painter.canvas.height);
+      if (size) {
+        upload.value = "";
+        showProblem(form, { field: `masks[${at}]`, message: size, fix: "upload a mask of the image's own size" });
+        return;
+      }
+      try {
+        if (!bitmap) throw new Error("unreadable");
+        painter.loadMask(at, bitmap);
         clearProblems(form);
       } catch {
         showProblem(form, { field: `masks[${at}]`, message: "This mask file is not an image the browser can read.", fix: "choose a PNG, JPEG or WebP file" });
@@ -87,10 +100,12 @@ export function showNew(main) {
   }
 
   main.querySelector("#image-input").addEventListener("change", async (e) => {
-    imageFile = e.target.files[0] || null;
-    if (!imageFile) return;
+    const file = e.target.files[0] || null;
+    if (!file) return;
     try {
-      painter.setImage(await createImageBitmap(imageFile));
+      painter.setImage(await createImageBitmap(file));
+      imageFile = file; // only once it reads: a bad file leaves the previous image in use
+      clearProblems(form);
     } catch {
       showProblem(form, { field: "image", message: "This file is not an image the browser can read.", fix: "choose a PNG, JPEG or WebP file" });
       return;
@@ -120,26 +135,35 @@ export function showNew(main) {
   applyPreset();
   addInstance();
 
+  const button = main.querySelector("#learn");
+  let busy = false; // set before the first await: a second submit meanwhile is ignored
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    if (busy) return;
     clearProblems(form);
     const local = check(imageFile, rows(), painter, options.value);
-    if (local) return showProblem(form, local);
-    const body = new FormData();
-    body.append("image", imageFile, imageFile.name);
-    for (let i = 0; i < rows().length; i += 1) {
-      body.append("masks", await painter.toBlob(i), `mask${i}.png`);
+    if (local) {
+      showProblem(form, local);
+      form.querySelector("[aria-invalid]")?.focus();
+      return;
     }
-    body.append("names", rows().map((r) => r.querySelector(".name").value.trim()).join(","));
-    if (options.value.trim() && options.value.trim() !== "{}") body.append("options", options.value);
-    const button = main.querySelector("#learn");
+    busy = true;
     button.disabled = true;
     try {
+      const body = new FormData();
+      body.append("image", imageFile, imageFile.name);
+      for (let i = 0; i < rows().length; i += 1) {
+        body.append("masks", await painter.toBlob(i), `mask${i}.png`);
+      }
+      body.append("names", rows().map((r) => r.querySelector(".name").value.trim()).join(","));
+      if (options.value.trim() && options.value.trim() !== "{}") body.append("options", options.value);
       const made = await api("v1/concepts", { method: "POST", form: body });
       location.hash = `#/concepts/${made.concept.id}`;
     } catch (err) {
       showProblem(form, err);
+      form.querySelector("[aria-invalid]")?.focus();
     } finally {
+      busy = false;
       button.disabled = false;
     }
   });

@@ -6,6 +6,48 @@ const UNDO_DEPTH = 30;
 export const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
   "#f032e6", "#9a6324"];
 
+// The engine's reading of a mask file (mifo_engine/inputs.py, mask_to_binary), at 50%.
+const BW_DARK = 0.15 * 255;
+const BW_LIGHT = 0.85 * 255;
+const BW_SHARE = 0.97;
+
+/** The centred square (x, y, side) the engine keeps of a width x height image. */
+export function centreSquare(width, height) {
+  const side = Math.min(width, height);
+  return { x: Math.floor((width - side) / 2), y: Math.floor((height - side) / 2), side };
+}
+
+/** Why `bitmap` cannot be a mask of a width x height image, or null when it can. */
+export function maskSizeProblem(bitmap, width, height) {
+  if (bitmap.width === width && bitmap.height === height) return null;
+  return `The mask is ${bitmap.width} x ${bitmap.height} pixels, the image ${width} x ${height}.`;
+}
+
+/** Foreground (1) or not (0) per pixel of RGBA data, by the engine's rule: an opaque mask
+ * by its luminance; with transparency, by its alpha unless the colour is itself a
+ * black-and-white mask, where a pixel must be light and opaque. */
+export function maskBits(d) {
+  const n = d.length / 4;
+  const lum = new Float32Array(n);
+  let transparent = false;
+  let dark = 0;
+  let light = 0;
+  for (let i = 0; i < n; i += 1) {
+    lum[i] = 0.299 * d[i * 4] + 0.587 * d[i * 4 + 1] + 0.114 * d[i * 4 + 2];
+    if (d[i * 4 + 3] <= 127.5) transparent = true;
+    if (lum[i] < BW_DARK) dark += 1;
+    else if (lum[i] > BW_LIGHT) light += 1;
+  }
+  const twoTone = dark > 0 && light > 0 && (dark + light) / n >= BW_SHARE;
+  const bits = new Uint8Array(n);
+  for (let i = 0; i < n; i += 1) {
+    const opaque = d[i * 4 + 3] > 127.5;
+    const bright = lum[i] > 127.5;
+    bits[i] = transparent ? (twoTone ? bright && opaque : opaque) : bright;
+  }
+  return bits;
+}
+
 export class MaskPainter {
   /** `canvas`: the visible canvas; `onChange()` after every stroke, fill or undo. */
   constructor(canvas, onChange = () => {}) {
@@ -85,21 +127,24 @@ export class MaskPainter {
     return new Promise((resolve) => out.toBlob(resolve, "image/png"));
   }
 
-  /** Replace mask `index` by an uploaded mask image (white or opaque = the instance). */
+  /** Replace mask `index` by an uploaded mask image of the image's size, read as the
+   * engine reads it (see maskBits); the caller checks the size (maskSizeProblem). */
   loadMask(index, bitmap) {
-    this.remember(index);
     const { width, height } = this.canvas;
+    const problem = maskSizeProblem(bitmap, width, height);
+    if (problem) throw new Error(problem);
+    this.remember(index);
     const tmp = document.createElement("canvas");
     tmp.width = width;
     tmp.height = height;
     const t = tmp.getContext("2d");
-    t.drawImage(bitmap, 0, 0, width, height);
+    t.drawImage(bitmap, 0, 0);
     const img = t.getImageData(0, 0, width, height);
     const d = img.data;
-    for (let i = 0; i < d.length; i += 4) {
-      const lum = (0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]) * (d[i + 3] / 255);
-      d[i] = d[i + 1] = d[i + 2] = 255;
-      d[i + 3] = lum >= 127.5 ? 255 : 0;
+    const bits = maskBits(d);
+    for (let i = 0; i < bits.length; i += 1) {
+      d[i * 4] = d[i * 4 + 1] = d[i * 4 + 2] = 255;
+      d[i * 4 + 3] = bits[i] ? 255 : 0;
     }
     this.layers[index].getContext("2d").putImageData(img, 0, 0);
     this.changed();
@@ -126,11 +171,17 @@ export class MaskPainter {
   }
 
   point(e) {
-    const r = this.canvas.getBoundingClientRect();
+    // the content box: the border is not part of the picture
+    const c = this.canvas;
+    const r = c.getBoundingClientRect();
+    const left = r.left + c.clientLeft;
+    const top = r.top + c.clientTop;
+    const w = c.clientWidth || r.width;
+    const h = c.clientHeight || r.height;
     return {
-      x: ((e.clientX - r.left) / r.width) * this.canvas.width,
-      y: ((e.clientY - r.top) / r.height) * this.canvas.height,
-      scale: this.canvas.width / r.width,
+      x: ((e.clientX - left) / w) * c.width,
+      y: ((e.clientY - top) / h) * c.height,
+      scale: c.width / w,
     };
   }
 
@@ -138,12 +189,16 @@ export class MaskPainter {
     if (!this.image || !this.layers[this.active] || e.button !== 0) return;
     e.preventDefault();
     const p = this.point(e);
-    this.remember(this.active);
     if (this.tool === "fill") {
-      fill(this.layers[this.active], Math.floor(p.x), Math.floor(p.y));
-      this.changed();
+      const before = this.layers[this.active].getContext("2d").getImageData(0, 0, this.canvas.width, this.canvas.height);
+      if (fill(this.layers[this.active], Math.floor(p.x), Math.floor(p.y))) {
+        this.undo.push({ layer: this.active, pixels: before });
+        if (this.undo.length > UNDO_DEPTH) this.undo.shift();
+        this.changed();
+      }
       return;
     }
+    this.remember(this.active);
     this.canvas.setPointerCapture(e.pointerId);
     this.drawing = p;
     this.stroke(p, p);
@@ -195,27 +250,40 @@ export class MaskPainter {
       ctx.drawImage(tint, 0, 0);
       ctx.globalAlpha = 1;
     });
+    if (this.image && canvas.width !== canvas.height) {
+      // the engine learns from the centred square only: shade what it leaves out
+      const sq = centreSquare(canvas.width, canvas.height);
+      ctx.fillStyle = "rgba(0, 0, 0, 0.55)";
+      if (canvas.width > canvas.height) {
+        ctx.fillRect(0, 0, sq.x, canvas.height);
+        ctx.fillRect(sq.x + sq.side, 0, canvas.width - sq.x - sq.side, canvas.height);
+      } else {
+        ctx.fillRect(0, 0, canvas.width, sq.y);
+        ctx.fillRect(0, sq.y + sq.side, canvas.width, canvas.height - sq.y - sq.side);
+      }
+    }
   }
 }
 
-// Flood fill of the region around (x, y) that is as painted as (x, y) is, on one mask: a
-// few lines on ImageData, where a library would be a download the console must not need.
+// Flood fill of the unpainted region around (x, y) on one mask; a click on a painted pixel
+// changes nothing (the eraser takes paint away). A few lines on ImageData, where a library
+// would be a download the console must not need. True when something was filled.
 function fill(layer, x, y) {
   const { width, height } = layer;
-  if (x < 0 || y < 0 || x >= width || y >= height) return;
+  if (x < 0 || y < 0 || x >= width || y >= height) return false;
   const ctx = layer.getContext("2d");
   const img = ctx.getImageData(0, 0, width, height);
   const a = img.data;
   const painted = (i) => a[i * 4 + 3] >= 128;
-  const target = painted(y * width + x);
+  if (painted(y * width + x)) return false;
   const seen = new Uint8Array(width * height);
   const stack = [y * width + x];
   while (stack.length) {
     const i = stack.pop();
-    if (seen[i] || painted(i) !== target) continue;
+    if (seen[i] || painted(i)) continue;
     seen[i] = 1;
     a[i * 4] = a[i * 4 + 1] = a[i * 4 + 2] = 255;
-    a[i * 4 + 3] = target ? 0 : 255;
+    a[i * 4 + 3] = 255;
     const px = i % width;
     if (px > 0) stack.push(i - 1);
     if (px < width - 1) stack.push(i + 1);
@@ -223,4 +291,5 @@ function fill(layer, x, y) {
     if (i < width * (height - 1)) stack.push(i + width);
   }
   ctx.putImageData(img, 0, 0);
+  return true;
 }
