@@ -68,6 +68,13 @@ def test_masks_fill_and_local_refusals(
     assert "has no name" in page.locator('[data-field="masks[1]"] .problem').inner_text()
     assert page.evaluate("document.activeElement.getAttribute('aria-invalid')") == "true"
     assert icons == []  # the icon is inline: no request, no 404
+    # A wide image: the engine keeps its centred square, so the sides are shaded.
+    Image.new("RGB", (320, 160), (128, 128, 128)).save(tmp_path / "wide.png")
+    page.set_input_files("#image-input", str(tmp_path / "wide.png"))
+    pixel = "([x, y]) => document.querySelector('#paint-canvas').getContext('2d').getImageData(x, y, 1, 1).data[0]"
+    wait_until(page, "document.querySelector('#paint-canvas').width === 320")
+    assert page.evaluate(pixel, [160, 80]) == 128
+    assert page.evaluate(pixel, [20, 80]) < 80 and page.evaluate(pixel, [300, 80]) < 80
 
 
 def test_one_concept_per_submit_then_focus_and_followers(
