@@ -202,9 +202,12 @@ def test_problems_appear_next_to_their_fields(
         page, "document.querySelector('#key-problem').textContent.includes('The API key is')"
     )
     assert "mifo keys create" in page.locator("#key-problem").inner_text()
+    stored = "sessionStorage.getItem('mifo.apiKey')"
+    assert page.evaluate(stored) is None  # a refused key is not kept
     page.get_by_role("textbox", name="API key").fill(key)
     page.get_by_role("button", name="Use this key").click()
     page.wait_for_selector("#concept-list li")
+    assert page.evaluate(stored) == key  # kept once a request with it succeeded
     # Masks as files this time; the learning job followed with the key (no EventSource).
     page.get_by_role("link", name="New concept").click()
     page.set_input_files("#image-input", str(scene))

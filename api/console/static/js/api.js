@@ -4,10 +4,21 @@ const KEY_ITEM = "mifo.apiKey";
 // The API sits one level above the console (/console/ -> /), also behind a path prefix.
 const BASE = new URL("../", document.baseURI);
 
+// A key just typed is a candidate, kept in memory until a request with it succeeds; only
+// then is it stored for the tab, so a refused key is not kept.
+let candidate = "";
 export const apiKey = {
-  get: () => sessionStorage.getItem(KEY_ITEM) || "",
-  set: (value) => sessionStorage.setItem(KEY_ITEM, value.trim()),
-  clear: () => sessionStorage.removeItem(KEY_ITEM),
+  get: () => candidate || sessionStorage.getItem(KEY_ITEM) || "",
+  set: (value) => { candidate = value.trim(); },
+  accepted: (key) => { // `key` answered a request: stored if it is the candidate
+    if (!key || key !== candidate) return;
+    sessionStorage.setItem(KEY_ITEM, candidate);
+    candidate = "";
+  },
+  clear: () => {
+    candidate = "";
+    sessionStorage.removeItem(KEY_ITEM);
+  },
 };
 
 export function url(path) {
@@ -55,6 +66,7 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
     const extra = json === undefined ? {} : { "Content-Type": "application/json" };
     const body = json === undefined ? form : JSON.stringify(json);
     let res;
+    const used = apiKey.get();
     try {
       res = await fetch(url(path), { method, headers: headers(extra), body, signal });
     } catch (err) {
@@ -68,6 +80,7 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
       throw problem;
     }
     if (!res.ok) throw new ApiProblem(res.status, await problemOf(res));
+    apiKey.accepted(used);
     return res.status === 204 ? null : res.json();
   }
 }
