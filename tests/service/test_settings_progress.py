@@ -145,6 +145,12 @@ def test_log_level_and_access_log_reach_uvicorn(
         monkeypatch.delenv(name)
     upgrade(Settings().db_url)
     ran: dict[str, Any] = {}
+
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:  # what would be served
+        c = server.config
+        ran.update(app=c.app, port=c.port, log_level=c.log_level, access_log=c.access_log)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
     # `serve` also starts a worker process and installs a SIGTERM handler: not here.
     worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0, poll=lambda: 0)
