@@ -27,7 +27,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api core worker mifo_engine mifo_cli
+	$(BIN)/mypy api core worker mifo_engine mifo_cli mifo_client
 
 bench: install
 	$(BIN)/python bench/learn_step.py && $(BIN)/python bench/synthesis.py
