@@ -23,7 +23,7 @@ from typing import BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import engine
+from core import engine, submissions
 from core.models import Concept
 from core.problems import Problem, not_found, unavailable
 from core.storage import Storage, StorageError
@@ -57,20 +57,7 @@ def concept_archive(
     """The tenant's ready concept as a zip (404 for another tenant's or no concept, also
     one deleted while its archive is built; 409 while it is not ready; 503 if storage fails
     or MAX_BUILDS archives are being built)."""
-    concept = session.get(Concept, concept_id)
-    if concept is None or concept.tenant_id != tenant_id:
-        raise not_found("concept", concept_id)
-    if concept.status != "ready" or concept.meta is None:
-        raise Problem(
-            409,
-            "concept_not_ready",
-            "Concept not ready",
-            f"Concept {concept_id} is {concept.status}; only a ready concept can be exported.",
-            field="concept_id",
-            status_of_concept=concept.status,
-            fix="wait for its learning job to succeed (GET /v1/jobs/{id}), then export it; "
-            "a failed concept must be learned again",
-        )
+    concept = submissions.ready_concept(session, concept_id, tenant_id, None, to="export")
     prefix = concept.files_prefix
     session.rollback()  # the row is read: no transaction stays open while the files are
     if not _builds.acquire(blocking=False):

@@ -230,14 +230,19 @@ def synthesize(
 
 
 def ready_concept(
-    session: Session, concept_id: uuid.UUID, tenant_id: uuid.UUID, base_model: str
+    session: Session,
+    concept_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    base_model: str | None,
+    *,
+    to: str = "synthesise",
 ) -> Concept:
-    """The tenant's concept, ready to synthesise from on this server's `base_model` (404,
-    409 otherwise)."""
+    """The tenant's concept, ready to `to` (synthesise, export) on this server's
+    `base_model` (None: any) - 404, 409 otherwise."""
     concept = session.get(Concept, concept_id)
     if concept is None or concept.tenant_id != tenant_id:
         raise not_found("concept", concept_id)
-    if concept.base_model != base_model:
+    if base_model is not None and concept.base_model != base_model:
         raise Problem(
             409,
             "base_model_mismatch",
@@ -253,10 +258,11 @@ def ready_concept(
             409,
             "concept_not_ready",
             "Concept not ready",
-            f"Concept {concept_id} is {concept.status}; it must be ready to synthesise.",
+            f"Concept {concept_id} is {concept.status}; it must be ready to {to}.",
             field="concept_id",
             status_of_concept=concept.status,
-            fix="wait for its learning job to succeed (GET /v1/jobs/{id}), or learn it again",
+            fix=f"wait for its learning job to succeed (GET /v1/jobs/{{id}}), then {to} it; "
+            "a failed concept must be learned again",
         )
     return concept
 
