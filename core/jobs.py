@@ -41,6 +41,12 @@ class InvalidTransition(Exception):
         super().__init__(f"Job {job.id} is {job.status}; it cannot be {action}.")
 
 
+# The progress columns as a run starts or a job waits for its next one.
+_NO_PROGRESS: dict[str, Any] = dict(
+    phase=None, step=None, total=None, fraction=None, eta_seconds=None, progress_losses=None
+)
+
+
 def create_job(
     session: Session,
     *,
@@ -189,12 +195,7 @@ def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job |
         started_at=now,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
         attempts=Job.attempts + 1,
-        phase=None,
-        step=None,
-        total=None,
-        fraction=None,
-        eta_seconds=None,
-        progress_losses=None,
+        **_NO_PROGRESS,
     )
     if not started:
         return None
@@ -292,15 +293,7 @@ def _ended(session: Session, job_id: uuid.UUID, kind: str, status: str) -> Lapse
 
 
 # A job between two runs: no lease, no progress of a previous attempt.
-_FRESH: dict[str, Any] = dict(
-    lease_expires_at=None,
-    phase=None,
-    step=None,
-    total=None,
-    fraction=None,
-    eta_seconds=None,
-    progress_losses=None,
-)
+_FRESH: dict[str, Any] = dict(lease_expires_at=None, **_NO_PROGRESS)
 
 
 def _sent_before(kind: str, cutoff: datetime) -> Any:
