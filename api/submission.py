@@ -83,19 +83,6 @@ def accept(
     return Accepted(job_id, body)
 
 
-def accepted(
-    request: Request,
-    response: Response,
-    idem: Idempotency,
-    submit: Callable[[], uuid.UUID],
-    present: Callable[[uuid.UUID], Any],
-    *,
-    location: bool = True,
-) -> Any:
-    """`accept`, answering its body."""
-    return accept(request, response, idem, submit, present, location=location).body
-
-
 async def answer(
     request: Request,
     response: Response,

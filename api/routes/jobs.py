@@ -28,7 +28,7 @@ from api.schemas import (
     WebhookDeliveryPublic,
 )
 from api.state import AppState
-from api.submission import accepted
+from api.submission import accept
 from core import queueinfo, submissions
 from core.models import Job, WebhookDelivery
 from core.problems import not_found
@@ -187,14 +187,14 @@ def cancel_job(
         state.job_changed(job.id)
         return job.id
 
-    return accepted(
+    return accept(
         request,
         response,
         idem,
         cancel,
         lambda jid: present.job(load_job(session, jid, tenant)),
         location=False,
-    )
+    ).body
 
 
 def _job_exists(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> None:
