@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from .conceptfile import FORMAT_VERSION, read_metadata
 from .config import LearnConfig
 from .errors import ConceptError, LayoutError
 from .patching import extended_vocabulary, lora_adapters, swapped_weights
@@ -21,7 +22,6 @@ from .runtime import atomic_directory
 if TYPE_CHECKING:
     from .models import LoadedBase
 
-FORMAT_VERSION = 1
 Adaptation = Literal["none", "lora", "full"]
 
 
@@ -203,26 +203,6 @@ class Concept:
             attention_maps=maps,
             input_image=image,
         )
-
-
-def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """Parse concept.json (torch-free callers use this too)."""
-    path = Path(directory) / "concept.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConceptError(
-            f"No readable concept.json in {directory}: {exc}.",
-            field="concept",
-            fix="pass a directory written by `mifo learn`",
-        ) from exc
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConceptError(
-            f"Concept format {meta.get('format_version')} is not supported.",
-            field="concept",
-            fix="learn the concept again with this version",
-        )
-    return meta
 
 
 def _contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .conceptfile import read_metadata
 from .config import SynthesisConfig
 from .errors import ConceptError
 from .sources import BUILTIN_SPECS
 
-# concept.FORMAT_VERSION (concept.py imports torch); a test keeps the two equal
-CONCEPT_FORMAT = 1
 README = "README.md"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
 FULL_FILES = {"unet": "unet.safetensors", "text_encoder": "text_encoder.safetensors"}
@@ -56,7 +55,7 @@ class Export:
 def export_concept(concept_dir: str | Path, folder: str | Path) -> Export:
     """Write a concept directory (`Concept.save`) as diffusers files into the new `folder`."""
     source, target = Path(concept_dir), Path(folder)
-    meta = _metadata(source)
+    meta = read_metadata(source)
     target.mkdir(parents=True)
     try:
         members = _members(source, meta, target)
@@ -76,7 +75,7 @@ def export_archive(concept_dir: str | Path, archive: str | Path) -> Export:
     safetensors headers in a fixed order. Stored files that go out unchanged are read from
     the concept directory itself; only the converted ones are written to a temporary folder."""
     source = Path(concept_dir)
-    meta = _metadata(source)
+    meta = read_metadata(source)
     with tempfile.TemporaryDirectory(prefix="mifo-export-") as tmp:
         members = _members(source, meta, Path(tmp))
         with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
@@ -151,24 +150,6 @@ def _save(tensors: Mapping[str, Any], path: Path, metadata: dict[str, str] | Non
 def embedding_file(token: str) -> str:
     """Where a token's embedding goes: `embeddings/asset0.safetensors` for `<asset0>`."""
     return f"embeddings/{token.strip('<>').replace('/', '_')}.safetensors"
-
-
-def _metadata(source: Path) -> dict[str, Any]:
-    try:
-        meta: dict[str, Any] = json.loads((source / "concept.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConceptError(
-            f"No readable concept.json in {source}: {exc}.",
-            field="concept",
-            fix="export a directory written by `mifo learn` (Concept.save)",
-        ) from exc
-    if meta.get("format_version") != CONCEPT_FORMAT:
-        raise ConceptError(
-            f"Concept format {meta.get('format_version')} cannot be exported.",
-            field="concept",
-            fix="learn the concept again with this version",
-        )
-    return meta
 
 
 def _path(source: Path, meta: Mapping[str, Any], part: str) -> Path:

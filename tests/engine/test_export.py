@@ -17,11 +17,10 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from mifo_engine.concept import FORMAT_VERSION, Concept
+from mifo_engine.concept import Concept
 from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import ConceptError
 from mifo_engine.export import (
-    CONCEPT_FORMAT,
     LORA_FILE,
     README,
     TOKEN_TABLE,
@@ -252,10 +251,6 @@ def test_the_export_needs_no_torch(concepts, tmp_path) -> None:
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "c.zip").stat().st_size > 0
-
-
-def test_it_reads_the_concept_format_the_engine_writes() -> None:
-    assert CONCEPT_FORMAT == FORMAT_VERSION
 
 
 def test_a_broken_concept_directory_is_refused(concepts, tmp_path) -> None:
