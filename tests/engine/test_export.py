@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -143,23 +144,27 @@ def test_the_readme_code_runs_and_draws_the_engines_image(
     )
     assert swapped == 1
     (folder / "load.py").write_text(code)
+    # On as many threads as this process draws with: a CPU kernel's sums on another thread
+    # count may round a pixel apart.
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     run = subprocess.run(
-        [sys.executable, "load.py"], cwd=folder, capture_output=True, text=True, timeout=600
+        [sys.executable, "load.py"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | threads,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     from PIL import Image
 
     drawn = np.asarray(Image.open(folder / "image.png").convert("RGB"))
-    # the README's call: the synthesis defaults, box control off, its prompt
+    # the README's call: the synthesis defaults, no boxes, its prompt (with boxes and box
+    # control off, the engine's explicit attention for the in-box shares may round a pixel
+    # apart over 50 steps: the test above covers that case on a short run)
     prompt = re.search(r'^    "(.*)",$', code, flags=re.M)
     assert prompt is not None and prompt.group(1) == "a photo of <asset0> and <asset1>"
-    result = synthesize(
-        tiny_base,
-        Concept.load(concepts[mode]),
-        prompt.group(1),
-        BOXES,
-        config=SynthesisConfig(box_control=False),
-    )
+    result = synthesize(tiny_base, Concept.load(concepts[mode]), prompt.group(1), None)
     assert np.array_equal(drawn, np.asarray(result.images[0]))
 
 
