@@ -238,7 +238,11 @@ class SynthesisCreate(BaseModel):
         },
     )
 
-    prompt: str = Field(min_length=1, max_length=2000, description="Mentions each boxed token.")
+    prompt: str = Field(
+        min_length=1,
+        description="Mentions each boxed token; at most MIFO_MAX_PROMPT_CHARS characters "
+        "(default 500).",
+    )
     # Shape and range are checked by the engine, which names the box: boxes[<asset0>].
     boxes: dict[str, list[float]] = Field(
         default_factory=dict,
@@ -249,7 +253,9 @@ class SynthesisCreate(BaseModel):
         1, ge=1, description="Images to make; at most MIFO_MAX_IMAGES_PER_SYNTHESIS (default 8)."
     )
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    steps: int = Field(50, ge=1, le=1000)
+    steps: int = Field(
+        50, ge=1, description="Denoising steps; at most MIFO_MAX_SYNTHESIS_STEPS (default 150)."
+    )
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0)
     box_control: bool = Field(True, description="False: plain generation, boxes ignored.")
     options: dict[str, Any] = Field(

@@ -65,8 +65,12 @@ class Call(Generic[T]):
                 args[name] = getattr(self, name)
         return {"method": self.method, "url": self.url, **args}
 
-    def finish(self, response: httpx.Response) -> T:
-        """The parsed answer, or the problem raised as its exception."""
+    def finish(self, response: httpx.Response, attempt: int = 0) -> T:
+        """The parsed answer, or the problem raised as its exception. A DELETE tried again
+        (`attempt` > 0) that finds nothing was done by an earlier try whose answer was lost:
+        what was asked for is true, so it is no error."""
+        if self.method == "DELETE" and attempt > 0 and response.status_code == 404:
+            return self.parse(response)
         if response.status_code >= 400:
             raise problem(response)
         return self.parse(response)
@@ -469,8 +473,10 @@ class Waiter:
         return Job.model_validate_json(event.data)
 
     def changed(self, job: Job) -> bool:
-        """True when the job's status or progress differs from the last one reported."""
-        key = (job.status, job.progress.model_dump())
+        """True when the job's status, progress or place in its queue differs from the last
+        one reported (the estimate drifting alone is no change)."""
+        place = (job.queue.position, job.queue.ahead) if job.queue is not None else None
+        key = (job.status, job.progress.model_dump(), place)
         if key == self._last:
             return False
         self._last = key

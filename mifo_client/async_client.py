@@ -68,7 +68,7 @@ class AsyncClient(_core.Builder):
             else:
                 pause = retry.pause(attempt, response)
                 if pause is None:
-                    return call.finish(response)
+                    return call.finish(response, attempt)
                 why = f"answered {response.status_code}"
             _core.log_retry(call, attempt, pause, why)
             await asyncio.sleep(pause)

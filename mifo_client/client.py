@@ -69,7 +69,7 @@ class Client(_core.Builder):
             else:
                 pause = retry.pause(attempt, response)
                 if pause is None:
-                    return call.finish(response)
+                    return call.finish(response, attempt)
                 why = f"answered {response.status_code}"
             _core.log_retry(call, attempt, pause, why)
             time.sleep(pause)

@@ -38,8 +38,10 @@ class Concept(_Model):
     height: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     learn_job_id: str | None = None
-    error: JobError | None = None  # why learning failed or stopped (newer servers)
+    error: JobError | None = None  # why learning failed (newer servers)
+    inputs: dict[str, Any] = Field(default_factory=dict)  # URLs of the uploaded image, masks
     created_at: datetime | None = None
+    updated_at: datetime | None = None
     links: dict[str, str] = Field(default_factory=dict)
 
 

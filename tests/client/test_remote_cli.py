@@ -353,13 +353,16 @@ class NotInstalled(importlib.abc.MetaPathFinder):
             raise ImportError(f"no {name} in the service install")
 
 sys.meta_path.insert(0, NotInstalled())
-import mifo_cli.remote
-loaded = sorted({m.partition(".")[0] for m in sys.modules})
+import mifo_cli
 code = mifo_cli.main(sys.argv[1:])
+loaded = sorted({m.partition(".")[0] for m in sys.modules})
 print(json.dumps(loaded), file=sys.stderr)
 sys.exit(code)
 """
-HEAVY = {"torch", "diffusers", "numpy", "PIL", "sqlalchemy", "fastapi", "celery", "core", "api"}
+HEAVY = {
+    *("torch", "diffusers", "transformers", "numpy", "PIL"),
+    *("sqlalchemy", "fastapi", "celery", "core", "api", "worker"),
+}
 
 
 def test_mifo_remote_runs_without_torch(service: str) -> None:

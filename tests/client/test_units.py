@@ -236,6 +236,42 @@ def test_wait_follows_the_stream_and_reports_each_change_once() -> None:
     assert done.succeeded and reported == [None, 0.5, 1.0]
 
 
+def test_wait_reports_a_queued_job_moving_up_but_not_its_estimate_drifting() -> None:
+    def queued(position: int, at: str) -> dict:
+        place = {"position": position, "ahead": position - 1, "estimated_start_at": at}
+        return job("queued", queue=place | {"estimated_start_seconds": 1.0})
+
+    body = stream(
+        ("status", queued(3, "2025-01-01T12:30:10Z")),
+        ("progress", queued(3, "2025-01-01T12:30:11Z")),  # the same place, a later estimate
+        ("progress", queued(2, "2025-01-01T12:30:12Z")),
+        ("progress", queued(1, "2025-01-01T12:30:13Z")),
+        ("status", job("succeeded", 1.0)),
+    )
+    headers = {"content-type": "text/event-stream"}
+    reported: list[int | None] = []
+    with client(lambda r: httpx.Response(200, content=body, headers=headers)) as c:
+        c.wait(JOB_ID, on_progress=lambda j: reported.append(j.queue and j.queue.position))
+    assert reported == [3, 2, 1, None]
+
+
+def test_a_delete_whose_answer_was_lost_is_done_when_the_retry_finds_nothing() -> None:
+    tries: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tries.append(request.method)
+        if len(tries) == 1:  # the service deleted it; the answer never came back
+            raise httpx.ReadError("connection reset", request=request)
+        return problem(404, "not_found")
+
+    with client(handler, backoff=0.01) as c:
+        assert c.delete_concept(CONCEPT_ID) is None
+    assert tries == ["DELETE", "DELETE"]
+    # On the first try, a 404 is the caller's mistake: a concept that never was.
+    with client(lambda r: problem(404, "not_found")) as c, pytest.raises(NotFoundError):
+        c.delete_concept(CONCEPT_ID)
+
+
 def test_wait_polls_when_the_stream_is_refused_or_ends_early() -> None:
     polls = [job("running", 0.2), job("running", 0.2), job("succeeded", 1.0)]
     early = stream(("status", job("running")))

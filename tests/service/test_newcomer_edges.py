@@ -57,6 +57,22 @@ def test_num_images_has_one_limit_the_servers(client: TestClient, session: Sessi
         assert "MIFO_MAX_IMAGES_PER_SYNTHESIS" in r.json()["fix"]
 
 
+def test_steps_and_prompt_length_have_one_limit_each_the_servers(
+    client: TestClient, session: Session
+) -> None:
+    concept = make_concept(session)
+    session.commit()
+    url = f"/v1/concepts/{concept.id}/syntheses"
+    for steps in (151, 1000, 1001, 10**6):
+        r = client.post(url, json={"prompt": PROMPT, "boxes": BOXES, "steps": steps})
+        assert r.status_code == 422 and r.json()["field"] == "steps", r.text
+        assert r.json()["detail"] == f"steps is {steps}; this server allows at most 150."
+    for chars in (501, 2001):
+        r = client.post(url, json={"prompt": PROMPT + "x" * chars, "boxes": BOXES})
+        assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
+        assert r.json()["detail"].endswith("characters; this server allows at most 500.")
+
+
 def test_a_failed_concept_carries_its_jobs_error(client: TestClient, session: Session) -> None:
     concept = make_concept(session, status="pending")
     job = make_job(session, concept)
