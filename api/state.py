@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,10 @@ log = logging.getLogger("mifo")
 # when the server's drain time runs out. One per process, as the server's stop is.
 STOPPING = threading.Event()
 STOPPING_POLL_SECONDS = 0.2  # how often a waiting request looks at it
+
+# Readiness checks of what this process runs besides the API, by name (`mifo serve`: its
+# worker child); each raises when it fails. A deployment's workers have their own supervisor.
+PROBES: dict[str, Callable[[], object]] = {}
 
 MODEL_CHECK_SECONDS = 30.0
 

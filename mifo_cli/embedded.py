@@ -6,6 +6,11 @@ transport as the broker. Settings given in the environment still win. The period
 
 Stopping (Ctrl-C, SIGTERM) takes under STOP_SECONDS: the worker puts a running job back in
 the queue at its next step (worker.runner), so the next `mifo serve` runs it from the start.
+
+A worker that exits on its own (killed, out of memory, a crash) is started again after a
+pause (RESTART_SECONDS); its job is re-queued when its lease lapses. While it is down,
+`/readyz` says so. One that cannot start (it exits within QUICK_SECONDS of each start,
+QUICK_EXITS times running) stops `mifo serve` with exit code 1 and the reason in the log.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("mifo")
@@ -24,11 +31,15 @@ log = logging.getLogger("mifo")
 EMBEDDED_ONLY = ("MIFO_DATABASE_URL", "MIFO_BROKER_URL", "MIFO_STORAGE_URL")
 STOP_SECONDS = 10.0  # from the signal to the exit of every process
 HTTP_DRAIN_SECONDS = 3  # open requests (event streams too) get this long to end
+RESTART_SECONDS = (1.0, 2.0, 5.0)  # the pause before a restart, by the quick exits so far
+QUICK_SECONDS = 30.0  # a worker that exits sooner than this after its start did not start
+QUICK_EXITS = 3  # that many quick exits in a row: it will not start; stop `mifo serve`
 
 
 def serve(host: str, port: int) -> int:
     import uvicorn
 
+    from api.state import PROBES, STOPPING
     from core.db import upgrade
     from core.duties import Duties, in_process
     from core.settings import Settings
@@ -47,34 +58,105 @@ def serve(host: str, port: int) -> int:
         if settings.base_model == "tiny"
         else "",
     )
-    env = {**os.environ, "MIFO_DATA_DIR": str(settings.data_dir.resolve())}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "mifo_cli", "worker", "--pool", "solo"],
-        env=env,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+    config = uvicorn.Config(
+        "api.main:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
     )
+    http = server(config)
+    env = {**os.environ, "MIFO_DATA_DIR": str(settings.data_dir.resolve())}
+    # -P: not the current folder first on the import path, where a user's `queue.py` would
+    # shadow the standard library's module the broker client imports.
+    worker = Worker([sys.executable, "-P", "-m", "mifo_cli", "worker", "--pool", "solo"], env)
+
+    def give_up() -> None:  # as on Ctrl-C: requests waiting for their job answer at once
+        STOPPING.set()
+        http.should_exit = True
+
+    worker.on_give_up = give_up
     # uvicorn re-raises the SIGTERM it caught once it has shut down; without a handler of our
     # own that would end this process before the worker is stopped.
     signal.signal(signal.SIGTERM, _exit)
+    PROBES["worker"] = worker.check
     try:
         with in_process(Duties.from_settings(settings)):
             try:
-                config = uvicorn.Config(
-                    "api.main:app_factory",
-                    factory=True,
-                    host=host,
-                    port=port,
-                    log_level=settings.log_level,
-                    access_log=settings.access_log,
-                    timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
-                )
-                server(config).run()
+                http.run()
             finally:  # the worker starts handing its job back while the duties stop
-                if worker.poll() is None:
-                    worker.terminate()
+                worker.terminate()
     finally:
-        _stop(worker, deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
-    return 0
+        PROBES.pop("worker", None)
+        worker.stop(deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
+    return 1 if worker.gave_up else 0
+
+
+class Worker:
+    """The worker child of `mifo serve`, started again when it exits on its own."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
+        self.argv, self.env = list(argv), env
+        self.on_give_up: Callable[[], object] = lambda: None
+        self.gave_up = False
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # between a restart and stop()
+        self._process, self._started = self._start(), time.monotonic()
+        threading.Thread(target=self._watch, name="mifo-worker-watch", daemon=True).start()
+
+    def check(self) -> None:
+        """Readiness: raises while the worker is not running."""
+        code = self._process.poll()
+        if code is not None:
+            raise RuntimeError(f"the worker exited (code {code}); it is being started again")
+
+    def terminate(self) -> None:
+        """Begin the warm shutdown; no restart after it."""
+        with self._lock:
+            self._stopping.set()
+            if self._process.poll() is None:
+                self._process.terminate()
+
+    def stop(self, deadline: float) -> None:
+        self.terminate()
+        _stop(self._process, deadline)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.argv,
+            env=self.env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+
+    def _watch(self) -> None:
+        quick = 0
+        while True:
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            quick = quick + 1 if time.monotonic() - self._started < QUICK_SECONDS else 0
+            if quick >= QUICK_EXITS:
+                log.error(
+                    "the worker exited %d times within %g s of its start (last exit code %s): "
+                    "stopping; its log above says why",
+                    quick,
+                    QUICK_SECONDS,
+                    code,
+                )
+                self.gave_up = True
+                self.on_give_up()
+                return
+            pause = RESTART_SECONDS[min(quick, len(RESTART_SECONDS) - 1)]
+            log.error("the worker exited (code %s); starting it again in %g s", code, pause)
+            if self._stopping.wait(pause):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._process, self._started = self._start(), time.monotonic()
+            log.info("the worker started again (pid %d)", self._process.pid)
 
 
 def server(config: Any) -> Any:

@@ -15,6 +15,7 @@ from api.deps import StateDep
 from api.metrics import registry_for
 from api.problems import PROBLEM_RESPONSE
 from api.schemas import Health
+from api.state import PROBES
 from core.db import check_migrated
 from core.problems import Problem
 
@@ -37,13 +38,14 @@ async def healthz() -> Health:
 )
 async def readyz(state: StateDep) -> Response:
     """The database (migrated), the broker and the object store answer, and the configured
-    base model can be loaded; each check that fails says why. Answers within a few seconds
-    even when a dependency hangs."""
+    base model can be loaded (under `mifo serve`: and its worker runs); each check that fails
+    says why. Answers within a few seconds even when a dependency hangs."""
     probes: dict[str, Callable[[], object]] = {
         "database": lambda: _database(state),
         "broker": state.broker.check,
         "storage": state.storage.check,
         "base_model": state.check_base_model,
+        **PROBES,
     }
     results = await asyncio.gather(*(_probe(probe) for probe in probes.values()))
     checks = dict(zip(probes, results, strict=True))

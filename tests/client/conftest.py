@@ -31,18 +31,21 @@ def serve(data: Path, **env: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_process(data: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`serve`, yielding the process too (for a test that stops it itself)."""
+def serve_process(
+    data: Path, cwd: Path = ROOT, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`serve`, yielding the process too (for a test that stops it itself); run in `cwd`."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
     clean |= {"MIFO_DATA_DIR": str(data), "MIFO_PROGRESS_INTERVAL": "0.2", **env}
     log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-    command = [sys.executable, "-m", "mifo_cli", "serve", "--base-model", "tiny"]
+    # -P: as the `mifo` script runs, without the current folder first on the import path
+    command = [sys.executable, "-P", "-m", "mifo_cli", "serve", "--base-model", "tiny"]
     proc = subprocess.Popen(
         [*command, "--port", str(port)],
         env=clean,
-        cwd=ROOT,
+        cwd=cwd,
         stdout=log,
         stderr=log,
         start_new_session=True,

@@ -1,0 +1,89 @@
+"""`mifo serve` keeps its worker running: one that exits is started again (readiness says
+when it is down), one that cannot start stops `mifo serve`, and a user's module named like a
+standard one in the folder it runs in does not break the worker."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from mifo_cli import embedded
+from mifo_client import Client
+from tests.helpers.wait import wait_until
+
+from .conftest import BOXES, PROMPT, QUICK, serve_process
+
+EXIT_3 = [sys.executable, "-c", "import sys; sys.exit(3)"]
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_worker_that_cannot_start_stops_mifo_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "RESTART_SECONDS", (0.05, 0.1, 0.2))
+    gave_up = threading.Event()
+    worker = embedded.Worker(EXIT_3, env={})
+    worker.on_give_up = gave_up.set
+    try:
+        assert gave_up.wait(20)
+        assert worker.gave_up
+        with pytest.raises(RuntimeError, match=r"exited \(code 3\)"):
+            worker.check()
+    finally:
+        worker.stop(deadline=time.monotonic() + 5)
+
+
+def test_a_worker_that_ran_is_started_again_and_not_after_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embedded, "QUICK_SECONDS", 0.0)  # every exit comes after a real run
+    monkeypatch.setattr(embedded, "RESTART_SECONDS", (0.05,))
+    worker = embedded.Worker(SLEEP, env={})
+    try:
+        first = worker._process.pid
+        worker.check()  # running: ready
+        worker._process.kill()
+        wait_until(lambda: worker._process.pid != first and worker._process.poll() is None, 10)
+        worker.check()
+        assert not worker.gave_up
+    finally:
+        worker.stop(deadline=time.monotonic() + 5)
+    stopped = worker._process
+    assert stopped.poll() is not None
+    time.sleep(0.3)  # a restart would come after 0.05 s
+    assert worker._process is stopped
+
+
+def _workers(serve_pid: int) -> list[int]:
+    """The pids of `mifo serve`'s worker children (one, or none while it restarts)."""
+    children = psutil.Process(serve_pid).children()
+    return [c.pid for c in children if "worker" in " ".join(c.cmdline())]
+
+
+@pytest.mark.slow
+def test_mifo_serve_restarts_a_killed_worker_and_ignores_a_users_queue_py(
+    tmp_path: Path, scene: tuple[Path, list[Path]]
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    # The standard library's `queue` is what the broker client imports first.
+    (folder / "queue.py").write_text("raise ImportError('a user script, not the stdlib')\n")
+    with serve_process(tmp_path / "data", cwd=folder) as (base, proc), Client(base) as client:
+        assert httpx.get(f"{base}/readyz").json()["checks"]["worker"] == "ok"
+        created = client.learn(*scene, options=QUICK)
+        assert client.wait(created.job, timeout=300).succeeded
+
+        (killed,) = _workers(proc.pid)
+        psutil.Process(killed).send_signal(signal.SIGKILL)
+        log = tmp_path / "data" / "serve.log"
+        wait_until(lambda: "the worker exited (code -9)" in log.read_text(), 20)
+        wait_until(lambda: len(_workers(proc.pid)) == 1 and killed not in _workers(proc.pid), 30)
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 60)
+
+        job = client.synthesize(created.concept, PROMPT, BOXES, steps=2)
+        assert client.wait(job, timeout=300).succeeded
