@@ -33,6 +33,7 @@ class Presenter:
         self.storage = state.storage
         self.link_key = state.link_key
         self.lifetime = state.settings.presign_seconds
+        self.pools = state.settings.worker_pools
 
     def url(self, artifact: Artifact) -> str:
         """Presigned on S3; otherwise an API route with an expiring HMAC signature."""
@@ -92,7 +93,7 @@ class Presenter:
         go; without it a queued job's place is read here, in the job's own session."""
         if spots is None:
             session = object_session(job)
-            spots = queueinfo.spots(session, [job]) if session is not None else {}
+            spots = queueinfo.spots(session, [job], pools=self.pools) if session is not None else {}
         return JobPublic(
             id=job.id,
             kind=job.kind,  # type: ignore[arg-type]

@@ -1,19 +1,29 @@
-"""Where a queued job stands in its queue, and an estimate of when it starts.
+"""Where a queued job stands in the queues, and an estimate of when it starts.
 
-Counted from the job rows (the truth), not the broker. A job's queue is its kind (each kind
-has its own, core.queue.JOB_TASKS), ordered by creation. The estimate assumes every job
-still to run takes the mean running time of the last RECENT succeeded jobs of its kind, a
-running job ends when its progress ETA says (or after that mean), and its queue has one
-worker per running job of the queue (at least one): while jobs wait, every worker of the
-queue is busy. It is an estimate, not a promise: jobs vary in size and workers come and go.
+Counted from the job rows (the truth), not the broker. Each kind has a queue of its own
+(core.queue.JOB_TASKS), ordered by creation, and `position` is the place in it. What else is
+ahead of a job depends on who serves the queues (Settings.worker_pools):
+
+- shared (`mifo serve`, the default `mifo worker`): every worker takes both kinds, so the
+  queued jobs of any kind created before it and the running jobs of any kind are ahead;
+- per-kind (workers started with `--queues learn` and `--queues synthesize`): only the jobs
+  of its own kind are.
+
+The estimate assumes one worker per running job counted (at least one), busy while jobs
+wait: a running job ends when its progress ETA says (or after the mean running time of its
+kind), and each job ahead takes the mean running time of the last RECENT succeeded jobs of
+its kind, on the worker that frees first. Only how many jobs of each kind are ahead is read,
+not their order, so the longer kind is placed first. It is an estimate, not a promise: jobs
+vary in size and workers come and go.
 
 A batch of jobs costs a fixed number of queries (none when none is queued), not one per job.
 """
 
 from __future__ import annotations
 
+import heapq
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from statistics import fmean
@@ -22,6 +32,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from core.models import Job, JobStatus, utcnow
+from core.queue import JOB_TASKS
+from core.settings import WorkerPools
 
 RECENT = 20  # succeeded jobs of a kind whose mean running time makes the estimate
 
@@ -31,9 +43,15 @@ class Spot:
     """A queued job's place: `position` 1 is the next of its queue to start."""
 
     position: int  # 1 + queued jobs of the same queue created before it
-    ahead: int  # those queued jobs plus the running jobs of the queue
+    ahead: int  # the queued and running jobs counted before it (see the module docstring)
     start_seconds: float | None  # estimated seconds until it starts; None: no basis yet
     start_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Place:
+    before: dict[str, int]  # kind -> queued jobs of that kind created before it
+    running: dict[str, int]  # kind -> running jobs of that kind, itself left out
 
 
 @dataclass(frozen=True)
@@ -46,15 +64,21 @@ class _Running:
 
 
 def spots(
-    session: Session, jobs: Iterable[Job], *, now: datetime | None = None
+    session: Session,
+    jobs: Iterable[Job],
+    *,
+    pools: WorkerPools = "shared",
+    now: datetime | None = None,
 ) -> dict[uuid.UUID, Spot]:
-    """The place of each queued job among `jobs` (others are left out)."""
+    """The place of each queued job among `jobs` (others are left out), its workers as
+    `pools` says (Settings.worker_pools)."""
     queued = [j for j in jobs if j.status == JobStatus.QUEUED]
     if not queued:
         return {}
     now = now or utcnow()
-    kinds = sorted({j.kind for j in queued})
-    places = _places(session, queued)
+    # The kinds whose jobs can be ahead of one of these.
+    kinds = sorted({j.kind for j in queued} | (set(JOB_TASKS) if pools == "shared" else set()))
+    places = _places(session, queued, kinds)
     running = [
         _Running(*row)
         for row in session.execute(
@@ -66,16 +90,25 @@ def spots(
     means = {kind: _mean_seconds(session, kind) for kind in kinds}
     found = {}
     for job in queued:
-        if job.id not in places:  # deleted meanwhile
+        place = places.get(job.id)
+        if place is None:  # deleted meanwhile
             continue
-        k, busy = places[job.id]
+        counted = kinds if pools == "shared" else [job.kind]
         # Not the job itself: one that started since it was read is not ahead of itself.
-        ahead = [r for r in running if r.kind == job.kind and r.id != job.id]
-        mine = [_remaining(r, means[job.kind], now) for r in ahead]
-        seconds = estimate(k, mine, means[job.kind])
+        busy = [
+            _remaining(r, means[r.kind], now)
+            for r in running
+            if r.kind in counted and r.id != job.id
+        ]
+        runs = sorted(
+            ((means[k], place.before[k]) for k in counted),
+            key=lambda run: run[0] or 0.0,
+            reverse=True,
+        )
+        seconds = estimate(busy, runs)
         found[job.id] = Spot(
-            position=k + 1,
-            ahead=k + busy,
+            position=place.before[job.kind] + 1,
+            ahead=sum(place.before[k] + place.running[k] for k in counted),
             start_seconds=None if seconds is None else round(seconds, 1),
             start_at=None
             if seconds is None
@@ -84,59 +117,85 @@ def spots(
     return found
 
 
-def estimate(queued_ahead: int, remaining: list[float | None], mean: float | None) -> float | None:
-    """Seconds until a job with `queued_ahead` jobs before it starts: one worker per running
-    job (their `remaining` seconds; at least one worker), each later job taking `mean`."""
+def estimate(
+    remaining: Sequence[float | None], ahead: Sequence[tuple[float | None, int]]
+) -> float | None:
+    """Seconds until a job starts: one worker per running job (their `remaining` seconds; at
+    least one worker), and before it the `ahead` jobs, as runs of (seconds each, how many) in
+    the order they start, each on the worker that frees first; None where a time is unknown."""
     if any(r is None for r in remaining):
         return None
-    slots = max(1, len(remaining))
-    free = sorted(r for r in remaining if r is not None) + [0.0] * (slots - len(remaining))
-    rounds, slot = divmod(queued_ahead, slots)
-    if rounds and mean is None:
-        return None
-    return float(free[slot]) + rounds * (mean or 0.0)
+    free = [r for r in remaining if r is not None] or [0.0]
+    heapq.heapify(free)
+    for seconds, count in ahead:
+        if count and seconds is None:
+            return None
+        if count and seconds:
+            free = _take(free, seconds, count)
+    return float(free[0])
 
 
-def _places(session: Session, queued: list[Job]) -> dict[uuid.UUID, tuple[int, int]]:
-    """For each of the `queued` jobs: (queued jobs of its kind before it, running jobs of its
-    kind), in one statement, so that both come from one snapshot even while a job moves from
-    one to the other. The rank is one window over the queued jobs up to the newest of them,
-    so a page costs one scan of the queue's front, not one count per job."""
+def _take(free: list[float], seconds: float, count: int) -> list[float]:
+    """The workers' free times (a heap) once `count` jobs of `seconds` each started, each on
+    the worker that frees first: one at a time while the workers free more than `seconds`
+    apart; from then on the workers take them in turns, so whole rounds are counted at once
+    (a long queue costs no more than a short one)."""
+    last = max(free)
+    while count and last - free[0] > seconds:
+        last = max(last, free[0] + seconds)
+        heapq.heapreplace(free, free[0] + seconds)
+        count -= 1
+    rounds, extra = divmod(count, len(free))
+    turns = [f + (rounds + (i < extra)) * seconds for i, f in enumerate(sorted(free))]
+    heapq.heapify(turns)
+    return turns
+
+
+def _places(session: Session, queued: list[Job], kinds: list[str]) -> dict[uuid.UUID, _Place]:
+    """For each of the `queued` jobs: the queued jobs of each of `kinds` before it and their
+    running jobs, in one statement, so that both come from one snapshot even while a job
+    moves from one to the other. The counts before it are one window over the queued jobs up
+    to the newest of them, so a page costs one scan of the queues' front, not one count per
+    job."""
     newest = max(j.created_at for j in queued)
-    order = (Job.created_at, Job.id)
+    ids = [j.id for j in queued]
+    before = [
+        func.count(Job.id)
+        .filter(Job.kind == kind)
+        .over(order_by=(Job.created_at, Job.id), rows=(None, -1))  # the rows before this one
+        .label(f"before_{i}")
+        for i, kind in enumerate(kinds)
+    ]
     ranked = (
-        select(
-            Job.id.label("id"),
-            Job.kind.label("kind"),
-            (func.row_number().over(partition_by=Job.kind, order_by=order) - 1).label("before"),
-        )
+        select(Job.id.label("id"), *before)
         .where(
             # The page's own jobs too: one that started since the page was read still gets
             # its place (as the old counts gave it), not none.
-            (Job.status == JobStatus.QUEUED) | Job.id.in_([j.id for j in queued]),
-            Job.kind.in_({j.kind for j in queued}),
+            (Job.status == JobStatus.QUEUED) | Job.id.in_(ids),
+            Job.kind.in_(kinds),
             Job.created_at <= newest,
         )
         .subquery()
     )
-    running = aliased(Job)
-    running_count = (
-        select(func.count())
-        .select_from(running)
-        .where(
-            running.status == JobStatus.RUNNING,
-            running.kind == ranked.c.kind,
-            running.id != ranked.c.id,
+    running = []
+    for kind in kinds:
+        other = aliased(Job)
+        running.append(
+            select(func.count())
+            .select_from(other)
+            .where(other.status == JobStatus.RUNNING, other.kind == kind, other.id != ranked.c.id)
+            .correlate(ranked)
+            .scalar_subquery()
         )
-        .correlate(ranked)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(ranked.c.id, ranked.c.before, running_count).where(
-            ranked.c.id.in_([j.id for j in queued])
+    counts = [ranked.c[f"before_{i}"] for i in range(len(kinds))]
+    rows = session.execute(select(ranked.c.id, *counts, *running).where(ranked.c.id.in_(ids)))
+    return {
+        row[0]: _Place(
+            before=dict(zip(kinds, map(int, row[1 : 1 + len(kinds)]), strict=True)),
+            running=dict(zip(kinds, map(int, row[1 + len(kinds) :]), strict=True)),
         )
-    )
-    return {job_id: (int(q), int(r)) for job_id, q, r in rows}
+        for row in rows
+    }
 
 
 def _mean_seconds(session: Session, kind: str) -> float | None:

@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.engine import DEFAULT_BASE_MODEL
 
+# Whether the workers take jobs of both kinds or each kind has its own (core/queueinfo.py).
+WorkerPools = Literal["shared", "per-kind"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIFO_", extra="ignore")
@@ -70,6 +73,13 @@ class Settings(BaseSettings):
         4.0, ge=1, description="Seconds without an answer before a connection counts as dead."
     )
     concept_cache_size: int = Field(4, ge=1, description="Concepts kept loaded per worker.")
+    worker_pools: WorkerPools = Field(
+        "shared",
+        description="Who runs the learn and synthesize queues, as queue estimates assume: "
+        "'shared' when every worker takes both (`mifo serve`, the default `mifo worker`), "
+        "'per-kind' when each queue has workers of its own (`--queues learn`, `--queues "
+        "synthesize`).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least level logged by every mifo process."
     )

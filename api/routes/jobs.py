@@ -90,7 +90,7 @@ def jobs_page(
     ).all()
     present = Presenter(request, state)
     nxt = next_page(request, limit, offset, total)
-    spots = queueinfo.spots(session, rows)  # the page's queue places in a few queries
+    spots = queueinfo.spots(session, rows, pools=present.pools)  # a few queries per page
     data = [present.job(j, spots) for j in rows]
     return JobsPublic(data=data, total=total, limit=limit, offset=offset, next=nxt)
 

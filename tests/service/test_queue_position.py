@@ -34,16 +34,30 @@ REDIS = "redis://127.0.0.1:6379/0"
 
 def test_estimate_by_hand() -> None:
     # One worker busy for 30 s more, jobs of 15 s: the third in line starts after 30 + 2 x 15.
-    assert queueinfo.estimate(2, [30.0], 15.0) == 60.0
-    assert queueinfo.estimate(0, [30.0], None) == 30.0  # the next one needs no mean
-    assert queueinfo.estimate(0, [], None) == 0.0  # nothing runs: it is next
-    assert queueinfo.estimate(1, [], None) is None  # one before it, no history
-    assert queueinfo.estimate(0, [None], 15.0) is None  # a running job of unknown length
-    # Two workers (two running jobs), ending in 5 and 20 s; jobs of 10 s.
-    assert queueinfo.estimate(0, [20.0, 5.0], 10.0) == 5.0
-    assert queueinfo.estimate(1, [20.0, 5.0], 10.0) == 20.0
-    assert queueinfo.estimate(2, [20.0, 5.0], 10.0) == 15.0
-    assert queueinfo.estimate(3, [20.0, 5.0], 10.0) == 30.0
+    assert queueinfo.estimate([30.0], [(15.0, 2)]) == 60.0
+    assert queueinfo.estimate([30.0], [(None, 0)]) == 30.0  # the next one needs no mean
+    assert queueinfo.estimate([], []) == 0.0  # nothing runs: it is next
+    assert queueinfo.estimate([], [(None, 1)]) is None  # one before it, no history
+    assert queueinfo.estimate([None], [(15.0, 0)]) is None  # a running job of unknown length
+    # Two workers (two running jobs), free in 5 and 20 s; jobs of 10 s. The first in line runs
+    # from 5 to 15 on the first worker, the second from 15 there, the third from 20 on the
+    # other, the fourth from 25: each starts on the worker that frees first.
+    ends = [20.0, 5.0]
+    assert [queueinfo.estimate(ends, [(10.0, k)]) for k in range(5)] == [5, 15, 20, 25, 30]
+    # A long line in whole rounds: 1001 jobs of 10 s on two idle workers, 500 rounds and one.
+    assert queueinfo.estimate([0.0, 0.0], [(10.0, 1001)]) == 5000.0
+
+
+def test_estimate_of_mixed_jobs_by_hand() -> None:
+    # Two workers free in 4 and 30 s. A learning job of 100 s takes the first (4 to 104);
+    # three syntheses of 10 s then run on the second at 30, 40 and 50: the job starts at 60.
+    assert queueinfo.estimate([4.0, 30.0], [(100.0, 1), (10.0, 3)]) == 60.0
+    # The syntheses first: 4-14, 14-24, 24-34 on the first; the learning job at 30 on the
+    # second (to 130); the job starts at 34.
+    assert queueinfo.estimate([4.0, 30.0], [(10.0, 3), (100.0, 1)]) == 34.0
+    assert queueinfo.estimate([], [(100.0, 1), (10.0, 2)]) == 120.0  # one idle worker
+    assert queueinfo.estimate([4.0, 30.0], [(100.0, 1), (None, 1)]) is None
+    assert queueinfo.estimate([4.0, 30.0], [(100.0, 1), (None, 0)]) == 30.0  # none of it ahead
 
 
 def _job(
@@ -54,8 +68,18 @@ def _job(
     return job
 
 
+def _client(settings: Settings, api_key: str, pools: str) -> TestClient:
+    """A client of an API whose workers are `pools` (Settings.worker_pools)."""
+    app = create_app(settings.model_copy(update={"worker_pools": pools}))
+    return TestClient(app, headers=bearer(api_key))
+
+
+def _queue(client: TestClient, job: Job) -> dict:
+    return client.get(f"/v1/jobs/{job.id}").json()["queue"]
+
+
 def test_a_queued_job_shows_its_place_and_estimated_start(
-    client: TestClient, session: Session
+    settings: Settings, api_key: str, session: Session
 ) -> None:
     now = utcnow()
     at = [now - timedelta(minutes=10 - i) for i in range(10)]
@@ -70,25 +94,27 @@ def test_a_queued_job_shows_its_place_and_estimated_start(
     third = _job(session, mine, "synthesize", "queued", at[7])
     session.commit()
 
-    body = client.get(f"/v1/jobs/{third.id}").json()
-    queue = body["queue"]
-    assert (queue["position"], queue["ahead"]) == (3, 3)  # two queued before it, one running
-    assert 57.0 <= queue["estimated_start_seconds"] <= 60.0  # 30 s + 2 x the mean of 15 s
-    start = datetime.fromisoformat(queue["estimated_start_at"])
-    assert abs((start - now).total_seconds() - 60.0) < 4.0
-    parsed = models.Job.model_validate(body)  # the Python client reads it
-    assert parsed.queue is not None and parsed.queue.position == 3
-    assert parsed.queue.estimated_start_at == start
+    # Workers of each kind: the other kind's jobs are not ahead.
+    with _client(settings, api_key, "per-kind") as client:
+        body = client.get(f"/v1/jobs/{third.id}").json()
+        queue = body["queue"]
+        assert (queue["position"], queue["ahead"]) == (3, 3)  # two queued before it, one running
+        assert 57.0 <= queue["estimated_start_seconds"] <= 60.0  # 30 s + 2 x the mean of 15 s
+        start = datetime.fromisoformat(queue["estimated_start_at"])
+        assert abs((start - now).total_seconds() - 60.0) < 4.0
+        parsed = models.Job.model_validate(body)  # the Python client reads it
+        assert parsed.queue is not None and parsed.queue.position == 3
+        assert parsed.queue.estimated_start_at == start
 
-    first = client.get(f"/v1/jobs/{learn.id}").json()["queue"]  # the learn queue is its own
-    assert first == {
-        "position": 1,
-        "ahead": 0,
-        "estimated_start_at": first["estimated_start_at"],
-        "estimated_start_seconds": 0.0,
-    }
-    assert client.get(f"/v1/jobs/{running.id}").json()["queue"] is None
-    assert models.Job.model_validate(client.get(f"/v1/jobs/{running.id}").json()).queue is None
+        first = client.get(f"/v1/jobs/{learn.id}").json()["queue"]  # the learn queue is its own
+        assert first == {
+            "position": 1,
+            "ahead": 0,
+            "estimated_start_at": first["estimated_start_at"],
+            "estimated_start_seconds": 0.0,
+        }
+        assert client.get(f"/v1/jobs/{running.id}").json()["queue"] is None
+        assert models.Job.model_validate(client.get(f"/v1/jobs/{running.id}").json()).queue is None
 
 
 def test_without_history_the_estimate_is_null(client: TestClient, session: Session) -> None:
@@ -103,6 +129,81 @@ def test_without_history_the_estimate_is_null(client: TestClient, session: Sessi
         "estimated_start_at": None,
         "estimated_start_seconds": None,
     }
+
+
+def test_shared_workers_a_running_learning_job_delays_a_synthesis(
+    client: TestClient, settings: Settings, api_key: str, session: Session
+) -> None:
+    now = utcnow()
+    at = [now - timedelta(minutes=10 - i) for i in range(4)]
+    concept = make_concept(session)
+    _job(session, concept, "synthesize", "succeeded", at[0], duration_seconds=10.0)
+    _job(session, concept, "learn", "running", at[1], eta_seconds=300.0, updated_at=now)
+    queued = _job(session, concept, "synthesize", "queued", at[2])
+    session.commit()
+
+    # The default: the one worker learning is the one the synthesis waits for.
+    queue = _queue(client, queued)
+    assert (queue["position"], queue["ahead"]) == (1, 1)
+    assert 297.0 <= queue["estimated_start_seconds"] <= 300.0  # the learning job's ETA
+    with _client(settings, api_key, "per-kind") as per_kind:  # a synthesis worker is idle
+        assert _queue(per_kind, queued) == {
+            "position": 1,
+            "ahead": 0,
+            "estimated_start_at": _queue(per_kind, queued)["estimated_start_at"],
+            "estimated_start_seconds": 0.0,
+        }
+
+
+def test_shared_workers_jobs_of_both_kinds_ahead_take_their_own_means(
+    client: TestClient, session: Session
+) -> None:
+    now = utcnow()
+    at = [now - timedelta(minutes=10 - i) for i in range(10)]
+    mine, others = make_concept(session), make_concept(session, tenant="others")
+    _job(session, mine, "learn", "succeeded", at[0], duration_seconds=100.0)
+    _job(session, mine, "synthesize", "succeeded", at[1], duration_seconds=10.0)
+    _job(session, mine, "synthesize", "succeeded", at[2], duration_seconds=20.0)
+    _job(session, mine, "synthesize", "running", at[3], eta_seconds=30.0, updated_at=now)
+    learn = _job(session, mine, "learn", "queued", at[4])
+    _job(session, mine, "synthesize", "queued", at[5])
+    _job(session, others, "synthesize", "queued", at[6])
+    second_learn = _job(session, mine, "learn", "queued", at[7])
+    synthesis = _job(session, mine, "synthesize", "queued", at[8])
+    session.commit()
+
+    # One worker (one running job) free in 30 s; then learning jobs of 100 s, syntheses of 15.
+    places = {
+        job: (q["position"], q["ahead"], q["estimated_start_seconds"])
+        for job, q in ((j, _queue(client, j)) for j in (learn, second_learn, synthesis))
+    }
+    assert places[learn][:2] == (1, 1)  # the running synthesis
+    assert 27.0 <= places[learn][2] <= 30.0
+    assert places[second_learn][:2] == (2, 4)  # + a learning job and two syntheses
+    assert 157.0 <= places[second_learn][2] <= 160.0  # 30 + 100 + 2 x 15
+    assert places[synthesis][:2] == (3, 5)  # + two learning jobs and two syntheses
+    assert 257.0 <= places[synthesis][2] <= 260.0  # 30 + 2 x 100 + 2 x 15
+
+
+def test_shared_workers_no_history_of_a_kind_ahead_is_a_null_estimate(
+    client: TestClient, session: Session
+) -> None:
+    now = utcnow()
+    at = [now - timedelta(minutes=10 - i) for i in range(3)]
+    concept = make_concept(session)
+    _job(session, concept, "synthesize", "succeeded", at[0], duration_seconds=10.0)
+    learn = _job(session, concept, "learn", "queued", at[1])  # no learning job succeeded yet
+    synthesis = _job(session, concept, "synthesize", "queued", at[2])
+    session.commit()
+
+    assert _queue(client, synthesis) == {
+        "position": 1,
+        "ahead": 1,
+        "estimated_start_at": None,
+        "estimated_start_seconds": None,
+    }
+    first = _queue(client, learn)  # nothing ahead of it: no mean needed
+    assert (first["position"], first["ahead"], first["estimated_start_seconds"]) == (1, 0, 0.0)
 
 
 def _queries(client: TestClient, url: str) -> tuple[int, dict]:
@@ -123,8 +224,12 @@ def _queries(client: TestClient, url: str) -> tuple[int, dict]:
     return len(seen), r.json()
 
 
-def test_a_page_costs_a_fixed_number_of_queries(client: TestClient, session: Session) -> None:
+@pytest.mark.parametrize("pools", ["shared", "per-kind"])
+def test_a_page_costs_a_fixed_number_of_queries(
+    settings: Settings, api_key: str, session: Session, pools: str
+) -> None:
     concept = make_concept(session)
+    make_job(session, concept, kind="synthesize", status="running")
 
     def add(n: int) -> None:
         for kind in ("learn", "synthesize"):
@@ -132,15 +237,21 @@ def test_a_page_costs_a_fixed_number_of_queries(client: TestClient, session: Ses
                 make_job(session, concept, kind=kind)
         session.commit()
 
-    add(2)
-    few, page = _queries(client, "/v1/jobs?limit=100")
-    add(10)
-    many, page = _queries(client, "/v1/jobs?limit=100")
+    with _client(settings, api_key, pools) as client:
+        add(2)
+        few, page = _queries(client, "/v1/jobs?limit=100")
+        add(10)
+        many, page = _queries(client, "/v1/jobs?limit=100")
     assert few == many
-    oldest_first = sorted(
-        (j for j in page["data"] if j["kind"] == "learn"), key=lambda j: j["created_at"]
-    )
-    assert [j["queue"]["position"] for j in oldest_first] == list(range(1, 13))
+    queued = sorted((j for j in page["data"] if j["queue"]), key=lambda j: j["created_at"])
+    for kind in ("learn", "synthesize"):
+        places = [j["queue"]["position"] for j in queued if j["kind"] == kind]
+        assert places == list(range(1, 13))
+    ahead = [j["queue"]["ahead"] for j in queued]
+    if pools == "shared":  # every queued job before it and the running one
+        assert ahead == list(range(1, 25))
+    else:
+        assert ahead == [j["queue"]["position"] - (j["kind"] == "learn") for j in queued]
 
 
 def _stream(client: TestClient, job_id: object) -> Iterator[tuple[str, dict]]:
