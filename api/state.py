@@ -117,6 +117,10 @@ class AppState:
         engine.check_base_model(self.settings.base_model)
         self._model_ok_until = now + MODEL_CHECK_SECONDS
 
+    def resolution(self) -> int:
+        """The side in pixels the base model learns at (from its configs, no weights)."""
+        return _resolution(self.settings.base_model)
+
     def tokenizer(self) -> Any:
         """The base model's tokenizer (no weights, no torch): loaded on first use."""
         return _load_tokenizer(self.settings.base_model)
@@ -153,3 +157,8 @@ def _load_tokenizer(spec: str) -> Any:
 @functools.cache
 def _cached_tokenizer(spec: str) -> Any:
     return engine.load_tokenizer(spec)
+
+
+@functools.cache
+def _resolution(spec: str) -> int:
+    return engine.native_resolution(spec)

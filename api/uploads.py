@@ -26,8 +26,6 @@ from core.problems import Problem, from_engine
 from core.settings import Settings
 from core.submissions import LearnInputs
 
-CHECK_RESOLUTION = 512
-
 
 @dataclass
 class Upload:
@@ -251,11 +249,11 @@ def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Setting
     check_costs(config, LEARN_CAPS)
 
 
-def check_with_engine(upload: Upload) -> None:
-    """Run the engine's own input preparation, so a job never fails on its inputs later."""
+def check_with_engine(upload: Upload, resolution: int) -> None:
+    """Run the engine's own input preparation at the size the base model learns at
+    (`resolution`, unless the options set one), so a job never fails on its inputs later."""
     config = upload.config
-    # Shares are fractions of the image, so SD 2.1's native size stands in for any model.
-    resolution = config.resolution or CHECK_RESOLUTION
+    resolution = config.resolution or resolution
     try:
         check_inputs(upload.image, upload.masks, resolution=resolution, config=config)
     except MifoError as exc:
@@ -268,6 +266,7 @@ def read_upload(
     names: str | None,
     options: str | None,
     settings: Settings,
+    resolution: int,
 ) -> Upload:
     opts, config = parse_options(options)
     check_limits(masks, config, settings)
@@ -287,7 +286,7 @@ def read_upload(
         width=width,
         height=height,
     )
-    check_with_engine(upload)
+    check_with_engine(upload, resolution)
     return upload
 
 

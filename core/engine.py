@@ -7,7 +7,7 @@ torch when they are called, in a worker.
 |---|---|
 | `LearnConfig`, `SynthesisConfig` | request checks (api), job runs (worker) |
 | `MifoError`, `ModelLoadError`, `Cancelled` | problem mapping (core.problems), the runner |
-| `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model` | settings, prompt checks, readiness |
+| `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model`, `native_resolution` | settings, prompt and upload checks, readiness |
 | `check_inputs`, `instance_names`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
@@ -22,7 +22,12 @@ from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
 from mifo_engine.inputs import check_inputs, instance_names, load_image, mask_to_binary, to_rgb
 from mifo_engine.layout import validate_synthesis_request
-from mifo_engine.models import DEFAULT_BASE_MODEL, check_base_model, load_tokenizer
+from mifo_engine.models import (
+    DEFAULT_BASE_MODEL,
+    check_base_model,
+    load_tokenizer,
+    native_resolution,
+)
 
 if TYPE_CHECKING:
     from mifo_engine.concept import Concept
@@ -45,6 +50,7 @@ __all__ = [
     "load_image",
     "load_tokenizer",
     "mask_to_binary",
+    "native_resolution",
     "synthesize",
     "to_rgb",
     "use_cpu_threads",

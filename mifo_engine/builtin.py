@@ -96,6 +96,11 @@ def build_sd21_random(seed: int, device: torch.device) -> Components:
     return unet, text_encoder, vae, tokenizer, sd21_scheduler_config()
 
 
+def tiny_configs() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The UNet and VAE configs of `tiny` (copies)."""
+    return dict(_TINY_UNET), dict(_TINY_VAE)
+
+
 def sd21_unet_config() -> dict[str, Any]:
     """The UNet2DConditionModel config of SD 2.1 base."""
     return read_json(_SD21_ASSETS / "unet_config.json")

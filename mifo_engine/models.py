@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,11 @@ from .builtin import (
     sd21_text_encoder_config,
     sd21_unet_config,
     sd21_vae_config,
+    tiny_configs,
 )
 from .device import resolve_device
 from .hashing import files_sha256, state_dict_sha256
-from .loading import Components, load_directory, own_memory, save_directory
+from .loading import Components, load_directory, own_memory, read_json, save_directory
 from .sources import (
     BUILTIN_SPECS,
     SD21_RANDOM,
@@ -60,6 +62,7 @@ __all__ = [
     "build_tiny",
     "build_unet_on_meta",
     "check_base_model",
+    "native_resolution",
     "load_base_model",
     "load_tokenizer",
     "resolve_device",
@@ -126,9 +129,7 @@ def load_base_model(
     unet, text_encoder, vae, tokenizer, scheduler_config = components
     for module in (unet, text_encoder, vae):
         _place(module, target, dtype, own_memory_on_cpu=source.kind in ("local", "hub"))
-    vae_scale_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)
-    sample_size = unet.config["sample_size"]
-    latent = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
+    vae_scale_factor = _vae_scale_factor(vae.config)
     base = LoadedBase(
         spec=spec,
         model_id=source.model_id,
@@ -141,7 +142,7 @@ def load_base_model(
         scheduler_config=scheduler_config,
         device=target,
         vae_scale_factor=vae_scale_factor,
-        resolution=latent * vae_scale_factor,
+        resolution=_resolution(unet.config, vae.config),
     )
     logger.info(
         "Loaded base model %s (revision %s, weights %s) on %s as %s in %.1f s",
@@ -169,6 +170,32 @@ def load_tokenizer(
     )
     check_directory(directory, full=False)
     return load_tokenizer_dir(directory / "tokenizer")
+
+
+def native_resolution(spec: str, *, cache_dir: str | Path | None = None) -> int:
+    """The side in pixels that a base model learns and draws at, as `load_base_model(spec)`
+    would report it, from the model's configs alone (no weights, no torch)."""
+    source = parse_spec(spec)
+    if source.kind == TINY:
+        return _resolution(*tiny_configs())
+    if source.kind == SD21_RANDOM:
+        return _resolution(sd21_unet_config(), sd21_vae_config())
+    directory, _ = model_directory(source, local_files_only=True, cache_dir=cache_dir, full=True)
+    check_directory(directory, full=True)
+    return _resolution(
+        read_json(directory / "unet" / "config.json"), read_json(directory / "vae" / "config.json")
+    )
+
+
+def _vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
+    return int(2 ** (len(vae_config["block_out_channels"]) - 1))
+
+
+def _resolution(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> int:
+    """The UNet's latent side at its native size times the VAE's scale."""
+    size = unet_config["sample_size"]
+    latent = int(size[0] if isinstance(size, list | tuple) else size)
+    return latent * _vae_scale_factor(vae_config)
 
 
 def check_base_model(spec: str, *, cache_dir: str | Path | None = None) -> None:

@@ -101,8 +101,8 @@ def _learn(
     """The submission, in the thread pool: it reads the upload and writes rows and objects."""
     names, options, webhook_url, webhook_events = form
     settings = state.settings
-    upload = read_upload(image, masks, names, options, settings)
     state.check_base_model()  # 503 model_unavailable: a job would only fail
+    upload = read_upload(image, masks, names, options, settings, state.resolution())
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
     hook = submissions.webhook(webhook_url, events, settings)
     present = functools.partial(_created, request, session, state=state)

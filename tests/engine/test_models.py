@@ -25,6 +25,7 @@ from mifo_engine.models import (
     build_unet_on_meta,
     load_base_model,
     load_tokenizer,
+    native_resolution,
     resolve_device,
     save_base_model,
     sd21_scheduler_config,
@@ -81,6 +82,15 @@ def test_tiny_is_deterministic_and_seeded() -> None:
     other = hashing.state_dict_sha256(dict(zip(("u", "t", "v"), build_tiny(1)[:3], strict=True)))
     assert first == again
     assert first != other
+
+
+def test_the_native_resolution_is_read_from_the_configs_as_loading_finds_it(
+    tiny: LoadedBase, tiny_dir: Path
+) -> None:
+    assert native_resolution("tiny") == native_resolution(str(tiny_dir)) == tiny.resolution == 64
+    assert native_resolution("sd21-random") == 512  # SD 2.1 base: 64 latents x 8
+    with pytest.raises(ModelLoadError):
+        native_resolution(str(tiny_dir / "no-such-model"))
 
 
 def test_tiny_loads_with_a_stable_hash_and_native_geometry(tiny: LoadedBase) -> None:

@@ -116,6 +116,22 @@ def test_empty_mask_is_422_naming_the_mask(
     _nothing_stored(session, settings)
 
 
+def test_an_instance_lost_at_the_base_models_size_is_422_at_upload(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    """`tiny` learns at 64 px: a 4 px dot on a 640 px image vanishes there (it would survive
+    SD 2.1's 512 px), so the upload is refused rather than a job failing later."""
+    image, masks = scene(640)
+    dot = Image.new("L", (640, 640), 0)
+    dot.paste(255, (321, 321, 325, 325))  # between two of the 64 px grid's sample points
+    r = _post(client, image, [masks[0], png(dot)])
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "masks[1]" and "64x64" in r.json()["detail"]
+    _nothing_stored(session, settings)
+    dot.paste(255, (300, 300, 340, 340))
+    assert _post(client, image, [masks[0], png(dot)]).status_code == 202
+
+
 def test_mask_of_another_size_is_422(
     client: TestClient, session: Session, settings: Settings
 ) -> None:
