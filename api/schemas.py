@@ -43,7 +43,7 @@ class ConceptPublic(BaseModel):
     options: dict[str, Any] = Field(description="LearnConfig fields set at creation.")
     learn_job_id: uuid.UUID | None
     error: ErrorPublic | None = Field(
-        None, description="Why learning failed or stopped (its job's error); null otherwise."
+        None, description="Why learning failed (its job's error); null otherwise."
     )
     inputs: dict[str, Any] = Field(description="URLs of the uploaded image and masks.")
     created_at: datetime
