@@ -4,18 +4,21 @@
 
 Fills a throwaway database (a PostgreSQL server on 127.0.0.1:5432, as the tests use) with
 `--queued` queued synthesis jobs, then times `spots()` for the page of the newest `--page`
-of them (the back of the queue) and for the single oldest one (its front); medians of 5.
+of them (the back of the queue) and for the single oldest one (its front), for each
+MIFO_WORKER_POOLS mode; medians of 5.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 
 from sqlalchemy import insert, select
 
@@ -25,6 +28,7 @@ if __package__ in (None, ""):  # run as `python bench/queue_position.py`
 from core import auth, queueinfo  # noqa: E402
 from core.db import make_engine, make_sessionmaker, session_scope, upgrade  # noqa: E402
 from core.models import Job, utcnow  # noqa: E402
+from core.settings import WorkerPools  # noqa: E402
 from tests.service.conftest import throwaway_postgres  # noqa: E402
 
 
@@ -67,14 +71,15 @@ def main() -> None:
             newest = select(Job).where(Job.status == "queued").order_by(Job.created_at.desc())
             back = s.scalars(newest.limit(args.page)).all()
             front = s.scalars(select(Job).order_by(Job.created_at).limit(1)).all()
-            queueinfo.spots(s, back)  # warm
-            page_s = _median_seconds(lambda: queueinfo.spots(s, back))
-            one_s = _median_seconds(lambda: queueinfo.spots(s, front))
+            for pools in get_args(WorkerPools):
+                queueinfo.spots(s, back, pools=pools)  # warm
+                page_s = _median_seconds(functools.partial(queueinfo.spots, s, back, pools=pools))
+                one_s = _median_seconds(functools.partial(queueinfo.spots, s, front, pools=pools))
+                print(
+                    f"{args.queued} queued, pools {pools}: a page of {args.page} at the back "
+                    f"{page_s * 1000:.1f} ms, the front job alone {one_s * 1000:.1f} ms"
+                )
         engine.dispose()
-    print(
-        f"{args.queued} queued: a page of {args.page} at the back {page_s * 1000:.1f} ms, "
-        f"the front job alone {one_s * 1000:.1f} ms"
-    )
 
 
 if __name__ == "__main__":
