@@ -66,11 +66,66 @@ def test_references_are_relative_and_shipped(path: Path) -> None:
         assert (path.parent / ref).resolve().is_file(), f"{path.name}: {ref} is not shipped"
 
 
+# A request's first argument: a string or template (`...`, "...") or an expression up to its
+# first comma or closing parenthesis at the same depth.
+CALL = re.compile(r"\b(api|url|fetch|EventSource|streamWithKey)\(")
+DOORS = re.compile(r"\bfunction (?:api|url|streamWithKey)\((\w+)")
+
+
+def first_argument(text: str, start: int) -> str:
+    depth, quote, k = 0, "", start
+    while k < len(text):
+        c = text[k]
+        if quote:
+            quote = "" if c == quote and text[k - 1] != "\\" else quote
+        elif c in "`\"'":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}" and depth:
+            depth -= 1
+        elif c in ",)" and not depth:
+            return text[start:k].strip()
+        k += 1
+    raise AssertionError(f"unterminated call at {start}")
+
+
 def test_the_console_calls_only_the_public_api() -> None:
+    """Every request the console makes (api(), url(), fetch(), EventSource) is a v1/ path:
+    a literal, or a name that holds one (a `const` set to a literal, or the path parameter
+    of api.js's own doors, whose callers are checked here too). The signed artifact links
+    in the API's bodies are only shown (src, href), never requested through these."""
+    texts = {p.name: p.read_text() for p in STATIC.rglob("*.js")}
+    blocks = {n: re.sub(r"/\*.*?\*/", "", t, flags=re.S) for n, t in texts.items()}
+    code = {n: re.sub(r"^\s*//.*$", "", t, flags=re.M) for n, t in blocks.items()}
+    names = {m for t in code.values() for m in DOORS.findall(t)}
+    names |= {m for t in code.values() for m in re.findall(r"const (\w+) = [`\"]v1/", t)}
+    literal = re.compile(r"""[`"]v1/[a-z]""")
+    named = re.compile(rf"^(?:{'|'.join(sorted(names))})$|^`\$\{{(?:{'|'.join(sorted(names))})\}}/")
+    seen = []
+    for name, text in code.items():
+        for call in CALL.finditer(text):
+            if re.search(r"function\s+$", text[: call.start()][-12:]):
+                continue  # the door's own definition
+            arg = first_argument(text, call.end())
+            seen.append(arg)
+            ok = literal.match(arg) or named.match(arg) or arg.startswith("url(")
+            assert ok, f"{name}: {call.group(1)}({arg}, ...) is not a v1/ path"
+    assert len(seen) >= 15, seen  # the pattern still finds the calls
     calls = set()
-    for path in STATIC.rglob("*.js"):
-        calls |= set(re.findall(r"""[`"'](v1/[a-z-]+)""", path.read_text()))
+    for text in code.values():
+        calls |= set(re.findall(r"""[`"'](v1/[a-z-]+)""", text))
     assert calls == {"v1/concepts", "v1/jobs"}, calls
+
+
+def test_the_console_colours_are_the_layout_previews() -> None:
+    from mifo_engine.render import PALETTE
+
+    js = (STATIC / "js" / "paint.js").read_text()
+    listed = re.search(r"export const COLOURS = \[([^\]]*)\]", js)
+    assert listed, "paint.js has no COLOURS list"
+    colours = re.findall(r'"#([0-9a-f]{6})"', listed.group(1))
+    assert [tuple(int(c[i : i + 2], 16) for i in (0, 2, 4)) for c in colours] == list(PALETTE)
 
 
 def test_the_package_data_ships_every_file() -> None:

@@ -203,10 +203,18 @@ export class BoxEditor {
       ctx.stroke();
     }
     const ratio = window.devicePixelRatio || 1;
-    for (const t of this.tokens) {
-      const b = this.boxes.get(t.token);
-      if (!b) continue;
-      const [x, y, w, h] = [b[0] * W, b[1] * H, (b[2] - b[0]) * W, (b[3] - b[1]) * H];
+    ctx.font = `${13 * ratio}px system-ui, sans-serif`;
+    const lh = 18 * ratio;
+    // the selected box last, so that its outline, corners and name lie on top
+    const items = this.tokens.filter((t) => this.boxes.has(t.token))
+      .sort((a, b) => (a.token === this.active) - (b.token === this.active))
+      .map((t) => {
+        const b = this.boxes.get(t.token);
+        const label = `${t.token} ${t.name}`;
+        return { t, label, x: b[0] * W, y: b[1] * H, w: (b[2] - b[0]) * W, h: (b[3] - b[1]) * H,
+          lw: ctx.measureText(label).width + 8 * ratio, lh };
+      });
+    for (const { t, x, y, w, h } of items) {
       const active = t.token === this.active;
       ctx.fillStyle = `${t.colour}33`;
       ctx.fillRect(x, y, w, h);
@@ -215,21 +223,41 @@ export class BoxEditor {
       ctx.setLineDash(active && document.activeElement === canvas ? [6 * ratio, 3 * ratio] : []);
       ctx.strokeRect(x, y, w, h);
       ctx.setLineDash([]);
-      ctx.font = `${13 * ratio}px system-ui, sans-serif`;
-      const label = `${t.token} ${t.name}`;
-      const tw = ctx.measureText(label).width + 8 * ratio;
-      const lx = Math.max(0, Math.min(x, W - tw)); // the name stays inside the frame
-      const ly = Math.max(0, y - 18 * ratio);
-      ctx.fillStyle = t.colour;
-      ctx.fillRect(lx, ly, tw, 18 * ratio);
-      ctx.fillStyle = "#fff";
-      ctx.fillText(label, lx + 4 * ratio, ly + 13 * ratio);
-      if (active) {
-        for (const [cx, cy] of [[x, y], [x + w, y], [x, y + h], [x + w, y + h]]) {
-          ctx.fillStyle = t.colour;
-          ctx.fillRect(cx - 4 * ratio, cy - 4 * ratio, 8 * ratio, 8 * ratio);
-        }
-      }
     }
+    // the selected box's name takes its place first; the others make room for it
+    const spots = placeLabels([...items].reverse(), W, H).reverse();
+    items.forEach(({ t, label, x, y, w, h }, k) => {
+      const spot = spots[k];
+      ctx.fillStyle = t.colour;
+      ctx.fillRect(spot.x, spot.y, spot.w, spot.h);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(label, spot.x + 4 * ratio, spot.y + 13 * ratio);
+      if (t.token !== this.active) return;
+      ctx.fillStyle = t.colour;
+      for (const [cx, cy] of [[x, y], [x + w, y], [x, y + h], [x + w, y + h]]) {
+        ctx.fillRect(cx - 4 * ratio, cy - 4 * ratio, 8 * ratio, 8 * ratio);
+      }
+    });
   }
+}
+
+const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+
+/**
+ * Where each box's name label goes, in order, so that no label covers one placed before it:
+ * above the box's top edge, else just inside it, else lower down the box (then up, above
+ * it); inside the W x H frame. `items`: [{x, y, w, h, lw, lh}] (box, label size); returns
+ * [{x, y, w, h}] of the labels.
+ */
+export function placeLabels(items, W, H) {
+  const placed = [];
+  for (const it of items) {
+    const x = clamp(it.x, 0, Math.max(0, W - it.lw));
+    const ys = [it.y - it.lh];
+    for (let y = it.y; y + it.lh <= Math.max(it.y + it.h, it.y + it.lh); y += it.lh) ys.push(y);
+    for (let y = it.y - 2 * it.lh; y >= 0; y -= it.lh) ys.push(y);
+    const spots = ys.map((y) => ({ x, y: clamp(y, 0, Math.max(0, H - it.lh)), w: it.lw, h: it.lh }));
+    placed.push(spots.find((s) => !placed.some((p) => overlaps(s, p))) || spots[0]);
+  }
+  return placed;
 }

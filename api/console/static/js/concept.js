@@ -2,7 +2,7 @@
 
 import { api, isTerminal } from "./api.js";
 import { BoxEditor } from "./boxes.js";
-import { clearProblems, el, percent, problemText, showProblem, view, when } from "./dom.js";
+import { clearProblems, el, percent, problemText, reportProblem, view, when } from "./dom.js";
 import { COLOURS, centreSquare } from "./paint.js";
 import { trackJob } from "./progress.js";
 
@@ -107,7 +107,7 @@ function compose(section, concept, submitted) {
         onchange: () => editor.select(t.token) }), ` ${t.token} ${t.name}`));
     const coords = ["x0", "y0", "x1", "y1"].map((c, k) => el("label", {},
       `${c} (${["left", "top", "right", "bottom"][k]})`,
-      el("input", { type: "number", step: "0.01", "data-coord": String(k), inputmode: "decimal",
+      el("input", { type: "number", step: "0.01", "data-coord": String(k), inputmode: "decimal", "data-control": k === 0,
         oninput: () => editor.set(t.token, read(t.token)) })));
     fields.append(el("div", { class: "field box-field", "data-field": `boxes[${t.token}]`, "data-token": t.token },
       el("fieldset", { style: `--colour: ${t.colour}` }, el("legend", {}, `Box of ${t.token} ${t.name}`), ...coords,
@@ -136,10 +136,9 @@ function compose(section, concept, submitted) {
     clearProblems(form);
     const half = partial();
     if (half) {
-      showProblem(form, { field: `boxes[${half.token}]`,
+      reportProblem(form, { field: `boxes[${half.token}]`,
         message: `The box of ${half.token} has only some of x0, y0, x1, y1.`,
         fix: `give all four numbers, or press "Remove the box of ${half.token}"` });
-      form.querySelector("[aria-invalid]")?.focus();
       return;
     }
     const boxes = {};
@@ -157,8 +156,7 @@ function compose(section, concept, submitted) {
     try {
       submitted(await api(`v1/concepts/${concept.id}/syntheses`, { method: "POST", json: body }));
     } catch (err) {
-      showProblem(form, err);
-      form.querySelector("[aria-invalid]")?.focus();
+      reportProblem(form, err);
     } finally {
       button.disabled = false;
     }

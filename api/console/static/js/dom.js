@@ -32,7 +32,8 @@ function slotFor(root, field) {
   }
   const prefix = slots.filter((s) => field.startsWith(s.dataset.field))
     .sort((a, b) => b.dataset.field.length - a.dataset.field.length);
-  return prefix[0] || null;
+  // `names` where each name has its own slot (names[0], ...): the first of them
+  return prefix[0] || slots.find((s) => s.dataset.field.startsWith(`${field}[`)) || null;
 }
 
 export function problemText(problem) {
@@ -40,19 +41,33 @@ export function problemText(problem) {
   return `${problem.message}${fix}`.replace(/\.\./g, ".");
 }
 
-/** Show an API problem next to the field it names, else in the form's own line. */
+/**
+ * Show a problem next to the field it names, else in the form's own line; the slot's
+ * `[data-control]` (the control its field stands for) is marked aria-invalid.
+ * Returns { control, line }: that control (or null) and the line showing the message.
+ */
 export function showProblem(root, problem) {
   clearProblems(root);
   const slot = slotFor(root, problem.field);
-  const line = slot
-    ? slot.querySelector(":scope > .problem") || slot.querySelector(".problem")
-    : root.querySelector(".form-problem");
-  const target = line || root.querySelector(".form-problem");
-  if (!target) return;
-  target.textContent = problemText(problem);
+  const line = (slot && (slot.querySelector(":scope > .problem") || slot.querySelector(".problem")))
+    || root.querySelector(".form-problem");
+  if (!line) return null;
+  line.textContent = problemText(problem);
   if (slot) slot.classList.add("invalid");
-  const input = slot && slot.querySelector("input, textarea, select, canvas");
-  if (input) input.setAttribute("aria-invalid", "true");
+  const control = slot && slot.querySelector("[data-control]");
+  if (control) control.setAttribute("aria-invalid", "true");
+  return { control, line };
+}
+
+/** showProblem, then the focus on its control; where there is none, or it cannot take the
+ * focus (hidden, disabled), on the message itself, so that a screen reader reads it. */
+export function reportProblem(root, problem) {
+  const shown = showProblem(root, problem);
+  if (!shown) return;
+  shown.control?.focus();
+  if (shown.control && document.activeElement === shown.control) return;
+  shown.line.tabIndex = -1;
+  shown.line.focus();
 }
 
 export function clearProblems(root) {

@@ -1,7 +1,7 @@
 // New concept: the image, one painted or uploaded mask per instance, names, options; learn.
 
 import { api } from "./api.js";
-import { clearProblems, el, showProblem, view } from "./dom.js";
+import { clearProblems, el, reportProblem, showProblem, view } from "./dom.js";
 import { COLOURS, MaskPainter, maskSizeProblem } from "./paint.js";
 
 // `quick` runs in seconds on the built-in tiny model; `paper` sends no overrides.
@@ -42,14 +42,15 @@ export function showNew(main) {
       row.querySelector(".name-label").textContent = `Name of instance ${n}`;
       row.querySelector(".mask-label").textContent = `Mask file for instance ${n}`;
       row.querySelector(".remove").setAttribute("aria-label", `Remove instance ${n}`);
-      row.dataset.field = `masks[${i}]`;
+      row.querySelector(".name-slot").dataset.field = `names[${i}]`;
+      row.querySelector(".mask-slot").dataset.field = `masks[${i}]`;
     });
   }
   function addInstance() {
     const i = painter.addLayer();
     const id = `inst-${Date.now()}-${i}`;
     const radio = el("input", { type: "radio", name: "active-instance", onchange: () => select(rows().indexOf(row)) });
-    const upload = el("input", { id: `${id}-mask`, type: "file", accept: "image/*", onchange: async () => {
+    const upload = el("input", { id: `${id}-mask`, type: "file", accept: "image/*", "data-control": true, onchange: async () => {
       const file = upload.files[0];
       const at = rows().indexOf(row);
       if (!file) return;
@@ -78,11 +79,17 @@ export function showNew(main) {
         showProblem(form, { field: `masks[${at}]`, message: "This mask file is not an image the browser can read.", fix: "choose a PNG, JPEG or WebP file" });
       }
     } });
+    // one slot for the name's problems, one for the mask's, each beside its own control
     const row = el("li", { class: "instance" },
       el("label", { class: "paint-label" }, radio, el("span", { class: "swatch", "aria-hidden": "true" }), " "),
-      el("label", { class: "name-label", for: `${id}-name` }),
-      el("input", { id: `${id}-name`, class: "name", type: "text", value: `instance ${i + 1}`, autocomplete: "off" }),
-      el("label", { class: "mask-label", for: `${id}-mask` }), upload,
+      el("div", { class: "slot name-slot" },
+        el("label", { class: "name-label", for: `${id}-name` }),
+        el("input", { id: `${id}-name`, class: "name", type: "text", value: `instance ${i + 1}`, autocomplete: "off",
+          "data-control": true }),
+        el("p", { class: "problem", role: "alert" })),
+      el("div", { class: "slot mask-slot" },
+        el("label", { class: "mask-label", for: `${id}-mask` }), upload,
+        el("p", { class: "problem", role: "alert" })),
       el("span", { class: "coverage hint" }, "empty"),
       el("button", { type: "button", class: "remove quiet", onclick: () => {
         if (rows().length <= 1) return;
@@ -91,8 +98,7 @@ export function showNew(main) {
         row.remove();
         renumber();
         select(Math.min(k, rows().length - 1));
-      } }, "Remove"),
-      el("p", { class: "problem", role: "alert" }));
+      } }, "Remove"));
     list.append(row);
     renumber();
     select(i);
@@ -143,25 +149,24 @@ export function showNew(main) {
     clearProblems(form);
     const local = check(imageFile, rows(), painter, options.value);
     if (local) {
-      showProblem(form, local);
-      form.querySelector("[aria-invalid]")?.focus();
+      reportProblem(form, local);
       return;
     }
     busy = true;
     button.disabled = true;
+    const names = rows().map((r) => r.querySelector(".name").value.trim());
     try {
       const body = new FormData();
       body.append("image", imageFile, imageFile.name);
       for (let i = 0; i < rows().length; i += 1) {
         body.append("masks", await painter.toBlob(i), `mask${i}.png`);
       }
-      body.append("names", rows().map((r) => r.querySelector(".name").value.trim()).join(","));
+      body.append("names", names.join(","));
       if (options.value.trim() && options.value.trim() !== "{}") body.append("options", options.value);
       const made = await api("v1/concepts", { method: "POST", form: body });
       location.hash = `#/concepts/${made.concept.id}`;
     } catch (err) {
-      showProblem(form, err);
-      form.querySelector("[aria-invalid]")?.focus();
+      reportProblem(form, nameRow(err, names));
     } finally {
       busy = false;
       button.disabled = false;
@@ -179,11 +184,11 @@ function check(image, rows, painter, options) {
   }
   const unnamed = rows.findIndex((r) => !r.querySelector(".name").value.trim());
   if (unnamed >= 0) {
-    return { field: `masks[${unnamed}]`, message: `Instance ${unnamed + 1} has no name.`, fix: "name every instance" };
+    return { field: `names[${unnamed}]`, message: `Instance ${unnamed + 1} has no name.`, fix: "name every instance" };
   }
   const comma = rows.findIndex((r) => r.querySelector(".name").value.includes(","));
   if (comma >= 0) {
-    return { field: `masks[${comma}]`, message: `The name of instance ${comma + 1} has a comma, which separates names.`,
+    return { field: `names[${comma}]`, message: `The name of instance ${comma + 1} has a comma, which separates names.`,
       fix: "leave the comma out" };
   }
   try {
@@ -193,4 +198,16 @@ function check(image, rows, painter, options) {
     return { field: "options", message: `Options are not a JSON object (${err.message}).`, fix: 'write e.g. {"phase1_steps": 100}' };
   }
   return null;
+}
+
+/** A problem about all the names (`names`) pointed at the name it is about, checked in the
+ * API's order: an empty name, the second of two equal names, a name starting with '<'. */
+function nameRow(problem, names) {
+  if (problem.field !== "names") return problem;
+  const checks = [(n) => !n, (n, i) => names.indexOf(n) < i, (n) => n.startsWith("<")];
+  for (const bad of checks) {
+    const at = names.findIndex(bad);
+    if (at >= 0) return { field: `names[${at}]`, message: problem.message, fix: problem.fix };
+  }
+  return problem;
 }

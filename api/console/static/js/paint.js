@@ -2,9 +2,11 @@
 
 const UNDO_DEPTH = 30;
 
-/** Instance colours, shared by the masks, the boxes and the chips. */
-export const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
-  "#f032e6", "#9a6324"];
+/** Instance colours, shared by the masks, the boxes and the chips: the palette of the
+ * engine's layout preview (mifo_engine/render.py, PALETTE). The preview takes them in the
+ * prompt's order of the boxed tokens, the console in token order. */
+export const COLOURS = ["#e63c3c", "#2878e6", "#28aa46", "#f0a014",
+  "#a03cc8", "#14aaaa", "#c85a8c", "#787878"];
 
 // The engine's reading of a mask file (mifo_engine/inputs.py, mask_to_binary), at 50%.
 const BW_DARK = 0.15 * 255;
