@@ -42,11 +42,16 @@ def heat_map(attention: torch.Tensor, image: Image.Image, *, opacity: float = 0.
 
 
 def layout_preview(
-    image: Image.Image, boxes: Mapping[str, Sequence[float]], labels: Mapping[str, str]
+    image: Image.Image,
+    boxes: Mapping[str, Sequence[float]],
+    labels: Mapping[str, str],
+    order: Sequence[str] = (),
 ) -> Image.Image:
     """Draw each box (normalised coordinates) and its label on a copy of `image`.
 
-    Small images are enlarged first (nearest neighbour) so that labels stay readable.
+    A token's colour is PALETTE at its place in `order` (the concept's tokens), so that a
+    token keeps its colour whatever the prompt boxes; a token not in it, at its place among
+    the boxes. Small images are enlarged first (nearest neighbour) so labels stay readable.
     """
     out = image.convert("RGB")
     scale = max(1, -(-MIN_PREVIEW_SIDE // min(out.size)))
@@ -58,8 +63,9 @@ def layout_preview(
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     width = max(1, round(min(out.size) / 128))
+    places = {token: k for k, token in enumerate(order)}
     for k, (token, (x0, y0, x1, y1)) in enumerate(boxes.items()):
-        colour = PALETTE[k % len(PALETTE)]
+        colour = PALETTE[places.get(token, k) % len(PALETTE)]
         rect = (x0 * out.width, y0 * out.height, x1 * out.width - 1, y1 * out.height - 1)
         draw.rectangle(rect, outline=colour, width=width)
         text = labels.get(token, token)

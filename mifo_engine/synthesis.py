@@ -150,10 +150,11 @@ def synthesize(
     shares = controller.in_box_shares()
     labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
     boxes_by_token = {s.token: s.box for s in layout.subjects}
+    tokens = [t.token for t in concept.tokens]
     return SynthesisResult(
         images=images,
         seeds=seeds,
-        previews=[layout_preview(img, boxes_by_token, labels) for img in images],
+        previews=[layout_preview(img, boxes_by_token, labels, tokens) for img in images],
         in_box_share=shares,
         layout=layout,
         config=cfg,

@@ -3,8 +3,7 @@
 const UNDO_DEPTH = 30;
 
 /** Instance colours, shared by the masks, the boxes and the chips: the palette of the
- * engine's layout preview (mifo_engine/render.py, PALETTE). The preview takes them in the
- * prompt's order of the boxed tokens, the console in token order. */
+ * engine's layout preview (mifo_engine/render.py, PALETTE), taken in token order by both. */
 export const COLOURS = ["#e63c3c", "#2878e6", "#28aa46", "#f0a014",
   "#a03cc8", "#14aaaa", "#c85a8c", "#787878"];
 
