@@ -214,7 +214,14 @@ def test_one_concept_per_submit_then_focus_and_followers(
     page.get_by_label("Status").select_option("running")
     button = page.get_by_role("button", name=re.compile("^Cancel job "))
     button.focus()
-    page.wait_for_timeout(4500)
+    reads: list[str] = []
+    page.on("requestfinished", lambda r: reads.append(r.url) if "/v1/jobs?" in r.url else None)
+    for _ in range(600):  # two re-reads have been answered and drawn (up to a minute)
+        if len(reads) >= 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(reads) >= 2, "the jobs list did not read itself again"
+    page.wait_for_timeout(200)
     assert page.evaluate("document.activeElement.textContent").startswith("Cancel job ")
     page.keyboard.press("Enter")
     page.locator("#job-rows td.hint").wait_for()
