@@ -26,10 +26,12 @@ from .builtin import (
     tiny_configs,
 )
 from .device import resolve_device
+from .errors import ModelLoadError
 from .hashing import files_sha256, state_dict_sha256
 from .loading import Components, load_directory, own_memory, read_json, save_directory
 from .sources import (
     BUILTIN_SPECS,
+    FIX,
     SD21_RANDOM,
     TINY,
     Source,
@@ -182,9 +184,18 @@ def native_resolution(spec: str, *, cache_dir: str | Path | None = None) -> int:
         return _resolution(sd21_unet_config(), sd21_vae_config())
     directory, _ = model_directory(source, local_files_only=True, cache_dir=cache_dir, full=True)
     check_directory(directory, full=True)
-    return _resolution(
-        read_json(directory / "unet" / "config.json"), read_json(directory / "vae" / "config.json")
-    )
+    try:
+        return _resolution(
+            read_json(directory / "unet" / "config.json"),
+            read_json(directory / "vae" / "config.json"),
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelLoadError(
+            f"Base model directory {directory}: its unet/ or vae/ config.json does not give the "
+            f"model's size ({type(exc).__name__}: {exc}).",
+            field="model",
+            fix=FIX,
+        ) from exc
 
 
 def _vae_scale_factor(vae_config: Mapping[str, Any]) -> int:

@@ -93,6 +93,17 @@ def test_the_native_resolution_is_read_from_the_configs_as_loading_finds_it(
         native_resolution(str(tiny_dir / "no-such-model"))
 
 
+def test_a_config_without_the_size_is_a_model_load_error(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_dir, broken)
+    config = json.loads((broken / "unet" / "config.json").read_text())
+    del config["sample_size"]
+    (broken / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="does not give the model's size") as info:
+        native_resolution(str(broken))
+    assert info.value.field == "model" and info.value.fix
+
+
 def test_tiny_loads_with_a_stable_hash_and_native_geometry(tiny: LoadedBase) -> None:
     assert load_base_model("tiny").weights_hash == tiny.weights_hash
     assert len(tiny.weights_hash) == 64
