@@ -147,21 +147,25 @@ def synthesize(
         # 7. Decode
         images = decode_images(base, latents)
     # 8. Diagnostics and previews
-    shares = controller.in_box_shares()
-    labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
-    boxes_by_token = {s.token: s.box for s in layout.subjects}
-    tokens = [t.token for t in concept.tokens]
     return SynthesisResult(
         images=images,
         seeds=seeds,
-        previews=[layout_preview(img, boxes_by_token, labels, tokens) for img in images],
-        in_box_share=shares,
+        previews=_previews(images, layout, concept),
+        in_box_share=controller.in_box_shares(),
         layout=layout,
         config=cfg,
         concept_base=concept.metadata()["base_model"],
         versions=versions(),
         guidance_losses=losses,
     )
+
+
+def _previews(images: list[Image.Image], layout: Layout, concept: Concept) -> list[Image.Image]:
+    """Each image with its boxes and names drawn, in the colours of the concept's tokens."""
+    labels = {s.token: f"{s.token} {s.name}" for s in layout.subjects}
+    boxes = {s.token: s.box for s in layout.subjects}
+    order = [t.token for t in concept.tokens]
+    return [layout_preview(image, boxes, labels, order) for image in images]
 
 
 def _processors(
