@@ -115,6 +115,7 @@ class AppState:
         if now < self._model_ok_until:
             return
         engine.check_base_model(self.settings.base_model)
+        self.resolution()  # uploads are checked at it: readiness must fail where they would
         self._model_ok_until = now + MODEL_CHECK_SECONDS
 
     def resolution(self) -> int:

@@ -161,7 +161,9 @@ def _places(session: Session, queued: list[Job], kinds: list[str]) -> dict[uuid.
     ids = [j.id for j in queued]
     before = [
         func.count(Job.id)
-        .filter(Job.kind == kind)
+        # Queued ones only: a job of the page that started since it was read is running now,
+        # counted there, not here too.
+        .filter((Job.kind == kind) & (Job.status == JobStatus.QUEUED))
         .over(order_by=(Job.created_at, Job.id), rows=(None, -1))  # the rows before this one
         .label(f"before_{i}")
         for i, kind in enumerate(kinds)

@@ -16,6 +16,7 @@ QUICK_EXITS times running) stops `mifo serve` with exit code 1 and the reason in
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -71,7 +72,10 @@ def serve(host: str, port: int) -> int:
     env = {**os.environ, "MIFO_DATA_DIR": str(settings.data_dir.resolve())}
     # -P: not the current folder first on the import path, where a user's `queue.py` would
     # shadow the standard library's module the broker client imports.
-    worker = Worker([sys.executable, "-P", "-m", "mifo_cli", "worker", "--pool", "solo"], env)
+    argv = [sys.executable, "-P", "-m", "mifo_cli", "worker", "--pool", "solo"]
+    # STOPPING: set the moment a signal begins the shutdown (Ctrl-C reaches the worker too),
+    # so the worker's own warm shutdown is never taken for a crash to restart from.
+    worker = Worker(argv, env, stopping=STOPPING)
 
     def give_up() -> None:  # as on Ctrl-C: requests waiting for their job answer at once
         STOPPING.set()
@@ -97,11 +101,14 @@ def serve(host: str, port: int) -> int:
 class Worker:
     """The worker child of `mifo serve`, started again when it exits on its own."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], stopping: threading.Event | None = None
+    ) -> None:
+        """`stopping`: once set, an exit is the end, not a crash (terminate() sets it too)."""
         self.argv, self.env = list(argv), env
         self.on_give_up: Callable[[], object] = lambda: None
         self.gave_up = False
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
         self._lock = threading.Lock()  # between a restart and stop()
         self._process, self._started = self._start(), time.monotonic()
         threading.Thread(target=self._watch, name="mifo-worker-watch", daemon=True).start()
@@ -109,8 +116,11 @@ class Worker:
     def check(self) -> None:
         """Readiness: raises while the worker is not running."""
         code = self._process.poll()
-        if code is not None:
-            raise RuntimeError(f"the worker exited (code {code}); it is being started again")
+        if code is None:
+            return
+        if self.gave_up:
+            raise RuntimeError(f"the worker cannot start (exit code {code}); mifo serve stops")
+        raise RuntimeError(f"the worker exited (code {code}); it is being started again")
 
     def terminate(self) -> None:
         """Begin the warm shutdown; no restart after it."""
@@ -127,7 +137,7 @@ class Worker:
         return subprocess.Popen(
             self.argv,
             env=self.env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent() if sys.platform == "linux" else None,  # noqa: PLW1509
         )
 
     def _watch(self) -> None:
@@ -191,6 +201,14 @@ def _exit(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _die_with_parent() -> None:
-    """In the worker child (Linux): receive SIGTERM when `mifo serve` dies, even by SIGKILL."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+@functools.cache
+def _die_with_parent() -> Callable[[], None]:
+    """What the worker child runs before it starts (Linux): receive SIGTERM when `mifo serve`
+    dies, even by SIGKILL. libc is looked up here, in the parent: the child of a process with
+    threads may only do little before exec, and loading a library is not among it."""
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+    def child() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return child

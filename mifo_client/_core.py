@@ -65,11 +65,11 @@ class Call(Generic[T]):
                 args[name] = getattr(self, name)
         return {"method": self.method, "url": self.url, **args}
 
-    def finish(self, response: httpx.Response, attempt: int = 0) -> T:
-        """The parsed answer, or the problem raised as its exception. A DELETE tried again
-        (`attempt` > 0) that finds nothing was done by an earlier try whose answer was lost:
-        what was asked for is true, so it is no error."""
-        if self.method == "DELETE" and attempt > 0 and response.status_code == 404:
+    def finish(self, response: httpx.Response, unsure: bool = False) -> T:
+        """The parsed answer, or the problem raised as its exception. `unsure`: an earlier
+        try may have been carried out (outcome_unknown); a DELETE that then finds nothing
+        was done by it, so what was asked for is true and it is no error."""
+        if self.method == "DELETE" and unsure and response.status_code == 404:
             return self.parse(response)
         if response.status_code >= 400:
             raise problem(response)
@@ -322,6 +322,15 @@ class Retry:
             if asked is not None:
                 return min(asked, self.max_retry_after)
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+
+
+def outcome_unknown(failed: httpx.TransportError | httpx.Response) -> bool:
+    """Whether a try that failed so may still have been carried out by the service: its
+    answer was lost on the way back (not a refused or timed-out connection, after which
+    nothing was sent), or a gateway gave up waiting for it (502, 504)."""
+    if isinstance(failed, httpx.Response):
+        return failed.status_code in (502, 504)
+    return not isinstance(failed, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 def log_retry(call: Call[Any], attempt: int, pause: float, why: str) -> None:

@@ -52,7 +52,7 @@ class AsyncClient(_core.Builder):
 
     async def _send(self, call: _core.Call[T], into: Path | None = None) -> T:
         """Send `call` with retries; `into`: stream a successful body into that file."""
-        retry, attempt = self.settings.retry, 0
+        retry, attempt, unsure = self.settings.retry, 0, False
         while True:
             try:
                 args = call.request_args(self.settings.auth_headers())
@@ -64,12 +64,15 @@ class AsyncClient(_core.Builder):
                 pause = retry.pause(attempt, None)
                 if pause is None:
                     raise _core.gave_up(call, exc, attempt + 1) from exc
-                why = repr(exc)
+                why, unsure = repr(exc), unsure or _core.outcome_unknown(exc)
             else:
                 pause = retry.pause(attempt, response)
                 if pause is None:
-                    return call.finish(response, attempt)
-                why = f"answered {response.status_code}"
+                    return call.finish(response, unsure)
+                why, unsure = (
+                    f"answered {response.status_code}",
+                    unsure or _core.outcome_unknown(response),
+                )
             _core.log_retry(call, attempt, pause, why)
             await asyncio.sleep(pause)
             attempt += 1

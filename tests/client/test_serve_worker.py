@@ -4,7 +4,9 @@ standard one in the folder it runs in does not break the worker."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -17,8 +19,9 @@ import pytest
 from mifo_cli import embedded
 from mifo_client import Client
 from tests.helpers.wait import wait_until
+from tests.service.servers import free_port
 
-from .conftest import BOXES, PROMPT, QUICK, serve_process
+from .conftest import BOXES, PROMPT, QUICK, ROOT, serve_process
 
 EXIT_3 = [sys.executable, "-c", "import sys; sys.exit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -32,7 +35,7 @@ def test_a_worker_that_cannot_start_stops_mifo_serve(monkeypatch: pytest.MonkeyP
     try:
         assert gave_up.wait(20)
         assert worker.gave_up
-        with pytest.raises(RuntimeError, match=r"exited \(code 3\)"):
+        with pytest.raises(RuntimeError, match=r"cannot start \(exit code 3\)"):
             worker.check()
     finally:
         worker.stop(deadline=time.monotonic() + 5)
@@ -57,6 +60,27 @@ def test_a_worker_that_ran_is_started_again_and_not_after_stop(
     assert stopped.poll() is not None
     time.sleep(0.3)  # a restart would come after 0.05 s
     assert worker._process is stopped
+
+
+def test_an_exit_once_stopping_is_set_is_the_end_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`mifo serve` passes the event its signal handler sets: a worker that ends its warm
+    shutdown before the API has drained is not started again."""
+    monkeypatch.setattr(embedded, "QUICK_SECONDS", 0.0)
+    monkeypatch.setattr(embedded, "RESTART_SECONDS", (0.05,))
+    stopping = threading.Event()
+    worker = embedded.Worker(SLEEP, env={}, stopping=stopping)
+    try:
+        stopping.set()  # as Ctrl-C: the handler first, then the worker ends by itself
+        ended = worker._process
+        ended.kill()
+        ended.wait(10)
+        time.sleep(0.3)  # a restart would come after 0.05 s
+        assert worker._process is ended and not worker.gave_up
+        assert "the worker exited" not in caplog.text
+    finally:
+        worker.stop(deadline=time.monotonic() + 5)
 
 
 def _workers(serve_pid: int) -> list[int]:
@@ -87,3 +111,57 @@ def test_mifo_serve_restarts_a_killed_worker_and_ignores_a_users_queue_py(
 
         job = client.synthesize(created.concept, PROMPT, BOXES, steps=2)
         assert client.wait(job, timeout=300).succeeded
+
+
+# Imported by every Python process started with it on PYTHONPATH: it ends the worker only.
+WORKER_FAILS = """import os
+if b"worker" in open("/proc/self/cmdline", "rb").read().split(b"\\0"):
+    os._exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_mifo_serve_whose_worker_cannot_start_stops_with_exit_code_1(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(WORKER_FAILS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
+    env |= {"PYTHONPATH": str(tmp_path / "site"), "MIFO_DATA_DIR": str(tmp_path / "data")}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-P", "-m", "mifo_cli", "serve", "--base-model", "tiny"]
+            + ["--port", str(free_port())],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        try:
+            code = serve.wait(120)  # three starts, 2 + 5 s apart, then the shutdown
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "the worker exited 3 times within 30 s of its start (last exit code 3)" in text
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_an_event_stream_open_is_no_worker_crash(
+    tmp_path: Path, scene: tuple[Path, list[Path]]
+) -> None:
+    """Ctrl-C reaches the worker as well: its warm shutdown, while the API still drains an
+    open event stream, must not be taken for a crash and restarted."""
+    data = tmp_path / "data"
+    with serve_process(data) as (base, proc), Client(base) as client:
+        created = client.learn(*scene, options={**QUICK, "phase1_steps": 400})
+        wait_until(lambda: client.job(created.job).status == "running", 120, interval=0.2)
+        with httpx.stream("GET", f"{base}/v1/jobs/{created.job.id}/events", timeout=30) as events:
+            next(events.iter_lines())
+            os.killpg(proc.pid, signal.SIGINT)
+            started = time.monotonic()
+            proc.wait(30)
+        assert time.monotonic() - started < 10
+    text = (data / "serve.log").read_text()
+    assert "starting it again" not in text and "the worker exited" not in text, text[-3000:]

@@ -267,9 +267,20 @@ def test_a_delete_whose_answer_was_lost_is_done_when_the_retry_finds_nothing() -
     with client(handler, backoff=0.01) as c:
         assert c.delete_concept(CONCEPT_ID) is None
     assert tries == ["DELETE", "DELETE"]
-    # On the first try, a 404 is the caller's mistake: a concept that never was.
-    with client(lambda r: problem(404, "not_found")) as c, pytest.raises(NotFoundError):
-        c.delete_concept(CONCEPT_ID)
+    # On the first try, a 404 is the caller's mistake: a concept that never was; so it is
+    # after tries that were answered and so not carried out (a connection refused, a 429).
+    for before in ([], [httpx.ConnectError("refused")], [problem(429, "rate_limited")]):
+        answers = [*before, problem(404, "not_found")]
+
+        def refused(request: httpx.Request, answers: list = answers) -> httpx.Response:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        with client(refused, backoff=0.01) as c, pytest.raises(NotFoundError):
+            c.delete_concept(CONCEPT_ID)
+        assert not answers
 
 
 def test_wait_polls_when_the_stream_is_refused_or_ends_early() -> None:

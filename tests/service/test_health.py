@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -52,6 +53,32 @@ def test_an_unloadable_base_model_is_not_ready_and_refuses_jobs(
         r = client.post("/v1/concepts", files=files)
         assert r.status_code == 503 and r.json()["type"].endswith("/model_unavailable")
         assert client.get("/v1/concepts").json()["total"] == 0  # nothing was stored
+
+
+def test_a_model_whose_config_lacks_its_size_is_not_ready_and_refuses_uploads(
+    settings: Settings, tmp_path: Path, api_key: str
+) -> None:
+    """Uploads are checked at the model's own size: readiness reads it as they do."""
+    from mifo_engine.models import load_base_model, save_base_model
+    from tests.helpers.images import encode, make_scene
+
+    from .conftest import bearer
+
+    folder = save_base_model(load_base_model("tiny"), tmp_path / "model")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    del config["sample_size"]
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    broken = settings.model_copy(update={"base_model": str(folder)})
+    with TestClient(create_app(broken), headers=bearer(api_key)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        assert "does not give the model's size" in r.json()["checks"]["base_model"]
+        image, masks = make_scene()
+        files = [("image", ("s.png", encode(image), "image/png"))]
+        files += [("masks", (f"m{i}.png", encode(m), "image/png")) for i, m in enumerate(masks)]
+        r = client.post("/v1/concepts", files=files)
+        assert r.status_code == 503 and r.json()["type"].endswith("/model_unavailable")
+        assert client.get("/v1/concepts").json()["total"] == 0
 
 
 def test_readyz_is_503_when_storage_is_unreachable(settings: Settings, tmp_path: Path) -> None:

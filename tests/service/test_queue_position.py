@@ -341,3 +341,23 @@ def test_the_stream_sends_an_event_when_the_place_changes(
         ("status", "running", None),
         ("status", "succeeded", None),
     ]
+
+
+def test_a_page_job_that_started_since_the_page_was_read_is_counted_once(
+    session: Session,
+) -> None:
+    """The page says both are queued; the first has started meanwhile: it is the running job
+    ahead of the second, not also a queued one before it."""
+    now = utcnow()
+    concept = make_concept(session)
+    first = _job(session, concept, "synthesize", "queued", now - timedelta(seconds=2))
+    second = _job(session, concept, "synthesize", "queued", now - timedelta(seconds=1))
+    session.commit()
+    page = [session.get(Job, first.id), session.get(Job, second.id)]
+    assert [j.status for j in page if j is not None] == ["queued", "queued"]
+    with Session(session.get_bind()) as other:  # the worker's start, behind the page's back
+        other.execute(update(Job).where(Job.id == first.id).values(status="running"))
+        other.commit()
+    places = queueinfo.spots(session, [j for j in page if j is not None])
+    assert (places[second.id].position, places[second.id].ahead) == (1, 1)
+    assert (places[first.id].position, places[first.id].ahead) == (1, 0)
