@@ -32,7 +32,9 @@ pytestmark = pytest.mark.slow
 
 MIFO = [sys.executable, "-m", "mifo_cli"]
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = {"phase1_steps": 3, "phase2_steps": 1, "reward_steps": 1, "diagnostic_timesteps": [100]}
+# Long enough that the learning job runs across several progress writes (0.2 s apart), so
+# the stream sends progress events between its status events on any machine.
+QUICK = {"phase1_steps": 30, "phase2_steps": 1, "reward_steps": 1, "diagnostic_timesteps": [100]}
 HEADERS: dict[str, str] = {}  # the production test's API key; embedded mode needs none
 BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
 
