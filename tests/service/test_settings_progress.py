@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,7 +154,14 @@ def test_log_level_and_access_log_reach_uvicorn(
     monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
     # `serve` also starts a worker process and installs a SIGTERM handler: not here.
-    worker = SimpleNamespace(terminate=lambda: None, wait=lambda timeout: 0, poll=lambda: 0)
+    # The stand-in runs until it is told to stop, as the real one does.
+    ended = threading.Event()
+    worker = SimpleNamespace(
+        pid=0,
+        terminate=ended.set,
+        wait=lambda timeout=None: 0 if ended.wait(timeout) else None,
+        poll=lambda: 0 if ended.is_set() else None,
+    )
     monkeypatch.setattr(mifo_cli.embedded.subprocess, "Popen", lambda *a, **kw: worker)
     monkeypatch.setattr(mifo_cli.embedded.signal, "signal", lambda *a: None)
     configured: list[str] = []  # the level the command sets; this process keeps its logging
