@@ -122,12 +122,12 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
     if len(raw) > settings.max_names_chars:  # before splitting: the whole field
         raise _name_limit("names", len(raw), settings.max_names_chars, "MIFO_MAX_NAMES_CHARS")
     names = [n.strip() for n in raw.split(",")]
-    if len(names) != count or not all(names):
+    if len(names) != count:
         raise Problem(
             422,
             "invalid_names",
             "Names do not match the masks",
-            f"Got {len(names)} name(s) for {count} mask(s), or an empty name.",
+            f"Got {len(names)} name(s) for {count} mask(s).",
             field="names",
             fix=f"give {count} non-empty comma-separated names, one per mask in order",
         )
@@ -146,16 +146,7 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
                 field=f"names[{i}]",
                 fix=TEXT_FIX,
             )
-    if len(set(names)) != len(names):
-        raise Problem(
-            422,
-            "invalid_names",
-            "Duplicate names",
-            "Each instance needs its own name.",
-            field="names",
-            fix="make the names distinct",
-        )
-    try:  # the engine's own rules too (e.g. no leading '<'): refused now, not by the job
+    try:  # the engine's rules (non-empty, distinct, no leading '<'): refused now, not by the job
         return instance_names(names, count)
     except MifoError as exc:
         raise from_engine(exc) from exc

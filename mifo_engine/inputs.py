@@ -352,16 +352,18 @@ def instance_names(names: Sequence[str] | None, n: int) -> list[str]:
             field="names",
             fix=f"give exactly {n} names, one per mask, in mask order",
         )
-    if any(not s for s in names) or len(set(names)) != n:
-        raise InputError(
-            "Instance names must be non-empty and distinct.",
-            field="names",
-            fix="give each instance its own name",
-        )
-    if any(s.startswith("<") for s in names):
-        raise InputError(
-            "Instance names may not start with '<'.",
-            field="names",
-            fix="use plain words, e.g. 'red car'",
-        )
+    for i, name in enumerate(names):  # the field names the name at fault: names[i]
+        if not name or name in names[:i]:
+            raise InputError(
+                f"Instance names must be non-empty and distinct; names[{i}] is "
+                + ("empty." if not name else f"'{name}' again."),
+                field=f"names[{i}]",
+                fix="give each instance its own name",
+            )
+        if name.startswith("<"):
+            raise InputError(
+                f"Instance names may not start with '<' (names[{i}] is '{name}').",
+                field=f"names[{i}]",
+                fix="use plain words, e.g. 'red car'",
+            )
     return names

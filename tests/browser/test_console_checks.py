@@ -121,7 +121,7 @@ def refused_in_the_page_and_by_the_api(page: Any) -> None:
     problem = page.locator('[data-field="names[1]"] .problem')
     for value, says in [
         ("x" * 101, "names[1] is 101 characters"),
-        ("instance 1", "Each instance needs its own name"),
+        ("instance 1", "names[1] is 'instance 1' again"),
         ("<b> block", "may not start with '<'"),
     ]:
         name.fill(value)

@@ -20,7 +20,13 @@ from mifo_engine.errors import (
     TooManyInstances,
     UnreadableImage,
 )
-from mifo_engine.inputs import check_inputs, load_image, mask_to_binary, prepare_inputs
+from mifo_engine.inputs import (
+    check_inputs,
+    instance_names,
+    load_image,
+    mask_to_binary,
+    prepare_inputs,
+)
 from tests.helpers import images as h
 
 R = 64
@@ -311,3 +317,25 @@ def test_white_on_black_rgba_with_transparent_parts_keeps_its_white_shape():
     rgba[:, 0, 3] = 0  # one transparent column, black
     got = mask_to_binary(Image.fromarray(rgba, "RGBA"), 0.5)
     assert got.sum() == 9 and got[3:6, 3:6].all()
+
+
+@pytest.mark.parametrize(
+    ("names", "field", "says"),
+    [
+        (["left", ""], "names[1]", "names[1] is empty"),
+        (["left", "right", "left"], "names[2]", "names[2] is 'left' again"),
+        (["left", "<right>", "x"], "names[1]", "names[1] is '<right>'"),
+    ],
+)
+def test_a_bad_instance_name_is_named_by_its_place(names, field, says) -> None:
+    with pytest.raises(InputError) as err:
+        instance_names(names, len(names))
+    assert err.value.field == field and says in str(err.value) and err.value.fix
+
+
+def test_instance_names_default_to_assets_and_are_trimmed() -> None:
+    assert instance_names(None, 2) == ["asset0", "asset1"]
+    assert instance_names([" red car ", "dog"], 2) == ["red car", "dog"]
+    with pytest.raises(InputError) as err:
+        instance_names(["one"], 2)
+    assert err.value.field == "names"

@@ -94,8 +94,12 @@ def test_names_must_match_the_masks(
     assert (r.status_code, r.json()["field"]) == (422, "names")
     # The engine's own rule, at submission rather than in the job: no name looks like a token.
     r = _post(client, image, masks, names="<left>, right")
-    assert (r.status_code, r.json()["field"]) == (422, "names"), r.text
+    assert (r.status_code, r.json()["field"]) == (422, "names[0]"), r.text
     assert "'<'" in r.json()["detail"] and r.json()["fix"]
+    # The name at fault is named: the empty one, the second of two equal ones.
+    for names, field in (("left, ", "names[1]"), ("left, left", "names[1]"), (" ,x", "names[0]")):
+        r = _post(client, image, masks, names=names)
+        assert (r.status_code, r.json()["field"]) == (422, field), (names, r.text)
     _nothing_stored(session, settings)
 
 

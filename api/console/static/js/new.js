@@ -154,19 +154,18 @@ export function showNew(main) {
     }
     busy = true;
     button.disabled = true;
-    const names = rows().map((r) => r.querySelector(".name").value.trim());
     try {
       const body = new FormData();
       body.append("image", imageFile, imageFile.name);
       for (let i = 0; i < rows().length; i += 1) {
         body.append("masks", await painter.toBlob(i), `mask${i}.png`);
       }
-      body.append("names", names.join(","));
+      body.append("names", rows().map((r) => r.querySelector(".name").value.trim()).join(","));
       if (options.value.trim() && options.value.trim() !== "{}") body.append("options", options.value);
       const made = await api("v1/concepts", { method: "POST", form: body });
       location.hash = `#/concepts/${made.concept.id}`;
     } catch (err) {
-      reportProblem(form, nameRow(err, names));
+      reportProblem(form, err);
     } finally {
       busy = false;
       button.disabled = false;
@@ -198,16 +197,4 @@ function check(image, rows, painter, options) {
     return { field: "options", message: `Options are not a JSON object (${err.message}).`, fix: 'write e.g. {"phase1_steps": 100}' };
   }
   return null;
-}
-
-/** A problem about all the names (`names`) pointed at the name it is about, checked in the
- * API's order: an empty name, the second of two equal names, a name starting with '<'. */
-function nameRow(problem, names) {
-  if (problem.field !== "names") return problem;
-  const checks = [(n) => !n, (n, i) => names.indexOf(n) < i, (n) => n.startsWith("<")];
-  for (const bad of checks) {
-    const at = names.findIndex(bad);
-    if (at >= 0) return { field: `names[${at}]`, message: problem.message, fix: problem.fix };
-  }
-  return problem;
 }
