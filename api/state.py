@@ -114,8 +114,7 @@ class AppState:
         now = time.monotonic()
         if now < self._model_ok_until:
             return
-        engine.check_base_model(self.settings.base_model)
-        self.resolution()  # uploads are checked at it: readiness must fail where they would
+        engine.check_base_model(self.settings.base_model)  # the size uploads are checked at too
         self._model_ok_until = now + MODEL_CHECK_SECONDS
 
     def resolution(self) -> int:

@@ -211,12 +211,9 @@ def _resolution(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -
 
 def check_base_model(spec: str, *, cache_dir: str | Path | None = None) -> None:
     """Raise ModelLoadError, naming what is missing, unless `load_base_model(spec)` can load
-    it from this machine as it is (no download, no weights read, no torch)."""
-    source = parse_spec(spec)
-    if source.kind in BUILTIN_SPECS:
-        return
-    directory, _ = model_directory(source, local_files_only=True, cache_dir=cache_dir, full=True)
-    check_directory(directory, full=True)
+    it from this machine as it is and its configs give its size (no download, no weights
+    read, no torch)."""
+    native_resolution(spec, cache_dir=cache_dir)
 
 
 def save_base_model(base: LoadedBase, path: str | Path) -> Path:
