@@ -129,9 +129,21 @@ class Worker:
             if self._process.poll() is None:
                 self._process.terminate()
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The child now running (or the last one, once it exited)."""
+        return self._process
+
     def stop(self, deadline: float) -> None:
+        """Warm shutdown (a running job goes back to the queue at its next step), then a kill
+        at `deadline`: a job stopped by the kill is re-queued once its lease lapses."""
         self.terminate()
-        _stop(self._process, deadline)
+        try:
+            self._process.wait(timeout=max(0.5, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("the worker did not stop in time; killed")
+            self._process.kill()
+            self._process.wait()
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -182,19 +194,6 @@ def server(config: Any) -> Any:
             super().handle_exit(sig, frame)
 
     return Server(config)
-
-
-def _stop(worker: subprocess.Popen[bytes], deadline: float) -> None:
-    """Warm shutdown (a running job goes back to the queue at its next step), then a kill:
-    a job stopped by the kill is re-queued once its lease lapses (MIFO_LEASE_SECONDS)."""
-    if worker.poll() is None:
-        worker.terminate()
-    try:
-        worker.wait(timeout=max(0.5, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        log.warning("the worker did not stop in time; killed")
-        worker.kill()
-        worker.wait()
 
 
 def _exit(signum: int, _frame: Any) -> None:

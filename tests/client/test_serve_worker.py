@@ -48,18 +48,18 @@ def test_a_worker_that_ran_is_started_again_and_not_after_stop(
     monkeypatch.setattr(embedded, "RESTART_SECONDS", (0.05,))
     worker = embedded.Worker(SLEEP, env={})
     try:
-        first = worker._process.pid
+        first = worker.process.pid
         worker.check()  # running: ready
-        worker._process.kill()
-        wait_until(lambda: worker._process.pid != first and worker._process.poll() is None, 10)
+        worker.process.kill()
+        wait_until(lambda: worker.process.pid != first and worker.process.poll() is None, 10)
         worker.check()
         assert not worker.gave_up
     finally:
         worker.stop(deadline=time.monotonic() + 5)
-    stopped = worker._process
+    stopped = worker.process
     assert stopped.poll() is not None
     time.sleep(0.3)  # a restart would come after 0.05 s
-    assert worker._process is stopped
+    assert worker.process is stopped
 
 
 def test_an_exit_once_stopping_is_set_is_the_end_not_a_crash(
@@ -73,11 +73,11 @@ def test_an_exit_once_stopping_is_set_is_the_end_not_a_crash(
     worker = embedded.Worker(SLEEP, env={}, stopping=stopping)
     try:
         stopping.set()  # as Ctrl-C: the handler first, then the worker ends by itself
-        ended = worker._process
+        ended = worker.process
         ended.kill()
         ended.wait(10)
         time.sleep(0.3)  # a restart would come after 0.05 s
-        assert worker._process is ended and not worker.gave_up
+        assert worker.process is ended and not worker.gave_up
         assert "the worker exited" not in caplog.text
     finally:
         worker.stop(deadline=time.monotonic() + 5)
