@@ -64,15 +64,14 @@ class AsyncClient(_core.Builder):
                 pause = retry.pause(attempt, None)
                 if pause is None:
                     raise _core.gave_up(call, exc, attempt + 1) from exc
-                why, unsure = repr(exc), unsure or _core.outcome_unknown(exc)
+                why = repr(exc)
+                unsure = unsure or _core.outcome_unknown(exc)
             else:
                 pause = retry.pause(attempt, response)
                 if pause is None:
                     return call.finish(response, unsure)
-                why, unsure = (
-                    f"answered {response.status_code}",
-                    unsure or _core.outcome_unknown(response),
-                )
+                why = f"answered {response.status_code}"
+                unsure = unsure or _core.outcome_unknown(response)
             _core.log_retry(call, attempt, pause, why)
             await asyncio.sleep(pause)
             attempt += 1
