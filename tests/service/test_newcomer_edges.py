@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -46,31 +47,36 @@ def test_plain_generation_needs_no_boxes(client: TestClient, session: Session) -
     assert r.status_code == 202, r.text
 
 
-def test_num_images_has_one_limit_the_servers(client: TestClient, session: Session) -> None:
-    concept = make_concept(session)
-    session.commit()
-    url = f"/v1/concepts/{concept.id}/syntheses"
-    for n in (9, 16, 17):
-        r = client.post(url, json={"prompt": PROMPT, "boxes": BOXES, "num_images": n})
-        assert r.status_code == 422 and r.json()["field"] == "num_images", r.text
-        assert r.json()["detail"] == f"num_images is {n}; this server allows at most 8."
-        assert "MIFO_MAX_IMAGES_PER_SYNTHESIS" in r.json()["fix"]
-
-
-def test_steps_and_prompt_length_have_one_limit_each_the_servers(
-    client: TestClient, session: Session
+@pytest.mark.parametrize(
+    ("field", "values", "limit", "setting"),
+    [
+        ("num_images", (9, 16, 17), 8, "MIFO_MAX_IMAGES_PER_SYNTHESIS"),
+        ("steps", (151, 1000, 1001, 10**6), 150, "MIFO_MAX_SYNTHESIS_STEPS"),
+        ("prompt", (501, 2001), 500, "MIFO_MAX_PROMPT_CHARS"),  # its length in characters
+    ],
+)
+def test_each_synthesis_limit_is_the_servers_alone(
+    client: TestClient,
+    session: Session,
+    field: str,
+    values: tuple[int, ...],
+    limit: int,
+    setting: str,
 ) -> None:
+    """One limit and one message per field, also past where the schema had maxima of its
+    own (16 images, 1000 steps, 2000 characters)."""
     concept = make_concept(session)
     session.commit()
     url = f"/v1/concepts/{concept.id}/syntheses"
-    for steps in (151, 1000, 1001, 10**6):
-        r = client.post(url, json={"prompt": PROMPT, "boxes": BOXES, "steps": steps})
-        assert r.status_code == 422 and r.json()["field"] == "steps", r.text
-        assert r.json()["detail"] == f"steps is {steps}; this server allows at most 150."
-    for chars in (501, 2001):
-        r = client.post(url, json={"prompt": PROMPT + "x" * chars, "boxes": BOXES})
-        assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
-        assert r.json()["detail"].endswith("characters; this server allows at most 500.")
+    for value in values:
+        sent = PROMPT + "x" * (value - len(PROMPT)) if field == "prompt" else value
+        r = client.post(url, json={"prompt": PROMPT, "boxes": BOXES, field: sent})
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+        what = " characters" if field == "prompt" else ""
+        assert (
+            r.json()["detail"] == f"{field} is {value}{what}; this server allows at most {limit}."
+        )
+        assert setting in r.json()["fix"]
 
 
 def test_a_failed_concept_carries_its_jobs_error(client: TestClient, session: Session) -> None:
