@@ -9,7 +9,8 @@ The row is the truth; the broker message only rings for it. A running job holds 
 its worker renews on a heartbeat (`renew`); once it lapses, the reconciler re-queues the job
 (`requeue_lapsed`). Every transition is one conditional UPDATE, so the API, a worker and the
 reconciler racing on the same job cannot both win (e.g. a cancel arriving while the worker
-records success). `attempts` counts starts and doubles as a fencing token: an attempt that
+records success). Every time here is the database's (core.clock): a host's own clock, which on
+a fleet may be minutes off, never stamps or expires a lease. `attempts` counts starts and doubles as a fencing token: an attempt that
 lost its lease (and so its job) can no longer write progress or an outcome. Webhook events
 are queued in the same transaction as the change they announce (core.webhooks.emit).
 """
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import webhooks
-from core.models import Concept, Job, JobStatus, concept_prefix, utcnow
+from core import clock, webhooks
+from core.models import Concept, Job, JobStatus, concept_prefix
 
 KINDS = ("learn", "synthesize")
 STATUSES = tuple(JobStatus)
@@ -94,6 +95,21 @@ def attempt_prefix(output: str, attempt: int) -> str:
     return f"{output}attempt-{attempt}/"
 
 
+def superseded_folders(output: str, keys: list[str], *, live: int | None, newest: int) -> list[str]:
+    """The attempt folders under `output`, among the object `keys` listed there, that no run
+    will use again: each attempt up to `newest` (the job's attempt count when read) but the
+    `live` one (running, or the one whose success was recorded; None when none is). A folder
+    of an attempt newer than `newest` belongs to a run that started since, and is kept."""
+    numbers = set()
+    for key in keys:
+        head, _, rest = key.removeprefix(output).partition("/")
+        if key.startswith(output) and rest and head.startswith("attempt-"):
+            number = head.removeprefix("attempt-")
+            if number.isdigit():
+                numbers.add(int(number))
+    return [attempt_prefix(output, n) for n in sorted(numbers) if n <= newest and n != live]
+
+
 def job_output(session: Session, job_id: uuid.UUID) -> str | None:
     row = session.execute(
         select(Job.kind, Concept.id)
@@ -117,7 +133,7 @@ def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:
 
 
 def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> bool:
-    values.setdefault("updated_at", utcnow())
+    values.setdefault("updated_at", clock.now(session))
     result = session.execute(
         update(Job).where(Job.id == job_id, where).values(**values),
         execution_options={"synchronize_session": False},
@@ -127,7 +143,7 @@ def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> b
 
 def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
     """Record that the broker took the job's message."""
-    _update(session, job_id, Job.enqueued_at.is_(None), enqueued_at=utcnow())
+    _update(session, job_id, Job.enqueued_at.is_(None), enqueued_at=clock.now(session))
 
 
 def claim_unsent(
@@ -140,7 +156,7 @@ def claim_unsent(
     conditional UPDATE, so one caller sends it; `enqueued_at` is set only once the broker took
     the message (mark_enqueued). A claim whose send failed, or whose process died before
     sending, lapses by itself and the job is claimed again."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = clock.before(session, older_than)
     rows = session.execute(
         select(Job.id, Job.kind, Job.updated_at)
         .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None), Job.updated_at < cutoff)
@@ -162,7 +178,7 @@ def claim_unsent(
 LEGACY_SILENCE = timedelta(minutes=10)
 
 
-def lapsed(now: datetime) -> Any:
+def lapsed(now: Any) -> Any:
     """Running jobs whose worker stopped renewing their lease: it is gone (killed, crashed,
     cut off), or too slow to matter, and the job is the reconciler's to re-queue."""
     legacy = Job.lease_expires_at.is_(None) & (Job.updated_at < now - LEGACY_SILENCE)
@@ -182,18 +198,17 @@ def start(session: Session, *, job_id: uuid.UUID, lease_seconds: float) -> Job |
         job_id,
         (Job.status == JobStatus.QUEUED) & Job.cancel_requested.is_(True),
         status=JobStatus.CANCELED,
-        finished_at=utcnow(),
+        finished_at=clock.now(session),
     )
     if canceled:
         return _refused(session, job_id, JobStatus.CANCELED)
-    now = utcnow()
     started = _update(
         session,
         job_id,
         Job.status == JobStatus.QUEUED,
         status=JobStatus.RUNNING,
-        started_at=now,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        started_at=clock.now(session),
+        lease_expires_at=clock.after(session, lease_seconds),
         attempts=Job.attempts + 1,
         **_NO_PROGRESS,
     )
@@ -218,7 +233,7 @@ def renew(session: Session, *, job_id: uuid.UUID, attempt: int, lease_seconds: f
         session,
         job_id,
         _mine(attempt),
-        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+        lease_expires_at=clock.after(session, lease_seconds),
         updated_at=Job.updated_at,  # a heartbeat is not a change a client could see
     )
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
@@ -251,7 +266,7 @@ def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> 
     """Running jobs whose worker stopped renewing their lease: back to the queue for the next
     attempt, or ended: canceled when a cancel was asked, failed (`worker_lost`) once
     `max_attempts` runs lost their worker. The caller commits, then sends the re-queued."""
-    now = utcnow()
+    now = clock.now(session)
     rows = session.execute(
         select(Job.id, Job.kind, Job.attempts, Job.losses, Job.cancel_requested)
         .where(lapsed(now))
@@ -296,7 +311,7 @@ def _ended(session: Session, job_id: uuid.UUID, kind: str, status: str) -> Lapse
 _FRESH: dict[str, Any] = dict(lease_expires_at=None, **_NO_PROGRESS)
 
 
-def _sent_before(kind: str, cutoff: datetime) -> Any:
+def _sent_before(kind: str, cutoff: Any) -> Any:
     queued = (Job.kind == kind) & (Job.status == JobStatus.QUEUED)
     return queued & Job.enqueued_at.is_not(None) & (Job.enqueued_at < cutoff)
 
@@ -306,7 +321,7 @@ def queued_and_sent(
 ) -> list[uuid.UUID]:
     """Queued jobs of `kind` whose message went out over `older_than` seconds ago, oldest
     first: what the broker's queue should still hold."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = clock.before(session, older_than)
     return list(
         session.scalars(
             select(Job.id).where(_sent_before(kind, cutoff)).order_by(Job.created_at).limit(limit)
@@ -315,7 +330,7 @@ def queued_and_sent(
 
 
 def count_queued_and_sent(session: Session, *, kind: str, older_than: float) -> int:
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = clock.before(session, older_than)
     return (
         session.scalar(select(func.count()).select_from(Job).where(_sent_before(kind, cutoff))) or 0
     )
@@ -327,7 +342,7 @@ def mark_resent(session: Session, job_id: uuid.UUID) -> None:
         session,
         job_id,
         Job.status == JobStatus.QUEUED,
-        enqueued_at=utcnow(),
+        enqueued_at=clock.now(session),
         updated_at=Job.updated_at,
     )
 
@@ -345,20 +360,21 @@ def abandon(
     error_type: str,
     message: str,
     attempt: int | None = None,
-    started_before: datetime | None = None,
+    running_for: float | None = None,
 ) -> bool:
     """Fail a running job whose worker can no longer record an outcome (hard time limit, a
     crash outside the runner, a job stuck past its time limit); False when it already ended
     or moved on. Fenced: only `attempt` (the run that failed), or, where the caller cannot
-    know the attempt (Celery's parent process after a hard time limit), only a run that
-    started before `started_before` - never a newer run that took the job over."""
+    know the attempt (Celery's parent process after a hard time limit), only a run that has
+    been running for `running_for` seconds or more - never a newer run that took the job over."""
     if attempt is not None:
         fence = _mine(attempt)
-    elif started_before is not None:
+    elif running_for is not None:
+        started_before = clock.before(session, running_for)
         fence = (Job.status == JobStatus.RUNNING) & (Job.started_at <= started_before)
     else:
-        raise ValueError("abandon needs the attempt or a start time to fence on")
-    now = utcnow()
+        raise ValueError("abandon needs the attempt or a running time to fence on")
+    now = clock.now(session)
     done = _update(
         session,
         job_id,
@@ -440,7 +456,7 @@ def finish(
     where = _mine(attempt)
     if status == JobStatus.SUCCEEDED:
         where = where & Job.cancel_requested.is_(False)
-    now = utcnow()
+    now = clock.now(session)
     started = session.scalar(select(Job.started_at).where(Job.id == job_id))
     done = _update(
         session,
@@ -451,7 +467,7 @@ def finish(
         error_type=error_type,
         error_message=error_message,
         finished_at=now,
-        duration_seconds=_seconds(started, now),
+        duration_seconds=clock.seconds_since(session, Job.started_at, started),
         eta_seconds=0.0 if status == JobStatus.SUCCEEDED else None,
         fraction=1.0 if status == JobStatus.SUCCEEDED else Job.fraction,
         lease_expires_at=None,
@@ -459,12 +475,6 @@ def finish(
     if done:
         webhooks.emit(session, job_id, "completed")
     return done
-
-
-def _seconds(start: datetime | None, end: datetime) -> float | None:
-    if start is None:
-        return None
-    return (end - start).total_seconds()
 
 
 def request_cancel(session: Session, *, job: Job) -> str | None:
@@ -477,7 +487,7 @@ def request_cancel(session: Session, *, job: Job) -> str | None:
     if job.status in TERMINAL:
         raise InvalidTransition(job, "canceled")
     # A queued job is canceled at once; the worker skips it when the message arrives.
-    now = utcnow()
+    now = clock.now(session)
     ended = _update(
         session,
         job.id,

@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, jobs
+from core import cleanup, clock, jobs
 from core.events import Publisher
 from core.models import Artifact, Concept, IdempotencyKey, Job, concept_prefix, utcnow
 from core.settings import Settings
@@ -70,7 +70,7 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
     publisher = Publisher(settings.events_url)
     for kind in jobs.KINDS:
         silent = settings.time_limit(kind) + settings.stale_job_grace_seconds
-        cutoff = utcnow() - timedelta(seconds=silent)
+        cutoff = clock.before(session, silent)
         ids = session.scalars(
             select(Job.id)
             .where(Job.kind == kind, Job.status == "running", Job.started_at < cutoff)
@@ -83,7 +83,7 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
                 "plus MIFO_STALE_JOB_GRACE_SECONDS); it was stopped and its output removed."
             )
             stuck = jobs.abandon(
-                session, job_id=job_id, error_type="timeout", message=message, started_before=cutoff
+                session, job_id=job_id, error_type="timeout", message=message, running_for=silent
             )
             if not stuck:
                 session.rollback()
@@ -101,6 +101,45 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
     return reaped
 
 
+# How far back the sweep of superseded attempts looks: a run that lost its job writes at most
+# one more object before its next fence check stops it, and then removes its own folder; only
+# a run killed in between leaves files behind, soon after its job moved on.
+SWEEP_WINDOW_SECONDS = 24 * 3600
+
+
+def sweep_superseded(session: Session, storage: Storage) -> int:
+    """Remove what attempts that lost their job left in storage (never listed: no artifact
+    row points there); how many attempt folders were removed. Candidates are the jobs of the
+    last SWEEP_WINDOW_SECONDS that ran more than once or ended without success."""
+    unsuccessful = Job.status.in_(("failed", "canceled")) & (Job.attempts >= 1)
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.status, Job.attempts, Job.concept_id)
+        .where(
+            (Job.attempts > 1) | unsuccessful,
+            Job.concept_id.is_not(None),
+            Job.updated_at >= clock.before(session, SWEEP_WINDOW_SECONDS),
+        )
+        .order_by(Job.updated_at.desc())
+    ).all()
+    session.rollback()  # no transaction held open while storage is listed
+    removed = 0
+    for job_id, kind, status, attempts, concept_id in rows:
+        output = jobs.output_prefix(kind, concept_prefix(concept_id), job_id)
+        live = attempts if status in ("running", "succeeded") else None
+        try:
+            stale = jobs.superseded_folders(
+                output, storage.keys(output), live=live, newest=attempts
+            )
+            for folder in stale:
+                storage.delete_prefix(folder)
+                removed += 1
+        except StorageError as exc:  # the next pass tries again
+            log.error("could not sweep the output of job %s: %s", job_id, exc)
+    if removed:
+        log.info("removed %d folder(s) of superseded attempts", removed)
+    return removed
+
+
 def run_maintenance(
     sessions: sessionmaker[Session], storage: Storage, settings: Settings
 ) -> dict[str, int]:
@@ -110,4 +149,5 @@ def run_maintenance(
             "idempotency_keys_expired": expire_idempotency_keys(session),
             "stale_jobs_failed": reap_stale_jobs(session, storage, settings),
             "storage_cleanups_done": cleanup.retry(session, storage),
+            "superseded_attempts_removed": sweep_superseded(session, storage),
         }

@@ -23,9 +23,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, engine, jobs
+from core import cleanup, clock, engine, jobs
 from core.db import retry_conflicts
-from core.models import Artifact, Concept, Job, Tenant, utcnow
+from core.models import Artifact, Concept, Job, Tenant
 from core.problems import Problem, not_found, unavailable
 from core.queue import Broker
 from core.settings import Settings
@@ -173,7 +173,7 @@ def learn(
             # 3. The inputs, stored before the commit: a failure leaves no row behind.
             try:
                 _store_inputs(session, ctx.storage, concept, inputs)
-                job.updated_at = utcnow()  # the reconciler's re-send grace starts now
+                job.updated_at = clock.now(session)  # the reconciler's re-send grace starts now
                 session.commit()
             except Exception as exc:
                 session.rollback()

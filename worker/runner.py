@@ -10,18 +10,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from core import cleanup, engine, jobs
 from core.db import session_scope
 from core.engine import Cancelled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
-from core.models import Artifact, Concept, Job
+from core.models import Artifact, Concept
 from core.storage import StorageError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
@@ -175,8 +173,8 @@ def _run(
     produced = Produced(written=[claimed.output])
     limit = ctx.settings.time_limit(claimed.kind)
     try:
-        # Earlier attempts may have died half-way through their uploads.
-        ctx.storage.delete_prefix(claimed.output)
+        # Earlier attempts may have died half-way through their uploads; never a newer one's.
+        _remove_earlier(ctx, claimed)
         base = _load(load_base)
         if heartbeat.should_stop():  # asked while the model loaded
             raise Cancelled("stopped before the first step")
@@ -214,16 +212,24 @@ def _run(
     except Exception as exc:  # recorded on the job; the traceback goes to the worker log only
         log.exception("job %s failed", job_id)
         outcome = _record(ctx, claimed, "failed", error=("internal_error", repr(exc)))
+    if outcome == "superseded":  # the database refused this attempt's outcome
+        return _superseded(ctx, claimed)
     if outcome in ("failed", "canceled"):
         _remove(ctx, job_id, produced.written)  # nothing half-written stays behind
-    elif not produced.recorded:  # a newer attempt owns the job: this one's folder goes
-        _remove(ctx, job_id, [claimed.files])
     return outcome
+
+
+def _remove_earlier(ctx: WorkerContext, claimed: Claimed) -> None:
+    output = claimed.output
+    keys = ctx.storage.keys(output)
+    for folder in jobs.superseded_folders(output, keys, live=None, newest=claimed.attempt - 1):
+        ctx.storage.delete_prefix(folder)
 
 
 def _superseded(ctx: WorkerContext, claimed: Claimed) -> str:
     log.warning(
-        "job %s: attempt %d lost its lease to a newer attempt; stopped",
+        "job %s: attempt %d no longer owns the job (its lease lapsed and the job moved on); "
+        "stopped, its files removed",
         claimed.job_id,
         claimed.attempt,
     )
@@ -251,11 +257,11 @@ def abandon_job(
     message: str,
     *,
     attempt: int | None = None,
-    started_before: datetime | None = None,
+    running_for: float | None = None,
 ) -> bool:
     """Fail a job whose task died outside the runner (hard time limit, an escaped error) and
     remove its output; False when the job had already ended or was taken over. Fenced as
-    core.jobs.abandon: by the attempt that failed, or by its start time."""
+    core.jobs.abandon: by the attempt that failed, or by how long it has been running."""
     with session_scope(ctx.sessions) as session:
         output = jobs.job_output(session, job_id)
         done = jobs.abandon(
@@ -264,7 +270,7 @@ def abandon_job(
             error_type=error_type,
             message=message,
             attempt=attempt,
-            started_before=started_before,
+            running_for=running_for,
         )
     if done:
         _remove(ctx, job_id, [output] if output else [])
@@ -459,11 +465,7 @@ def _record(
             error_message=message,
             attempt=job.attempt,
         )
-        if ended:  # refused: a newer attempt owns the job (and its concept) now
-            jobs.settle_concept(session, job.job_id, status)
-        return _status(session, job.job_id)
-
-
-def _status(session: Session, job_id: uuid.UUID) -> str:
-    job = session.get(Job, job_id, populate_existing=True)
-    return job.status if job is not None else "canceled"
+        if not ended:  # refused: the job moved on without this attempt (taken over, ended)
+            return "superseded"
+        jobs.settle_concept(session, job.job_id, status)
+        return status

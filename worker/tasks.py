@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from celery import Task
@@ -14,7 +13,6 @@ from celery.signals import worker_shutting_down
 
 from core import engine
 from core.duties import Duties
-from core.models import utcnow
 from core.queue import TASK_LEARN, TASK_MAINTENANCE, TASK_RECONCILE, TASK_SYNTHESIZE, TASK_WEBHOOKS
 from core.settings import get_settings
 from worker.app import celery_app
@@ -82,9 +80,7 @@ class EngineTask(Task):
                 "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.",
             )
             kind = "learn" if self.name == TASK_LEARN else "synthesize"
-            fence: dict[str, Any] = {
-                "started_before": utcnow() - timedelta(seconds=settings.time_limit(kind))
-            }
+            fence: dict[str, Any] = {"running_for": settings.time_limit(kind)}
         else:
             error = ("internal_error", f"The worker failed outside the job: {exc!r}")
             attempt = RUNNING.pop(job, None)

@@ -188,7 +188,7 @@ def test_lost_workers_are_bounded_and_the_next_attempt_cleans_up(
 
     created = _learn_request(client)
     job_id = uuid.UUID(created["job"]["id"])
-    leftover = f"concepts/{created['concept']['id']}/concept/half-written.bin"
+    leftover = f"concepts/{created['concept']['id']}/concept/attempt-2/half-written.bin"
     with session_scope(ctx.sessions) as s:  # two runs whose worker died
         for _ in range(2):
             jobs.start(s, job_id=job_id, lease_seconds=LEASE)
@@ -316,7 +316,7 @@ def test_an_attempt_overtaken_before_recording_removes_its_own_folder(
         return real(ctx_, job, status, **kw)
 
     monkeypatch.setattr(runner, "_recorded", overtaken)
-    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "running"
+    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "superseded"
     assert ctx.storage.keys(f"concepts/{concept_id}/concept/") == [newer + "concept.json"]
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "running" and job["attempts"] == 2
