@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.dbguard import StallGuard
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,23 +37,29 @@ class Timeouts:
 
     connect: float = 3.0  # opening a connection (PostgreSQL: the whole start-up)
     pool: float = 3.0  # waiting for a free pooled connection
-    statement: float = 15.0  # one statement, enforced by the server (PostgreSQL)
-    socket: float = 4.0  # no answer (nor acknowledgement) on the connection: it is dead
+    statement: float = 4.0  # one statement, enforced by the server (PostgreSQL)
+    socket: float = 4.0  # no acknowledgement of what was sent: the link is dead
+    answer: float = 5.0  # acknowledged but no answer: the server is stuck (core.dbguard)
+    idle_in_transaction: float = 60.0  # a client gone mid-transaction frees its locks
 
 
 def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:  # noqa: B008 - frozen
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    postgres = url.startswith("postgresql")
+    # PostgreSQL: the stall guard pings a pooled connection itself, with a deadline.
+    kwargs: dict[str, Any] = {"pool_pre_ping": not postgres}
     if url.startswith("sqlite"):
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         # The API and the worker write one file: wait for the lock instead of failing at once.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
         kwargs["pool_timeout"] = timeouts.pool
-        if url.startswith("postgresql"):
+        if postgres:
             kwargs["connect_args"] = _postgres_args(timeouts)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    if postgres:
+        StallGuard(timeouts.answer).install(engine)
     return engine
 
 
@@ -64,6 +71,7 @@ def engine_from_settings(settings: Settings) -> Engine:
             pool=settings.db_pool_timeout,
             statement=settings.db_statement_timeout,
             socket=settings.db_socket_timeout,
+            answer=settings.db_answer_timeout,
         ),
     )
 
@@ -71,7 +79,9 @@ def engine_from_settings(settings: Settings) -> Engine:
 def _postgres_args(t: Timeouts) -> dict[str, Any]:
     """libpq parameters. A connection whose packets are dropped (no reset) is found dead by
     the kernel: unacknowledged data after `tcp_user_timeout`, silence while waiting for an
-    answer by keep-alive probes; the server cancels a statement past `statement_timeout`."""
+    answer by keep-alive probes; the server cancels a statement past `statement_timeout`, and
+    ends the session of a client that went silent inside a transaction, freeing its locks. A
+    server that acknowledges but never answers is core.dbguard's."""
     probe = max(1, int(t.socket // 4))
     return {
         "connect_timeout": max(2, math.ceil(t.connect)),  # libpq's least is 2 s
@@ -80,7 +90,8 @@ def _postgres_args(t: Timeouts) -> dict[str, Any]:
         "keepalives_idle": probe,
         "keepalives_interval": probe,
         "keepalives_count": max(1, int(t.socket // probe) - 1),
-        "options": f"-c statement_timeout={int(t.statement * 1000)}",
+        "options": f"-c statement_timeout={int(t.statement * 1000)} "
+        f"-c idle_in_transaction_session_timeout={int(t.idle_in_transaction * 1000)}",
     }
 
 

@@ -67,10 +67,16 @@ class Settings(BaseSettings):
         3.0, gt=0, description="Seconds a request waits for a free pooled connection."
     )
     db_statement_timeout: float = Field(
-        15.0, gt=0, description="Seconds a statement may run (PostgreSQL, server side)."
+        4.0, gt=0, description="Seconds a statement may run (PostgreSQL, server side)."
     )
     db_socket_timeout: float = Field(
-        4.0, ge=1, description="Seconds without an answer before a connection counts as dead."
+        4.0, ge=1, description="Seconds without an acknowledgement before a link counts as dead."
+    )
+    db_answer_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a call may wait for the server's answer before its connection is "
+        "taken for stalled and dropped (PostgreSQL; more than db_statement_timeout).",
     )
     concept_cache_size: int = Field(4, ge=1, description="Concepts kept loaded per worker.")
     worker_pools: WorkerPools = Field(
@@ -166,6 +172,16 @@ class Settings(BaseSettings):
                 "heartbeat_seconds must be at most half of lease_seconds, so that one late "
                 "renewal does not lose a live job: lower MIFO_HEARTBEAT_SECONDS or raise "
                 "MIFO_LEASE_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _answer_after_statement(self) -> Settings:
+        if self.db_answer_timeout <= self.db_statement_timeout:
+            raise ValueError(
+                "db_answer_timeout must be more than db_statement_timeout, so that the server "
+                "ends a slow statement before its connection is taken for stalled: raise "
+                "MIFO_DB_ANSWER_TIMEOUT or lower MIFO_DB_STATEMENT_TIMEOUT"
             )
         return self
 

@@ -40,7 +40,9 @@ def s3_server(bucket: str) -> Iterator[str]:
 
 class TcpProxy:
     """A loopback TCP proxy to `target` that can be stopped (every connection cut, the port
-    closed) and started again on the same port: a database that goes away and comes back."""
+    closed) and started again on the same port: a database that goes away and comes back.
+    `stall()` stops forwarding but keeps every socket open, so the kernel still acknowledges
+    what clients send and nothing answers: a server process that is stuck; `flow()` resumes."""
 
     def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         import threading
@@ -50,6 +52,14 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def start(self) -> None:
         import threading
@@ -92,10 +102,10 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while data := src.recv(65536):
+            while self._flowing.wait() and (data := src.recv(65536)):
+                self._flowing.wait()  # a stall holds what was read: nothing goes through
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)

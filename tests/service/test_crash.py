@@ -356,6 +356,45 @@ def test_database_outage_is_503_and_the_api_recovers(stack: Stack) -> None:
     assert r.json()["status"] == "queued"
 
 
+def test_a_stalled_database_server_is_503_within_10_s_and_its_connections_are_dropped(
+    stack: Stack,
+) -> None:
+    """The server stops answering while the kernel still acknowledges (a stuck server process):
+    requests in flight answer 503 within 10 s, /healthz keeps answering, and the API recovers
+    on fresh connections once the server answers again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack.api()
+    job_id = stack.learn(steps=2)["job"]["id"]
+    assert stack.http.get("/v1/jobs").status_code == 200
+    stack.proxy.stall()
+    stalled = time.monotonic()
+
+    def timed(path: str) -> tuple[int, float, str]:
+        t = time.monotonic()
+        r = stack.http.get(path)
+        return r.status_code, time.monotonic() - t, r.headers.get("retry-after", "")
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            paths = ["/v1/jobs", f"/v1/jobs/{job_id}", "/readyz"] * 3
+            answers = list(pool.map(timed, paths))
+            health = [timed("/healthz") for _ in range(5)]
+        assert all(code == 503 for code, _, _ in answers), answers
+        assert all(retry for (_, _, retry), path in zip(answers, paths) if path != "/readyz")
+        assert max(seconds for _, seconds, _ in answers) < 10, answers
+        assert all(code == 200 and seconds < 1 for code, seconds, _ in health), health
+        print(f"recovery: stalled database: 503 after at most {max(a[1] for a in answers):.1f} s")
+    finally:
+        stack.proxy.flow()
+    assert time.monotonic() - stalled < 30
+    deadline = time.monotonic() + 20
+    while (r := stack.http.get(f"/v1/jobs/{job_id}")).status_code != 200:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.3)
+    assert r.json()["status"] == "queued"
+
+
 def test_a_frozen_database_is_503_within_10_s_and_healthz_always_answers(
     tmp_path: Path,
 ) -> None:
