@@ -381,7 +381,9 @@ def test_a_stalled_database_server_is_503_within_10_s_and_its_connections_are_dr
             answers = list(pool.map(timed, paths))
             health = [timed("/healthz") for _ in range(5)]
         assert all(code == 503 for code, _, _ in answers), answers
-        assert all(retry for (_, _, retry), path in zip(answers, paths) if path != "/readyz")
+        assert all(
+            retry for (_, _, retry), path in zip(answers, paths, strict=True) if path != "/readyz"
+        )
         assert max(seconds for _, seconds, _ in answers) < 10, answers
         assert all(code == 200 and seconds < 1 for code, seconds, _ in health), health
         print(f"recovery: stalled database: 503 after at most {max(a[1] for a in answers):.1f} s")
