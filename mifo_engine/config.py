@@ -8,14 +8,16 @@ the model actually used, so the same config selects the same places on a tiny te
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
-import types
+import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+import pydantic
 
 from .errors import ConfigError
 
@@ -47,17 +49,7 @@ class _Config:
 
         A deprecated field name (`RENAMED`) is read as its current name.
         """
-        values = cls._current_names(values)
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.",
-                field=unknown[0],
-                fix=f"remove them; known fields are: {', '.join(sorted(known))}",
-            )
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: _coerce(name, hints[name], value) for name, value in values.items()})
+        return cls(**_validated(cls, cls._current_names(values)))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
@@ -177,7 +169,7 @@ class LearnConfig(_Config):
     tf32: bool = True
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        _validated(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         _require(0 <= self.seed <= MAX_SEED, "seed", f"a number from 0 to {MAX_SEED}")
         _require(self.phase1_steps >= 0, "phase1_steps", "a number >= 0")
         _require(self.phase2_steps >= 0, "phase2_steps", "a number >= 0")
@@ -289,7 +281,7 @@ class SynthesisConfig(_Config):
     tf32: bool = True
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        _validated(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         _require(self.steps >= 1, "steps", "a number >= 1")
         _require(self.num_images >= 1, "num_images", "a number >= 1")
         _require(self.guidance_scale >= 1.0, "guidance_scale", "a number >= 1.0")
@@ -332,84 +324,64 @@ def _require(ok: bool, name: str, rule: str) -> None:
         )
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Turn JSON values (lists) into the declared tuple types; leave the rest to _check_fields."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(name, options[0], value) if len(options) == 1 else value
-    if origin is tuple and isinstance(value, list | tuple):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, args[0], v) for v in value)
-        if len(args) != len(value):
-            return tuple(value)  # wrong length: _check_fields names the field
-        return tuple(_coerce(name, a, v) for a, v in zip(args, value, strict=True))
+def _lists_as_tuples(value: Any) -> Any:
+    """JSON has lists where the configs declare tuples (nested for `loss_layers`)."""
+    if isinstance(value, list):
+        return tuple(_lists_as_tuples(v) for v in value)
     return value
 
 
-def _check_fields(obj: Any) -> None:
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ConfigError(
-                f"Config field '{f.name}' cannot be {value!r}.",
-                field=f.name,
-                fix=f"give {_describe(hints[f.name])}",
-            )
-        if not _finite(value, hints[f.name]):
-            raise ConfigError(
-                f"Config field '{f.name}' must be a finite number, not {value!r}.",
-                field=f.name,
-                fix=f"give '{f.name}' a finite number (NaN and infinities are not settings)",
-            )
+@functools.cache
+def _schema(cls: type) -> type[pydantic.BaseModel]:
+    """The fields of a config class as a strict pydantic model: no coercion of strings or
+    booleans into numbers, no NaN or infinities, no unknown names."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {
+        f.name: (Annotated[hints[f.name], pydantic.BeforeValidator(_lists_as_tuples)], f.default)
+        for f in dataclasses.fields(cls)
+    }
+    settings = pydantic.ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    return pydantic.create_model(cls.__name__, __config__=settings, **fields)
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(
-            _matches(v, a) for v, a in zip(value, args, strict=True)
+def _validated(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` checked against the fields of `cls`; the first problem as a ConfigError."""
+    try:
+        model = _schema(cls).model_validate(dict(values))
+    except pydantic.ValidationError as exc:
+        raise _config_error(cls, values, exc.errors()) from None
+    return {name: getattr(model, name) for name in values}
+
+
+def _config_error(cls: type, values: Mapping[str, Any], errors: list[Any]) -> ConfigError:
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+        return ConfigError(
+            f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.",
+            field=unknown[0],
+            fix=f"remove them; known fields are: {known}",
         )
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+    name = str(errors[0]["loc"][0])
+    value = values[name]
+    if any(e["type"] == "finite_number" for e in errors) or _huge(value):
+        return ConfigError(
+            f"Config field '{name}' must be a finite number, not {value!r}.",
+            field=name,
+            fix=f"give '{name}' a finite number (NaN and infinities are not settings)",
+        )
+    return ConfigError(
+        f"Config field '{name}' cannot be {value!r}.",
+        field=name,
+        fix=f"give {_describe(typing.get_type_hints(cls)[name])}",
+    )
 
 
-def _finite(value: Any, hint: Any) -> bool:
-    """Whether every number in a float-typed place of `value` is finite (given `_matches`)."""
-    if hint is float:
-        try:
-            return math.isfinite(value)
-        except OverflowError:  # an int too large for a float
-            return False
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return all(_finite(value, a) for a in typing.get_args(hint) if _matches(value, a))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_finite(v, args[0]) for v in value)
-        return all(_finite(v, a) for v, a in zip(value, args, strict=True))
-    return True
+def _huge(value: Any) -> bool:
+    """An integer too large for a float, where a float is declared."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max
+    )
 
 
 def _describe(hint: Any) -> str:
