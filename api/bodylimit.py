@@ -89,9 +89,7 @@ class BodyLimit:
         if upload:
             files, each = 1 + self.max_instances, self.max_upload_bytes
             problem = Problem(
-                413,
                 "file_too_large",
-                "Request too large",
                 f"The request body is larger than {limit} bytes, the most an upload can need "
                 f"here: the image and {self.max_instances} masks of {each} bytes each "
                 f"({files} files), and the form fields.",
@@ -101,9 +99,7 @@ class BodyLimit:
             )
         else:
             problem = Problem(
-                413,
                 "body_too_large",
-                "Request too large",
                 f"The request body is larger than {limit} bytes, more than any request to "
                 "this route needs.",
                 field="body",

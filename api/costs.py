@@ -43,9 +43,7 @@ def check_costs(config: Any, caps: Mapping[str, tuple[int, str]], prefix: str = 
         if size > limit:
             what = f"{size} {unit}".strip()
             raise Problem(
-                422,
                 "limit_exceeded",
-                "Over a server limit",
                 f"{prefix}{name} is {what}; this server allows at most {limit}.",
                 field=f"{prefix}{name}",
                 fix=f"ask for at most {limit}",
@@ -58,9 +56,7 @@ def check_step_counts(config: Any, limit: int, names: tuple[str, ...], env: str)
         value = getattr(config, name)
         if value is not None and value > limit:
             raise Problem(
-                422,
                 "too_many_steps",
-                "Too many steps",
                 f"options.{name} is {value}; the limit is {limit}.",
                 field=f"options.{name}",
                 fix=f"ask for at most {limit} ({env} on the server)",

@@ -52,9 +52,7 @@ async def get_storage(state: Annotated[AppState, Depends(get_state)]) -> Storage
 
 def _unauthorized(detail: str) -> Problem:
     return Problem(
-        401,
         "unauthorized",
-        "Missing or invalid API key",
         detail,
         field="Authorization",
         fix="send `Authorization: Bearer <key>` with a key from `mifo keys create --tenant NAME`",
@@ -92,9 +90,7 @@ async def authenticate(request: Request) -> Principal:
         if wait > 0:
             s = state.settings
             raise Problem(
-                429,
                 "rate_limited",
-                "Too many requests",
                 f"This key may send {s.rate_limit_burst} requests in any "
                 f"{state.limiter.window} s ({s.rate_limit_burst / state.limiter.window:g} per second on "
                 "average).",

@@ -101,9 +101,7 @@ class Idempotency:
         refusal (another request's key, or one still being handled)."""
         if row.fingerprint != fingerprint:
             raise Problem(
-                422,
                 "idempotency_key_reused",
-                "Idempotency-Key used for another request",
                 f"The key {row.key!r} was first used with a different method, path or body.",
                 field="Idempotency-Key",
                 fix="send a new key for a new request, or repeat the original body exactly",
@@ -149,9 +147,7 @@ class Idempotency:
 
 def _in_use(detail: str, fix: str) -> Problem:
     return Problem(
-        409,
         "idempotency_key_in_use",
-        "Request in progress",
         detail,
         field="Idempotency-Key",
         fix=fix,

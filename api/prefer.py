@@ -57,9 +57,7 @@ def _wait(value: str) -> Wait:
 def _invalid(value: str, why: str) -> Problem:
     shown = value if len(value) <= 40 else f"{value[:40]}..."
     return Problem(
-        422,
         "invalid_prefer",
-        "Invalid Prefer header",
         f"Prefer has wait={shown!r}; {why}.",
         field="Prefer",
         fix=_FIX,

@@ -50,9 +50,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     # A check of ours (api/inputs.py) says how to fix its field; pydantic's own ones do not.
     fix = next((e["ctx"]["fix"] for e in exc.errors() if "fix" in (e.get("ctx") or {})), None)
     problem = Problem(
-        422,
         "validation_error",
-        "Request validation failed",
         f"{first['field']}: {first['message']}",
         field=first["field"],
         fix=fix or "correct the listed fields (see the OpenAPI schema)",
@@ -88,9 +86,7 @@ def _wrong_content_type(request: Request) -> Problem | None:
             "send a JSON object with Content-Type: application/json (curl --json '{...}')",
         )
     return Problem(
-        415,
         "unsupported_media_type",
-        "Unsupported content type",
         f"{request.method} {request.url.path} reads {wanted}; the body came as {sent}.",
         field="Content-Type",
         fix=fix,
@@ -107,19 +103,16 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _respond(
             request,
             Problem(
-                422,
                 "body_too_deep",
-                "Body nested too deep",
                 f"The JSON body nests deeper than it can be read; {detail}",
                 field="body",
                 fix=fix,
             ),
         )
     problem = Problem(
-        exc.status_code,
         code,
         str(exc.detail),
-        str(exc.detail),
+        status=exc.status_code if code == "http_error" else None,
         headers=dict(exc.headers or {}) or None,
     )
     if exc.status_code == 400:
@@ -154,9 +147,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
     if is_conflict(exc):  # a healthy database refused a collision: not an outage
         log.warning("conflict on %s %s: %s", request.method, request.url.path, exc)
         conflict = Problem(
-            409,
             "concurrent_change",
-            "A concurrent change collided with this request",
             "Another request changed the same data at the same moment; nothing was changed.",
             fix="retry the request (with the same Idempotency-Key)",
             headers={"Retry-After": "1"},
@@ -164,9 +155,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
         return _respond(request, conflict)
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     problem = Problem(
-        503,
         "database_unavailable",
-        "The database is unavailable",
         "The request could not be handled because the database cannot be reached; "
         "nothing was changed.",
         fix="retry later (Retry-After); the service reconnects by itself",
@@ -178,9 +167,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     problem = Problem(
-        500,
         "internal_error",
-        "Internal error",
         "The server failed to handle this request; the error was logged.",
         fix="retry later; report the time of the request if it persists",
     )

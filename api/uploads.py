@@ -42,18 +42,14 @@ def read_file(upload: UploadFile, field: str, limit: int) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise Problem(
-            413,
             "file_too_large",
-            "File too large",
             f"{field} is larger than {limit} bytes.",
             field=field,
             fix=f"send at most {limit} bytes (MIFO_MAX_UPLOAD_BYTES on the server)",
         )
     if not data:
         raise Problem(
-            422,
             "empty_file",
-            "Empty file",
             f"{field} is empty.",
             field=field,
             fix="attach the file's content",
@@ -73,9 +69,7 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
         raise _options_error(*too_deep()) from exc
     except ValueError as exc:
         raise Problem(
-            422,
             "invalid_json",
-            "Options are not JSON",
             f"options: {exc}.",
             field="options",
             fix='send a JSON object of LearnConfig fields, e.g. {"phase1_steps": 400}, with '
@@ -83,9 +77,7 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
         ) from exc
     if not isinstance(options, dict):
         raise Problem(
-            422,
             "invalid_config",
-            "Invalid option",
             "options must be a JSON object.",
             field="options",
             fix='wrap the fields in {...}, e.g. {"seed": 3}',
@@ -99,9 +91,7 @@ def parse_options(raw: str | None) -> tuple[dict[str, Any], LearnConfig]:
 
 
 def _options_error(detail: str, fix: str) -> Problem:
-    return Problem(
-        422, "options_too_large", "Options too large or too deep", detail, field="options", fix=fix
-    )
+    return Problem("options_too_large", detail, field="options", fix=fix)
 
 
 def _no_constant(name: str) -> float:
@@ -124,9 +114,7 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
     names = [n.strip() for n in raw.split(",")]
     if len(names) != count:
         raise Problem(
-            422,
             "invalid_names",
-            "Names do not match the masks",
             f"Got {len(names)} name(s) for {count} mask(s).",
             field="names",
             fix=f"give {count} non-empty comma-separated names, one per mask in order",
@@ -139,9 +127,7 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
         found = forbidden_character(sent)  # as sent: spaces around a name are trimmed
         if found:
             raise Problem(
-                422,
                 "forbidden_character",
-                "Forbidden character in a name",
                 f"names[{i}] {found}.",
                 field=f"names[{i}]",
                 fix=TEXT_FIX,
@@ -154,9 +140,7 @@ def parse_names(raw: str | None, count: int, settings: Settings) -> list[str] | 
 
 def _name_limit(field: str, length: int, limit: int, env: str) -> Problem:
     return Problem(
-        422,
         "limit_exceeded",
-        "Over a server limit",
         f"{field} is {length} characters; this server allows at most {limit}.",
         field=field,
         fix=f"shorten it to at most {limit} characters ({env} on the server)",
@@ -180,9 +164,7 @@ def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB")
         raise _too_many_pixels(field, settings, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise Problem(
-            422,
             "unsupported_format",
-            "Unsupported or unreadable image",
             f"{field} is not a readable {' / '.join(formats)} image (judged by its content).",
             field=field,
             fix=f"send a {' or '.join(formats)} file (MIFO_IMAGE_FORMATS)",
@@ -192,9 +174,7 @@ def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB")
     if not _converts(mode, reads_as):
         what = "greyscale" if reads_as == "L" else "RGB"
         raise Problem(
-            422,
             "unsupported_mode",
-            "Unsupported colour mode",
             f"{field} is a {mode} image, which has no {what} reading.",
             field=field,
             fix="export it as RGB or greyscale"
@@ -215,9 +195,7 @@ def _converts(mode: str, target: str) -> bool:
 
 def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
     return Problem(
-        422,
         "image_too_large",
-        "Image has too many pixels",
         f"{field} is {what}; the limit is {settings.max_image_pixels} pixels.",
         field=field,
         fix=f"downscale it to at most {settings.max_image_pixels} pixels "
@@ -228,9 +206,7 @@ def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
 def check_limits(masks: list[UploadFile], config: LearnConfig, settings: Settings) -> None:
     if len(masks) > settings.max_instances:
         raise Problem(
-            422,
             "too_many_instances",
-            "Too many instances",
             f"Got {len(masks)} masks; this server learns at most {settings.max_instances}.",
             field="masks",
             fix=f"send at most {settings.max_instances} masks (MIFO_MAX_INSTANCES)",

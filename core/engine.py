@@ -6,7 +6,7 @@ torch when they are called, in a worker.
 | what | used by |
 |---|---|
 | `LearnConfig`, `SynthesisConfig` | request checks (api), job runs (worker) |
-| `MifoError`, `ModelLoadError`, `Cancelled` | problem mapping (core.problems), the runner |
+| `MifoError`, `ModelLoadError`, `Canceled` | problem mapping (core.problems), the runner |
 | `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model`, `native_resolution` | settings, prompt and upload checks, readiness |
 | `check_inputs`, `instance_names`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mifo_engine.config import LearnConfig, SynthesisConfig
-from mifo_engine.errors import Cancelled, MifoError, ModelLoadError
+from mifo_engine.errors import Canceled, MifoError, ModelLoadError
 from mifo_engine.inputs import check_inputs, instance_names, load_image, mask_to_binary, to_rgb
 from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.models import (
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
-    "Cancelled",
+    "Canceled",
     "LearnConfig",
     "MifoError",
     "ModelLoadError",

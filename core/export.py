@@ -62,9 +62,7 @@ def concept_archive(
     session.rollback()  # the row is read: no transaction stays open while the files are
     if not _builds.acquire(blocking=False):
         raise Problem(
-            503,
             "export_busy",
-            "Too many exports at once",
             f"This server builds at most {MAX_BUILDS} concept archives at a time and all "
             "are busy; nothing was started.",
             fix=f"retry the export after {BUSY_RETRY_SECONDS} seconds (Retry-After)",
@@ -109,9 +107,7 @@ def _failed(session: Session, concept_id: uuid.UUID, exc: Exception) -> Problem 
     if isinstance(exc, engine.MifoError):
         log.error("stored concept %s cannot be exported: %s", concept_id, exc)
         return Problem(
-            500,
             "concept_unreadable",
-            "Stored concept unreadable",
             f"The stored files of concept {concept_id} cannot be exported: {exc.message}",
             fix="learn the concept again",
         )

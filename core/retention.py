@@ -116,7 +116,6 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
         select(Job.id, Job.kind, Job.status, Job.attempts, Job.concept_id)
         .where(
             (Job.attempts > 1) | unsuccessful,
-            Job.concept_id.is_not(None),
             Job.updated_at >= clock.before(session, SWEEP_WINDOW_SECONDS),
         )
         .order_by(Job.updated_at.desc())
@@ -124,6 +123,8 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
     session.rollback()  # no transaction held open while storage is listed
     removed = 0
     for job_id, kind, status, attempts, concept_id in rows:
+        if concept_id is None:  # its concept was deleted, with its folder
+            continue
         output = jobs.output_prefix(kind, concept_prefix(concept_id), job_id)
         live = attempts if status in ("running", "succeeded") else None
         try:

@@ -75,18 +75,14 @@ def webhook(url: str | None, events: list[str] | None, settings: Settings) -> Ho
         bad = [e for e in events if e not in EVENTS]
         if bad or not events:
             raise Problem(
-                422,
                 "invalid_webhook_events",
-                "Unknown webhook event",
                 f"webhook_events has {bad[0] if bad else 'nothing'}.",
                 field="webhook_events",
                 fix=f"choose among {', '.join(EVENTS)} (leave it out for all of them)",
             )
         if url is None:
             raise Problem(
-                422,
                 "invalid_webhook_events",
-                "Events without a webhook",
                 "webhook_events was given without webhook_url.",
                 field="webhook_url",
                 fix="give webhook_url too, or drop webhook_events",
@@ -95,9 +91,7 @@ def webhook(url: str | None, events: list[str] | None, settings: Settings) -> Ho
         return Hook()
     if len(url) > 2000:
         raise Problem(
-            422,
             "invalid_webhook_url",
-            "Webhook URL too long",
             "webhook_url exceeds 2000 characters.",
             field="webhook_url",
             fix="use a shorter URL",
@@ -106,9 +100,7 @@ def webhook(url: str | None, events: list[str] | None, settings: Settings) -> Ho
         check_url(url, settings.webhook_allowed_networks)
     except UnsafeTarget as exc:
         raise Problem(
-            422,
             "invalid_webhook_url",
-            "Webhook URL refused",
             f"webhook_url: {exc}.",
             field="webhook_url",
             fix="give a public http(s) URL (MIFO_WEBHOOK_ALLOWED_NETWORKS lists private "
@@ -132,9 +124,7 @@ def check_capacity(session: Session, tenant_id: uuid.UUID, settings: Settings) -
     active = jobs.count_active(session, tenant_id=tenant_id)
     if active >= settings.max_active_jobs:
         raise Problem(
-            429,
             "too_many_active_jobs",
-            "Too many active jobs",
             f"This tenant has {active} queued or running jobs; the limit is "
             f"{settings.max_active_jobs}.",
             field="tenant",
@@ -244,9 +234,7 @@ def ready_concept(
         raise not_found("concept", concept_id)
     if base_model is not None and concept.base_model != base_model:
         raise Problem(
-            409,
             "base_model_mismatch",
-            "Concept learned on another base model",
             f"Concept {concept_id} was learned on {concept.base_model!r}; this server "
             f"synthesises with {base_model!r}.",
             field="concept_id",
@@ -255,9 +243,7 @@ def ready_concept(
         )
     if concept.status != "ready" or concept.meta is None:
         raise Problem(
-            409,
             "concept_not_ready",
-            "Concept not ready",
             f"Concept {concept_id} is {concept.status}; it must be ready to {to}.",
             field="concept_id",
             status_of_concept=concept.status,
@@ -304,9 +290,7 @@ def cancel(session: Session, ctx: Context, *, job: Job, attach: Attach) -> None:
             leftover = jobs.request_cancel(session, job=job)
         except jobs.InvalidTransition as exc:
             raise Problem(
-                409,
                 "job_finished",
-                "Job already finished",
                 str(exc),
                 field="job_id",
                 fix="nothing to cancel; delete the concept to remove its results",

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import LearnConfig, SynthesisConfig
 from .errors import (
-    Cancelled,
+    Canceled,
     ConceptError,
     ConfigError,
     InputError,
@@ -33,7 +33,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Cancelled",
+    "Canceled",
     "ConceptError",
     "ConfigError",
     "InputError",

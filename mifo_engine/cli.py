@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .config import LearnConfig, SynthesisConfig
-from .errors import Cancelled, LayoutError, MifoError
+from .errors import Canceled, LayoutError, MifoError
 
 # Modules that import torch load inside the commands: the service commands of `mifo` share
 # this parser and run where the engine extra is not installed.
@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         body(args)
-    except Cancelled:
+    except Canceled:
         sys.stderr.write(f"mifo {args.command}: interrupted; nothing was written\n")
         return EXIT_CANCELED
     except KeyboardInterrupt:

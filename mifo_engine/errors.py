@@ -66,7 +66,7 @@ class ConceptError(MifoError):
     code = "invalid_concept"
 
 
-class Cancelled(MifoError):
+class Canceled(MifoError):
     """The progress callback asked the run to stop; nothing was produced."""
 
     code = "canceled"

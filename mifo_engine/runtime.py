@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import Cancelled, ConfigError
+from .errors import Canceled, ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ ProgressFn = Callable[[Progress], bool | None]
 def report(progress: ProgressFn | None, update: Progress) -> None:
     """Send a report; a callback answering False stops the run."""
     if progress is not None and progress(update) is False:
-        raise Cancelled(
+        raise Canceled(
             f"Stopped by the caller during {update.phase} at step {update.step}/{update.total}.",
             field="progress",
             fix="run again to completion",

@@ -313,3 +313,17 @@ def test_the_cost_caps_in_service_md_are_the_api_caps() -> None:
         if not re.search(rf"\| `{name}`[^|]*\| {limit} \|", text)
     ]
     assert not missing, f"docs/service.md, Limits: the caps table lacks {missing}"
+
+
+def test_the_problem_types_in_service_md_are_the_catalogue() -> None:
+    from core.problems import TYPES
+
+    text = (DOCS / "service.md").read_text()
+    section = text.split("## Problem types", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    expected = [
+        f"| `{t.code}` | {t.status if t.status is not None else 'varies'} | {t.title} | "
+        f"{t.action} |"
+        for t in TYPES
+    ]
+    assert rows == expected, "regenerate the table in docs/service.md from core/problems.py"

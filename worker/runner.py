@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import cleanup, engine, jobs
 from core.db import session_scope
-from core.engine import Cancelled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
+from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept
 from core.storage import StorageError
 from worker.cache import ConceptCache
@@ -177,7 +177,7 @@ def _run(
         _remove_earlier(ctx, claimed)
         base = _load(load_base)
         if heartbeat.should_stop():  # asked while the model loaded
-            raise Cancelled("stopped before the first step")
+            raise Canceled("stopped before the first step")
         if base.device.type == "cpu":
             threads = engine.use_cpu_threads(base, cpu_threads(ctx.settings.cpu_threads))
             log.info("job %s: %d CPU thread(s)", job_id, threads)
@@ -193,7 +193,7 @@ def _run(
         raise
     except Superseded:  # the newer attempt owns the job: remove this attempt's own folder
         return _superseded(ctx, claimed)
-    except Cancelled:
+    except Canceled:
         if time.monotonic() > claimed.deadline:
             outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
         elif heartbeat.superseded:

@@ -60,10 +60,10 @@ def download_artifact(
 
 def _gone(artifact_id: uuid.UUID) -> Problem:
     detail = f"The file of artifact {artifact_id} is missing."
-    return Problem(410, "artifact_gone", "Artifact gone", detail, fix="produce it again")
+    return Problem("artifact_gone", detail, fix="produce it again")
 
 
 def _expired() -> Problem:
     fix = "read the job or concept again for fresh links"
     detail = "This download link has expired."
-    return Problem(410, "link_expired", "Download link expired", detail, field="expires", fix=fix)
+    return Problem("link_expired", detail, field="expires", fix=fix)

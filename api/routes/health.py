@@ -89,9 +89,7 @@ def metrics(request: Request, state: StateDep) -> Response:
         sent = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
             raise Problem(
-                401,
                 "unauthorized",
-                "Missing or wrong metrics token",
                 "This server protects /metrics with MIFO_METRICS_TOKEN.",
                 field="Authorization",
                 fix="send `Authorization: Bearer <MIFO_METRICS_TOKEN>` (Prometheus: "

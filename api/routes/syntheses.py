@@ -146,9 +146,7 @@ def _limits(body: SynthesisCreate, settings: Settings) -> None:
         if value > limit:
             what = " characters" if field == "prompt" else ""
             raise Problem(
-                422,
                 "limit_exceeded",
-                "Over a server limit",
                 f"{field} is {value}{what}; this server allows at most {limit}.",
                 field=field,
                 fix=f"ask for at most {limit} ({env} on the server)",
@@ -159,9 +157,7 @@ def _config(body: SynthesisCreate) -> SynthesisConfig:
     clash = sorted(set(body.options) & set(FIELDS))
     if clash:
         raise Problem(
-            422,
             "invalid_config",
-            "Invalid option",
             f"options repeats {clash[0]}.",
             field=f"options.{clash[0]}",
             fix=f"set {clash[0]} at the top level of the body",

@@ -10,7 +10,7 @@ from mifo_engine import attention as attention_mod
 from mifo_engine import learning
 from mifo_engine.concept import Concept
 from mifo_engine.config import LearnConfig
-from mifo_engine.errors import Cancelled, ConfigError, InputError
+from mifo_engine.errors import Canceled, ConfigError, InputError
 from mifo_engine.inputs import prepare_inputs
 from mifo_engine.learning import learn
 from mifo_engine.synthesis import synthesize
@@ -153,7 +153,7 @@ def test_cancel_from_the_callback_stops_and_restores(tiny_base, scene):
     def stop(p):
         return not (p.phase == "phase2" and p.step == 1)
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Canceled):
         learn(tiny_base, *scene, config=FAST_LEARN, progress=stop)
     _assert_same(before, _fingerprint(tiny_base))
 

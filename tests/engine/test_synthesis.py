@@ -12,7 +12,7 @@ from mifo_engine import synthesis as synthesis_mod
 from mifo_engine.attention import unet_attention_layers
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.controller import BoundedController
-from mifo_engine.errors import Cancelled, LayoutError
+from mifo_engine.errors import Canceled, LayoutError
 from mifo_engine.guidance import decay_weight, guidance_loss
 from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.learning import learn
@@ -119,7 +119,7 @@ def test_cancel_from_the_callback(tiny_base, tiny_concept):
         seen.append(p)
         return p.step < 2
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Canceled):
         synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST, progress=stop)
     assert seen[-1].step == 2 and seen[-1].total == FAST.steps
     assert "guidance" in seen[1].losses
