@@ -15,11 +15,12 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from api import console, problems
-from api.bodylimit import BodyLimit
+from api import console
+from api.http import problems
+from api.http.bodylimit import BodyLimit
+from api.http.state import AppState
 from api.routes import artifacts, concepts, health, jobs, syntheses, tenant
 from api.routes import export as concept_export
-from api.state import AppState
 from core.auth import REFRESH_SECONDS
 from core.settings import Settings, get_settings
 

@@ -11,6 +11,7 @@ from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session, selectinload
 
+from api.http.state import AppState
 from api.schemas import (
     ConceptPublic,
     ErrorPublic,
@@ -21,7 +22,6 @@ from api.schemas import (
     QueuePublic,
     TokenPublic,
 )
-from api.state import AppState
 from core import queueinfo
 from core.auth import sign_link
 from core.models import Artifact, Concept, Job, JobStatus

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from api.inputs import TEXT_FIX, forbidden_character, options_problem
+from api.checks.inputs import TEXT_FIX, forbidden_character, options_problem
 from core.models import JobStatus
 
 JobKind = Literal["learn", "synthesize"]

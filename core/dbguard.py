@@ -7,7 +7,7 @@ statement. So every call that waits on the server (a statement, a commit or roll
 when a pooled connection is taken) is armed with a deadline, and one watcher thread per engine
 shuts down the socket of a connection still waiting past it. The waiting call then fails at once
 as a lost connection, which SQLAlchemy discards instead of returning it to the pool, and the
-request answers 503 (api.problems) instead of hanging for as long as the stall lasts.
+request answers 503 (api.http.problems) instead of hanging for as long as the stall lasts.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Problems (RFC 9457): what went wrong, the field at fault and the fix, with the HTTP
-status it answers. Raised by the services in core and by the routes; api/problems.py
+status it answers. Raised by the services in core and by the routes; api/http/problems.py
 renders them as problem JSON."""
 
 from __future__ import annotations

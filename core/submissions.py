@@ -9,7 +9,6 @@ broker. The routes parse the request before and present the job after.
 
 from __future__ import annotations
 
-import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,20 +16,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-from PIL import Image
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, clock, engine, jobs
+from core import cleanup, clock, images, jobs, webhooks
 from core.db import retry_conflicts
 from core.models import Artifact, Concept, Job, Tenant
 from core.problems import Problem, not_found, unavailable
 from core.queue import Broker
 from core.settings import Settings
 from core.storage import Storage, StorageError
-from core.webhooks import EVENTS, UnsafeTarget, check_url
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +34,7 @@ Attach = Callable[[uuid.UUID], None]  # records the new job with the request's i
 
 
 class Context(Protocol):
-    """What a submission needs of the process it runs in (api.state.AppState)."""
+    """What a submission needs of the process it runs in (api.http.state.AppState)."""
 
     settings: Settings
     sessions: sessionmaker[Session]
@@ -49,16 +45,8 @@ class Context(Protocol):
 
 
 @dataclass(frozen=True)
-class Hook:
-    """A job's webhook: where its events go and which (None: all)."""
-
-    url: str | None = None
-    events: list[str] | None = None
-
-
-@dataclass(frozen=True)
 class LearnInputs:
-    """A learning request once parsed and checked (api/uploads.py)."""
+    """A learning request once parsed and checked (api/checks/uploads.py)."""
 
     image: bytes
     masks: list[bytes]
@@ -67,46 +55,6 @@ class LearnInputs:
     mask_threshold: float
     width: int
     height: int
-
-
-def webhook(url: str | None, events: list[str] | None, settings: Settings) -> Hook:
-    """Validate `webhook_url` (a public address unless allowed) and the event filter."""
-    if events is not None:
-        bad = [e for e in events if e not in EVENTS]
-        if bad or not events:
-            raise Problem(
-                "invalid_webhook_events",
-                f"webhook_events has {bad[0] if bad else 'nothing'}.",
-                field="webhook_events",
-                fix=f"choose among {', '.join(EVENTS)} (leave it out for all of them)",
-            )
-        if url is None:
-            raise Problem(
-                "invalid_webhook_events",
-                "webhook_events was given without webhook_url.",
-                field="webhook_url",
-                fix="give webhook_url too, or drop webhook_events",
-            )
-    if url is None:
-        return Hook()
-    if len(url) > 2000:
-        raise Problem(
-            "invalid_webhook_url",
-            "webhook_url exceeds 2000 characters.",
-            field="webhook_url",
-            fix="use a shorter URL",
-        )
-    try:
-        check_url(url, settings.webhook_allowed_networks)
-    except UnsafeTarget as exc:
-        raise Problem(
-            "invalid_webhook_url",
-            f"webhook_url: {exc}.",
-            field="webhook_url",
-            fix="give a public http(s) URL (MIFO_WEBHOOK_ALLOWED_NETWORKS lists private "
-            "networks the server may call)",
-        ) from exc
-    return Hook(url, list(dict.fromkeys(events)) if events else None)
 
 
 def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
@@ -139,7 +87,7 @@ def learn(
     *,
     tenant_id: uuid.UUID,
     inputs: LearnInputs,
-    hook: Hook,
+    hook: webhooks.Hook,
     attach: Attach,
 ) -> uuid.UUID:
     """Store the inputs, create the concept and its learning job, send it; the job's id."""
@@ -186,7 +134,7 @@ def synthesize(
     tenant_id: uuid.UUID,
     concept_id: uuid.UUID,
     params: dict[str, Any],
-    hook: Hook,
+    hook: webhooks.Hook,
     attach: Attach,
 ) -> uuid.UUID:
     """Create a synthesis job for a ready concept and send it; the job's id."""
@@ -374,9 +322,9 @@ def _forget(
 def _store_inputs(
     session: Session, storage: Storage, concept: Concept, inputs: LearnInputs
 ) -> None:
-    files = [("input", 0, "inputs/image.png", _as_png(inputs.image, None))]
+    files = [("input", 0, "inputs/image.png", images.as_png(inputs.image, None))]
     files += [
-        ("mask", i, f"inputs/masks/mask_{i:03d}.png", _as_png(m, inputs.mask_threshold))
+        ("mask", i, f"inputs/masks/mask_{i:03d}.png", images.as_png(m, inputs.mask_threshold))
         for i, m in enumerate(inputs.masks)
     ]
     for kind, position, name, png in files:
@@ -393,27 +341,3 @@ def _store_inputs(
                 label=label,
             )
         )
-
-
-# Modes PIL's PNG writer stores as they are.
-PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"})
-
-
-def _as_png(data: bytes, mask_threshold: float | None) -> bytes:
-    """Inputs are kept as PNG (lossless), whatever format they came in, meaning to the engine
-    what the upload meant: upright (PNG keeps no EXIF orientation of the original) and, for a
-    mode PNG cannot store (CMYK, YCbCr, LAB, 32-bit...), as the engine reads it: the image
-    as its RGB view, a mask (`mask_threshold` given) as its foreground, white on black."""
-    with Image.open(io.BytesIO(data)) as original:
-        if original.format == "PNG":
-            return data
-        img = engine.load_image(original, field="image")
-        if img.mode not in PNG_MODES:
-            if mask_threshold is None:
-                img = engine.to_rgb(img)
-            else:
-                foreground = engine.mask_to_binary(img, mask_threshold)
-                img = Image.fromarray(foreground.astype(np.uint8) * 255)
-        out = io.BytesIO()
-        img.save(out, format="PNG")
-        return out.getvalue()

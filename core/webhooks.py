@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.models import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
+from core.problems import Problem
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,3 +251,51 @@ def dispatch_due(sessions: sessionmaker[Session], settings: Settings, http: Any)
                 log.warning("webhook %s for job %s failed: %s", delivery.id, delivery.job_id, error)
             session.commit()
     return len(leased)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A job's webhook: where its events go and which (None: all)."""
+
+    url: str | None = None
+    events: list[str] | None = None
+
+
+def requested_hook(url: str | None, events: list[str] | None, settings: Settings) -> Hook:
+    """Validate `webhook_url` (a public address unless allowed) and the event filter."""
+    if events is not None:
+        bad = [e for e in events if e not in EVENTS]
+        if bad or not events:
+            raise Problem(
+                "invalid_webhook_events",
+                f"webhook_events has {bad[0] if bad else 'nothing'}.",
+                field="webhook_events",
+                fix=f"choose among {', '.join(EVENTS)} (leave it out for all of them)",
+            )
+        if url is None:
+            raise Problem(
+                "invalid_webhook_events",
+                "webhook_events was given without webhook_url.",
+                field="webhook_url",
+                fix="give webhook_url too, or drop webhook_events",
+            )
+    if url is None:
+        return Hook()
+    if len(url) > 2000:
+        raise Problem(
+            "invalid_webhook_url",
+            "webhook_url exceeds 2000 characters.",
+            field="webhook_url",
+            fix="use a shorter URL",
+        )
+    try:
+        check_url(url, settings.webhook_allowed_networks)
+    except UnsafeTarget as exc:
+        raise Problem(
+            "invalid_webhook_url",
+            f"webhook_url: {exc}.",
+            field="webhook_url",
+            fix="give a public http(s) URL (MIFO_WEBHOOK_ALLOWED_NETWORKS lists private "
+            "networks the server may call)",
+        ) from exc
+    return Hook(url, list(dict.fromkeys(events)) if events else None)

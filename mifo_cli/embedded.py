@@ -40,7 +40,7 @@ QUICK_EXITS = 3  # that many quick exits in a row: it will not start; stop `mifo
 def serve(host: str, port: int) -> int:
     import uvicorn
 
-    from api.state import PROBES, STOPPING
+    from api.http.state import PROBES, STOPPING
     from core.db import upgrade
     from core.duties import Duties, in_process
     from core.settings import Settings
@@ -186,7 +186,7 @@ def server(config: Any) -> Any:
     request waiting for its job (Prefer: wait) then answers its 202 within the drain."""
     import uvicorn
 
-    from api.state import STOPPING
+    from api.http.state import STOPPING
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

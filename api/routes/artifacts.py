@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from api.deps import SessionDep, StateDep
-from api.problems import PROBLEM_RESPONSE
+from api.http.deps import SessionDep, StateDep
+from api.http.problems import PROBLEM_RESPONSE
 from core.auth import link_valid
 from core.models import Artifact
 from core.problems import Problem, not_found

@@ -11,16 +11,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, StateDep, TenantDep
-from api.idempotency import KeyHeader
-from api.prefer import WaitDep, finished_response
+from api.checks.uploads import learn_inputs, read_upload
+from api.http.accepted import Accepted, accept, answer, idempotent
+from api.http.deps import SessionDep, StateDep, TenantDep
+from api.http.idempotency import KeyHeader
+from api.http.prefer import WaitDep, finished_response
+from api.http.problems import responses
+from api.http.state import AppState
 from api.present import CONCEPT_LOAD, Presenter, learn_jobs, next_page
-from api.problems import responses
 from api.schemas import ConceptCreated, ConceptPublic, ConceptsPublic
-from api.state import AppState
-from api.submission import Accepted, accept, answer, idempotent
-from api.uploads import learn_inputs, read_upload
-from core import submissions
+from core import submissions, webhooks
 from core.models import Concept, Job
 from core.problems import not_found
 
@@ -104,7 +104,7 @@ def _learn(
     state.check_base_model()  # 503 model_unavailable: a job would only fail
     upload = read_upload(image, masks, names, options, settings, state.resolution())
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
-    hook = submissions.webhook(webhook_url, events, settings)
+    hook = webhooks.requested_hook(webhook_url, events, settings)
     present = functools.partial(_created, request, session, state=state)
     parts: list[bytes | str] = ["POST /v1/concepts", upload.image, *upload.masks]
     parts += [field or "" for field in form]

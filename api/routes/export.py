@@ -7,8 +7,8 @@ import uuid
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import SessionDep, StateDep, TenantDep
-from api.problems import responses
+from api.http.deps import SessionDep, StateDep, TenantDep
+from api.http.problems import responses
 from core import export
 
 router = APIRouter(prefix="/v1/concepts", tags=["concepts"])

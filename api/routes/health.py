@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import StateDep
-from api.metrics import registry_for
-from api.problems import PROBLEM_RESPONSE
+from api.http.deps import StateDep
+from api.http.metrics import registry_for
+from api.http.problems import PROBLEM_RESPONSE
+from api.http.state import PROBES
 from api.schemas import Health
-from api.state import PROBES
 from core.db import check_migrated
 from core.problems import Problem
 

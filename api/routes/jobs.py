@@ -13,11 +13,13 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import BEARER_SECURITY, SessionDep, StateDep, TenantDep, authenticate
-from api.events import job_stream
-from api.idempotency import Idempotency, KeyHeader, fingerprint
+from api.http.accepted import accept
+from api.http.deps import BEARER_SECURITY, SessionDep, StateDep, TenantDep, authenticate
+from api.http.events import job_stream
+from api.http.idempotency import Idempotency, KeyHeader, fingerprint
+from api.http.problems import responses
+from api.http.state import AppState
 from api.present import JOB_LOAD, Presenter, next_page
-from api.problems import responses
 from api.schemas import (
     JobKind,
     JobPublic,
@@ -27,8 +29,6 @@ from api.schemas import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
 )
-from api.state import AppState
-from api.submission import accept
 from core import queueinfo, submissions
 from core.models import Job, WebhookDelivery
 from core.problems import not_found
@@ -104,7 +104,7 @@ def jobs_page(
 async def get_job(job_id: uuid.UUID, request: Request) -> Any:
     """A job: status, progress, timestamps, error, and the result once it succeeded."""
     # The hot path of polling clients: no dependencies to solve (it authenticates by itself,
-    # and documents the bearer scheme above), and the cached body (api/jobcache.py) answers
+    # and documents the bearer scheme above), and the cached body (api/http/jobcache.py) answers
     # without a thread or the database; a miss reads the row in the thread pool.
     state: AppState = request.app.state.mifo
     tenant = (await authenticate(request)).tenant_id

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import SessionDep, TenantDep
-from api.problems import PROBLEM_RESPONSE
+from api.http.deps import SessionDep, TenantDep
+from api.http.problems import PROBLEM_RESPONSE
 from api.schemas import WebhookSecret
 from core.models import Tenant
 

@@ -123,7 +123,7 @@ def test_an_abandoned_claim_is_taken_over_by_one_retry_only(
 
     from sqlalchemy import delete, update
 
-    from api import idempotency
+    from api.http import idempotency
     from core.models import utcnow
 
     concept = make_concept(session)

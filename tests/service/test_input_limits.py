@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.inputs import MAX_OPTIONS_BYTES, MAX_OPTIONS_DEPTH
+from api.checks.inputs import MAX_OPTIONS_BYTES, MAX_OPTIONS_DEPTH
 from core.webhooks import UnsafeTarget, check_url
 
 from .factories import make_concept, scene

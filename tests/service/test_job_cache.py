@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.jobcache import JobCache
+from api.http.jobcache import JobCache
 from api.main import create_app
 from core.events import Publisher
 from core.models import Job
@@ -147,7 +147,7 @@ def test_entries_expire_after_the_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_polled_entry_is_reread_before_it_expires(
     cached: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api import jobcache
+    from api.http import jobcache
 
     monkeypatch.setattr(jobcache, "REREAD_SECONDS", 0.0)  # every hit is due
     job = make_job(session, make_concept(session), kind="synthesize")
@@ -200,7 +200,7 @@ def test_another_tenant_varying_the_host_keeps_nothing(
 
 
 def test_the_owner_varying_the_host_keeps_a_few_bases(cached: TestClient, session: Session) -> None:
-    from api.jobcache import MAX_BASES
+    from api.http.jobcache import MAX_BASES
 
     cache = _live(cached)
     job = make_job(session, make_concept(session), kind="synthesize")
@@ -229,9 +229,9 @@ def test_expired_entries_are_evicted() -> None:
 def test_a_full_cache_makes_room_by_dropping_the_job_cached_longest_ago(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import api.jobcache
+    import api.http.jobcache
 
-    monkeypatch.setattr(api.jobcache, "MAX_JOBS", 3)
+    monkeypatch.setattr(api.http.jobcache, "MAX_JOBS", 3)
     cache = JobCache("redis://unused")
     cache.live = True
     tenant = uuid.uuid4()

@@ -240,7 +240,7 @@ def test_pil_refuses_bombs_everywhere(client: TestClient) -> None:
 
 
 def _bound(s: Settings) -> int:
-    """The most a valid upload can be (api/bodylimit.py): every file at the limit, and 1 MiB."""
+    """The most a valid upload can be (api/http/bodylimit.py): every file at the limit, and 1 MiB."""
     return s.max_upload_bytes * (1 + s.max_instances) + (1 << 20)
 
 

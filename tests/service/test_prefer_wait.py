@@ -21,9 +21,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from api import submission
+from api.http import accepted
+from api.http.prefer import MAX_WAIT, Wait, parse_wait
 from api.main import create_app
-from api.prefer import MAX_WAIT, Wait, parse_wait
 from api.routes import concepts
 from core import events, jobs
 from core.db import make_engine, make_sessionmaker, session_scope
@@ -341,10 +341,10 @@ def test_a_database_error_while_waiting_answers_the_202(
     """The job and its key are stored before the wait: a failing read answers the 202 that
     points at it (a 503 would make a client without a key submit it again)."""
     if broken == "status read":
-        monkeypatch.setattr(submission, "_ended", _broken)
+        monkeypatch.setattr(accepted, "_ended", _broken)
     else:
-        monkeypatch.setattr(submission, "_ended", lambda *_: True)
-        monkeypatch.setattr(submission, "_render", _broken)
+        monkeypatch.setattr(accepted, "_ended", lambda *_: True)
+        monkeypatch.setattr(accepted, "_render", _broken)
     concept = make_concept(session)
     session.commit()
     r = _synthesis(client, concept.id, Prefer="wait=20")
@@ -388,7 +388,7 @@ def test_the_uploads_are_closed_before_the_wait(
 ) -> None:
     uploads: list[Any] = []
     closed_at_wait: list[bool] = []
-    learn, until_ended = concepts._learn, submission.until_ended
+    learn, until_ended = concepts._learn, accepted.until_ended
 
     def recording_learn(*args: Any) -> Any:
         uploads.extend([args[5], *args[6]])  # image, masks
@@ -399,7 +399,7 @@ def test_the_uploads_are_closed_before_the_wait(
         return await until_ended(*args)
 
     monkeypatch.setattr(concepts, "_learn", recording_learn)
-    monkeypatch.setattr(submission, "until_ended", recording_wait)
+    monkeypatch.setattr(accepted, "until_ended", recording_wait)
     image, masks = scene()
     files = [("image", ("scene.png", image, "image/png"))]
     files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
@@ -479,7 +479,7 @@ def test_a_client_that_goes_away_ends_its_wait_within_a_second(
         return time.monotonic() - gone_at[0], sent
 
     assert client.portal is not None
-    with caplog.at_level(logging.INFO, logger="api.submission"):
+    with caplog.at_level(logging.INFO, logger="api.http.accepted"):
         after, sent = client.portal.call(drive)
     engine.dispose()
     assert after < 1.0, after

@@ -303,7 +303,7 @@ def test_the_stream_sends_an_event_when_the_place_changes(
     if mode == "redis":
         settings = settings.model_copy(update={"events_url": REDIS})
         monkeypatch.setattr(events, "FALLBACK_SECONDS", 60.0)  # only its own messages wake it
-        monkeypatch.setattr("api.events.QUEUED_SECONDS", 0.2)  # ... and the queued re-read
+        monkeypatch.setattr("api.http.events.QUEUED_SECONDS", 0.2)  # ... and the queued re-read
     else:  # redis-down: the stream polls instead of failing
         if mode == "redis-down":
             settings = settings.model_copy(update={"events_url": "redis://127.0.0.1:1/0"})

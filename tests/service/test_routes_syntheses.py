@@ -98,7 +98,7 @@ def test_bad_requests_are_422_naming_the_field(
 def test_the_tokenizer_loads_at_start_up_not_in_the_first_request(
     settings: Settings, session: Session, api_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from api import state as api_state
+    from api.http import state as api_state
 
     api_state._cached_tokenizer.cache_clear()
     with TestClient(create_app(settings)):

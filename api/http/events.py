@@ -15,8 +15,8 @@ from fastapi.sse import ServerSentEvent
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api.http.state import AppState
 from api.present import JOB_LOAD, Presenter
-from api.state import AppState
 from core import events
 from core.jobs import TERMINAL
 from core.models import Job

@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api.inputs import too_deep
+from api.checks.inputs import too_deep
 from core.db import is_conflict
 from core.engine import MifoError
 from core.problems import MEDIA_TYPE, PROBLEM_BASE, Problem, from_engine
@@ -47,7 +47,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "request", "message": "invalid"}
-    # A check of ours (api/inputs.py) says how to fix its field; pydantic's own ones do not.
+    # A check of ours (api/checks/inputs.py) says how to fix its field; pydantic's own ones do not.
     fix = next((e["ctx"]["fix"] for e in exc.errors() if "fix" in (e.get("ctx") or {})), None)
     problem = Problem(
         "validation_error",

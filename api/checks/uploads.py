@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from api.costs import LEARN_CAPS, check_costs, check_step_counts
-from api.inputs import (
+from api.checks.costs import LEARN_CAPS, check_costs, check_step_counts
+from api.checks.inputs import (
     MAX_OPTIONS_BYTES,
     TEXT_FIX,
     forbidden_character,

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.jobcache import JobCache
+from api.http.jobcache import JobCache
 from core import engine
 from core.auth import LOCAL_TENANT, KeyVerifier, get_or_create_tenant, signing_key
 from core.db import check_migrated, engine_from_settings, make_sessionmaker, session_scope

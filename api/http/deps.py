@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.state import AppState
+from api.http.state import AppState
 from core.auth import KeyVerifier, Principal, key_id_of
 from core.problems import Problem
 from core.ratelimit import retry_after

@@ -1,6 +1,6 @@
 """The ending every job-creating POST shares: 202 with `Location`, and the Idempotency-Key
 completed with the answer (or released when the submission failed); with `Prefer: wait`
-(api/prefer.py), the wait for the job's end without a thread or a connection."""
+(api/http/prefer.py), the wait for the job's end without a thread or a connection."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.events import notices
-from api.idempotency import Idempotency, fingerprint
-from api.prefer import Wait
-from api.state import STOPPING, STOPPING_POLL_SECONDS, AppState
+from api.http.events import notices
+from api.http.idempotency import Idempotency, fingerprint
+from api.http.prefer import Wait
+from api.http.state import STOPPING, STOPPING_POLL_SECONDS, AppState
 from core.jobs import TERMINAL
 from core.models import Job
 
