@@ -219,6 +219,7 @@ class ConceptCreated(BaseModel):
 class SynthesisCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # "no" is not false, "0.5" is not a number: a wrong type names its field
         allow_inf_nan=False,  # JSON has no NaN or Infinity, though Python's parser takes them
         json_schema_extra={
             "examples": [

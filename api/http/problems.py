@@ -47,8 +47,12 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "request", "message": "invalid"}
-    # A check of ours (api/checks/inputs.py) says how to fix its field; pydantic's own ones do not.
+    # A check of ours (api/checks/inputs.py) says how to fix its field; for a value of the
+    # wrong type, the type it must be; pydantic's other checks say it in their message.
     fix = next((e["ctx"]["fix"] for e in exc.errors() if "fix" in (e.get("ctx") or {})), None)
+    wanted = TYPES_WANTED.get(str(exc.errors()[0].get("type"))) if exc.errors() else None
+    if fix is None and wanted is not None:
+        fix = f"send {first['field']} as {wanted}"
     problem = Problem(
         "validation_error",
         f"{first['field']}: {first['message']}",
@@ -57,6 +61,18 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         errors=errors,
     )
     return _respond(request, problem)
+
+
+# pydantic's error types for a value of the wrong JSON type, and what to send instead.
+TYPES_WANTED = {
+    "bool_type": "a JSON boolean: true or false",
+    "int_type": "a whole number, without quotes",
+    "float_type": "a number, without quotes",
+    "string_type": "a string in quotes",
+    "list_type": "a JSON array",
+    "dict_type": "a JSON object",
+    "model_type": "a JSON object",
+}
 
 
 def _wrong_content_type(request: Request) -> Problem | None:

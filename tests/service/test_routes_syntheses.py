@@ -242,3 +242,34 @@ def test_non_finite_numbers_are_422_naming_the_field(
     assert problem["field"] == field and "finite" in problem["detail"] + problem["fix"], problem
     assert _jobs(session) == 0
     assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+
+
+def test_whole_numbers_are_numbers_in_boxes(client: TestClient, session: Session) -> None:
+    concept = make_concept(session)
+    session.commit()
+    boxes = {"<asset0>": [0, 0, 1, 1], "<asset1>": [0, 0, 1, 1]}
+    assert _post(client, concept.id, boxes=boxes, guidance_scale=7).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "wanted"),
+    [
+        ({"box_control": "no"}, "box_control", "true or false"),
+        ({"boxes": {"<asset0>": "0.1, 0.2, 0.5, 0.6"}}, "boxes.<asset0>", "a JSON array"),
+        ({"boxes": {"<asset0>": ["0.1", 0.2, 0.5, 0.6]}}, "boxes.<asset0>[0]", "a number"),
+        ({"seed": "7"}, "seed", "a whole number"),
+        ({"steps": 4.0}, "steps", "a whole number"),
+        ({"prompt": 12}, "prompt", "a string"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field(
+    client: TestClient, session: Session, body: dict[str, Any], field: str, wanted: str
+) -> None:
+    """The JSON body is strict: nothing is coerced ("no" is not false, "7" is not 7)."""
+    concept = make_concept(session)
+    session.commit()
+    r = _post(client, concept.id, **body)
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["field"] == field and wanted in problem["fix"], problem
+    assert _jobs(session) == 0
