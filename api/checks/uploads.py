@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -160,8 +161,8 @@ def sniff(data: bytes, field: str, settings: Settings, *, reads_as: str = "RGB")
             with Image.open(io.BytesIO(data), formats=formats) as img:
                 width, height = img.size
                 mode = img.mode
-    except Image.DecompressionBombError as exc:
-        raise _too_many_pixels(field, settings, str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow stops reading
+        raise _too_many_pixels(field, settings, _bomb_size(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise Problem(
             "unsupported_format",
@@ -191,6 +192,12 @@ def _converts(mode: str, target: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _bomb_size(exc: Exception) -> str:
+    """The pixel count Pillow's refusal names (its own limit is left out: ours is the one)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found.group(1))} pixels" if found else "far more pixels than that"
 
 
 def _too_many_pixels(field: str, settings: Settings, what: str) -> Problem:
