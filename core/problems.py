@@ -133,11 +133,11 @@ class Problem(Exception):
         return body | self.extra
 
 
-def not_found(what: str, ident: object) -> Problem:
+def not_found(what: str, ident: object, fix: str | None = None) -> Problem:
     return Problem(
         "not_found",
         f"No {what} with id {ident}.",
-        fix=f"check the id; list {what}s with GET /v1/{what}s",
+        fix=fix or f"check the id; list {what}s with GET /v1/{what}s",
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request, params
@@ -42,6 +44,9 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     wrong_type = _wrong_content_type(request)
     if wrong_type is not None:  # the fields' errors would only hide the real fault
         return _respond(request, wrong_type)
+    broken = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+    if broken is not None:
+        return _respond(request, _not_json(broken))
     errors = [
         {"field": _location(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
         for e in exc.errors()
@@ -75,13 +80,27 @@ TYPES_WANTED = {
 }
 
 
+def _not_json(error: dict[str, Any]) -> Problem:
+    """The body could not be parsed: say where, in the parser's words, not as a field."""
+    where = error.get("loc", ())[-1]
+    why = (error.get("ctx") or {}).get("error", "not JSON")
+    at = f" at character {where}" if isinstance(where, int) else ""
+    return Problem(
+        "invalid_json",
+        f"The body is not valid JSON: {why}{at}.",
+        field="body",
+        fix="send one JSON object with double-quoted names and no trailing commas "
+        "(curl --json '{...}')",
+    )
+
+
 def _wrong_content_type(request: Request) -> Problem | None:
     """415 naming the content type a route reads, when the body came as another one (a JSON
     body to a multipart route reads as 'image: Field required' otherwise)."""
     dependant = getattr(request.scope.get("route"), "dependant", None)
     body = list(dependant.body_params) if dependant is not None else []
     sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not body or not sent:
+    if not body:
         return None
     if any(isinstance(p.field_info, params.Form) for p in body):  # File is a Form too
         if sent == "multipart/form-data":
@@ -101,9 +120,10 @@ def _wrong_content_type(request: Request) -> Problem | None:
             "application/json",
             "send a JSON object with Content-Type: application/json (curl --json '{...}')",
         )
+    came = f"came as {sent}" if sent else "came without a Content-Type header"
     return Problem(
         "unsupported_media_type",
-        f"{request.method} {request.url.path} reads {wanted}; the body came as {sent}.",
+        f"{request.method} {request.url.path} reads {wanted}; the body {came}.",
         field="Content-Type",
         fix=fix,
     )
@@ -133,12 +153,32 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
     if exc.status_code == 400:
         problem.field, problem.fix = "body", "send well-formed JSON or multipart (see /docs)"
+    if exc.status_code == 404 and request.scope.get("route") is None:
+        problem.detail = f"No route {request.method} {request.url.path}."
+        problem.fix = _nearest_route(request)
     if exc.status_code == 405:
         allow = _allowed_methods(request)
         problem.headers = {**(problem.headers or {}), "Allow": ", ".join(allow)}
         problem.detail = f"{request.method} is not allowed on {request.url.path}."
         problem.fix = f"use {' or '.join(allow)}"
     return _respond(request, problem)
+
+
+def _nearest_route(request: Request) -> str:
+    """The route a mistyped path most likely meant (ids compared as ids), or where to look;
+    read from the OpenAPI schema, which lists every public route with its methods."""
+
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]+\}|[0-9a-f]{8}-[0-9a-f-]{27}", "{id}", path)
+
+    routes = request.app.openapi().get("paths", {})
+    shapes = {shape(path): path for path in routes}
+    close = difflib.get_close_matches(shape(request.url.path), list(shapes), n=1, cutoff=0.8)
+    if not close:
+        return "see the routes at /docs (every public route starts with /v1/)"
+    path = shapes[close[0]]
+    methods = " or ".join(m.upper() for m in routes[path])
+    return f"did you mean {methods} {path}? (every route: /docs)"
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -19,6 +19,11 @@ from core.models import Artifact
 from core.problems import Problem, not_found
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+# Links are only ever given out, never listed: the one way to a working link.
+LINK_FIX = (
+    "use a link exactly as a job or concept gave it; GET /v1/jobs/{id} or /v1/concepts/{id} "
+    "gives fresh ones"
+)
 
 
 @router.get(
@@ -40,12 +45,12 @@ def download_artifact(
 ) -> Response:
     """Download an input, attention map, image or preview with a link from a job or concept."""
     if not link_valid(state.link_key, artifact_id, expires, signature):
-        raise not_found("artifact", artifact_id)  # the same answer as a missing artifact
+        raise not_found("artifact", artifact_id, LINK_FIX)  # as for a missing artifact
     if expires < time.time():
         raise _expired()
     artifact = session.get(Artifact, artifact_id)
     if artifact is None:
-        raise not_found("artifact", artifact_id)
+        raise not_found("artifact", artifact_id, LINK_FIX)
     url = state.storage.presigned_url(artifact.key)
     if url is not None:
         return RedirectResponse(url, status_code=307)

@@ -9,8 +9,11 @@ const BASE = new URL("../", document.baseURI);
 let candidate = "";
 export const apiKey = {
   get: () => candidate || sessionStorage.getItem(KEY_ITEM) || "",
-  set: (value) => { candidate = value.trim(); },
-  accepted: (key) => { // `key` answered a request: stored if it is the candidate
+  set: (value) => {
+    candidate = value.trim();
+  },
+  accepted: (key) => {
+    // `key` answered a request: stored if it is the candidate
     if (!key || key !== candidate) return;
     sessionStorage.setItem(KEY_ITEM, candidate);
     candidate = "";
@@ -71,8 +74,10 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
       res = await fetch(url(path), { method, headers: headers(extra), body, signal });
     } catch (err) {
       if (err.name === "AbortError") throw err;
-      throw new ApiProblem(0, { detail: `The API cannot be reached (${err.message}).`,
-        fix: "check that the service is running" });
+      throw new ApiProblem(0, {
+        detail: `The API cannot be reached (${err.message}).`,
+        fix: "check that the service is running",
+      });
     }
     if (res.status === 401 && keyNeeded) {
       const problem = new ApiProblem(401, await problemOf(res));
@@ -147,7 +152,7 @@ export function followJob(id, onJob, onGone = () => {}, onRefused = () => {}) {
       poll();
     };
   } else {
-    const fallBack = () => ended || poll();  // the stream ended early: finish by polling
+    const fallBack = () => ended || poll(); // the stream ended early: finish by polling
     streamWithKey(`${path}/events`, stop.signal, seen, gone).then(fallBack, fallBack);
   }
   return finish;

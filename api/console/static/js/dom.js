@@ -5,9 +5,10 @@ export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === null || v === false) continue;
+    // `style` goes through the CSSOM, which the console's CSP allows
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k === "text") node.textContent = v;
-    else if (k === "style") node.style.cssText = v; // CSSOM: allowed by the console's CSP
+    else if (k === "style") node.style.cssText = v;
     else node.setAttribute(k, v === true ? "" : v);
   }
   node.append(...children.filter((c) => c !== null && c !== undefined));
@@ -30,7 +31,8 @@ function slotFor(root, field) {
     const one = slots.find((s) => s.dataset.field === `boxes[${box[1]}]`);
     if (one) return one;
   }
-  const prefix = slots.filter((s) => field.startsWith(s.dataset.field))
+  const prefix = slots
+    .filter((s) => field.startsWith(s.dataset.field))
     .sort((a, b) => b.dataset.field.length - a.dataset.field.length);
   // `names` where each name has its own slot (names[0], ...): the first of them
   return prefix[0] || slots.find((s) => s.dataset.field.startsWith(`${field}[`)) || null;
@@ -49,8 +51,9 @@ export function problemText(problem) {
 export function showProblem(root, problem) {
   clearProblems(root);
   const slot = slotFor(root, problem.field);
-  const line = (slot && (slot.querySelector(":scope > .problem") || slot.querySelector(".problem")))
-    || root.querySelector(".form-problem");
+  const line =
+    (slot && (slot.querySelector(":scope > .problem") || slot.querySelector(".problem"))) ||
+    root.querySelector(".form-problem");
   if (!line) return null;
   line.textContent = problemText(problem);
   if (slot) slot.classList.add("invalid");

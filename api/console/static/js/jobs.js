@@ -27,18 +27,27 @@ export function showJobs(main) {
       if (asked !== latest) return;
       problem.textContent = "";
       // a kept button leaves the page for a moment below: it gets its focus back after
-      const focused = [...cancels.values()].includes(document.activeElement) ? document.activeElement : null;
+      const focused = [...cancels.values()].includes(document.activeElement)
+        ? document.activeElement
+        : null;
       if (fresh) rows.replaceChildren();
       const button = (job) => {
         if (isTerminal(job)) return null;
-        if (!cancels.has(job.id)) cancels.set(job.id, cancelButton(job, problem, () => load(true)));
+        if (!cancels.has(job.id)) {
+          cancels.set(
+            job.id,
+            cancelButton(job, problem, () => load(true)),
+          );
+        }
         return cancels.get(job.id);
       };
       rows.append(...page.data.map((job) => row(job, button(job))));
       if (focused?.isConnected) focused.focus();
       offset += page.data.length;
       more.hidden = !page.next;
-      if (!rows.children.length) rows.append(el("tr", {}, el("td", { colspan: "7", class: "hint" }, "No jobs match.")));
+      if (!rows.children.length) {
+        rows.append(el("tr", {}, el("td", { colspan: "7", class: "hint" }, "No jobs match.")));
+      }
       if (page.data.some((job) => !isTerminal(job)) && offset <= PAGE) {
         timer = setTimeout(() => load(true), REFRESH_MS);
       }
@@ -54,26 +63,46 @@ export function showJobs(main) {
 }
 
 function cancelButton(job, problem, reload) {
-  return el("button", { type: "button", onclick: async () => {
-    try {
-      await api(`v1/jobs/${job.id}/cancel`, { method: "POST" });
-      reload();
-    } catch (err) {
-      problem.textContent = problemText(err);
-    }
-  } }, `Cancel job ${job.id.slice(0, 8)}`);
+  return el(
+    "button",
+    {
+      type: "button",
+      onclick: async () => {
+        try {
+          await api(`v1/jobs/${job.id}/cancel`, { method: "POST" });
+          reload();
+        } catch (err) {
+          problem.textContent = problemText(err);
+        }
+      },
+    },
+    `Cancel job ${job.id.slice(0, 8)}`,
+  );
 }
 
 function row(job, cancel) {
   const p = job.progress || {};
-  const progress = isTerminal(job) ? "" : `${p.phase || ""} ${p.fraction ? percent(p.fraction) : ""}`.trim();
+  const progress = isTerminal(job)
+    ? ""
+    : `${p.phase || ""} ${p.fraction ? percent(p.fraction) : ""}`.trim();
   // data-label: the column's name, shown beside each value where rows stack (phones)
-  return el("tr", { "data-job": job.id },
+  return el(
+    "tr",
+    { "data-job": job.id },
     el("td", { "data-label": "Job" }, el("code", { title: job.id }, job.id.slice(0, 8))),
     el("td", { "data-label": "Kind" }, job.kind),
-    el("td", { "data-label": "Status" }, el("span", { class: "badge", "data-status": job.status }, job.status)),
+    el(
+      "td",
+      { "data-label": "Status" },
+      el("span", { class: "badge", "data-status": job.status }, job.status),
+    ),
     el("td", { "data-label": "Progress" }, progress),
     el("td", { "data-label": "Created" }, when(job.created_at)),
-    el("td", {}, job.concept_id ? el("a", { href: `#/concepts/${job.concept_id}` }, "Open concept") : ""),
-    el("td", {}, cancel || ""));
+    el(
+      "td",
+      {},
+      job.concept_id ? el("a", { href: `#/concepts/${job.concept_id}` }, "Open concept") : "",
+    ),
+    el("td", {}, cancel || ""),
+  );
 }

@@ -3,8 +3,13 @@
 import { api, followJob, isTerminal } from "./api.js";
 import { duration, el, problemText } from "./dom.js";
 
-const PHASES = { phase1: "Phase 1: token embeddings", phase2: "Phase 2: fine-tune",
-  prior: "Class images", diagnostics: "Diagnostics", synthesis: "Synthesis" };
+const PHASES = {
+  phase1: "Phase 1: token embeddings",
+  phase2: "Phase 2: fine-tune",
+  prior: "Class images",
+  diagnostics: "Diagnostics",
+  synthesis: "Synthesis",
+};
 
 /** The parts of a job's box, made once so that updates keep them (and the focus). */
 function partsOf(box) {
@@ -39,18 +44,27 @@ function partsOf(box) {
 export function renderJob(box, job) {
   const p = job.progress || {};
   const fraction = job.status === "succeeded" ? 1 : p.fraction || 0;
-  const parts = [`Status: ${job.status}${job.cancel_requested && !isTerminal(job) ? " (cancel requested)" : ""}`];
+  const parts = [
+    `Status: ${job.status}${job.cancel_requested && !isTerminal(job) ? " (cancel requested)" : ""}`,
+  ];
   if (p.phase && !isTerminal(job)) parts.push(PHASES[p.phase] || p.phase);
-  if (p.step !== null && p.step !== undefined && p.total && !isTerminal(job)) parts.push(`step ${p.step} of ${p.total}`);
+  if (p.step !== null && p.step !== undefined && p.total && !isTerminal(job)) {
+    parts.push(`step ${p.step} of ${p.total}`);
+  }
   if (!isTerminal(job) && job.status === "running") parts.push(`ETA ${duration(p.eta_seconds)}`);
   const queue = job.status === "queued" ? job.queue : null; // servers that report it
   if (queue) {
     const start = queue.estimated_start_seconds;
-    parts.push(`position ${queue.position} in its queue${start == null ? "" : `, starts in about ${duration(start)}`}`);
+    parts.push(
+      `position ${queue.position} in its queue${start == null ? "" : `, starts in about ${duration(start)}`}`,
+    );
   }
-  const losses = p.losses && Object.keys(p.losses).length
-    ? Object.entries(p.losses).map(([k, v]) => `${k} ${Number(v).toFixed(4)}`).join(", ")
-    : null;
+  const losses =
+    p.losses && Object.keys(p.losses).length
+      ? Object.entries(p.losses)
+          .map(([k, v]) => `${k} ${Number(v).toFixed(4)}`)
+          .join(", ")
+      : null;
   const ui = partsOf(box);
   box.jobId = job.id;
   ui.bar.value = fraction;
@@ -71,15 +85,20 @@ export function trackJob(box, job, done = () => {}) {
     done(job);
     return () => {};
   }
-  return followJob(job.id, (next) => {
-    renderJob(box, next);
-    if (isTerminal(next)) done(next);
-  }, () => {
-    box.jobParts = null;
-    box.replaceChildren(el("p", { class: "hint" }, "This job was deleted."));
-  }, (err) => {
-    const ui = partsOf(box);
-    ui.refusal.textContent = `No longer followed: ${problemText(err)}`;
-    ui.refusal.hidden = false;
-  });
+  return followJob(
+    job.id,
+    (next) => {
+      renderJob(box, next);
+      if (isTerminal(next)) done(next);
+    },
+    () => {
+      box.jobParts = null;
+      box.replaceChildren(el("p", { class: "hint" }, "This job was deleted."));
+    },
+    (err) => {
+      const ui = partsOf(box);
+      ui.refusal.textContent = `No longer followed: ${problemText(err)}`;
+      ui.refusal.hidden = false;
+    },
+  );
 }
