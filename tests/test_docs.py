@@ -304,7 +304,7 @@ def test_the_webhook_receiver_snippet_verifies_the_service_signature() -> None:
 
 
 def test_the_cost_caps_in_service_md_are_the_api_caps() -> None:
-    from api.costs import LEARN_CAPS, SYNTHESIS_CAPS
+    from api.checks.costs import LEARN_CAPS, SYNTHESIS_CAPS
 
     text = SERVICE.read_text()
     missing = [
