@@ -1,23 +1,23 @@
-"""What the sync and async clients share: configuration, request building, retry decisions,
-response and problem parsing, the Server-Sent Events parser, the state of a `wait` and the
-file names of a download. No I/O happens here; `Client` and `AsyncClient` only send."""
+"""What the clients know without doing any I/O: configuration, request building, retry
+decisions, response and problem parsing, the Server-Sent Events parser, the state of a
+`wait` and the file names of a download. Nothing here touches a socket or a file
+(`Settings` reads the environment): the clients send, and `_files` reads and writes the
+local files."""
 
 from __future__ import annotations
 
 import email.utils
-import errno
+import inspect
 import json
 import logging
 import math
-import mimetypes
 import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -33,7 +33,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"  # `mifo serve`
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 VERSION = "0.1.0"
 
-FileInput = str | os.PathLike[str] | bytes | IO[bytes]
+Part = tuple[str, tuple[str, bytes, str]]  # a multipart part: (field, (name, bytes, type))
 JobRef = Job | ConceptCreated | str | uuid.UUID
 ConceptRef = Concept | ConceptCreated | str | uuid.UUID
 
@@ -52,7 +52,7 @@ class Call(Generic[T]):
     params: Mapping[str, Any] | list[tuple[str, Any]] | None = None
     json: Any = None
     data: Mapping[str, str] | None = None
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    files: list[Part] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: bool = True  # download links are signed: they go out without the API key
     timeout: float | None = None  # seconds of reading; None: the client's own
@@ -126,27 +126,12 @@ def concept_id(concept: ConceptRef) -> str:
     return concept.id if isinstance(concept, Concept) else str(concept)
 
 
-def _file(part: str, value: FileInput, default_name: str) -> tuple[str, tuple[str, bytes, str]]:
-    """A multipart part, read into memory now so that a retry sends the same bytes."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        name, data = default_name, bytes(value)
-    elif isinstance(value, str | os.PathLike):
-        path = Path(value)
-        name, data = path.name, path.read_bytes()
-    else:
-        name = Path(str(getattr(value, "name", "") or default_name)).name
-        data = value.read()
-    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return part, (name, data, kind)
-
-
 class Builder:
     """The calls of the API, one method each; the clients send them."""
 
     def learn_call(
         self,
-        image: FileInput,
-        masks: Iterable[FileInput],
+        files: list[Part],
         *,
         names: Iterable[str] | str | None,
         options: Mapping[str, Any] | None,
@@ -155,8 +140,7 @@ class Builder:
         idempotency_key: str | None,
         wait: float | None = None,
     ) -> Call[ConceptCreated]:
-        files = [_file("image", image, "image")]
-        files += [_file("masks", m, f"mask{i}") for i, m in enumerate(masks)]
+        """`files`: the image and the masks, read already (`_files.uploads`)."""
         data: dict[str, str] = {}
         if names is not None:
             data["names"] = names if isinstance(names, str) else ",".join(names)
@@ -425,15 +409,38 @@ class StreamFailed(Exception):
     """The event stream cannot be used: wait polls instead."""
 
 
-class Waiter:
-    """The state of one `wait`: the deadline, the stream being parsed, the last job reported."""
+def is_event_stream(response: httpx.Response) -> bool:
+    kind = response.headers.get("content-type", "")
+    return response.status_code == 200 and kind.startswith("text/event-stream")
 
-    def __init__(self, job: JobRef, timeout: float | None, poll_interval: float) -> None:
+
+def stream_refusal(response: httpx.Response) -> Exception:
+    """What to raise for an answer to the stream's request that is no event stream (its body
+    read): a refusal polling would meet too (401, 403, 404) as its problem, else StreamFailed
+    (wait polls)."""
+    if response.status_code in (401, 403, 404):
+        return problem(response)
+    kind = response.headers.get("content-type", "")
+    return StreamFailed(f"{response.status_code} {kind}")
+
+
+class Waiter:
+    """The state of one `wait`: the deadline, the stream being parsed, the last job reported
+    to `on_progress`."""
+
+    def __init__(
+        self,
+        job: JobRef,
+        timeout: float | None,
+        poll_interval: float,
+        on_progress: Callable[[Job], object] | None,
+    ) -> None:
         self.job_id = job_id(job)
         self.events_url = f"/v1/jobs/{self.job_id}/events"
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.poll_interval = poll_interval
+        self.on_progress = on_progress
         self.parser = SseParser()
         self._last: Any = None
 
@@ -454,15 +461,6 @@ class Waiter:
         left = self.left()
         read = 60.0 if left is None else max(0.1, min(60.0, left))
         return httpx.Timeout(timeout, read=read)
-
-    def opened(self, response: httpx.Response) -> None:
-        """Refusals that polling would meet too are raised; anything else falls back."""
-        if response.status_code in (401, 403, 404):
-            response.read()
-            raise problem(response)
-        kind = response.headers.get("content-type", "")
-        if response.status_code != 200 or not kind.startswith("text/event-stream"):
-            raise StreamFailed(f"{response.status_code} {kind}")
 
     def feed(self, line: str) -> Job | None:
         """The job an event carried, once it is complete."""
@@ -490,6 +488,18 @@ class Waiter:
             return False
         self._last = key
         return True
+
+    def report(self, job: Job) -> None:
+        """`on_progress(job)` if the job changed since the last report."""
+        if self.changed(job) and self.on_progress is not None:
+            self.on_progress(job)
+
+    async def areport(self, job: Job) -> None:
+        """`report` for AsyncClient, whose `on_progress` may be a coroutine function."""
+        if self.changed(job) and self.on_progress is not None:
+            result = self.on_progress(job)
+            if inspect.isawaitable(result):
+                await result
 
     def pause(self) -> float:
         """Seconds until the next poll; WaitTimeoutError once the deadline has passed."""
@@ -523,46 +533,14 @@ def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
     return plan
 
 
-def check_free(folder: Path, plan: list[tuple[str, str]]) -> None:
-    """FileExistsError naming the first planned file already in `folder` (nothing fetched)."""
-    for _, name in plan:
-        if (folder / name).exists():
-            raise FileExistsError(errno.EEXIST, "the file exists", str(folder / name))
+def export_call(concept: ConceptRef) -> Call[None]:
+    """The export's call; its body is sent to a file as it arrives (`into`), never held."""
+    return Call("GET", f"/v1/concepts/{concept_id(concept)}/export", _nothing)
+
+
+def archive_name(concept: ConceptRef) -> str:
+    """The file name of a concept's export."""
+    return f"concept-{concept_id(concept)}.zip"
 
 
 CHUNK_BYTES = 1 << 20  # streamed downloads are written a MiB at a time
-
-
-def export_call(concept: ConceptRef, folder: str | Path) -> tuple[Call[Path], Path, Path]:
-    """The export's call, the partial file it streams into, and the archive's final path."""
-    ident = concept_id(concept)
-    target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / f"concept-{ident}.zip"
-    part = target / f".{path.name}.part"
-    return Call("GET", f"/v1/concepts/{ident}/export", lambda _: part), part, path
-
-
-def save(folder: Path, name: str, data: bytes, *, overwrite: bool = True) -> Path:
-    """Write the file whole (a temporary name, then renamed), so no half file is left. With
-    `overwrite` False an existing file raises FileExistsError and stays as it was."""
-    path = folder / name
-    part = folder / f".{name}.part"
-    part.write_bytes(data)
-    if overwrite:
-        part.replace(path)
-        return path
-    taken = FileExistsError(errno.EEXIST, "the file exists", str(path))
-    try:
-        os.link(part, path)  # fails, atomically, if the name is taken meanwhile
-    except FileExistsError:
-        part.unlink()
-        raise taken from None
-    except OSError:  # no hard links on this file system: check, then rename
-        if path.exists():
-            part.unlink()
-            raise taken from None
-        part.replace(path)
-    else:
-        part.unlink()
-    return path

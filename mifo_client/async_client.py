@@ -1,27 +1,34 @@
-"""The asynchronous client: `Client`'s methods as coroutines (and async iterators for the
-lists), over httpx.AsyncClient. Requests, parsing and retry decisions are `_core`'s."""
+"""The methods of the MIFO API over httpx, with retries. async_client.py is the one source of
+both clients: `AsyncClient`, and `Client` in client.py, which scripts/unasync_client.py writes
+from it. `_core` builds the calls and decides the retries; `_files` reads and writes the local
+files."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from mifo_client import _core
-from mifo_client._core import ConceptRef, FileInput, JobRef
+from mifo_client import _core, _files
+from mifo_client._core import ConceptRef, JobRef
+from mifo_client._files import FileInput
 from mifo_client.models import Concept, ConceptCreated, ConceptsPage, Job, JobsPage
 
 T = TypeVar("T")
 
 
 class AsyncClient(_core.Builder):
-    """`Client` for asyncio: the same arguments, defaults, retries and idempotency keys.
-    `on_progress` of `wait` may be a plain function or a coroutine function."""
+    """A MIFO service. `base_url` defaults to MIFO_API_URL (else http://127.0.0.1:8000),
+    `api_key` to MIFO_API_KEY (none is needed on a loopback `mifo serve`).
+
+    Every request is tried up to `retries` more times on a connection error, 429, 502, 503
+    and 504, waiting for Retry-After when the server sends one, else backing off
+    exponentially from `backoff` seconds. Every POST carries an Idempotency-Key, the same on
+    each try, so a retried POST never makes a second job."""
 
     def __init__(
         self,
@@ -55,11 +62,7 @@ class AsyncClient(_core.Builder):
         retry, attempt, unsure = self.settings.retry, 0, False
         while True:
             try:
-                args = call.request_args(self.settings.auth_headers())
-                if into is None:
-                    response = await self._http.request(**args)
-                else:
-                    response = await self._fetch(args, into)
+                response = await self._try(call, into)
             except httpx.TransportError as exc:
                 pause = retry.pause(attempt, None)
                 if pause is None:
@@ -76,8 +79,12 @@ class AsyncClient(_core.Builder):
             await asyncio.sleep(pause)
             attempt += 1
 
-    async def _fetch(self, args: dict[str, Any], into: Path) -> httpx.Response:
-        """The response, its body written to `into` when it succeeded, read otherwise."""
+    async def _try(self, call: _core.Call[Any], into: Path | None) -> httpx.Response:
+        """One try of `call`. With `into`, a successful body is written to that file as it
+        arrives (any other body is read, for its problem)."""
+        args = call.request_args(self.settings.auth_headers())
+        if into is None:
+            return await self._http.request(**args)
         async with self._http.stream(**args) as response:
             if response.is_success:
                 with into.open("wb") as out:
@@ -101,11 +108,12 @@ class AsyncClient(_core.Builder):
         idempotency_key: str | None = None,
         wait: float | None = None,
     ) -> ConceptCreated:
-        """See `Client.learn`."""
+        """Upload a scene and one mask per instance (paths, bytes or binary files) and queue
+        the learning job. `wait(created)` waits for it; `wait=N` (at most 60 s) has the
+        service answer once the job ends or after N seconds, whichever comes first."""
         return await self._send(
             self.learn_call(
-                image,
-                masks,
+                _files.uploads(image, masks),  # read once: every try sends the same bytes
                 names=names,
                 options=options,
                 webhook_url=webhook_url,
@@ -119,12 +127,14 @@ class AsyncClient(_core.Builder):
         return await self._send(self.concept_call(concept))
 
     async def delete_concept(self, concept: ConceptRef) -> None:
+        """Delete a concept, its files and its jobs (unfinished ones are canceled)."""
         await self._send(self.delete_concept_call(concept))
 
     async def concepts_page(self, limit: int = 20, offset: int = 0) -> ConceptsPage:
         return await self._send(self.concepts_call(limit, offset))
 
     def concepts(self, page_size: int = 100) -> AsyncIterator[Concept]:
+        """Every concept, newest first, page after page."""
         return self._pages(self.concepts_call(page_size, 0))
 
     # --- jobs ----------------------------------------------------------------------------
@@ -146,7 +156,10 @@ class AsyncClient(_core.Builder):
         idempotency_key: str | None = None,
         wait: float | None = None,
     ) -> Job:
-        """See `Client.synthesize`."""
+        """Queue a synthesis of a ready concept: `boxes` maps each token (`<asset0>`) or
+        instance name to [x0, y0, x1, y1] as image fractions. Unset options take the
+        server's defaults. `wait=N` (at most 60 s): the answer comes once the job ends (the
+        finished job) or after N seconds (the job as it is then)."""
         body = _core.synthesis_body(locals())
         return await self._send(self.synthesize_call(concept, body, idempotency_key, wait))
 
@@ -154,6 +167,7 @@ class AsyncClient(_core.Builder):
         return await self._send(self.job_call(job))
 
     async def cancel(self, job: JobRef) -> Job:
+        """Cancel a queued job at once, or ask a running one to stop at its next step."""
         return await self._send(self.cancel_call(job))
 
     async def jobs_page(
@@ -175,6 +189,7 @@ class AsyncClient(_core.Builder):
         concept: ConceptRef | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[Job]:
+        """Every job matching the filters, newest first, page after page."""
         return self._pages(self.jobs_call(status, kind, concept, page_size, 0))
 
     async def _pages(self, call: _core.Call[Any]) -> AsyncIterator[Any]:
@@ -192,70 +207,69 @@ class AsyncClient(_core.Builder):
         timeout: float | None = None,
         on_progress: Callable[[Job], object] | None = None,
     ) -> Job:
-        """See `Client.wait`."""
-        w = _core.Waiter(job, timeout, self.settings.poll_interval)
+        """The job once it has succeeded, failed or been canceled (check `job.status`).
+
+        Follows the job's event stream, calling `on_progress(job)` on every change of status
+        or progress (AsyncClient's may be a coroutine function too); polls every
+        `poll_interval` seconds if the stream fails. Raises WaitTimeoutError after `timeout`
+        seconds, NotFoundError if the job is deleted."""
+        w = _core.Waiter(job, timeout, self.settings.poll_interval, on_progress)
         with contextlib.suppress(httpx.TransportError, _core.StreamFailed):
-            done = await self._stream(w, on_progress)
+            done = await self._stream(w)
             if done is not None:
                 return done
         while True:
             found = await self.job(w.job_id)
-            await _report(w, found, on_progress)
+            await w.areport(found)
             if found.done:
                 return found
             await asyncio.sleep(w.pause())
 
-    async def _stream(
-        self, w: _core.Waiter, on_progress: Callable[[Job], object] | None
-    ) -> Job | None:
+    async def _stream(self, w: _core.Waiter) -> Job | None:
+        """The finished job from its event stream; None if the stream ended first."""
         timeout = w.stream_timeout(self.settings.timeout)
         headers = self.settings.auth_headers()
         async with self._http.stream("GET", w.events_url, headers=headers, timeout=timeout) as r:
-            if r.status_code in (401, 403, 404):
+            if not _core.is_event_stream(r):
                 await r.aread()
-            w.opened(r)
+                raise _core.stream_refusal(r)
             async for line in r.aiter_lines():
                 found = w.feed(line)
-                if found is None:
-                    continue
-                await _report(w, found, on_progress)
-                if found.done:
-                    return found
-        return None
+                if found is not None:
+                    await w.areport(found)
+                    if found.done:
+                        return found
+        return None  # the stream ended early: poll
 
     # --- files ---------------------------------------------------------------------------
 
     async def download(
         self, job: JobRef, folder: str | Path, *, previews: bool = False, overwrite: bool = True
     ) -> list[Path]:
-        """See `Client.download`."""
-        plan = _core.download_plan(await self.job(job), previews)
-        target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
+        """Save the files of a succeeded job into `folder`: a synthesis' images
+        (`<job id>_image_00.png`, ..., and `<job id>_preview_00.png` with `previews`), a
+        learning job's attention maps (`<job id>_attention_00.png`, one per token). With
+        `overwrite=False` a file of that name already there raises FileExistsError, before
+        anything is fetched."""
+        plan = _core.download_plan(await self.job(job), previews)  # fresh links
+        target = _files.folder(folder)
         if not overwrite:
-            _core.check_free(target, plan)
+            _files.check_free(target, [name for _, name in plan])
         saved = []
         for url, name in plan:
             data = await self._send(self.file_call(url))
-            saved.append(_core.save(target, name, data, overwrite=overwrite))
+            saved.append(_files.save(target, name, data, overwrite=overwrite))
         return saved
 
     async def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
-        """See `Client.export_concept`."""
-        call, part, path = _core.export_call(concept, folder)
-        try:
-            await self._send(call, into=part)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        return part.replace(path)
+        """Save a ready concept's export as `concept-<id>.zip` in `folder`: files plain
+        diffusers loads (textual inversion, LoRA or full weights) and a README.md with the
+        code (GET /v1/concepts/{id}/export; 409 while the concept is not ready)."""
+        path = _files.folder(folder) / _core.archive_name(concept)
+        with _files.replacing(path) as part:  # streamed to disk: an archive may be gigabytes
+            await self._send(_core.export_call(concept), into=part)
+        return path
 
     async def webhook_secret(self) -> str:
+        """The secret this tenant's webhooks are signed with (for `verify_webhook`)."""
         return await self._send(self.webhook_secret_call())
-
-
-async def _report(w: _core.Waiter, job: Job, on_progress: Callable[[Job], object] | None) -> None:
-    if w.changed(job) and on_progress is not None:
-        result = on_progress(job)
-        if inspect.isawaitable(result):
-            await result

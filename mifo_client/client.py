@@ -1,5 +1,9 @@
-"""The synchronous client. Requests, parsing and retry decisions are `_core`'s; this module
-only sends them with httpx.Client and sleeps between tries."""
+# Generated from mifo_client/async_client.py by scripts/unasync_client.py: do not edit.
+# Edit async_client.py, then regenerate: python scripts/unasync_client.py
+"""The methods of the MIFO API over httpx, with retries. async_client.py is the one source of
+both clients: `AsyncClient`, and `Client` in client.py, which scripts/unasync_client.py writes
+from it. `_core` builds the calls and decides the retries; `_files` reads and writes the local
+files."""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from mifo_client import _core
-from mifo_client._core import ConceptRef, FileInput, JobRef
+from mifo_client import _core, _files
+from mifo_client._core import ConceptRef, JobRef
+from mifo_client._files import FileInput
 from mifo_client.models import Concept, ConceptCreated, ConceptsPage, Job, JobsPage
 
 T = TypeVar("T")
@@ -59,8 +64,7 @@ class Client(_core.Builder):
         retry, attempt, unsure = self.settings.retry, 0, False
         while True:
             try:
-                args = call.request_args(self.settings.auth_headers())
-                response = self._http.request(**args) if into is None else self._fetch(args, into)
+                response = self._try(call, into)
             except httpx.TransportError as exc:
                 pause = retry.pause(attempt, None)
                 if pause is None:
@@ -77,8 +81,12 @@ class Client(_core.Builder):
             time.sleep(pause)
             attempt += 1
 
-    def _fetch(self, args: dict[str, Any], into: Path) -> httpx.Response:
-        """The response, its body written to `into` when it succeeded, read otherwise."""
+    def _try(self, call: _core.Call[Any], into: Path | None) -> httpx.Response:
+        """One try of `call`. With `into`, a successful body is written to that file as it
+        arrives (any other body is read, for its problem)."""
+        args = call.request_args(self.settings.auth_headers())
+        if into is None:
+            return self._http.request(**args)
         with self._http.stream(**args) as response:
             if response.is_success:
                 with into.open("wb") as out:
@@ -107,8 +115,7 @@ class Client(_core.Builder):
         service answer once the job ends or after N seconds, whichever comes first."""
         return self._send(
             self.learn_call(
-                image,
-                masks,
+                _files.uploads(image, masks),  # read once: every try sends the same bytes
                 names=names,
                 options=options,
                 webhook_url=webhook_url,
@@ -189,10 +196,12 @@ class Client(_core.Builder):
 
     def _pages(self, call: _core.Call[Any]) -> Iterator[Any]:
         page = self._send(call)
-        yield from page.data
+        for item in page.data:
+            yield item
         while page.next:
             page = self._send(call.follow(page.next))
-            yield from page.data
+            for item in page.data:
+                yield item
 
     def wait(
         self,
@@ -203,34 +212,35 @@ class Client(_core.Builder):
         """The job once it has succeeded, failed or been canceled (check `job.status`).
 
         Follows the job's event stream, calling `on_progress(job)` on every change of status
-        or progress; polls every `poll_interval` seconds if the stream fails. Raises
-        WaitTimeoutError after `timeout` seconds, NotFoundError if the job is deleted."""
-        w = _core.Waiter(job, timeout, self.settings.poll_interval)
+        or progress (AsyncClient's may be a coroutine function too); polls every
+        `poll_interval` seconds if the stream fails. Raises WaitTimeoutError after `timeout`
+        seconds, NotFoundError if the job is deleted."""
+        w = _core.Waiter(job, timeout, self.settings.poll_interval, on_progress)
         with contextlib.suppress(httpx.TransportError, _core.StreamFailed):
-            done = self._stream(w, on_progress)
+            done = self._stream(w)
             if done is not None:
                 return done
         while True:
             found = self.job(w.job_id)
-            if w.changed(found) and on_progress is not None:
-                on_progress(found)
+            w.report(found)
             if found.done:
                 return found
             time.sleep(w.pause())
 
-    def _stream(self, w: _core.Waiter, on_progress: Callable[[Job], object] | None) -> Job | None:
+    def _stream(self, w: _core.Waiter) -> Job | None:
+        """The finished job from its event stream; None if the stream ended first."""
         timeout = w.stream_timeout(self.settings.timeout)
         headers = self.settings.auth_headers()
         with self._http.stream("GET", w.events_url, headers=headers, timeout=timeout) as r:
-            w.opened(r)
+            if not _core.is_event_stream(r):
+                r.read()
+                raise _core.stream_refusal(r)
             for line in r.iter_lines():
                 found = w.feed(line)
-                if found is None:
-                    continue
-                if w.changed(found) and on_progress is not None:
-                    on_progress(found)
-                if found.done:
-                    return found
+                if found is not None:
+                    w.report(found)
+                    if found.done:
+                        return found
         return None  # the stream ended early: poll
 
     # --- files ---------------------------------------------------------------------------
@@ -244,26 +254,23 @@ class Client(_core.Builder):
         `overwrite=False` a file of that name already there raises FileExistsError, before
         anything is fetched."""
         plan = _core.download_plan(self.job(job), previews)  # fresh links
-        target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
+        target = _files.folder(folder)
         if not overwrite:
-            _core.check_free(target, plan)
-        return [
-            _core.save(target, name, self._send(self.file_call(url)), overwrite=overwrite)
-            for url, name in plan
-        ]
+            _files.check_free(target, [name for _, name in plan])
+        saved = []
+        for url, name in plan:
+            data = self._send(self.file_call(url))
+            saved.append(_files.save(target, name, data, overwrite=overwrite))
+        return saved
 
     def export_concept(self, concept: ConceptRef, folder: str | Path) -> Path:
         """Save a ready concept's export as `concept-<id>.zip` in `folder`: files plain
         diffusers loads (textual inversion, LoRA or full weights) and a README.md with the
         code (GET /v1/concepts/{id}/export; 409 while the concept is not ready)."""
-        call, part, path = _core.export_call(concept, folder)
-        try:
-            self._send(call, into=part)  # streamed to disk: an archive may be gigabytes
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        return part.replace(path)
+        path = _files.folder(folder) / _core.archive_name(concept)
+        with _files.replacing(path) as part:  # streamed to disk: an archive may be gigabytes
+            self._send(_core.export_call(concept), into=part)
+        return path
 
     def webhook_secret(self) -> str:
         """The secret this tenant's webhooks are signed with (for `verify_webhook`)."""

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("api", "core", "worker", "mifo_engine", "mifo_cli")
+PACKAGES = ("api", "core", "worker", "mifo_engine", "mifo_cli", "mifo_client")
 MAX_FUNCTION = 60
 MAX_ROUTE = 40
 

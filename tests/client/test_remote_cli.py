@@ -4,7 +4,9 @@ overwrite, listings, cancel, Ctrl-C, problems and exit codes, the environment, a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import http.server
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +196,15 @@ def _until_running(service: str, job_id: str) -> None:
         time.sleep(0.5)
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """In the child before it starts: SIGINT's default action, whatever this process got.
+
+    A test run started in the background by a shell without job control (`make test &` in
+    a script, some CI runners) ignores SIGINT, and children inherit that. Python then
+    installs no KeyboardInterrupt handler, so the signal would never reach the wait."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_a_wait(service: str, job_id: str) -> tuple[int, str]:
     """`mifo remote wait JOB`, Ctrl-C once it reported progress: (exit code, stderr)."""
     proc = subprocess.Popen(
@@ -203,6 +215,7 @@ def _interrupt_a_wait(service: str, job_id: str) -> tuple[int, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the first progress line: it is waiting now
@@ -246,6 +259,68 @@ def test_cancel_a_queued_and_a_running_job_and_ctrl_c_leaves_a_wait(
     finally:
         for job in (running, queued):
             mifo("cancel", job, "--api", service)
+
+
+class _RunningJob(http.server.BaseHTTPRequestHandler):
+    """A service whose one job runs on: its event stream sends the job, then keep-alives."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = json.dumps(_job_running()).encode()
+        if not self.path.endswith("/events"):
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the wait went away
+            self.wfile.write(b"event: status\ndata: " + body + b"\nid: 1\n\n")
+            for _ in range(600):
+                self.wfile.flush()
+                time.sleep(0.1)
+                self.wfile.write(b": ping\n\n")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return None
+
+
+def _job_running() -> dict[str, Any]:
+    progress = {"phase": "phase1", "step": 1, "total": 2000, "fraction": 0.0, "eta_seconds": None}
+    return {"id": STUB_JOB, "kind": "learn", "status": "running", "progress": progress}
+
+
+STUB_JOB = "6c625c37-0c76-409e-b740-57e35397a075"
+
+
+@pytest.fixture
+def running_job_service() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RunningJob)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ctrl_c_leaves_a_wait_even_when_the_test_run_ignores_sigint(
+    running_job_service: str,
+) -> None:
+    """The cause of a once-failed Ctrl-C test: run from a shell that ignores SIGINT, the test
+    started a `mifo remote wait` that ignored it too, and it printed progress until killed."""
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background shell leaves it
+    try:
+        rc, err = _interrupt_a_wait(running_job_service, STUB_JOB)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert rc == 130, err
+    assert err.startswith(f"job {STUB_JOB[:8]} running phase1 1/2000"), err
+    assert f"stopped waiting; job {STUB_JOB} keeps running at the service" in err
 
 
 def test_concepts_list_get_and_delete(
@@ -385,7 +460,7 @@ def test_saving_without_overwrite_keeps_the_file_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
 ) -> None:
     """What `--out` relies on, with and without hard links on the file system."""
-    from mifo_client import _core
+    from mifo_client import _files
 
     if not hard_links:
 
@@ -393,13 +468,13 @@ def test_saving_without_overwrite_keeps_the_file_there(
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr(os, "link", refuse)
-    assert _core.save(tmp_path, "a.png", b"first", overwrite=False) == tmp_path / "a.png"
+    assert _files.save(tmp_path, "a.png", b"first", overwrite=False) == tmp_path / "a.png"
     with pytest.raises(FileExistsError) as taken:
-        _core.save(tmp_path, "a.png", b"second", overwrite=False)
+        _files.save(tmp_path, "a.png", b"second", overwrite=False)
     assert taken.value.filename == str(tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no part file left
-    _core.save(tmp_path, "a.png", b"third")  # the default replaces, as before
+    _files.save(tmp_path, "a.png", b"third")  # the default replaces, as before
     assert (tmp_path / "a.png").read_bytes() == b"third"
 
 

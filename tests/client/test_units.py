@@ -1,19 +1,23 @@
 """The client's logic without a server (httpx.MockTransport): retries and their pauses,
-idempotency keys, problems, configuration, the event stream parser, the polling fallback."""
+idempotency keys, problems, configuration, the event stream parser, the polling fallback,
+an interrupt during a wait."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 
 from mifo_client import (
+    AsyncClient,
     Client,
     InvalidRequestError,
+    Job,
     JobNotSucceededError,
     MifoConnectionError,
     NotFoundError,
@@ -323,3 +327,85 @@ def test_wait_gives_up_at_its_timeout_and_raises_for_a_deleted_job() -> None:
     deleted = client(lambda r: httpx.Response(200, content=body, headers=headers))
     with deleted as c, pytest.raises(NotFoundError):
         c.wait(JOB_ID)
+
+
+class Interrupted(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """An event stream that sends `body`, then raises `interrupt` where the next read would
+    wait: Ctrl-C (or a cancelled task) in the middle of a wait."""
+
+    def __init__(self, body: bytes, interrupt: BaseException) -> None:
+        self.body, self.interrupt = body, interrupt
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        raise self.interrupt
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+        raise self.interrupt
+
+
+def interrupted_stream(interrupt: BaseException, polls: list[str]) -> httpx.MockTransport:
+    """The job's stream breaks off with `interrupt`; a poll, which must not come, is noted."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            headers = {"content-type": "text/event-stream"}
+            broken = Interrupted(stream(("status", job("running"))), interrupt)
+            return httpx.Response(200, stream=broken, headers=headers)
+        polls.append(request.url.path)
+        return httpx.Response(200, json=job("running"))
+
+    return httpx.MockTransport(handler)
+
+
+def test_ctrl_c_in_the_event_stream_leaves_wait_and_is_no_reason_to_poll() -> None:
+    polls: list[str] = []
+    reported: list[str] = []
+    transport = interrupted_stream(KeyboardInterrupt(), polls)
+    client = Client("http://mifo.test", transport=transport, poll_interval=0.01)
+    with client as c, pytest.raises(KeyboardInterrupt):
+        c.wait(JOB_ID, timeout=5, on_progress=lambda j: reported.append(j.status))
+    assert reported == ["running"] and polls == []
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), asyncio.CancelledError()])
+def test_the_async_wait_leaves_on_ctrl_c_or_cancellation_too(interrupt: BaseException) -> None:
+    """asyncio.run turns Ctrl-C into the main task's cancellation: neither may end in polls."""
+    polls: list[str] = []
+
+    async def run() -> None:
+        transport = interrupted_stream(interrupt, polls)
+        async with AsyncClient("http://mifo.test", transport=transport, poll_interval=0.01) as c:
+            await c.wait(JOB_ID, timeout=5)
+
+    with pytest.raises(type(interrupt)):
+        asyncio.run(run())
+    assert polls == []
+
+
+def test_the_async_client_follows_the_stream_with_a_coroutine_and_raises_its_refusal() -> None:
+    body = stream(("status", job("running", 0.5)), ("status", job("succeeded", 1.0)))
+    reported: list[float | None] = []
+
+    async def report(found: Job) -> None:
+        await asyncio.sleep(0)
+        reported.append(found.progress.fraction)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        raise AssertionError(f"no poll expected: {request.url}")
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        return problem(404, "not_found")  # the stream's refusal is the one polling would meet
+
+    async def run() -> Job:
+        async with AsyncClient("http://mifo.test", transport=httpx.MockTransport(handler)) as c:
+            done = await c.wait(JOB_ID, on_progress=report)
+        async with AsyncClient("http://mifo.test", transport=httpx.MockTransport(refused)) as c:
+            with pytest.raises(NotFoundError):
+                await c.wait(JOB_ID)
+        return done
+
+    assert asyncio.run(run()).succeeded and reported == [0.5, 1.0]
