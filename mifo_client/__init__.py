@@ -18,6 +18,7 @@ from mifo_client.errors import (
     GoneError,
     InvalidRequestError,
     JobNotSucceededError,
+    MethodNotAllowedError,
     MifoConnectionError,
     MifoError,
     NotFoundError,
@@ -26,6 +27,7 @@ from mifo_client.errors import (
     RateLimitedError,
     ServerError,
     ServiceUnavailableError,
+    UnsupportedMediaTypeError,
     WaitTimeoutError,
 )
 from mifo_client.models import (
@@ -59,6 +61,7 @@ __all__ = [
     "JobNotSucceededError",
     "JobResult",
     "JobsPage",
+    "MethodNotAllowedError",
     "MifoConnectionError",
     "MifoError",
     "NotFoundError",
@@ -69,6 +72,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "Token",
+    "UnsupportedMediaTypeError",
     "WaitTimeoutError",
     "WebhookVerificationError",
     "verify_webhook",

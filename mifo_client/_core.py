@@ -261,7 +261,7 @@ def problem(response: httpx.Response) -> errors.MifoError:
     if not isinstance(body, dict):
         body = {"detail": response.text[:500] or response.reason_phrase}
     status = response.status_code
-    return errors.error_class(status)(
+    return errors.error_class(status, body.get("type"))(
         str(body.get("detail") or body.get("title") or response.reason_phrase),
         type=body.get("type"),
         status=status,

@@ -409,3 +409,17 @@ def test_the_async_client_follows_the_stream_with_a_coroutine_and_raises_its_ref
         return done
 
     assert asyncio.run(run()).succeeded and reported == [0.5, 1.0]
+
+
+def test_every_problem_type_of_the_service_raises_one_class_of_its_status() -> None:
+    """The client's table of problem types is the service's catalogue (core/problems.py)."""
+    from core.problems import TYPES
+    from mifo_client import errors
+
+    assert set(errors.BY_TYPE) == {t.code for t in TYPES}
+    for t in TYPES:
+        if t.status is not None:
+            assert errors.BY_TYPE[t.code] is errors.error_class(t.status), t.code
+    # The type decides where the service gave one, whatever the status.
+    assert errors.error_class(500, "/problems/rate_limited") is errors.RateLimitedError
+    assert errors.error_class(418, "/problems/no_such_type") is errors.MifoError
