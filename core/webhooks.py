@@ -21,13 +21,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import clock
 from core.models import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
 from core.problems import Problem
 from core.settings import Settings
@@ -158,6 +158,7 @@ def emit(session: Session, job_id: uuid.UUID, event: str) -> bool:
             tenant_id=job.tenant_id,
             event=f"job.{event}",
             url=job.webhook_url,
+            next_attempt_at=clock.now(session),  # due at once, on the database's clock
             payload={
                 "type": f"job.{event}",
                 "timestamp": utcnow().isoformat(),
@@ -169,14 +170,14 @@ def emit(session: Session, job_id: uuid.UUID, event: str) -> bool:
 
 
 def _lease(session: Session, settings: Settings, limit: int) -> list[uuid.UUID]:
-    now = utcnow()
+    now = clock.now(session)  # one clock for emitters and senders on every host
     due = session.execute(
         select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
         .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
     ).all()
-    until = now + timedelta(seconds=settings.webhook_timeout_seconds * 3 + 5)
+    until = clock.after(session, settings.webhook_timeout_seconds * 3 + 5)
     leased = []
     for delivery_id, when in due:
         won = session.execute(
@@ -245,7 +246,7 @@ def dispatch_due(sessions: sessionmaker[Session], settings: Settings, http: Any)
                 delivery.status = "delivered"
             elif retry and delivery.attempts < settings.webhook_max_attempts:
                 wait = settings.webhook_backoff_seconds * 2 ** (delivery.attempts - 1)
-                delivery.next_attempt_at = utcnow() + timedelta(seconds=wait)
+                delivery.next_attempt_at = clock.after(session, wait)
             else:
                 delivery.status = "failed"
                 log.warning("webhook %s for job %s failed: %s", delivery.id, delivery.job_id, error)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from core import jobs
 from core.db import session_scope
 from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
 
 Plan = Sequence[tuple[str, int]]  # the phases of a job, in order, with their step counts
 
@@ -76,6 +81,26 @@ class ProgressReporter:
         fraction = self.fraction(phase, step, total)
         elapsed = now - self.started
         eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
+        try:
+            self._write(phase, step, total, fraction, eta, _losses(progress), notify)
+        except OperationalError as exc:  # the run goes on; its lease is the heartbeat's
+            log.warning(
+                "job %s: progress not recorded (database unavailable): %s", self.job_id, exc
+            )
+            return self.keep_going
+        self.ctx.publisher.publish(self.job_id)
+        return self.keep_going
+
+    def _write(
+        self,
+        phase: str,
+        step: int,
+        total: int,
+        fraction: float,
+        eta: float | None,
+        losses: dict[str, float],
+        notify: bool,
+    ) -> None:
         with session_scope(self.ctx.sessions) as session:
             self.keep_going = jobs.record_progress(
                 session,
@@ -85,12 +110,10 @@ class ProgressReporter:
                 total=total,
                 fraction=fraction,
                 eta_seconds=eta,
-                losses=_losses(progress),
+                losses=losses,
                 attempt=self.attempt,
                 notify=notify,
             )
-        self.ctx.publisher.publish(self.job_id)
-        return self.keep_going
 
     def fraction(self, phase: str, step: int, total: int) -> float:
         names = [name for name, _ in self.plan]

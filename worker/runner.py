@@ -206,6 +206,9 @@ def _run(
         outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
     except MifoError as exc:
         outcome = _record(ctx, claimed, "failed", error=(exc.code, str(exc)))
+    except OperationalError as exc:  # not the job's fault, and nothing can be recorded now
+        log.error("job %s: database unavailable; left to its lease: %s", job_id, exc)
+        return "interrupted"  # the lease lapses and the job runs again as a new attempt
     except StorageError as exc:
         log.error("job %s: storage failed: %s", job_id, exc)
         outcome = _record(ctx, claimed, "failed", error=("storage_error", str(exc)))

@@ -193,3 +193,30 @@ def test_the_steps_loss_terms_are_written_with_the_progress(
     assert ctx.writes[-1]["losses"] == {"rec": 0.5, "prior": 0.125}  # JSON has no NaN
     reporter(SimpleNamespace(phase="diagnostics", step=6, total=6))
     assert ctx.writes[-1]["losses"] == {}
+
+
+def test_a_progress_write_the_database_cannot_take_does_not_stop_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stalled or unreachable database fails the write, not the job: the run goes on, its
+    lease is the heartbeat's, and the next write goes through once the database answers."""
+    from sqlalchemy.exc import OperationalError
+
+    import worker.progress as progress
+
+    reporter, ctx = _reporter((), [0.0], monkeypatch)
+    answers = [OperationalError("UPDATE jobs", {}, Exception("no answer")), None]
+
+    def record(session: Any, **kw: Any) -> bool:
+        failure = answers.pop(0)
+        if failure is not None:
+            raise failure
+        ctx.writes.append(kw)
+        return True
+
+    monkeypatch.setattr(progress.jobs, "record_progress", record)
+    assert reporter(SimpleNamespace(phase="p", step=1, total=4)) is True
+    assert ctx.writes == []
+    reporter.last_write = -10.0  # due again
+    assert reporter(SimpleNamespace(phase="p", step=2, total=4)) is True
+    assert [w["step"] for w in ctx.writes] == [2]
