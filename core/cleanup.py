@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.models import StorageCleanup, utcnow
+from core import clock
+from core.models import StorageCleanup
 from core.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# How long files may stay stored ahead of the commit of the row they belong to: far longer
+# than any request takes between storing its inputs and committing.
+PENDING_SECONDS = 3600.0
 
 
 def remove(storage: Storage, sessions: sessionmaker[Session], prefix: str, what: str) -> bool:
@@ -54,18 +58,42 @@ def defer(session: Session, prefix: str, error: str) -> None:
         session.rollback()
 
 
+def pending(sessions: sessionmaker[Session], prefix: str) -> None:
+    """Record `prefix` for removal PENDING_SECONDS from now, committed on its own before any
+    file is stored there: a process that dies before committing the row the files belong to
+    leaves the record, and the maintenance duty removes the files; the transaction that
+    commits the row drops the record (`settle`)."""
+    with sessions() as session:
+        session.add(
+            StorageCleanup(
+                prefix=prefix,
+                last_error="stored ahead of its row's commit",
+                updated_at=clock.after(session, PENDING_SECONDS),
+            )
+        )
+        session.commit()
+
+
+def settle(session: Session, prefix: str) -> None:
+    """The files under `prefix` now belong to a row committed with this transaction."""
+    session.execute(delete(StorageCleanup).where(StorageCleanup.prefix == prefix))
+
+
 def retry(session: Session, storage: Storage) -> int:
-    """Try the recorded prefixes again; how many are gone now."""
+    """Try the recorded prefixes that are due again; how many are gone now."""
     done = 0
     for row in session.scalars(
-        select(StorageCleanup).order_by(StorageCleanup.updated_at).limit(BATCH)
+        select(StorageCleanup)
+        .where(StorageCleanup.updated_at <= clock.now(session))
+        .order_by(StorageCleanup.updated_at)
+        .limit(BATCH)
     ).all():
         try:
             storage.delete_prefix(row.prefix)
         except StorageError as exc:
             row.attempts += 1
             row.last_error = str(exc)[:2000]
-            row.updated_at = utcnow()
+            row.updated_at = clock.now(session)
             session.commit()
             continue
         session.delete(row)

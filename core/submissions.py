@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, clock, images, jobs, webhooks
 from core.db import retry_conflicts
-from core.models import Artifact, Concept, Job, Tenant
+from core.models import Artifact, Concept, Job, Tenant, concept_prefix
 from core.problems import Problem, not_found, unavailable
 from core.queue import Broker
 from core.settings import Settings
@@ -93,11 +93,14 @@ def learn(
     """Store the inputs, create the concept and its learning job, send it; the job's id."""
 
     def accept() -> tuple[uuid.UUID, uuid.UUID]:
+        # 0. Files stored ahead of the commit are removed later unless the commit happens.
+        concept_id = uuid.uuid4()
+        cleanup.pending(ctx.sessions, concept_prefix(concept_id))
         # 1. Capacity, counted under the tenant's lock until the commit.
         with ctx.creating_job():
             check_capacity(session, tenant_id, ctx.settings)
             # 2. The concept and its job, with the idempotency key in the same transaction.
-            concept = _new_concept(session, ctx.settings, tenant_id, inputs)
+            concept = _new_concept(session, ctx.settings, tenant_id, inputs, concept_id)
             job = jobs.create_job(
                 session,
                 tenant_id=tenant_id,
@@ -112,6 +115,7 @@ def learn(
             try:
                 _store_inputs(session, ctx.storage, concept, inputs)
                 job.updated_at = clock.now(session)  # the reconciler's re-send grace starts now
+                cleanup.settle(session, concept.prefix)
                 session.commit()
             except Exception as exc:
                 session.rollback()
@@ -253,10 +257,14 @@ def cancel(session: Session, ctx: Context, *, job: Job, attach: Attach) -> None:
 
 
 def _new_concept(
-    session: Session, settings: Settings, tenant_id: uuid.UUID, inputs: LearnInputs
+    session: Session,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    inputs: LearnInputs,
+    concept_id: uuid.UUID,
 ) -> Concept:
     concept = Concept(
-        id=uuid.uuid4(),
+        id=concept_id,
         tenant_id=tenant_id,
         status="pending",
         base_model=settings.base_model,

@@ -133,16 +133,20 @@ def duties() -> Duties:
         return _duties
 
 
-@celery_app.task(name=TASK_RECONCILE)
+# The duties are acknowledged on receipt, in the consumer: beat sends each again on its next
+# period, so one lost with its worker is harmless, while an acknowledgement sent late from a
+# pool thread on a channel that a broker restart replaced stopped the control worker
+# (AttributeError in kombu's Redis transport, seen in the chaos soak).
+@celery_app.task(name=TASK_RECONCILE, acks_late=False)
 def reconcile() -> dict[str, int]:
     return duties().reconcile()
 
 
-@celery_app.task(name=TASK_WEBHOOKS)
+@celery_app.task(name=TASK_WEBHOOKS, acks_late=False)
 def webhooks() -> int:
     return duties().webhooks()
 
 
-@celery_app.task(name=TASK_MAINTENANCE)
+@celery_app.task(name=TASK_MAINTENANCE, acks_late=False)
 def maintenance() -> dict[str, int]:
     return duties().maintenance()

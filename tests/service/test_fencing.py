@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -15,7 +16,7 @@ from core.retention import sweep_superseded
 from core.settings import Settings
 from core.storage import LocalStorage, storage_from_settings
 
-from .factories import LEASE, lose_worker, make_concept, make_job
+from .factories import LEASE, lose_worker, make_concept, make_job, scene
 
 OUT = "concepts/c/syntheses/j/"
 
@@ -98,3 +99,36 @@ def test_the_sweep_looks_back_one_window_only(session: Session, storage: LocalSt
     session.commit()
     storage.put(f"{_output(session, old)}attempt-1/image_00.png", b"x")
     assert sweep_superseded(session, storage) == 0
+
+
+def test_inputs_stored_ahead_of_a_commit_that_never_came_are_removed_later(
+    session: Session, storage: LocalStorage, settings: Settings
+) -> None:
+    """An API process killed between storing a concept's inputs and committing its row:
+    the record made before the files were stored outlives it, and maintenance removes them
+    once it is due (never before: the commit may still be on its way)."""
+    from core import cleanup
+    from core.db import make_engine, make_sessionmaker
+    from core.models import StorageCleanup
+
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    cleanup.pending(sessions, "concepts/gone/")
+    storage.put("concepts/gone/inputs/image.png", b"x")
+    assert cleanup.retry(session, storage) == 0  # not due yet
+    assert storage.keys("concepts/gone/") == ["concepts/gone/inputs/image.png"]
+    session.execute(update(StorageCleanup).values(updated_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    assert cleanup.retry(session, storage) == 1
+    assert storage.keys("concepts/gone/") == []
+
+
+def test_a_committed_concept_keeps_its_inputs(client: TestClient, session: Session) -> None:
+    from sqlalchemy import func, select
+
+    from core.models import StorageCleanup
+
+    image, masks = scene()
+    files = [("image", ("s.png", image, "image/png"))]
+    files += [("masks", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    assert client.post("/v1/concepts", files=files).status_code == 202
+    assert session.scalar(select(func.count()).select_from(StorageCleanup)) == 0
