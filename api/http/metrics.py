@@ -29,6 +29,9 @@ class JobCollector:
             counts: dict[tuple[str, str], int] = {(k, str(s)): 0 for k in KINDS for s in STATUSES}
             counts.update({(k, s): n for k, s, n in count_by_kind_status(session)})
             durations = self._durations(session)
+            lost = dict(
+                session.execute(select(Job.kind, func.sum(Job.losses)).group_by(Job.kind)).all()
+            )
         jobs = GaugeMetricFamily("mifo_jobs", "Jobs by kind and status.", labels=["kind", "status"])
         for (kind, status), n in sorted(counts.items()):
             jobs.add_metric([kind, status], n)
@@ -42,6 +45,15 @@ class JobCollector:
             if waiting is not None:
                 depth.add_metric([queue], waiting)
         yield depth
+
+        losses = GaugeMetricFamily(
+            "mifo_job_lost_runs",
+            "Runs whose worker was lost (their lease lapsed), summed over the jobs on record.",
+            labels=["kind"],
+        )
+        for kind in KINDS:
+            losses.add_metric([kind], int(lost.get(kind) or 0))
+        yield losses
 
         hist = HistogramMetricFamily(
             "mifo_job_duration_seconds",

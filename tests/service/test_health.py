@@ -13,7 +13,7 @@ from api.main import create_app
 from core import jobs
 from core.settings import Settings
 
-from .factories import LEASE, make_concept, make_job
+from .factories import LEASE, lose_worker, make_concept, make_job
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -105,9 +105,13 @@ def test_metrics_count_jobs_and_durations(client: TestClient, session: Session) 
     make_job(session, concept)
     job = make_job(session, concept, kind="synthesize")
     jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+    lose_worker(session, job.id)  # its first run lost its worker: one lost run
+    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
     jobs.finish(session, job_id=job.id, status="succeeded", result={})
     session.commit()
     text = client.get("/metrics").text
+    assert 'mifo_job_lost_runs{kind="synthesize"} 1.0' in text
+    assert 'mifo_job_lost_runs{kind="learn"} 0.0' in text
     assert 'mifo_jobs{kind="learn",status="queued"} 1.0' in text
     assert 'mifo_jobs{kind="synthesize",status="succeeded"} 1.0' in text
     assert 'mifo_queue_depth{queue="learn"}' in text
