@@ -16,7 +16,7 @@ none was unexpected, none had two results and no object was orphaned.
 Needs PostgreSQL on 127.0.0.1:5432 (trust auth; MIFO_TEST_PG_ADMIN names the admin URL as
 for the tests), `redis-server` and `faketime` on the PATH; runs the `tiny` model on the CPU.
 The faults are bench/chaos_faults.py's; `run_soak(SoakConfig(...))` is the entry point the
-short soak in tests/service/test_chaos.py calls.
+short soak in tests/bench/test_chaos.py calls.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ def probe(data_dir: str) -> list[str]:
     from core.duties import Duties
     from core.models import Concept
     from core.settings import Settings
+    from tests.helpers.factories import concept_meta
     from tests.helpers.images import encode, make_scene
-    from tests.service.factories import concept_meta
 
     mifo_cli.build_parser()  # every command registered, as `mifo beat` / `mifo worker` do
     settings = Settings(data_dir=data_dir, broker_url="memory://", base_model="tiny", embedded=True)

@@ -1,5 +1,5 @@
 """The console in a real browser: Debian's chromium driven by Playwright, against a real
-`mifo serve --base-model tiny` (tests/client/conftest.py's `serve`).
+`mifo serve --base-model tiny` (tests/helpers/serve.py).
 
 Without chromium (or Playwright) the tests skip, saying why; under CI (CI=true) they fail.
 Screenshots go to $MIFO_SCREENSHOTS, default out/screenshots/ (git-ignored)."""
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.client.conftest import ROOT, serve
+from tests.helpers.serve import ROOT, serve
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # The scene: two boxes of one colour family on grey; fractions of its side.

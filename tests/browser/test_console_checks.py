@@ -351,7 +351,7 @@ def test_leakage_warning_and_boxes_by_mouse(page: Any, open_service: str) -> Non
     # Side by side, each name where the frame's labels do not cover one another.
     placed = page.evaluate(
         """async () => {
-          const { placeLabels } = await import('./js/boxes.js');
+          const { placeLabels } = await import('./js/box-geometry.js');
           const c = document.querySelector('#box-canvas');
           const ctx = c.getContext('2d');
           const W = c.width, H = c.height, lh = 18;

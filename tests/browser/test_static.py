@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.console import STATIC
-from tests.client.conftest import ROOT
+from tests.helpers.serve import ROOT
 
 FILES = sorted(p for p in STATIC.rglob("*") if p.is_file())
 # src=, href= and ES-module imports: the references a page loads by itself.

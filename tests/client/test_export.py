@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 
 from mifo_client import AsyncClient, Client, ConceptCreated, ConflictError, NotFoundError
-
-from .conftest import BOXES, PROMPT, QUICK, serve
+from tests.helpers.serve import BOXES, PROMPT, QUICK, serve
 
 pytestmark = pytest.mark.slow
 WAIT = 600  # seconds: generous, for a loaded 2-core machine

@@ -21,8 +21,7 @@ from mifo_client import (
     MifoError,
     NotFoundError,
 )
-
-from .conftest import BOXES, PROMPT, QUICK
+from tests.helpers.serve import BOXES, PROMPT, QUICK
 
 pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"

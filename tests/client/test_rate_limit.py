@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from mifo_client import Client, RateLimitedError
-
-from .conftest import serve
+from tests.helpers.serve import serve
 
 pytestmark = pytest.mark.slow
 
