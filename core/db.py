@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
 
 
+class _QuietSchemaCheck(logging.Filter):
+    """Alembic logs which dialect it found each time a migration context opens: on every
+    readiness probe's schema check, two lines that say nothing new."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl ", "Will assume "))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_QuietSchemaCheck())
+
+
 class NotMigrated(RuntimeError):
     """The database schema is not at the revision this code expects."""
 

@@ -8,6 +8,7 @@ reconciler (core.reconcile) rings again for a job whose message may have been lo
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -15,6 +16,18 @@ from celery import Celery
 from kombu import Queue
 
 from core.settings import Settings
+
+
+class _NoHostOnDisk(logging.Filter):
+    """kombu warns that a URL names no host whenever a connection is set up, so on every
+    job sent: the embedded broker (`filesystem://`) and the tests' (`memory://`) have none to
+    name, and the network brokers of the settings always name theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No hostname was supplied")
+
+
+logging.getLogger("kombu.connection").addFilter(_NoHostOnDisk())
 
 TASK_LEARN = "mifo.learn"
 TASK_SYNTHESIZE = "mifo.synthesize"

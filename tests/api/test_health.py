@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
@@ -161,3 +163,19 @@ def test_metrics_token_protects_metrics_only(settings: Settings) -> None:
         ok = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
         assert ok.status_code == 200 and "mifo_jobs" in ok.text
         assert c.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_probes_and_posts_log_nothing_that_repeats_on_every_request(
+    client: TestClient, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No migration-context lines on each readiness check, no broker URL warning per job."""
+    concept = make_concept(session)
+    session.commit()
+    body = {"prompt": "a photo of <asset0> and <asset1>", "boxes": {}}
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            assert client.get("/readyz").status_code == 200
+            assert client.post(f"/v1/concepts/{concept.id}/syntheses", json=body).status_code == 202
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if m.startswith(("Context impl", "Will assume"))], said
+    assert not [m for m in said if "No hostname was supplied" in m], said
