@@ -82,9 +82,12 @@ def serve(host: str, port: int) -> int:
         http.should_exit = True
 
     worker.on_give_up = give_up
-    # uvicorn re-raises the SIGTERM it caught once it has shut down; without a handler of our
-    # own that would end this process before the worker is stopped.
-    signal.signal(signal.SIGTERM, _exit)
+    # uvicorn re-raises the signal it caught once it has shut down; without handlers of our
+    # own that would end this process before the worker is stopped, with a traceback. Asked
+    # to stop (Ctrl-C, SIGTERM) is a clean end: status 0.
+    stopped_by: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: stopped_by.append(signum))
     PROBES["worker"] = worker.check
     try:
         with in_process(Duties.from_settings(settings)):
@@ -92,6 +95,8 @@ def serve(host: str, port: int) -> int:
                 http.run()
             finally:  # the worker starts handing its job back while the duties stop
                 worker.terminate()
+        if stopped_by:
+            log.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     finally:
         PROBES.pop("worker", None)
         worker.stop(deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
@@ -196,10 +201,6 @@ def server(config: Any) -> Any:
     return Server(config)
 
 
-def _exit(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 @functools.cache
 def _die_with_parent() -> Callable[[], None]:
     """What the worker child runs before it starts (Linux): receive SIGTERM when `mifo serve`
@@ -209,5 +210,9 @@ def _die_with_parent() -> Callable[[], None]:
 
     def child() -> None:
         prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # Ctrl-C is `mifo serve`'s to handle: it stops the worker with SIGTERM. Ignored
+        # until Celery installs its own handlers, so a Ctrl-C while the worker still starts
+        # does not end it with a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return child

@@ -517,7 +517,7 @@ def test_mifo_serve_stops_within_10_s_on_ctrl_c_and_finishes_the_job_after_a_res
             time.sleep(0.2)
         pressed = time.monotonic()
         os.killpg(first.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        first.wait(timeout=15)
+        assert first.wait(timeout=15) == 0  # asked to stop: a clean end
         stopped = time.monotonic() - pressed
         print(f"recovery: mifo serve exited {stopped:.1f} s after Ctrl-C")
         assert stopped < 10

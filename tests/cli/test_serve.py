@@ -162,5 +162,23 @@ def test_ctrl_c_with_an_event_stream_open_is_no_worker_crash(
             started = time.monotonic()
             proc.wait(30)
         assert time.monotonic() - started < 10
+        assert proc.returncode == 0
     text = (data / "serve.log").read_text()
     assert "starting it again" not in text and "the worker exited" not in text, text[-3000:]
+    assert "did not stop in time" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_idle_mifo_serve_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C (to the whole group, as a terminal sends it) or SIGTERM (to mifo serve, as a
+    service manager sends it): status 0, the worker stopped in time, no traceback."""
+    data = tmp_path / "data"
+    with serve_process(data) as (_, proc):
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        assert proc.wait(30) == 0
+    text = (data / "serve.log").read_text()
+    assert f"stopped by {signal.Signals(signum).name}" in text, text[-3000:]
+    assert "Traceback" not in text and "did not stop in time" not in text, text[-3000:]

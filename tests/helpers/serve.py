@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers.servers import free_port
 
@@ -74,3 +75,25 @@ def serve_process(
 
 def _tail(data: Path) -> str:
     return (data / "serve.log").read_text(errors="replace")[-3000:]
+
+
+# Fixtures: the conftests of tests/client and tests/cli import them.
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("service")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A scene and its two masks as files."""
+    from tests.helpers.images import encode, make_scene
+
+    folder = tmp_path_factory.mktemp("scene")
+    image, masks = make_scene()
+    (folder / "scene.png").write_bytes(encode(image))
+    paths = []
+    for i, mask in enumerate(masks):
+        paths.append(folder / f"mask{i}.png")
+        paths[-1].write_bytes(encode(mask))
+    return folder / "scene.png", paths
