@@ -54,6 +54,7 @@ TYPES: tuple[ProblemType, ...] = (
     ProblemType("unreadable_image", 422, "Unreadable image", "send a valid image file"),
     ProblemType("mask_size_mismatch", 422, "Mask size does not match the image", "send masks of the image's size"),
     ProblemType("empty_mask", 422, "Empty mask", "paint the instance white on black"),
+    ProblemType("masks_overlap", 422, "Masks overlap", "give each instance a mask of its own"),
     ProblemType("instance_too_small", 422, "Instance too small", "paint a larger region"),
     ProblemType("too_many_instances", 422, "Too many instances", "send fewer masks (MIFO_MAX_INSTANCES)"),
     ProblemType("invalid_names", 422, "Names do not match the masks", "send one name per mask"),

@@ -108,6 +108,9 @@ class LearnConfig(_Config):
     max_instances: int = 8  # more instances dilute each token's share of the attention
     min_instance_share: float = 0.0  # reject below this share of the image (paper: 0.15)
     warn_instance_share: float = 0.01  # log a warning below this share
+    # Two masks sharing more of their pixels than this (intersection over union) are one
+    # instance twice: their tokens could not be told apart, so the request is refused.
+    max_mask_overlap: float = 0.8
     mask_threshold: float = 0.5  # foreground = luminance (or alpha) above this fraction
     init_words: tuple[str, ...] = ()  # one word per instance (e.g. "car"); empty = random init
     # --- sampling (section 2.1)
@@ -185,6 +188,7 @@ class LearnConfig(_Config):
         _require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "a number in (0, 1)")
         _require(self.max_instances >= 1, "max_instances", "a number >= 1")
         _require(0.0 <= self.min_instance_share < 1.0, "min_instance_share", "a number in [0, 1)")
+        _require(0.0 < self.max_mask_overlap <= 1.0, "max_mask_overlap", "a number in (0, 1]")
         _require(self.lr > 0, "lr", "a number > 0")
         _require(self.lora_rank >= 1, "lora_rank", "a number >= 1")
         _require(

@@ -38,6 +38,10 @@ class TooManyInstances(InputError):
     code = "too_many_instances"
 
 
+class MasksOverlap(InputError):
+    code = "masks_overlap"
+
+
 class UnreadableImage(InputError):
     code = "unreadable_image"
 

@@ -21,6 +21,7 @@ from .errors import (
     ConfigError,
     EmptyMask,
     InputError,
+    MasksOverlap,
     InstanceTooSmall,
     MaskSizeMismatch,
     TooManyInstances,
@@ -165,6 +166,7 @@ def _prepare(
     ]
     shares = tuple(float(b.mean()) for b in binaries)
     _check_shares(shares, resolution=resolution, config=config)
+    _check_overlaps(binaries, config=config)
     return rgb, np.stack(binaries), shares
 
 
@@ -216,6 +218,28 @@ def _check_shares(shares: Sequence[float], *, resolution: int, config: LearnConf
                 100 * share,
                 100 * config.warn_instance_share,
             )
+
+
+def mask_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two binary masks (0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _check_overlaps(binaries: Sequence[np.ndarray], *, config: LearnConfig) -> None:
+    """Refuse two masks so alike that their instances cannot be told apart (the same mask
+    sent twice, say): their tokens would learn one thing, and every diagnostic would blur."""
+    for j in range(len(binaries)):
+        for i in range(j):
+            overlap = mask_overlap(binaries[i], binaries[j])
+            if overlap > config.max_mask_overlap:
+                raise MasksOverlap(
+                    f"masks[{i}] and masks[{j}] share {overlap:.0%} of their pixels "
+                    f"(intersection over union), more than max_mask_overlap "
+                    f"({config.max_mask_overlap:.0%}): the two instances cannot be told apart.",
+                    field=f"masks[{j}]",
+                    fix=f"paint masks[{j}] over its own instance only (each mask one instance)",
+                )
 
 
 def _square_mask(

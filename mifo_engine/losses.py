@@ -64,7 +64,8 @@ def leakage(attn: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torc
     """Per instance: share of its attention mass outside its mask, and inside other masks.
 
     attn, masks: (N, P). Masks are soft; "inside another instance" counts the part of each
-    pixel covered by the union of the other masks and not by the instance's own.
+    pixel covered by the union of the other masks, whether or not the instance's own mask
+    covers it too: attention on a pixel two instances share cannot tell them apart.
     """
     mass = attn.sum(dim=-1).clamp_min(1e-12)
     outside = ((1.0 - masks) * attn).sum(dim=-1) / mass
@@ -72,5 +73,5 @@ def leakage(attn: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torc
     for i in range(masks.shape[0]):
         rest = torch.cat([masks[:i], masks[i + 1 :]])
         union = rest.amax(dim=0) if len(rest) else torch.zeros_like(masks[i])
-        others.append((union * (1.0 - masks[i]) * attn[i]).sum() / mass[i])
+        others.append((union * attn[i]).sum() / mass[i])
     return outside, torch.stack(others)

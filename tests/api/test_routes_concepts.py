@@ -119,6 +119,18 @@ def test_empty_mask_is_422_naming_the_mask(
     _nothing_stored(session, settings)
 
 
+def test_the_same_mask_twice_is_422_naming_both_and_their_overlap(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    image, masks = scene()
+    r = _post(client, image, [masks[0], masks[1], masks[0]])
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["type"] == "/problems/masks_overlap" and problem["field"] == "masks[2]"
+    assert problem["detail"].startswith("masks[0] and masks[2] share 100% of their pixels")
+    _nothing_stored(session, settings)
+
+
 def test_an_instance_lost_at_the_base_models_size_is_422_at_upload(
     client: TestClient, session: Session, settings: Settings
 ) -> None:

@@ -339,3 +339,32 @@ def test_instance_names_default_to_assets_and_are_trimmed() -> None:
     with pytest.raises(InputError) as err:
         instance_names(["one"], 2)
     assert err.value.field == "names"
+
+
+def test_two_masks_of_the_same_instance_are_refused_naming_both():
+    from mifo_engine.errors import MasksOverlap
+    from mifo_engine.inputs import mask_overlap
+
+    image = Image.new("RGB", (64, 64), (120, 120, 120))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    nearly = Image.new("L", (64, 64), 0)
+    nearly.paste(255, (8, 8, 40, 42))  # the same instance, painted a little further down
+    apart = Image.new("L", (64, 64), 0)
+    apart.paste(255, (44, 8, 60, 40))
+    config = LearnConfig()
+    with pytest.raises(MasksOverlap) as refused:
+        check_inputs(image, [apart, mask, nearly], resolution=64, config=config)
+    assert refused.value.field == "masks[2]"
+    assert "masks[1] and masks[2] share 94%" in refused.value.message
+    # A nested instance (a cup inside a person) overlaps far less than one painted twice.
+    inside = Image.new("L", (64, 64), 0)
+    inside.paste(255, (16, 16, 24, 24))
+    assert check_inputs(image, [mask, inside], resolution=64, config=config)
+    assert check_inputs(
+        image, [mask, nearly], resolution=64, config=config.replace(max_mask_overlap=1.0)
+    )
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2], b[1:3] = True, True
+    assert mask_overlap(a, b) == pytest.approx(4 / 12)
+    assert mask_overlap(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0

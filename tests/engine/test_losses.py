@@ -132,3 +132,17 @@ def test_appendix_f_penalty_drives_it_to_near_zero():
     assert on_other.max().item() < 0.02
     assert own.min().item() > 0.95
     assert not math.isnan(own.sum().item())
+
+
+def test_leakage_counts_attention_on_pixels_two_instances_share():
+    """Two masks of the same pixels: each token's attention lies on the other instance too,
+    so the share inside other instances is all of it, not near zero."""
+    attn = torch.tensor([[0.25, 0.25, 0.5, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    same = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    outside, others = leakage(attn, same)
+    assert outside.tolist() == pytest.approx([0.5, 0.0])
+    assert others.tolist() == pytest.approx([0.5, 1.0])
+    # Half-overlapping masks: pixel 1 belongs to both; it counts as another's for each.
+    half = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    _, others = leakage(attn, half)
+    assert others.tolist() == pytest.approx([0.25 + 0.5, 0.5 + 0.5])
