@@ -21,9 +21,9 @@ from .errors import (
     ConfigError,
     EmptyMask,
     InputError,
-    MasksOverlap,
     InstanceTooSmall,
     MaskSizeMismatch,
+    MasksOverlap,
     TooManyInstances,
     UnreadableImage,
 )

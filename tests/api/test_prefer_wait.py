@@ -31,9 +31,9 @@ from core.events import Publisher
 from core.models import Concept, Job
 from core.problems import Problem
 from core.settings import Settings
-from tests.helpers.serve import QUICK, serve, serve_process
 from tests.helpers.db import bearer
 from tests.helpers.factories import LEASE, concept_meta, make_concept, scene
+from tests.helpers.serve import QUICK, serve, serve_process
 from tests.helpers.wait import wait_until
 
 BOXES = {"<asset0>": [0.05, 0.3, 0.45, 0.8], "<asset1>": [0.55, 0.3, 0.95, 0.8]}
