@@ -15,6 +15,7 @@ from api.main import create_app
 from core.db import make_engine, make_sessionmaker, upgrade
 from core.settings import Settings
 from tests.helpers.db import TENANT, bearer, new_key, throwaway_postgres, wipe
+from tests.helpers.serve import service  # noqa: F401 - a real `mifo serve` per module
 
 
 @pytest.fixture(scope="session")

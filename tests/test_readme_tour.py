@@ -66,3 +66,25 @@ def test_the_tours_download_loop_says_when_it_fails(service: str, tmp_path: Path
     failed = _bash(f"API={service}\nSYNTH={missing}\n{download}", tmp_path)
     assert "synthesis did not succeed" in failed.stderr
     assert not list(tmp_path.glob("synth_*.png"))
+
+
+def test_the_tour_says_why_a_synthesis_was_refused(service: str, tmp_path: Path) -> None:
+    """A box below the smallest `tiny` takes: the tour prints the problem, not `null`s."""
+    scene, calls = _blocks()
+    assert _bash(scene, tmp_path).returncode == 0
+    learn = calls[: calls.index("# 2. Follow it")].replace(
+        "API=http://127.0.0.1:8000", f"API={service}"
+    )
+    assert _bash(learn, tmp_path).returncode == 0
+    synth = calls[calls.index("# 3. Synthesise") : calls.index("curl -sN $API/v1/jobs/$SYNTH")]
+    synth = synth.replace("[0.05, 0.3, 0.45, 0.8]", "[0.05, 0.3, 0.1, 0.35]")
+    synth = synth.replace('"prompt"', '"prompt"', 1)
+    wait = (
+        "until curl -s $API/v1/concepts/$CONCEPT | jq -e '.status == \"ready\"' >/dev/null; "
+        "do sleep 1; done\n"
+    )
+    script = f"API={service}\nCONCEPT=$(jq -r .concept.id created.json)\n{wait}{synth}"
+    refused = _bash(script, tmp_path)
+    assert refused.returncode == 0, refused.stderr[-2000:]
+    assert "refused: Box [0.05, 0.3, 0.1, 0.35] is smaller than one cell" in refused.stderr
+    assert "boxes[<asset0>]" in refused.stderr and "at least 0.250 wide" in refused.stderr
