@@ -7,6 +7,9 @@ PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The console's JavaScript tools (ESLint, Prettier) at the versions package-lock.json pins.
+NODE_STAMP := node_modules/.installed
+JS := eslint.config.js api/console/static/js
 
 .PHONY: install serve test lint bench
 
@@ -18,16 +21,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 serve: install
 	$(BIN)/mifo serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy api core worker mifo_engine mifo_cli mifo_client
+	node_modules/.bin/eslint $(JS)
+	node_modules/.bin/prettier --check $(JS)
 
 bench: install
 	$(BIN)/python bench/learn_step.py && $(BIN)/python bench/synthesis.py

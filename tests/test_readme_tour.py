@@ -78,7 +78,6 @@ def test_the_tour_says_why_a_synthesis_was_refused(service: str, tmp_path: Path)
     assert _bash(learn, tmp_path).returncode == 0
     synth = calls[calls.index("# 3. Synthesise") : calls.index("curl -sN $API/v1/jobs/$SYNTH")]
     synth = synth.replace("[0.05, 0.3, 0.45, 0.8]", "[0.05, 0.3, 0.1, 0.35]")
-    synth = synth.replace('"prompt"', '"prompt"', 1)
     wait = (
         "until curl -s $API/v1/concepts/$CONCEPT | jq -e '.status == \"ready\"' >/dev/null; "
         "do sleep 1; done\n"
