@@ -26,7 +26,7 @@ class PlainProgress:
         if key == self.last_key and now - self.last_line < LINE_SECONDS and not job.done:
             return
         self.last_key, self.last_line = key, now
-        print(f"job {job.id[:8]} {progress_text(job)}", file=self.stream, flush=True)
+        print(f"job {job.id} {progress_text(job)}", file=self.stream, flush=True)
 
     def close(self, finished: bool = False) -> None:
         return None
@@ -50,7 +50,7 @@ class BarProgress:
             self.status = job.status
             if job.done:
                 self.close(finished=job.succeeded)
-            self.tqdm.write(f"job {job.id[:8]} {progress_text(job)}", file=self.stream)
+            self.tqdm.write(f"job {job.id} {progress_text(job)}", file=self.stream)
         if job.status != "running" or p.phase is None or not p.total:
             return
         if p.phase != self.phase:

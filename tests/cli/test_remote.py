@@ -89,10 +89,10 @@ def test_learn_waits_with_progress_lines_and_saves_the_attention_maps(
     assert job["files"] == [str(maps / n) for n in names]
     assert all((maps / n).read_bytes().startswith(PNG) for n in names)
     lines = done.stderr.splitlines()  # no TTY: plain lines, no bar
-    short = job["id"][:8]
-    assert any(line.startswith(f"job {short} running phase1 ") for line in lines), lines
+    full = job["id"]  # the whole id: it can be pasted into `mifo remote download`
+    assert any(line.startswith(f"job {full} running phase1 ") for line in lines), lines
     assert any("ETA" in line and "/20" in line for line in lines), lines
-    assert lines[-1] == f"job {short} succeeded" and "\r" not in done.stderr
+    assert lines[-1] == f"job {full} succeeded" and "\r" not in done.stderr
 
 
 def test_synthesize_twice_into_one_folder_keeps_every_file(
@@ -238,7 +238,7 @@ def test_cancel_a_queued_and_a_running_job_and_ctrl_c_leaves_a_wait(
         assert queued in [j["id"] for j in _listed(service, "jobs", "--status", "queued")]
         rc, err = _interrupt_a_wait(service, running)
         assert rc == 130, err
-        assert err.startswith(f"job {running[:8]} running"), err
+        assert err.startswith(f"job {running} running"), err
         assert f"stopped waiting; job {running} keeps running at the service" in err
         assert f"  follow it: mifo remote wait {running} --api {service}\n" in err
         assert f"  cancel it: mifo remote cancel {running} --api {service}\n" in err
@@ -318,7 +318,7 @@ def test_ctrl_c_leaves_a_wait_even_when_the_test_run_ignores_sigint(
     finally:
         signal.signal(signal.SIGINT, inherited)
     assert rc == 130, err
-    assert err.startswith(f"job {STUB_JOB[:8]} running phase1 1/2000"), err
+    assert err.startswith(f"job {STUB_JOB} running phase1 1/2000"), err
     assert f"stopped waiting; job {STUB_JOB} keeps running at the service" in err
 
 
@@ -379,7 +379,7 @@ def test_on_a_terminal_the_progress_is_a_bar(
     job = json.loads(out)
     text = screen.decode(errors="replace")
     assert f"{job['id'][:8]} synthesis: 100%|" in text and "20/20, job " in text, text
-    assert "\r" in text and f"job {job['id'][:8]} succeeded" in text
+    assert "\r" in text and f"job {job['id']} succeeded" in text
 
 
 @pytest.fixture(scope="module")
