@@ -73,3 +73,29 @@ def test_importing_every_module_creates_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     created = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
     assert created == [], f"importing {len(modules)} modules created {created}"
+
+
+# Each folder of tests/ is a part of the source (engine: mifo_engine, cli: mifo_cli), a
+# surface of the product (browser: the console, deploy, bench) or shared test code.
+TEST_FOLDERS = {
+    "api": "api",
+    "core": "core",
+    "worker": "worker",
+    "engine": "mifo_engine",
+    "cli": "mifo_cli",
+    "client": "mifo_client",
+    "browser": "api/console",
+    "deploy": "deploy",
+    "bench": "bench",
+}
+SHARED = {"helpers", "fixtures"}
+
+
+def test_the_test_tree_mirrors_the_source() -> None:
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(TEST_FOLDERS) | SHARED, folders ^ (set(TEST_FOLDERS) | SHARED)
+    for source in TEST_FOLDERS.values():
+        assert (ROOT / source).is_dir(), source
+    # Named by subject, not by who met the behaviour first.
+    audience = [p.name for p in (ROOT / "tests").rglob("test_*.py") if "newcomer" in p.name]
+    assert not audience, audience
