@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import Any
@@ -63,6 +64,7 @@ def _add_learn(sub: Any) -> None:
     learn.add_argument(
         "--config", help="JSON file with any LearnConfig fields; the options above override it"
     )
+    _json_arg(learn)
     learn.set_defaults(func=_learn)
 
 
@@ -105,11 +107,20 @@ def _add_synthesize(sub: Any) -> None:
     synth.add_argument(
         "--config", help="JSON file with any SynthesisConfig fields; the options above override it"
     )
+    _json_arg(synth)
     synth.set_defaults(func=_synthesize)
 
 
 def _model_arg(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--model", help=text)
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (progress stays on stderr)",
+    )
 
 
 def _device_arg(parser: argparse.ArgumentParser) -> None:
@@ -195,16 +206,18 @@ def _do_learn(args: argparse.Namespace) -> None:
             base, args.image, args.masks, names=_split(args.names), config=cfg, progress=bars
         )
     concept.save(args.out)
+    tokens: list[dict[str, Any]] = []
+    lines = []
     for t in concept.tokens:
         d = concept.diagnostics.get(t.token, {})
-        log.info(
-            "%s (%s): attention outside its mask %.1f%%, inside other instances %.1f%%",
-            t.token,
-            t.name,
-            100 * d.get("leakage_outside_mask", 0),
-            100 * d.get("leakage_into_other_instances", 0),
+        outside = float(d.get("leakage_outside_mask", 0))
+        others = float(d.get("leakage_into_other_instances", 0))
+        tokens.append({"token": t.token, "name": t.name, "outside": outside, "others": others})
+        lines.append(
+            f"{t.token} ({t.name}): attention outside its mask {100 * outside:.1f}%, "
+            f"inside other instances {100 * others:.1f}%"
         )
-    log.info("concept written to %s", args.out)
+    _summary(args, [*lines, f"concept written to {args.out}"], {"out": args.out, "tokens": tokens})
 
 
 def _do_synthesize(args: argparse.Namespace) -> None:
@@ -243,10 +256,19 @@ def _do_synthesize(args: argparse.Namespace) -> None:
     with _Bars() as bars:
         result = synthesize(base, concept, args.prompt, boxes, config=cfg, progress=bars)
     result.save(args.out)
+    images, lines = [], []
     for k, (seed, diag) in enumerate(zip(result.seeds, result.in_box_share, strict=True)):
         shares = ", ".join(f"{tok} {100 * v:.0f}% in box" for tok, v in diag.items())
-        log.info("image_%02d.png (seed %d)%s", k, seed, f": {shares}" if shares else "")
-    log.info("images written to %s", args.out)
+        lines.append(f"image_{k:02d}.png (seed {seed})" + (f": {shares}" if shares else ""))
+        images.append({"file": f"image_{k:02d}.png", "seed": int(seed), "in_box_share": diag})
+    _summary(args, [*lines, f"images written to {args.out}"], {"out": args.out, "images": images})
+
+
+def _summary(args: argparse.Namespace, lines: list[str], data: dict[str, Any]) -> None:
+    """What a run made, on stdout (progress and warnings are on stderr): lines for a person,
+    or one JSON object with `--json`."""
+    text = json.dumps(data) if args.json else "\n".join(lines)
+    sys.stdout.write(text + "\n")
 
 
 def _parse_box(text: str) -> tuple[str, list[float]]:
@@ -265,25 +287,46 @@ def _parse_box(text: str) -> tuple[str, list[float]]:
 
 
 class _Bars:
-    """One progress bar per phase on stderr."""
+    """One progress bar per phase on stderr, of one width whatever the losses read: their
+    names keep the order they first came in and each value a fixed width. A phase that ended
+    shows its full count and its time, no ETA."""
+
+    OPEN = "{desc:<12} {percentage:3.0f}%|{bar:24}| {n_fmt:>5}/{total_fmt:<5} [{elapsed}<{remaining}]{postfix}"
+    DONE = "{desc:<12} {percentage:3.0f}%|{bar:24}| {n_fmt:>5}/{total_fmt:<5} [{elapsed}]{postfix}"
 
     def __enter__(self) -> _Bars:
         self.bar: Any = None
         self.phase: str | None = None
+        self.keys: list[str] = []
         return self
 
     def __call__(self, p: Any) -> None:
         from tqdm import tqdm
 
         if p.phase != self.phase:
-            if self.bar is not None:
-                self.bar.close()
-            self.phase = p.phase
-            self.bar = tqdm(total=p.total, desc=p.phase, unit="step", file=sys.stderr, leave=True)
+            self._finish()
+            self.phase, self.keys = p.phase, []
+            self.bar = tqdm(
+                total=p.total, desc=p.phase, file=sys.stderr, leave=True, bar_format=self.OPEN
+            )
+        self.keys += [k for k in p.losses if k not in self.keys]
+        values = " ".join(
+            f"{k}={p.losses[k]:>10.3e}" if k in p.losses else f"{k}={'':>10}" for k in self.keys
+        )
         self.bar.n = p.step
-        self.bar.set_postfix({k: f"{v:.3g}" for k, v in p.losses.items()}, refresh=False)
+        self.bar.postfix = values
         self.bar.refresh()
 
-    def __exit__(self, *exc: object) -> None:
+    def _finish(self) -> None:
         if self.bar is not None:
+            self.bar.n = self.bar.total  # the phase ran to its end: no ETA, a full bar
+            self.bar.bar_format = self.DONE
+            self.bar.refresh()
+            self.bar.close()
+            self.bar = None
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self._finish()
+        elif self.bar is not None:
             self.bar.close()

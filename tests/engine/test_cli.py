@@ -45,9 +45,17 @@ def test_learn_then_synthesize(inputs, tmp_path, capsys):
             "1",
             "--device",
             "cpu",
+            "--json",
         ]
     )
     assert code == 0
+    summary = json.loads(capsys.readouterr().out)  # --json: one object on stdout, nothing else
+    assert summary["out"] == str(concept)
+    assert [(t["token"], t["name"]) for t in summary["tokens"]] == [
+        ("<asset0>", "left"),
+        ("<asset1>", "right"),
+    ]
+    assert all(0 <= t["outside"] <= 1 and 0 <= t["others"] <= 1 for t in summary["tokens"])
     meta = json.loads((concept / "concept.json").read_text())
     assert [t["name"] for t in meta["tokens"]] == ["left", "right"]
     assert meta["config"]["phase1_steps"] == 4 and meta["config"]["reward_steps"] is None
@@ -84,7 +92,14 @@ def test_learn_then_synthesize(inputs, tmp_path, capsys):
     assert set(record["boxes"]) == {"<asset0>", "<asset1>"}
     assert Image.open(out / "image_01.png").size == (64, 64)
     assert Image.open(out / "preview_00.png").size[0] >= 256
-    assert "in box" in capsys.readouterr().err
+    said = capsys.readouterr()
+    # The summary on stdout, one line per image; the progress on stderr, each phase's bar
+    # ending full and without an ETA.
+    assert any(
+        line.startswith("image_00.png (seed 4): <asset0> ") for line in said.out.splitlines()
+    )
+    assert said.out.splitlines()[-1] == f"images written to {out}" and "in box" in said.out
+    assert "synthesis    100%|" in said.err and "<" not in said.err.rsplit("\r", 1)[-1]
 
 
 def test_bad_mask_exits_2_with_one_line_and_writes_nothing(inputs, tmp_path, capsys):
