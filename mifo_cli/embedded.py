@@ -41,24 +41,9 @@ def serve(host: str, port: int) -> int:
     import uvicorn
 
     from api.http.state import PROBES, STOPPING
-    from core.db import upgrade
     from core.duties import Duties, in_process
-    from core.settings import Settings
 
-    settings = Settings()
-    overridden = [name for name in EMBEDDED_ONLY if name in os.environ]
-    if overridden:
-        log.info("using %s from the environment", ", ".join(overridden))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
-    log.info(
-        "embedded mode: data in %s, base model %s%s",
-        settings.data_dir.resolve(),
-        settings.base_model,
-        " (random test weights: images are noise, for trying the service only)"
-        if settings.base_model == "tiny"
-        else "",
-    )
+    settings = _prepared_settings()
     config = uvicorn.Config(
         "api.main:app_factory",
         factory=True,
@@ -101,6 +86,28 @@ def serve(host: str, port: int) -> int:
         PROBES.pop("worker", None)
         worker.stop(deadline=time.monotonic() + STOP_SECONDS - HTTP_DRAIN_SECONDS - 1)
     return 1 if worker.gave_up else 0
+
+
+def _prepared_settings() -> Any:
+    """The settings, their data folder made and the database migrated, and what is used said."""
+    from core.db import upgrade
+    from core.settings import Settings
+
+    settings = Settings()
+    overridden = [name for name in EMBEDDED_ONLY if name in os.environ]
+    if overridden:
+        log.info("using %s from the environment", ", ".join(overridden))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    log.info(
+        "embedded mode: data in %s, base model %s%s",
+        settings.data_dir.resolve(),
+        settings.base_model,
+        " (random test weights: images are noise, for trying the service only)"
+        if settings.base_model == "tiny"
+        else "",
+    )
+    return settings
 
 
 class Worker:

@@ -137,6 +137,7 @@ BY_TYPE: dict[str, type[MifoError]] = {
     "invalid_input": InvalidRequestError,
     "unreadable_image": InvalidRequestError,
     "mask_size_mismatch": InvalidRequestError,
+    "masks_overlap": InvalidRequestError,
     "empty_mask": InvalidRequestError,
     "instance_too_small": InvalidRequestError,
     "too_many_instances": InvalidRequestError,
