@@ -116,8 +116,12 @@ def test_diffusers_draws_the_engines_image_from_the_export(
     _load_export(pipe, done.folder, mode)
     exported = _draw(pipe, PROMPT, cfg, concept.resolution)
     assert exported.shape == engine.shape == (64, 64, 3)
-    assert np.array_equal(exported, engine), (
-        f"max diff {np.abs(exported - engine.astype(int)).max()}"
+    # The same image, to the rounding of the last step: the two code paths may round a value
+    # that sits on a half level differently (seen: 1 level on 2 of 12288 values, `none`, with
+    # numpy 2.4 and pillow 13). A wrong token, weight or step moves thousands of values.
+    diff = np.abs(exported.astype(int) - engine.astype(int))
+    assert diff.max() <= 1 and (diff > 0).sum() <= diff.size // 1000, (
+        f"max diff {diff.max()} at {int((diff > 0).sum())} of {diff.size} values"
     )
 
     if mode != "none":  # the fine-tuned weights matter: the tokens alone draw another image
