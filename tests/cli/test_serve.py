@@ -165,7 +165,6 @@ def test_ctrl_c_with_an_event_stream_open_is_no_worker_crash(
         assert proc.returncode == 0
     text = (data / "serve.log").read_text()
     assert "starting it again" not in text and "the worker exited" not in text, text[-3000:]
-    assert "did not stop in time" not in text, text[-3000:]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
