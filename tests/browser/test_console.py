@@ -170,6 +170,8 @@ def test_paint_learn_compose_synthesise_download(
     page.get_by_role("link", name="Jobs", exact=True).click()
     page.get_by_label("Status").select_option("succeeded")
     wait_until(page, "document.querySelectorAll('#job-rows tr[data-job]').length === 2")
+    for job_row in page.locator("#job-rows tr[data-job]").all():  # ids that paste back whole
+        assert job_row.locator("code.job-id").inner_text() == job_row.get_attribute("data-job")
     page.get_by_label("Status").select_option("running")
     page.wait_for_selector("#job-rows td.hint")
     fits_and_labelled(page)

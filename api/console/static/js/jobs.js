@@ -89,7 +89,8 @@ function row(job, cancel) {
   return el(
     "tr",
     { "data-job": job.id },
-    el("td", { "data-label": "Job" }, el("code", { title: job.id }, job.id.slice(0, 8))),
+    // The whole id: it pastes into `mifo remote` and the API as it is.
+    el("td", { "data-label": "Job" }, el("code", { class: "job-id" }, job.id)),
     el("td", { "data-label": "Kind" }, job.kind),
     el(
       "td",
