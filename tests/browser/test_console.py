@@ -172,6 +172,11 @@ def test_paint_learn_compose_synthesise_download(
     wait_until(page, "document.querySelectorAll('#job-rows tr[data-job]').length === 2")
     for job_row in page.locator("#job-rows tr[data-job]").all():  # ids that paste back whole
         assert job_row.locator("code.job-id").inner_text() == job_row.get_attribute("data-job")
+    names = ", ".join(INSTANCES)  # each row's link names its concept by its instances
+    wait_until(
+        page,
+        f"[...document.querySelectorAll('#job-rows a')].every(a => a.textContent === 'Open concept: {names}')",
+    )
     page.get_by_label("Status").select_option("running")
     page.wait_for_selector("#job-rows td.hint")
     fits_and_labelled(page)

@@ -99,11 +99,27 @@ function row(job, cancel) {
     ),
     el("td", { "data-label": "Progress" }, progress),
     el("td", { "data-label": "Created" }, when(job.created_at)),
-    el(
-      "td",
-      {},
-      job.concept_id ? el("a", { href: `#/concepts/${job.concept_id}` }, "Open concept") : "",
-    ),
+    el("td", {}, job.concept_id ? conceptLink(job.concept_id) : ""),
     el("td", {}, cancel || ""),
   );
+}
+
+const conceptNames = new Map(); // concept id -> a promise of its instances' names
+
+// A link to the job's concept, named by its instances once they are read (once per concept).
+function conceptLink(id) {
+  const link = el("a", { href: `#/concepts/${id}` }, "Open concept");
+  if (!conceptNames.has(id)) {
+    conceptNames.set(
+      id,
+      api(`v1/concepts/${id}`).then((concept) => concept.tokens.map((t) => t.name).join(", ")),
+    );
+  }
+  conceptNames
+    .get(id)
+    .then((names) => {
+      link.textContent = `Open concept: ${names}`;
+    })
+    .catch(() => conceptNames.delete(id)); // gone or unreachable: the plain link stays
+  return link;
 }
