@@ -112,6 +112,9 @@ def refused_in_the_page_and_by_the_api(page: Any) -> None:
     learn.click()
     assert "is empty" in page.locator('[data-field="masks[2]"] .problem').inner_text()
     only_invalid(page, "Mask file for instance 3")
+    paint_instance(page, (0.4, 0.05, 0.6, 0.25))  # painted now: the refusal of it goes
+    assert page.locator('[data-field="masks[2]"] .problem').inner_text() == ""
+    assert page.locator('[data-field="masks[2]"].invalid').count() == 0
     page.get_by_role("button", name="Remove instance 3").click()
     name = page.get_by_label("Name of instance 2")
     name.fill("")

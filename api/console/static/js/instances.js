@@ -49,13 +49,19 @@ export class InstanceList {
     this.painter.render();
   }
 
-  /** Each row's share of the image, after a change to its mask. */
+  /** Each row's share of the image, after a change to its mask; a problem said of a mask
+   * goes once the mask changed (it was said of the mask as it was). */
   updateCounts() {
     this.rows().forEach((row, i) => {
       const share = this.painter.image ? this.painter.coverage(i) : 0;
       row.querySelector(".coverage").textContent = share
         ? `${(share * 100).toFixed(1)}% of the image`
         : "empty";
+      const slot = row.querySelector(".mask-slot");
+      if (share && slot.classList.contains("invalid")) {
+        clearProblems(slot);
+        slot.classList.remove("invalid");
+      }
     });
   }
 
