@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def _stop_running_jobs(**_: Any) -> None:
     """Warm shutdown (SIGTERM, Ctrl-C): a job running in this process stops at its next step
     and goes back to the queue (worker.runner), instead of holding the shutdown until it ends.
-    The solo pool runs jobs in this process; prefork children finish theirs first."""
+    The event is made before the prefork pool forks, so a child's running job stops at its
+    next step as well: a pod told to stop hands its job back within one step."""
     SHUTTING_DOWN.set()
 
 
