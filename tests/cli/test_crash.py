@@ -189,6 +189,28 @@ def test_a_killed_worker_group_loses_its_job_to_another_worker_within_a_minute(
     assert not any(".part-" in k for k in stored)
 
 
+def test_a_prefork_worker_told_to_stop_hands_its_running_job_back(stack: Stack) -> None:
+    """SIGTERM to the worker's main process only, as Kubernetes stops a pod (scale-down, a
+    rolling upgrade): the running job goes back to the queue at its next step, not counted as
+    a loss, and another worker runs it to success."""
+    stack.api()
+    stack.duties()
+    stack.start("worker1", "worker")  # prefork, as in the images
+    job_id = stack.learn(steps=400)["job"]["id"]
+    stack.until(job_id, lambda j: j["status"] == "running" and (j["progress"]["step"] or 0) >= 1)
+    told = time.monotonic()
+    stack.procs["worker1"].send_signal(signal.SIGTERM)  # the main process only
+    job = stack.until(job_id, lambda j: j["status"] == "queued", 60)
+    handed_back = time.monotonic() - told
+    assert stack.procs.pop("worker1").wait(60) is not None  # the worker then exits
+    with stack.sessions() as s:
+        assert s.get(Job, uuid.UUID(job_id)).losses == 0  # type: ignore[union-attr]
+    stack.start("worker2", "worker")
+    job = stack.until(job_id, done, 400)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    print(f"recovery: a stopped worker handed its job back {handed_back:.1f} s after SIGTERM")
+
+
 def test_a_job_whose_worker_is_gone_can_be_canceled_and_frees_its_slot(stack: Stack) -> None:
     """The only worker is SIGKILLed mid-job and none comes back: the job does not stay
     `running` at its last step; cancel and concept deletion end it."""
