@@ -50,14 +50,14 @@ class Timeouts:
     pool: float = 3.0  # waiting for a free pooled connection
     statement: float = 4.0  # one statement, enforced by the server (PostgreSQL)
     socket: float = 4.0  # no acknowledgement of what was sent: the link is dead
-    answer: float = 5.0  # acknowledged but no answer: the server is stuck (core.dbguard)
+    answer: float | None = 5.0  # acknowledged but no answer: the server is stuck (dbguard)
     idle_in_transaction: float = 60.0  # a client gone mid-transaction frees its locks
 
 
 def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:  # noqa: B008 - frozen
     postgres = url.startswith("postgresql")
     # PostgreSQL: the stall guard pings a pooled connection itself, with a deadline.
-    kwargs: dict[str, Any] = {"pool_pre_ping": not postgres}
+    kwargs: dict[str, Any] = {"pool_pre_ping": not (postgres and timeouts.answer is not None)}
     if url.startswith("sqlite"):
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         # The API and the worker write one file: wait for the lock instead of failing at once.
@@ -69,7 +69,7 @@ def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:  # noqa: B
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-    if postgres:
+    if postgres and timeouts.answer is not None:
         StallGuard(timeouts.answer).install(engine)
     return engine
 

@@ -29,7 +29,8 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = make_engine(_url(), Timeouts(statement=0))  # DDL may wait on locks: no limit
+    # DDL may wait on locks or build indexes for long: no statement limit, no answer deadline.
+    engine = make_engine(_url(), Timeouts(statement=0, answer=None))
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
             # Batch mode drops and re-creates tables: with foreign keys enforced, dropping one

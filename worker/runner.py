@@ -15,11 +15,12 @@ from typing import Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from core import cleanup, engine, jobs
 from core.db import session_scope
 from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
-from core.models import Artifact, Concept
+from core.models import Artifact, Concept, Job
 from core.storage import StorageError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
@@ -468,7 +469,19 @@ def _record(
             error_message=message,
             attempt=job.attempt,
         )
-        if not ended:  # refused: the job moved on without this attempt (taken over, ended)
-            return "superseded"
+        if not ended:
+            return _refused_as(session, job, produced)
         jobs.settle_concept(session, job.job_id, status)
         return status
+
+
+def _refused_as(session: Session, job: Claimed, produced: Produced | None) -> str:
+    """Why the outcome was refused: this attempt's own success, committed by a try whose
+    answer was lost (the commit went through, the connection did not), or the job moved on
+    without it (taken over, or ended meanwhile): then it is superseded."""
+    row = session.get(Job, job.job_id, populate_existing=True)
+    if row is not None and row.status == "succeeded" and row.attempts == job.attempt:
+        if produced is not None:
+            produced.recorded = True
+        return "succeeded"
+    return "superseded"

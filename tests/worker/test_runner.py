@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from core.models import Job, utcnow
 from core.settings import Settings
@@ -525,3 +526,35 @@ def test_a_cpu_job_runs_on_the_threads_the_machine_leaves_idle(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_success_whose_commit_answer_was_lost_is_kept(
+    client: TestClient, ctx: WorkerContext, base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a success went through but its answer never came (the connection
+    dropped at COMMIT): the retry finds the job succeeded by this very attempt, and keeps its
+    files instead of taking itself for superseded."""
+    import worker.runner as runner
+    from core.db import session_scope
+
+    created = _learn_request(client)
+    job_id = uuid.UUID(created["job"]["id"])
+    real, calls = runner._record, []
+
+    def answer_lost(ctx_: Any, job: Any, status: str, **kw: Any) -> str:
+        calls.append(status)
+        outcome = real(ctx_, job, status, **kw)
+        if len(calls) == 1:  # committed, but the caller hears a lost connection
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return outcome
+
+    monkeypatch.setattr(runner, "_record", answer_lost)
+    monkeypatch.setattr(runner, "RECORD_RETRY_SECONDS", 0.01)
+    assert run_job(ctx, job_id, lambda: base, ConceptCache(1)) == "succeeded"
+    assert calls == ["succeeded", "succeeded"]
+    with session_scope(ctx.sessions) as s:
+        from core.models import Concept
+
+        concept = s.get(Concept, uuid.UUID(created["concept"]["id"]))
+        assert concept is not None and concept.status == "ready" and concept.files
+        assert ctx.storage.keys(concept.files)  # its files stayed
