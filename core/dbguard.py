@@ -120,18 +120,33 @@ class StallGuard:
         try:
             if connection.closed or connection.pgconn.transaction_status != ACTIVE:
                 return  # the call ended (a commit answered): nothing waits
-            fd = connection.pgconn.socket
+            fd, port = connection.pgconn.socket, int(connection.info.port)
         except Exception:  # closed meanwhile
             return
-        log.error(
-            "database: no answer for %.0f s on a connection; dropping it (MIFO_DB_ANSWER_TIMEOUT)",
-            self.limit,
-        )
         with contextlib.suppress(OSError):
             # A duplicate of the descriptor: shutting it down cuts the shared connection, so
             # the thread blocked on it wakes with an error; closing the duplicate frees only it.
             sock = socket.socket(fileno=socket.dup(fd))
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                if self._still_waiting(connection, sock, port):
+                    log.error(
+                        "database: no answer for %.0f s on a connection; dropping it "
+                        "(MIFO_DB_ANSWER_TIMEOUT)",
+                        self.limit,
+                    )
+                    sock.shutdown(socket.SHUT_RDWR)
             finally:
                 sock.close()
+
+    @staticmethod
+    def _still_waiting(connection: Any, sock: socket.socket, port: int) -> bool:
+        """Checked again on the duplicate: libpq may have closed the descriptor meanwhile (the
+        server reset it) and its number gone to another socket, which must be left alone."""
+        try:
+            if connection.closed or connection.pgconn.transaction_status != ACTIVE:
+                return False
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return bool(sock.getpeername()[1] == port)
+            return True
+        except Exception:
+            return False
