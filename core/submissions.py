@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, clock, images, jobs, webhooks
@@ -119,7 +119,10 @@ def learn(
                 session.commit()
             except Exception as exc:
                 session.rollback()
-                cleanup.remove(ctx.storage, ctx.sessions, concept.prefix, "rejected inputs")
+                # A lost connection may have lost only the commit's answer: the record made
+                # before storing (step 0) removes the files later unless the row exists.
+                if not isinstance(exc, OperationalError):
+                    cleanup.remove(ctx.storage, ctx.sessions, concept.prefix, "rejected inputs")
                 if isinstance(exc, StorageError):
                     raise unavailable("storage", exc) from exc
                 raise
