@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import clock
+from core import clock, jobs
 from core.models import StorageCleanup
 from core.storage import Storage, StorageError
 
@@ -56,6 +56,15 @@ def defer(session: Session, prefix: str, error: str) -> None:
         session.commit()
     except SQLAlchemyError:  # another process recorded it at the same moment: that will do
         session.rollback()
+
+
+def remove_superseded(storage: Storage, output: str, *, live: int | None, newest: int) -> int:
+    """Delete the attempt folders under a job's `output` that no run will use again (as
+    core.jobs.superseded_folders picks them); how many were removed."""
+    stale = jobs.superseded_folders(output, storage.keys(output), live=live, newest=newest)
+    for folder in stale:
+        storage.delete_prefix(folder)
+    return len(stale)
 
 
 def pending(sessions: sessionmaker[Session], prefix: str) -> None:

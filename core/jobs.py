@@ -10,9 +10,9 @@ its worker renews on a heartbeat (`renew`); once it lapses, the reconciler re-qu
 (`requeue_lapsed`). Every transition is one conditional UPDATE, so the API, a worker and the
 reconciler racing on the same job cannot both win (e.g. a cancel arriving while the worker
 records success). Every time here is the database's (core.clock): a host's own clock, which on
-a fleet may be minutes off, never stamps or expires a lease. `attempts` counts starts and doubles as a fencing token: an attempt that
-lost its lease (and so its job) can no longer write progress or an outcome. Webhook events
-are queued in the same transaction as the change they announce (core.webhooks.emit).
+a fleet may be minutes off, never stamps or expires a lease. `attempts` counts starts and
+doubles as a fencing token: an attempt that lost its lease (and so its job) can no longer
+write progress or an outcome. Webhook events are queued in the same transaction as the change they announce (core.webhooks.emit).
 """
 
 from __future__ import annotations

@@ -128,12 +128,7 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
         output = jobs.output_prefix(kind, concept_prefix(concept_id), job_id)
         live = attempts if status in ("running", "succeeded") else None
         try:
-            stale = jobs.superseded_folders(
-                output, storage.keys(output), live=live, newest=attempts
-            )
-            for folder in stale:
-                storage.delete_prefix(folder)
-                removed += 1
+            removed += cleanup.remove_superseded(storage, output, live=live, newest=attempts)
         except StorageError as exc:  # the next pass tries again
             log.error("could not sweep the output of job %s: %s", job_id, exc)
     if removed:

@@ -124,7 +124,6 @@ class Produced:
     result: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     written: list[str] = field(default_factory=list)  # storage prefixes to remove on failure
-    recorded: bool = False  # this attempt's success is the job's outcome
 
 
 def run_job(
@@ -224,10 +223,7 @@ def _run(
 
 
 def _remove_earlier(ctx: WorkerContext, claimed: Claimed) -> None:
-    output = claimed.output
-    keys = ctx.storage.keys(output)
-    for folder in jobs.superseded_folders(output, keys, live=None, newest=claimed.attempt - 1):
-        ctx.storage.delete_prefix(folder)
+    cleanup.remove_superseded(ctx.storage, claimed.output, live=None, newest=claimed.attempt - 1)
 
 
 def _superseded(ctx: WorkerContext, claimed: Claimed) -> str:
@@ -456,7 +452,6 @@ def _record(
                 session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
             if job.kind == "learn":
                 concept.status, concept.meta, concept.files = "ready", produced.meta, job.files
-            produced.recorded = True
             return "succeeded"
         if status == "succeeded":
             status = "canceled"
@@ -470,18 +465,16 @@ def _record(
             attempt=job.attempt,
         )
         if not ended:
-            return _refused_as(session, job, produced)
+            return _refused_as(session, job)
         jobs.settle_concept(session, job.job_id, status)
         return status
 
 
-def _refused_as(session: Session, job: Claimed, produced: Produced | None) -> str:
+def _refused_as(session: Session, job: Claimed) -> str:
     """Why the outcome was refused: this attempt's own success, committed by a try whose
     answer was lost (the commit went through, the connection did not), or the job moved on
     without it (taken over, or ended meanwhile): then it is superseded."""
     row = session.get(Job, job.job_id, populate_existing=True)
     if row is not None and row.status == "succeeded" and row.attempts == job.attempt:
-        if produced is not None:
-            produced.recorded = True
         return "succeeded"
     return "superseded"
