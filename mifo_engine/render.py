@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .fonts import font_chain
 
 # A short perceptual colour ramp (dark blue -> cyan -> yellow -> red) for heat maps.
 _RAMP = np.array(
@@ -61,16 +63,24 @@ def layout_preview(
         else out.copy()
     )
     draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
     width = max(1, round(min(out.size) / 128))
+    fonts = font_chain(max(11, round(min(out.size) / 24)))
     places = {token: k for k, token in enumerate(order)}
     for k, (token, (x0, y0, x1, y1)) in enumerate(boxes.items()):
         colour = PALETTE[places.get(token, k) % len(PALETTE)]
         rect = (x0 * out.width, y0 * out.height, x1 * out.width - 1, y1 * out.height - 1)
         draw.rectangle(rect, outline=colour, width=width)
-        text = labels.get(token, token)
-        tx, ty = rect[0] + width + 1, rect[1] + width + 1
-        bbox = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle(bbox, fill=colour)
-        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
+        _label(draw, fonts, labels.get(token, token), (rect[0] + width, rect[1] + width), colour)
     return out
+
+
+def _label(draw: ImageDraw.ImageDraw, fonts, text: str, at: tuple[float, float], colour) -> None:
+    """A filled tag with `text` at `at`, moved left or up as far as needed to stay inside."""
+    ascent, descent = fonts.metrics()
+    pad = max(1, (ascent + descent) // 8)
+    w, h = fonts.width(text) + 2 * pad, ascent + descent + 2 * pad
+    image_w, image_h = draw.im.size
+    x = max(0.0, min(at[0], image_w - w))
+    y = max(0.0, min(at[1], image_h - h))
+    draw.rectangle((x, y, x + w - 1, y + h - 1), fill=colour)
+    fonts.draw(draw, (x + pad, y + pad), text, (255, 255, 255))
