@@ -301,18 +301,20 @@ class Cluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.current(name).proc.pid, sig)
 
-    def stop(self, name: str, sig: int, grace: float = 30) -> None:
+    def stop(self, name: str, sig: int, grace: float = 30) -> bool:
         """Signal the process group and wait until every member is gone (`faketime` forks
         the service as its child, and a prefork worker has children of its own), SIGKILL
-        after `grace` seconds."""
+        after `grace` seconds. True when it came to SIGKILL."""
         with self._lock:
             self._stopping.add(name)
         proc = self.current(name).proc
         self.signal(name, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         self.signal(name, sig)
-        if not _group_gone(proc, grace):
-            self.signal(name, signal.SIGKILL)
-            _group_gone(proc, 10)
+        if _group_gone(proc, grace):
+            return sig == signal.SIGKILL
+        self.signal(name, signal.SIGKILL)
+        _group_gone(proc, 10)
+        return True
 
     def exited(self, exclude: set[str]) -> list[tuple[str, int]]:
         """Service processes that ended without being stopped: (name, exit code)."""

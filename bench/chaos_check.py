@@ -13,7 +13,9 @@ caches could hide a fault), it finds:
 - missing artifacts: an artifact row without its object, a succeeded job without its files;
 - over attempts: more starts than MIFO_MAX_ATTEMPTS without failing as `worker_lost`;
 - paused/skewed failed: a job that ran on a worker that was only paused or had its clock
-  moved, and failed;
+  moved, and failed for any reason but `worker_lost` (a pause past the lease is a lost run, as
+  a hung worker's is: the lease cannot tell them apart, and MIFO_MAX_ATTEMPTS is what stops a
+  job that hangs its worker every time; so is a warm restart that outlasts its grace);
 - cancels not kept: a job whose cancel was answered `canceled` and ended otherwise;
 - webhooks missing: a terminal job subscribed to `completed` whose event never arrived;
 - idempotency: a POST repeated with its Idempotency-Key that answered another job.
@@ -193,8 +195,12 @@ def _attempts(evidence: Evidence, snap: Snapshot, found: Findings) -> None:
     for jobs, how in ((evidence.paused_jobs, "paused"), (evidence.skewed_jobs, "skewed")):
         for job_id, worker in sorted(jobs.items()):
             ended = snap.jobs.get(job_id)
-            if ended is not None and ended["status"] == "failed":
+            if ended is not None and _failed_but_not_lost(ended):
                 found.paused_or_skewed_failed.append({**_brief(job_id, ended), how: worker})
+
+
+def _failed_but_not_lost(row: dict[str, Any]) -> bool:
+    return row["status"] == "failed" and row["error_type"] != "worker_lost"
 
 
 def _brief(job_id: str, row: dict[str, Any]) -> dict[str, Any]:

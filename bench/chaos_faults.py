@@ -342,7 +342,10 @@ class Injector:
         self._hit(fault)
         skew = self.rng.choice((SKEW_SECONDS, -SKEW_SECONDS))
         fault.detail["skew_seconds"] = skew
-        self.cluster.stop(fault.target, signal.SIGTERM, grace=WORKER_STOP_GRACE)
+        # A warm shutdown hands the running job back at its next step; one that outlasts the
+        # grace is killed, and its job's run is lost like a killed worker's.
+        killed = self.cluster.stop(fault.target, signal.SIGTERM, grace=WORKER_STOP_GRACE)
+        fault.detail["killed_after_grace"] = killed
         self.cluster.start(fault.target, skew=skew)
         fault.detail["incarnation"] = self.cluster.incarnations[fault.target][-1].number
         fault.healed = self.now()

@@ -205,8 +205,8 @@ def compare(
     from core import auth
     from core.db import make_engine, make_sessionmaker, session_scope, upgrade
     from core.models import Concept
-    from tests.service.conftest import throwaway_postgres
-    from tests.service.factories import concept_meta
+    from tests.helpers.db import throwaway_postgres
+    from tests.helpers.factories import concept_meta
 
     def port() -> int:
         with socket.socket() as sock:

@@ -29,7 +29,7 @@ from core import auth, queueinfo  # noqa: E402
 from core.db import make_engine, make_sessionmaker, session_scope, upgrade  # noqa: E402
 from core.models import Job, utcnow  # noqa: E402
 from core.settings import WorkerPools  # noqa: E402
-from tests.service.conftest import throwaway_postgres  # noqa: E402
+from tests.helpers.db import throwaway_postgres  # noqa: E402
 
 
 def _median_seconds(fn: object, rounds: int = 5) -> float:
