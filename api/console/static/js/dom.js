@@ -15,6 +15,39 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+export const NO_FILE = "no file chosen";
+
+/** Show the name of the file chosen in `input` (or "no file chosen") in the element the
+ * input is described by: the browser's own text for it is cut short ("No ...osen"). */
+export function showFileName(input) {
+  const shown = document.getElementById(input.getAttribute("aria-describedby"));
+  if (shown) shown.textContent = input.files?.[0]?.name || NO_FILE;
+}
+
+/**
+ * A file input as a button and the chosen file's name. The input keeps the focus and its
+ * name (`labelledBy`: the id of the field's label); the button is a label of it, which opens
+ * the file chooser; `button`: its text; other attributes go to the input.
+ */
+export function filePicker(id, { labelledBy, button, ...attrs }) {
+  const input = el("input", {
+    id,
+    type: "file",
+    class: "file-input",
+    "aria-labelledby": labelledBy,
+    "aria-describedby": `${id}-chosen`,
+    ...attrs,
+  });
+  input.addEventListener("change", () => showFileName(input));
+  return el(
+    "div",
+    { class: "file-pick" },
+    input,
+    el("label", { for: id, class: "button file-button", "aria-hidden": "true" }, button),
+    el("span", { id: `${id}-chosen`, class: "file-name" }, NO_FILE),
+  );
+}
+
 export function view(id) {
   return document.getElementById(id).content.cloneNode(true);
 }

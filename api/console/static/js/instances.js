@@ -1,7 +1,7 @@
 // The new-concept view's instances: one row per mask, with its paint selector, name, mask
 // file and remove button; the painter holds the masks in the rows' order.
 
-import { clearProblems, el, showProblem } from "./dom.js";
+import { clearProblems, el, filePicker, showFileName, showProblem } from "./dom.js";
 import { maskSizeProblem } from "./masks.js";
 import { COLOURS } from "./paint.js";
 
@@ -83,12 +83,12 @@ export class InstanceList {
 /** The row of instance `i` (its labels come from renumber); `on`: {select, upload, remove}. */
 function instanceRow(id, i, on) {
   const radio = el("input", { type: "radio", name: "active-instance", onchange: on.select });
-  const upload = el("input", {
-    id: `${id}-mask`,
-    type: "file",
+  const upload = filePicker(`${id}-mask`, {
+    labelledBy: `${id}-mask-label`,
+    button: "Choose mask file…",
     accept: "image/*",
     "data-control": true,
-    onchange: () => on.upload(upload),
+    onchange: (e) => on.upload(e.target),
   });
   const name = el("input", {
     id: `${id}-name`,
@@ -120,7 +120,7 @@ function instanceRow(id, i, on) {
     el(
       "div",
       { class: "slot mask-slot" },
-      el("label", { class: "mask-label", for: `${id}-mask` }),
+      el("label", { class: "mask-label", id: `${id}-mask-label`, for: `${id}-mask` }),
       upload,
       el("p", { class: "problem", role: "alert" }),
     ),
@@ -133,9 +133,13 @@ function instanceRow(id, i, on) {
 async function uploadMask(upload, at, painter, form) {
   const file = upload.files[0];
   if (!file) return;
-  const refuse = (message, fix) => showProblem(form, { field: `masks[${at}]`, message, fix });
-  if (!painter.image) {
+  // a refused file is not kept: the field says "no file chosen" again
+  const refuse = (message, fix) => {
     upload.value = "";
+    showFileName(upload);
+    showProblem(form, { field: `masks[${at}]`, message, fix });
+  };
+  if (!painter.image) {
     refuse("No image chosen yet.", "choose the image first, then its masks");
     return;
   }
@@ -147,7 +151,6 @@ async function uploadMask(upload, at, painter, form) {
   }
   const size = bitmap && maskSizeProblem(bitmap, painter.canvas.width, painter.canvas.height);
   if (size) {
-    upload.value = "";
     refuse(size, "upload a mask of the image's own size");
     return;
   }

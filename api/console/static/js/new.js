@@ -2,7 +2,7 @@
 // The instance rows are in instances.js, the painter in paint.js.
 
 import { api } from "./api.js";
-import { clearProblems, reportProblem, showProblem, view } from "./dom.js";
+import { clearProblems, reportProblem, showFileName, showProblem, view } from "./dom.js";
 import { InstanceList } from "./instances.js";
 import { MaskPainter } from "./paint.js";
 
@@ -39,12 +39,15 @@ export function showNew(main) {
 /** Show a chosen image in the painter, then `onImage(file)`; a file that does not read
  * leaves the previous image in use. */
 function watchImage(main, form, painter, onImage) {
-  main.querySelector("#image-input").addEventListener("change", async (e) => {
-    const file = e.target.files[0] || null;
+  const input = main.querySelector("#image-input");
+  let inUse = null;
+  input.addEventListener("change", async () => {
+    const file = input.files[0] || null;
     if (!file) return;
     try {
       painter.setImage(await createImageBitmap(file));
     } catch {
+      keepFile(input, inUse);
       showProblem(form, {
         field: "image",
         message: "This file is not an image the browser can read.",
@@ -55,8 +58,18 @@ function watchImage(main, form, painter, onImage) {
     clearProblems(form);
     painter.canvas.hidden = false;
     main.querySelector("#paint-empty").hidden = true;
+    inUse = file;
     onImage(file);
   });
+  input.addEventListener("change", () => showFileName(input));
+}
+
+/** Put `file` back in `input` (none: empty it), with its name shown. */
+function keepFile(input, file) {
+  const kept = new DataTransfer();
+  if (file) kept.items.add(file);
+  input.files = kept.files;
+  showFileName(input);
 }
 
 /** The tool choice, the brush size and undo. */
