@@ -134,6 +134,7 @@ def refused_in_the_page_and_by_the_api(page: Any) -> None:
         assert page.locator(".problem:not(:empty)").count() == 1
     name.fill("orange block")
     options = "Options (JSON object of LearnConfig fields)"
+    page.get_by_text("Advanced: every option as JSON").click()  # the JSON, folded at first
     for value, says in [
         ("{not json", "not a JSON object"),
         ('{"lr": "fast"}', "field 'lr' cannot be 'fast'"),

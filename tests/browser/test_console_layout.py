@@ -4,6 +4,8 @@ file fields as labelled buttons with the chosen file's name."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,92 @@ def test_file_fields_are_labelled_buttons_with_the_file_name(
     assert page.evaluate("document.activeElement.id") == "image-input"
     outline = buttons.first.evaluate("e => getComputedStyle(e).outlineStyle")
     assert outline == "solid", outline
+
+
+QUICK = {"phase1_steps": 4, "phase2_steps": 2, "reward_steps": 1, "diagnostic_timesteps": [100]}
+
+
+def read_json(page: Any, path: str) -> Any:
+    """GET an API path as the console would, from the page's own origin."""
+    answer = page.request.get(path)
+    assert answer.ok, answer.text()
+    return answer.json()
+
+
+def test_learning_options_as_fields_in_step_with_their_json(
+    page: Any, open_service: str, scene_files: tuple[Path, list[Path]]
+) -> None:
+    scene, masks = scene_files
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.goto(open_service + "/console/")
+    preset = page.get_by_label("Preset")
+    phase1 = page.get_by_label("Phase 1 steps")
+    phase2 = page.get_by_label("Phase 2 steps")
+    adaptation = page.get_by_label("Adaptation (phase 2)")
+    seed = page.get_by_label("Seed", exact=True)
+    text = page.get_by_label("Options (JSON object of LearnConfig fields)")
+
+    def fields() -> tuple[str, ...]:
+        return tuple(c.input_value() for c in (preset, phase1, phase2, adaptation, seed))
+
+    def sent() -> Any:
+        return json.loads(text.input_value())
+
+    # The quick preset: its values in the fields; the JSON folded under "Advanced".
+    assert fields() == ("quick", "4", "2", "lora", "")
+    assert sent() == QUICK and not text.is_visible()
+    assert [c.get_attribute("placeholder") for c in (phase1, phase2, seed)] == ["800", "400", "0"]
+    # A field edited rewrites the JSON; the preset becomes "custom".
+    phase1.fill("6")
+    seed.fill("7")
+    adaptation.select_option("none")
+    assert sent() == QUICK | {"phase1_steps": 6, "seed": 7, "phase2": False}
+    assert preset.input_value() == "custom"
+    adaptation.select_option("full")
+    seed.fill("")  # emptied: left out, the default applies
+    assert sent() == QUICK | {"phase1_steps": 6, "phase2_mode": "full"}
+    # The JSON edited fills the fields; JSON equal to a preset selects it.
+    page.get_by_text("Advanced: every option as JSON").click()
+    text.fill('{"phase1_steps": 3, "phase2_steps": 1, "phase2": false, "seed": 11}')
+    assert fields() == ("custom", "3", "1", "none", "11")
+    text.fill("{}")
+    assert fields() == ("paper", "", "", "lora", "")
+    preset.select_option("quick")
+    assert sent() == QUICK and fields() == ("quick", "4", "2", "lora", "")
+    # JSON that does not read: said at the field, the fields wait for it, nothing is sent.
+    text.fill('{"phase1_steps": 3,')
+    problem = page.locator('[data-field="options"] .problem')
+    assert "Options are not a JSON object" in problem.inner_text(), problem.inner_text()
+    assert "Fix:" in problem.inner_text() and text.get_attribute("aria-invalid") == "true"
+    assert phase1.is_disabled() and adaptation.is_disabled() and not preset.is_disabled()
+    page.set_input_files("#image-input", str(scene))
+    page.get_by_label("Mask file for instance 1").set_input_files(str(masks[0]))
+    wait_until(page, "document.querySelector('.instance .coverage').textContent.includes('%')")
+    page.get_by_text("Advanced: every option as JSON").click()  # folded: the refusal unfolds it
+    assert not text.is_visible()
+    page.get_by_role("button", name="Start learning").click()
+    assert "Options are not a JSON object" in problem.inner_text()
+    assert text.is_visible() and text.evaluate("e => e === document.activeElement")
+    assert posts == []
+    # Mended, then a field set: the request carries what was chosen.
+    text.fill(json.dumps(QUICK | {"phase2_steps": 1, "phase2": False}))
+    assert problem.inner_text() == "" and text.get_attribute("aria-invalid") is None
+    assert not phase1.is_disabled() and adaptation.input_value() == "none"
+    # The API's refusal of a field's value is said beside that field.
+    phase1.fill("-1")
+    page.get_by_role("button", name="Start learning").click()
+    refused = page.locator('[data-field="options.phase1_steps"] .problem')
+    refused.filter(has_text="phase1_steps").wait_for()
+    assert phase1.evaluate("e => e === document.activeElement")
+    assert page.locator("[aria-invalid=true]").count() == 1
+    phase1.fill("4")
+    seed.fill("5")
+    chosen = QUICK | {"phase2_steps": 1, "phase2": False, "seed": 5}
+    assert sent() == chosen
+    page.get_by_role("button", name="Start learning").click()
+    page.wait_for_url(re.compile(r"#/concepts/[0-9a-f-]{36}$"))
+    concept = read_json(page, f"{open_service}/v1/concepts/{page.url.rsplit('/', 1)[1]}")
+    assert concept["options"] == chosen
+    job = read_json(page, f"{open_service}/v1/jobs/{concept['learn_job_id']}")
+    assert job["request"]["options"] == chosen

@@ -133,3 +133,16 @@ def test_the_package_data_ships_every_file() -> None:
     globs = data["package-data"]["api"]
     shipped = {p for g in globs for p in (ROOT / "api").glob(g) if p.is_file()}
     assert shipped == set(FILES)
+
+
+def test_the_learning_fields_show_the_engines_defaults() -> None:
+    """An empty learning field leaves its option out: its placeholder is the engine's default."""
+    from mifo_engine.config import LearnConfig
+
+    html = (STATIC / "index.html").read_text()
+    shown = {
+        name: value for value, name in re.findall(r'placeholder="(\d+)" data-option="(\w+)"', html)
+    }
+    assert set(shown) == {"phase1_steps", "phase2_steps", "seed"}, shown
+    defaults = LearnConfig()
+    assert shown == {name: str(getattr(defaults, name)) for name in shown}

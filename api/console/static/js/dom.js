@@ -89,6 +89,8 @@ export function showProblem(root, problem) {
     root.querySelector(".form-problem");
   if (!line) return null;
   line.textContent = problemText(problem);
+  // a problem in a folded part of the page (<details>) unfolds it, so that it is seen
+  for (let d = line.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
   if (slot) slot.classList.add("invalid");
   const control = slot && slot.querySelector("[data-control]");
   if (control) control.setAttribute("aria-invalid", "true");

@@ -1,16 +1,12 @@
 // New concept: the image, one painted or uploaded mask per instance, names, options; learn.
-// The instance rows are in instances.js, the painter in paint.js.
+// The instance rows are in instances.js, the painter in paint.js, the options in
+// learn-options.js.
 
 import { api } from "./api.js";
 import { clearProblems, reportProblem, showFileName, showProblem, view } from "./dom.js";
 import { InstanceList } from "./instances.js";
+import { parseOptions, watchOptions } from "./learn-options.js";
 import { MaskPainter } from "./paint.js";
-
-// `quick` runs in seconds on the built-in tiny model; `paper` sends no overrides.
-export const PRESETS = {
-  quick: { phase1_steps: 4, phase2_steps: 2, reward_steps: 1, diagnostic_timesteps: [100] },
-  paper: {},
-};
 
 export function showNew(main) {
   main.append(view("view-new"));
@@ -87,21 +83,6 @@ function watchTools(main, painter) {
   main.querySelector("#undo").addEventListener("click", () => painter.undoLast());
 }
 
-/** The options text, set by the preset choice; an edit makes the choice "custom". */
-function watchOptions(main) {
-  const preset = main.querySelector("#preset");
-  const options = main.querySelector("#options");
-  const applyPreset = () => {
-    if (preset.value in PRESETS) options.value = JSON.stringify(PRESETS[preset.value], null, 1);
-  };
-  preset.addEventListener("change", applyPreset);
-  options.addEventListener("input", () => {
-    preset.value = "custom";
-  });
-  applyPreset();
-  return options;
-}
-
 /** On submit: the page's own `problem()` if there is one, else `body()` sent as a new
  * concept, which then opens; one submit at a time. */
 function watchSubmit(form, button, problem, body) {
@@ -175,17 +156,5 @@ function check(image, rows, painter, options) {
       fix: "leave the comma out",
     };
   }
-  try {
-    const parsed = options.trim() ? JSON.parse(options) : {};
-    if (typeof parsed !== "object" || Array.isArray(parsed) || parsed === null) {
-      throw new Error("not an object");
-    }
-  } catch (err) {
-    return {
-      field: "options",
-      message: `Options are not a JSON object (${err.message}).`,
-      fix: 'write e.g. {"phase1_steps": 100}',
-    };
-  }
-  return null;
+  return parseOptions(options).problem || null;
 }
