@@ -1,4 +1,4 @@
-"""Attention layers by place and resolution, and the processors that capture or bound them.
+"""The processors that capture or bound attention (the layers themselves: `layers`).
 
 Behaviour lives in processor objects installed with `unet.set_attn_processor` and removed in
 `finally`; a controller object decides, per layer and per call, whether the layer needs an
@@ -9,88 +9,25 @@ layers a loss reads). Every other call goes through the fused attention kernel.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-Kind = Literal["self", "cross"]
-Place = Literal["down", "mid", "up"]
+from .layers import AttnLayer, Kind, unet_attention_layers
 
-REFERENCE_LATENT = 64  # config resolutions are given for SD 2.1 at 512 px
-_NAME = re.compile(
-    r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\..*\.(attn1|attn2)\.processor$"
-)
-
-
-@dataclass(frozen=True)
-class AttnLayer:
-    """One attention module of the UNet, located by place, block and resolution."""
-
-    name: str  # processor key, as in unet.attn_processors
-    place: Place
-    block: int  # index within its place (0 for the mid block)
-    kind: Kind
-    resolution: int  # side of the square feature map this layer sees, for the model's latent
-
-
-def unet_attention_layers(
-    processor_names: Iterable[str], unet_config: Mapping[str, Any], latent_size: int
-) -> list[AttnLayer]:
-    """Describe every attention processor of a UNet from its name and the UNet config."""
-    n_levels = len(unet_config["block_out_channels"])
-    layers = []
-    for name in processor_names:
-        m = _NAME.match(name)
-        if m is None:
-            continue
-        kind: Kind = "self" if m.group(4) == "attn1" else "cross"
-        if m.group(2) is not None:
-            place: Place = "down"
-            block = int(m.group(2))
-            level = block
-        elif m.group(3) is not None:
-            place, block = "up", int(m.group(3))
-            level = n_levels - 1 - block
-        else:
-            place, block, level = "mid", 0, n_levels - 1
-        layers.append(AttnLayer(name, place, block, kind, max(1, latent_size >> level)))
-    return layers
-
-
-def scaled_resolution(reference: int, latent_size: int) -> int:
-    """Map a resolution given for a 64x64 latent to the model's latent size."""
-    return max(1, reference * latent_size // REFERENCE_LATENT)
-
-
-def select_layers(
-    layers: Iterable[AttnLayer],
-    *,
-    kind: Kind,
-    places: Iterable[Place],
-    resolutions: Iterable[int],
-    latent_size: int,
-    first_block_only: bool = False,
-) -> list[AttnLayer]:
-    """Layers of one kind at the given places and (reference) resolutions."""
-    wanted_res = {scaled_resolution(r, latent_size) for r in resolutions}
-    wanted_places = set(places)
-    chosen = [
-        layer
-        for layer in layers
-        if layer.kind == kind and layer.place in wanted_places and layer.resolution in wanted_res
-    ]
-    if first_block_only:
-        # e.g. "the first decoder block at 16x16": only the lowest block index per (place, res)
-        first: dict[tuple[str, int], int] = {}
-        for layer in chosen:
-            key = (layer.place, layer.resolution)
-            first[key] = min(first.get(key, layer.block), layer.block)
-        chosen = [lay for lay in chosen if first[(lay.place, lay.resolution)] == lay.block]
-    return chosen
+__all__ = [
+    "AttentionController",
+    "AttnLayer",
+    "CaptureController",
+    "Kind",
+    "MifoAttnProcessor",
+    "installed_processors",
+    "last_block",
+    "truncated_forward",
+    "unet_attention_layers",
+]
 
 
 class AttentionController(Protocol):

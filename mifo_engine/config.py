@@ -1,8 +1,10 @@
 """Frozen, typed run configurations with the paper's defaults (METHOD.md).
 
 Every number of the method is a field here; code never hides one. Resolutions of attention
-layers are given for SD 2.1 at 512 px (a 64x64 latent) and are scaled to the latent size of
-the model actually used, so the same config selects the same places on a tiny test UNet.
+layers are given for SD 2.1 at 512 px (a 64x64 latent); on the model actually used each names
+the block of the same rank from the coarsest at its place (`layers`), so the same config
+selects the same places on SD 2.1 at any size, on the tiny test UNet, and on UNets of other
+depths.
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ class BoundedController:
             return
         cfg = self.cfg
         res = int(round(sa.shape[-1] ** 0.5))
-        k = cfg.num_clusters * len(self.layout.subjects)
+        # never more clusters than the map has pixels (a small model's coarse map)
+        k = min(cfg.num_clusters * len(self.layout.subjects), sa.shape[1])
         labels, self._centroids = kmeans(
             normalise_columns(sa, cfg.map_norm_eps),
             k,

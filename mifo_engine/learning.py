@@ -12,17 +12,12 @@ import torch
 from diffusers.optimization import get_scheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-from .attention import (
-    AttnLayer,
-    CaptureController,
-    installed_processors,
-    select_layers,
-    unet_attention_layers,
-)
+from .attention import CaptureController, installed_processors
 from .concept import BaseRef, Concept, TokenInfo
-from .config import LearnConfig, Place
+from .config import LearnConfig
 from .errors import ConfigError
 from .inputs import PreparedInputs, instance_names, prepare_inputs
+from .layers import AttnLayer, AttnStructure, LearnBlocks, learn_blocks, pick, unet_attention_layers
 from .losses import (
     leakage,
     masked_reconstruction_loss,
@@ -71,6 +66,7 @@ def learn(
     # 1. Check inputs
     cfg = config or LearnConfig()
     resolution = cfg.resolution or base.resolution
+    layers, blocks = _layers(base, cfg, resolution // base.vae_scale_factor)
     inputs = prepare_inputs(image, masks, resolution=resolution, config=cfg)
     n = inputs.masks.shape[0]
     names = instance_names(names, n)
@@ -84,7 +80,7 @@ def learn(
         stack.enter_context(training_state(base.unet, base.text_encoder, base.vae))
         tokenizer = stack.enter_context(extended_vocabulary(base, tokens, rows))
         # 4. Prepare the run's fixed inputs: latents, masks, prompts, attention layers
-        prepared = _prepare(base, tokenizer, tokens, inputs, cfg)
+        prepared = _prepare(base, tokenizer, tokens, inputs, cfg, (layers, blocks))
         run = _Run(base, tokenizer, prepared, cfg, progress)
         stack.enter_context(installed_processors(base.unet, run.capture.processors()))
         # 5. Phase 1: the new token rows
@@ -115,7 +111,15 @@ def learn(
         diagnostics=diagnostics,
         attention_maps=maps,
         input_image=inputs.image_rgb,
+        input_masks=Concept.mask_images(inputs.masks),
     )
+
+
+def _layers(base: LoadedBase, cfg: LearnConfig, latent: int) -> tuple[list[AttnLayer], LearnBlocks]:
+    """The UNet's attention layers and the blocks the run reads; ConfigError, before any
+    work, where `cfg` names a layer this model lacks."""
+    layers = unet_attention_layers(base.unet.attn_processors, base.unet.config, latent)
+    return layers, learn_blocks(AttnStructure.from_layers(layers, latent), cfg)
 
 
 def _phase2(
@@ -193,18 +197,17 @@ class _Prepared:
 
 @torch.no_grad()
 def _prepare(
-    base: LoadedBase, tokenizer: Any, tokens: list[str], inputs: PreparedInputs, cfg: LearnConfig
+    base: LoadedBase,
+    tokenizer: Any,
+    tokens: list[str],
+    inputs: PreparedInputs,
+    cfg: LearnConfig,
+    chosen: tuple[list[AttnLayer], LearnBlocks],
 ) -> _Prepared:
     """Encode the image, resize the masks and pick the attention layers, once per run."""
     device = base.device
     latent = inputs.image.shape[-1] // base.vae_scale_factor
-    layers = unet_attention_layers(base.unet.attn_processors, base.unet.config, latent)
-
-    def cross(places: Sequence[Place], resolutions: Sequence[int]) -> list[AttnLayer]:
-        return select_layers(
-            layers, kind="cross", places=places, resolutions=resolutions, latent_size=latent
-        )
-
+    layers, blocks = chosen
     vae = base.vae
     pixels = torch.stack([inputs.image, inputs.image.flip(-1)]).to(device, vae.dtype)
     dist = vae.encode(pixels).latent_dist
@@ -225,9 +228,9 @@ def _prepare(
             prediction_type=base.scheduler_config.get("prediction_type", "epsilon"),
         ),
         layers=layers,
-        phase1_layers=cross([cfg.attn_loss_place], cfg.attn_loss_resolutions),
-        phase2_layers=cross(cfg.phase2_attn_places, cfg.phase2_attn_resolutions),
-        decoder_layers=[lay for lay in layers if lay.kind == "cross" and lay.place == "up"],
+        phase1_layers=pick(layers, "cross", blocks.phase1),
+        phase2_layers=pick(layers, "cross", blocks.phase2),
+        decoder_layers=pick(layers, "cross", blocks.diagnostics),
         post_mean=dist.mean.float(),
         post_std=dist.std.float(),
         scaling=vae.config["scaling_factor"],

@@ -28,6 +28,7 @@ from .builtin import (
 from .device import resolve_device
 from .errors import ModelLoadError
 from .hashing import files_sha256, state_dict_sha256
+from .layers import AttnStructure, check_supported, unet_attention_layers
 from .loading import Components, load_directory, own_memory, read_json, save_directory
 from .sources import (
     BUILTIN_SPECS,
@@ -61,6 +62,7 @@ __all__ = [
     "TINY",
     "TINY_VOCAB_SIZE",
     "LoadedBase",
+    "attention_structure",
     "build_tiny",
     "build_unet_on_meta",
     "check_base_model",
@@ -132,6 +134,9 @@ def load_base_model(
     for module in (unet, text_encoder, vae):
         _place(module, target, dtype, own_memory_on_cpu=source.kind in ("local", "hub"))
     vae_scale_factor = _vae_scale_factor(vae.config)
+    latent = _resolution(unet.config, vae.config) // vae_scale_factor
+    layers = unet_attention_layers(unet.attn_processors, unet.config, latent)
+    check_supported(unet.config, AttnStructure.from_layers(layers, latent), spec)
     base = LoadedBase(
         spec=spec,
         model_id=source.model_id,
@@ -177,18 +182,44 @@ def load_tokenizer(
 def native_resolution(spec: str, *, cache_dir: str | Path | None = None) -> int:
     """The side in pixels that a base model learns and draws at, as `load_base_model(spec)`
     would report it, from the model's configs alone (no weights, no torch)."""
+    unet_config, vae_config, _ = _configs(spec, cache_dir)
+    return _resolution(unet_config, vae_config)
+
+
+def attention_structure(spec: str, *, cache_dir: str | Path | None = None) -> AttnStructure:
+    """Where the base model's UNet has cross-attention, at its native latent size, from its
+    configs alone (no weights, no torch): what `layers.check_layers` checks a config against.
+    ModelLoadError when the engine cannot run on such a UNet."""
+    unet_config, vae_config, where = _configs(spec, cache_dir)
+    latent = _resolution(unet_config, vae_config) // _vae_scale_factor(vae_config)
+    try:
+        structure = AttnStructure.from_unet_config(unet_config, latent)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"Base model {where}: its unet/config.json does not give the UNet's blocks "
+            f"({type(exc).__name__}: {exc}).",
+            field="model",
+            fix=FIX,
+        ) from exc
+    check_supported(unet_config, structure, where)
+    return structure
+
+
+def _configs(spec: str, cache_dir: str | Path | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The UNet and VAE configs of a spec, and the model's name for messages."""
     source = parse_spec(spec)
     if source.kind == TINY:
-        return _resolution(*tiny_configs())
+        return (*tiny_configs(), spec)
     if source.kind == SD21_RANDOM:
-        return _resolution(sd21_unet_config(), sd21_vae_config())
+        return sd21_unet_config(), sd21_vae_config(), spec
     directory, _ = model_directory(source, local_files_only=True, cache_dir=cache_dir, full=True)
     check_directory(directory, full=True)
     try:
-        return _resolution(
+        configs = (
             read_json(directory / "unet" / "config.json"),
             read_json(directory / "vae" / "config.json"),
         )
+        _resolution(*configs)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ModelLoadError(
             f"Base model directory {directory}: its unet/ or vae/ config.json does not give the "
@@ -196,6 +227,7 @@ def native_resolution(spec: str, *, cache_dir: str | Path | None = None) -> int:
             field="model",
             fix=FIX,
         ) from exc
+    return (*configs, str(directory))
 
 
 def _vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
@@ -211,9 +243,9 @@ def _resolution(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -
 
 def check_base_model(spec: str, *, cache_dir: str | Path | None = None) -> None:
     """Raise ModelLoadError, naming what is missing, unless `load_base_model(spec)` can load
-    it from this machine as it is and its configs give its size (no download, no weights
-    read, no torch)."""
-    native_resolution(spec, cache_dir=cache_dir)
+    it from this machine as it is, its configs give its size, and the engine runs on its
+    UNet (`attention_structure`; no download, no weights read, no torch)."""
+    attention_structure(spec, cache_dir=cache_dir)
 
 
 def save_base_model(base: LoadedBase, path: str | Path) -> Path:

@@ -5,6 +5,7 @@ No torch here: `check_base_model` and the HTTP front end's tokenizer use this al
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -29,6 +30,11 @@ FIX = (
     "or MIFO_BASE_MODEL, for the service) at a local diffusers directory (model_index.json with "
     "unet/, text_encoder/, vae/, tokenizer/ and scheduler/ subfolders), or fill the Hugging Face "
     "cache on a machine that can reach the hub"
+)
+
+UNSUPPORTED_FIX = (
+    "use a Stable Diffusion 1.x or 2.x model (one CLIP text encoder, a UNet2DConditionModel "
+    "with cross-attention in its up blocks, epsilon or v prediction)"
 )
 
 
@@ -207,7 +213,9 @@ def missing_parts(directory: Path, *, full: bool) -> list[str]:
 
 
 def check_directory(directory: Path, *, full: bool) -> dict[str, list[Path]]:
-    """The weight files of each component, or ModelLoadError naming what is missing."""
+    """The weight files of each component, or ModelLoadError naming what is missing (or, for
+    SDXL and later pipelines, what is not supported)."""
+    _refuse_second_text_encoder(directory)
     missing = missing_parts(directory, full=full)
     if missing:
         raise ModelLoadError(
@@ -221,3 +229,30 @@ def check_directory(directory: Path, *, full: bool) -> dict[str, list[Path]]:
         c: [directory / c / n for n in _pick_weights(p.name for p in (directory / c).iterdir())]
         for c in COMPONENTS
     }
+
+
+def _refuse_second_text_encoder(directory: Path) -> None:
+    """ModelLoadError for a pipeline with two or more text encoders (SDXL, SD 3 and later):
+    the engine learns tokens in one CLIP text encoder and conditions the UNet on it alone."""
+    index = _model_index(directory)
+    named = index.get("text_encoder_2") not in (None, [None, None])
+    if not (named or (directory / "text_encoder_2").is_dir()):
+        return
+    raise ModelLoadError(
+        f"Base model directory {directory} has a second text encoder (text_encoder_2; "
+        f"{index.get('_class_name', 'its pipeline')}): SDXL and later models are not "
+        "supported. The engine learns its tokens in one CLIP text encoder and conditions the "
+        "UNet on it alone (Stable Diffusion 1.x and 2.x).",
+        field="model",
+        fix=UNSUPPORTED_FIX,
+    )
+
+
+def _model_index(directory: Path) -> dict[str, object]:
+    """The directory's model_index.json; empty when it is missing or unreadable (the
+    loader reports what it needs)."""
+    try:
+        data = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -18,7 +18,6 @@ from .attention import (
     MifoAttnProcessor,
     installed_processors,
     last_block,
-    select_layers,
     truncated_forward,
     unet_attention_layers,
 )
@@ -26,6 +25,7 @@ from .concept import Concept
 from .config import SynthesisConfig
 from .controller import BoundedController
 from .guidance import decay_weight, guidance_loss, optimise_latent, step_size
+from .layers import AttnStructure, pick, synthesis_blocks
 from .layout import Layout, validate_synthesis_request
 from .render import layout_preview
 from .runtime import (
@@ -115,6 +115,9 @@ def synthesize(
     cfg = config or SynthesisConfig()
     layout = validate_synthesis_request(concept.metadata(), prompt, boxes, base.tokenizer)
     seeds = cfg.image_seeds()
+    # the attention layers, and ConfigError before any work where cfg names one this model lacks
+    layers = unet_attention_layers(base.unet.attn_processors, base.unet.config, concept.latent_size)
+    loss_layers, refine_layers = _controlled_layers(layers, cfg, concept.latent_size)
     with (
         backend_settings(base.device, cfg.tf32),
         concept.applied(base) as tokenizer,
@@ -131,10 +134,6 @@ def synthesize(
         latents = initial_latents(base, generators, concept.latent_size)
         latents = latents * scheduler.init_noise_sigma
         # 5. Prepare the bounded attention: controller and attention processors
-        layers = unet_attention_layers(
-            base.unet.attn_processors, base.unet.config, concept.latent_size
-        )
-        loss_layers, refine_layers = _controlled_layers(layers, cfg, concept.latent_size)
         controller = BoundedController(
             layout, tokenizer, ids, len(seeds), cfg, base.device, loss_layers, refine_layers
         )
@@ -233,26 +232,17 @@ def _denoise(
 def _controlled_layers(
     layers: Sequence[AttnLayer], cfg: SynthesisConfig, latent_size: int
 ) -> tuple[list[AttnLayer], list[AttnLayer]]:
-    """The loss layers (cross then self) and the refinement layers, by place and resolution."""
-
-    def pick(kind: str, place: str, res: int) -> list[AttnLayer]:
-        return select_layers(
-            layers,
-            kind=kind,  # type: ignore[arg-type]
-            places=[place],  # type: ignore[list-item]
-            resolutions=[res],
-            latent_size=latent_size,
-            first_block_only=True,
-        )
-
+    """The loss layers (cross then self) and the refinement layers (self then cross), in the
+    blocks `cfg` names (`layers.synthesis_blocks`): ConfigError where the model lacks one."""
+    blocks = synthesis_blocks(AttnStructure.from_layers(layers, latent_size), cfg)
     loss = [
-        lay for kind in ("cross", "self") for p, r in cfg.loss_layers for lay in pick(kind, p, r)
+        lay for kind in ("cross", "self") for b in blocks.loss for lay in pick(layers, kind, {b})
     ]
-    refine = [
-        lay
-        for kind in ("self", "cross")
-        for lay in pick(kind, cfg.refine_place, cfg.refine_resolution)
-    ]
+    refine = (
+        []
+        if blocks.refine is None
+        else [lay for kind in ("self", "cross") for lay in pick(layers, kind, {blocks.refine})]
+    )
     return loss, refine
 
 

@@ -390,6 +390,49 @@ def test_unknown_builtin_name_is_refused() -> None:
         load_base_model("sd21")
 
 
+def test_the_attention_structure_is_read_from_the_configs_as_loading_finds_it(
+    tiny: LoadedBase, tiny_dir: Path
+) -> None:
+    from mifo_engine.layers import AttnStructure, unet_attention_layers
+
+    layers = unet_attention_layers(tiny.unet.attn_processors, tiny.unet.config, tiny.latent_size)
+    loaded = AttnStructure.from_layers(layers, tiny.latent_size)
+    assert models.attention_structure("tiny") == models.attention_structure(str(tiny_dir)) == loaded
+    assert models.attention_structure("sd21-random").offers() == (
+        "down 16 (16x16), 32 (32x32), 64 (64x64); mid 8 (8x8); up 16 (16x16), 32 (32x32), 64 (64x64)"
+    )
+
+
+@pytest.mark.parametrize("how", ["model_index", "folder"])
+def test_a_pipeline_with_a_second_text_encoder_is_refused_as_sdxl(
+    tiny_dir: Path, tmp_path: Path, how: str
+) -> None:
+    sdxl = Path(shutil.copytree(tiny_dir, tmp_path / "sdxl"))
+    if how == "model_index":
+        index = json.loads((sdxl / "model_index.json").read_text())
+        index |= {"_class_name": "StableDiffusionXLPipeline"}
+        index |= {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
+        (sdxl / "model_index.json").write_text(json.dumps(index))
+    else:
+        shutil.copytree(sdxl / "text_encoder", sdxl / "text_encoder_2")
+    for check in (models.check_base_model, load_base_model):
+        with pytest.raises(ModelLoadError, match="SDXL and later") as caught:
+            check(str(sdxl))
+        assert caught.value.field == "model" and "1.x or 2.x" in (caught.value.fix or "")
+
+
+def test_a_unet_without_decoder_cross_attention_is_refused_before_and_after_loading(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers.models import SHAPES, Shape, save_shape
+
+    plain = Shape(SHAPES["two_levels"].down, ("UpBlock2D",) * 2, (32, 64))
+    folder = save_shape(plain, tmp_path / "plain")
+    for check in (models.check_base_model, load_base_model):
+        with pytest.raises(ModelLoadError, match="no cross-attention in its up blocks"):
+            check(str(folder))
+
+
 def test_uncached_hub_model_fails_fast_offline(tmp_path: Path) -> None:
     spec = "mifo-tests/no-such-model@" + "f" * 40
     started = time.perf_counter()
