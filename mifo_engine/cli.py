@@ -1,4 +1,5 @@
-"""`mifo learn` and `mifo synthesize`: the engine from the command line."""
+"""`mifo learn` and `mifo synthesize` (and `mifo evaluate`, in `evalcli`): the engine from the
+command line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from typing import Any
 
 from .config import LearnConfig, SynthesisConfig
-from .errors import Canceled, LayoutError, MifoError
+from .errors import Canceled, LayoutError, MifoError, ModelLoadError
 
 # Modules that import torch load inside the commands: the service commands of `mifo` share
 # this parser and run where the engine extra is not installed.
@@ -21,8 +22,11 @@ PREVIEW_RESOLUTION = 512  # for checking files before the model (and its size) i
 
 def register(sub: Any) -> None:
     """Add the engine commands to the `mifo` command."""
+    from .evalcli import add_evaluate  # it builds on this module's helpers
+
     _add_learn(sub)
     _add_synthesize(sub)
+    add_evaluate(sub)
 
 
 def _add_learn(sub: Any) -> None:
@@ -200,6 +204,7 @@ def _do_learn(args: argparse.Namespace) -> None:
         args.image, args.masks, resolution=cfg.resolution or PREVIEW_RESOLUTION, config=cfg
     )
     spec = args.model or getattr(args, "env_model", None) or DEFAULT_BASE_MODEL
+    _check_layers(spec, cfg)
     base = load_base_model(spec, device=args.device)
     with _Bars() as bars:
         concept = learn(
@@ -251,6 +256,7 @@ def _do_synthesize(args: argparse.Namespace) -> None:
     spec = args.model or meta["base_model"]["spec"]
     # The prompt and boxes are checked with the tokenizer alone, before the weights load.
     validate_synthesis_request(meta, args.prompt, boxes, load_tokenizer(spec))
+    _check_layers(spec, cfg)
     base = load_base_model(spec, device=args.device)
     concept = Concept.load(args.concept)
     with _Bars() as bars:
@@ -262,6 +268,19 @@ def _do_synthesize(args: argparse.Namespace) -> None:
         lines.append(f"image_{k:02d}.png (seed {seed})" + (f": {shares}" if shares else ""))
         images.append({"file": f"image_{k:02d}.png", "seed": int(seed), "in_box_share": diag})
     _summary(args, [*lines, f"images written to {args.out}"], {"out": args.out, "images": images})
+
+
+def _check_layers(spec: str, cfg: LearnConfig | SynthesisConfig) -> None:
+    """Refuse a config naming attention layers the model lacks before its weights load, where
+    its configs are on this machine (learning and synthesis check the loaded UNet again)."""
+    from .layers import check_layers
+    from .models import attention_structure
+
+    try:
+        structure = attention_structure(spec)
+    except ModelLoadError:
+        return  # not here yet (a hub model to fetch), or broken: loading says which
+    check_layers(structure, cfg)
 
 
 def _summary(args: argparse.Namespace, lines: list[str], data: dict[str, Any]) -> None:

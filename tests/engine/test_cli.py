@@ -234,3 +234,50 @@ def test_synthesize_checks_the_prompt_and_boxes_before_loading_the_model(
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "loaded before" not in err
+
+
+@pytest.fixture(scope="module")
+def two_levels(tmp_path_factory):
+    """A 2-level UNet pipeline in diffusers layout, and a scene with two masks."""
+    from tests.helpers.images import make_scene
+    from tests.helpers.models import SHAPES, save_shape
+
+    root = tmp_path_factory.mktemp("two_levels")
+    image, masks = make_scene(seed=2)
+    image.save(root / "scene.png")
+    for i, mask in enumerate(masks):
+        mask.save(root / f"m{i}.png")
+    return root, save_shape(SHAPES["two_levels"], root / "model")
+
+
+def test_a_base_model_of_another_depth_learns_and_synthesises_with_defaults(
+    two_levels, tmp_path, capsys
+):
+    root, model = two_levels
+    concept, out = tmp_path / "concept", tmp_path / "images"
+    learn = ["learn", str(root / "scene.png"), str(root / "m0.png"), str(root / "m1.png")]
+    steps = ["--phase1-steps", "2", "--phase2-steps", "1", "--device", "cpu"]
+    assert main([*learn, "--model", str(model), "--out", str(concept), *steps]) == 0
+    synth = ["synthesize", str(concept), "--prompt", "a photo of <asset0> and <asset1>"]
+    boxes = ["--box", "<asset0>=0,0,0.5,1", "--box", "<asset1>=0.5,0,1,1"]
+    assert main([*synth, *boxes, "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"images written to {out}"
+
+
+def test_a_config_naming_layers_the_model_lacks_is_refused_before_loading(
+    two_levels, tmp_path, capsys, monkeypatch
+):
+    root, model = two_levels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr("mifo_engine.models.load_base_model", refuse)
+    config = tmp_path / "learn.json"
+    config.write_text('{"attn_loss_resolutions": [16, 64]}')
+    learn = ["learn", str(root / "scene.png"), str(root / "m0.png"), "--model", str(model)]
+    code = main([*learn, "--config", str(config), "--out", str(tmp_path / "c")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'attn_loss_resolutions' names up 64" in err and "up 16 (8x8), 32 (16x16)" in err
+    assert "loaded before" not in err and not (tmp_path / "c").exists()
