@@ -62,6 +62,14 @@ class Concept:
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     attention_maps: dict[str, Image.Image] = field(default_factory=dict)
     input_image: Image.Image | None = None
+    # each instance's mask on input_image's square (L, 255 inside), in token order
+    input_masks: list[Image.Image] = field(default_factory=list)
+
+    @staticmethod
+    def mask_images(masks: torch.Tensor) -> list[Image.Image]:
+        """(N, R, R) masks in {0, 1} as L images, 255 inside."""
+        pixels = (masks.detach().cpu() > 0.5).to(torch.uint8).mul(255).numpy()
+        return [Image.fromarray(m) for m in pixels]
 
     # --- lookup
     def resolve(self, ref: str) -> TokenInfo:
@@ -144,6 +152,8 @@ class Concept:
         }
         if self.input_image is not None:
             files["input"] = "input.png"
+        if self.input_masks:
+            files["masks"] = {t.token: f"masks/{_slug(t.token)}.png" for t in self.tokens}
         return files
 
     def save(self, directory: str | Path) -> Path:
@@ -162,6 +172,9 @@ class Concept:
                 self.attention_maps[token].save(tmp / rel)
             if self.input_image is not None:
                 self.input_image.save(tmp / "input.png")
+            for mask, rel in zip(self.input_masks, files.get("masks", {}).values(), strict=False):
+                (tmp / rel).parent.mkdir(exist_ok=True)
+                mask.save(tmp / rel)
             (tmp / "concept.json").write_text(json.dumps(self.metadata(), indent=2))
         return Path(directory)
 
@@ -180,6 +193,7 @@ class Concept:
                 for tok, rel in files.get("attention_maps", {}).items()
             }
             image = Image.open(root / files["input"]).convert("RGB") if "input" in files else None
+            masks = [Image.open(root / rel).convert("L") for rel in files.get("masks", {}).values()]
         except (OSError, KeyError) as exc:
             raise ConceptError(
                 f"Concept at {root} is incomplete: {exc}.",
@@ -202,6 +216,7 @@ class Concept:
             diagnostics=meta.get("diagnostics", {}),
             attention_maps=maps,
             input_image=image,
+            input_masks=masks,
         )
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,6 +220,24 @@ def test_saved_concept_reproduces_the_trained_model_exactly(tiny_base, scene, tm
             )[0],
         ).sample
     assert torch.equal(out_a, out_b)
+
+
+def test_the_concept_keeps_its_input_masks(tiny_concept, tiny_base, scene, tmp_path):
+    image, masks = scene
+    prepared = prepare_inputs(image, masks, resolution=tiny_base.resolution, config=FAST_LEARN)
+    for kept, mask in zip(tiny_concept.input_masks, prepared.masks, strict=True):
+        assert kept.mode == "L" and kept.size == tiny_concept.input_image.size
+        assert torch.equal(torch.from_numpy(np.asarray(kept) > 127), mask > 0.5)
+    tiny_concept.save(tmp_path / "c")
+    meta = json.loads((tmp_path / "c" / "concept.json").read_text())
+    assert meta["files"]["masks"] == {
+        "<asset0>": "masks/asset0.png",
+        "<asset1>": "masks/asset1.png",
+    }
+    loaded = Concept.load(tmp_path / "c")
+    assert [np.asarray(m).tolist() for m in loaded.input_masks] == [
+        np.asarray(m).tolist() for m in tiny_concept.input_masks
+    ]
 
 
 def test_save_refuses_a_non_empty_directory(tiny_concept, tmp_path):
