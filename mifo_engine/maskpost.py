@@ -22,12 +22,6 @@ from PIL import Image
 MASK_THRESHOLD = 0.0  # logits above it are the instance
 
 
-def scaled_size(width: int, height: int, side: int) -> tuple[int, int]:
-    """(height, width) of an image scaled so that its longer side is `side`, rounded."""
-    scale = side / max(width, height)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
 def upscale_logits(
     logits: torch.Tensor, *, input_size: int, scaled: tuple[int, int], size: tuple[int, int]
 ) -> torch.Tensor:

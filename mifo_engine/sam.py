@@ -23,7 +23,6 @@ from .device import resolve_device
 from .errors import ModelLoadError
 from .hashing import files_sha256, state_dict_sha256
 from .loading import own_memory, read_json, write_json
-from .maskpost import scaled_size
 from .sources import first_line
 
 if TYPE_CHECKING:
@@ -114,6 +113,12 @@ class LoadedSam:
         pixels[0, :, :height, :width] = torch.from_numpy(normalised).permute(2, 0, 1)
         dtype = next(self.model.parameters()).dtype
         return pixels.to(device=self.device, dtype=dtype), (height, width)
+
+
+def scaled_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(height, width) of an image scaled so that its longer side is `side`, rounded."""
+    scale = side / max(width, height)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def tiny_sam_config() -> dict[str, Any]:

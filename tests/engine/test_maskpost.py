@@ -17,7 +17,6 @@ from mifo_engine.maskpost import (
     mask_image,
     mask_iou,
     save_masks,
-    scaled_size,
     stability_scores,
     threshold,
     upscale_logits,
@@ -26,13 +25,6 @@ from mifo_engine.maskpost import (
 # A 16x8 (width x height) image in an 8 px square: it fills rows 0-3 of the square, so rows
 # 0-1 of 4x4 low-resolution logits, the rest is padding.
 SQUARE, SCALED, SIZE = 8, (4, 8), (8, 16)
-
-
-def test_scaled_size_fits_the_longer_side_and_rounds() -> None:
-    assert scaled_size(96, 80, 64) == (53, 64)  # 53.33 rounds down
-    assert scaled_size(80, 96, 64) == (64, 53)
-    assert scaled_size(3, 2, 1024) == (683, 1024)  # 682.67 rounds up
-    assert scaled_size(64, 64, 64) == (64, 64)
 
 
 def test_upscale_gives_the_image_size_and_keeps_a_constant() -> None:

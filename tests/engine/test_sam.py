@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from mifo_engine.sam import (
     check_sam_model,
     load_sam,
     save_sam,
+    scaled_size,
 )
 
 TINY_PARAMETERS = 77_606
@@ -41,6 +44,13 @@ def test_tiny_is_seeded_small_and_frozen(tiny) -> None:
     assert load_sam("tiny").weights_hash == tiny.weights_hash
     other = build_tiny_sam(seed=1).state_dict()
     assert any(not torch.equal(v, other[k]) for k, v in tiny.model.state_dict().items())
+
+
+def test_scaled_size_fits_the_longer_side_and_rounds() -> None:
+    assert scaled_size(96, 80, 64) == (53, 64)  # 53.33 rounds down
+    assert scaled_size(80, 96, 64) == (64, 53)
+    assert scaled_size(3, 2, 1024) == (683, 1024)  # 682.67 rounds up
+    assert scaled_size(64, 64, 64) == (64, 64)
 
 
 def test_pixel_values_scale_the_longer_side_normalise_and_pad(tiny) -> None:
@@ -113,3 +123,16 @@ def test_the_parameter_count_of_sam_vit_b() -> None:
         model = SamModel(SamConfig())
     assert sum(p.numel() for p in model.parameters()) == 93_735_728
     assert np.prod(model.vision_encoder.pos_embed.shape) == 64 * 64 * 768
+
+
+def test_the_spec_check_and_the_prompt_check_need_no_torch() -> None:
+    """The HTTP front end checks a segmentation request before any model or torch loads."""
+    code = (
+        "import sys\n"
+        "from mifo_engine.sam import DEFAULT_SEGMENT_MODEL, check_sam_model\n"
+        "from mifo_engine.segprompts import SegmentConfig, check_prompts\n"
+        "check_prompts([{'points': [[1, 2]]}], (8, 8), SegmentConfig())\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
