@@ -30,6 +30,11 @@ _LAZY = {
     "synthesize": "synthesis",
     "SynthesisResult": "synthesis",
     "validate_synthesis_request": "layout",
+    "Segmenter": "segmentation",
+    "load_segmenter": "segmentation",
+    "SegmentConfig": "segprompts",
+    "InstancePrompt": "segprompts",
+    "DEFAULT_SEGMENT_MODEL": "sam",
 }
 
 __all__ = [
