@@ -8,6 +8,7 @@ torch when they are called, in a worker.
 | `LearnConfig`, `SynthesisConfig` | request checks (api), job runs (worker) |
 | `MifoError`, `ModelLoadError`, `Canceled` | problem mapping (core.problems), the runner |
 | `DEFAULT_BASE_MODEL`, `load_tokenizer`, `check_base_model`, `native_resolution` | settings, prompt and upload checks, readiness |
+| `attention_structure`, `check_layers` | options against the base model's UNet (api checks; torch-free) |
 | `check_inputs`, `instance_names`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
@@ -21,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import Canceled, MifoError, ModelLoadError
 from mifo_engine.inputs import check_inputs, instance_names, load_image, mask_to_binary, to_rgb
+from mifo_engine.layers import check_layers
 from mifo_engine.layout import validate_synthesis_request
 from mifo_engine.models import (
     DEFAULT_BASE_MODEL,
+    attention_structure,
     check_base_model,
     load_tokenizer,
     native_resolution,
@@ -40,7 +43,9 @@ __all__ = [
     "MifoError",
     "ModelLoadError",
     "SynthesisConfig",
+    "attention_structure",
     "check_base_model",
+    "check_layers",
     "check_inputs",
     "instance_names",
     "export_archive",

@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from api.checks.costs import SYNTHESIS_CAPS, check_costs
+from api.checks.model import fits_model
 from api.schemas import SynthesisCreate
 from core.engine import MifoError, SynthesisConfig, validate_synthesis_request
 from core.models import Concept
 from core.problems import Problem, from_engine
 from core.settings import Settings
+
+__all__ = ["FIELDS", "config", "fits_model", "limits", "params"]
 
 # The engine options a synthesis body sets at its top level (the rest go in `options`).
 FIELDS = ("num_images", "seed", "steps", "guidance_scale", "box_control")

@@ -121,6 +121,11 @@ class AppState:
         """The side in pixels the base model learns at (from its configs, no weights)."""
         return _resolution(self.settings.base_model)
 
+    def attention_structure(self) -> Any:
+        """Where the base model's UNet has cross-attention (from its config, no weights, no
+        torch): what a request's options are checked against (api/checks/model.py)."""
+        return _attention_structure(self.settings.base_model)
+
     def tokenizer(self) -> Any:
         """The base model's tokenizer (no weights, no torch): loaded on first use."""
         return _load_tokenizer(self.settings.base_model)
@@ -162,3 +167,8 @@ def _cached_tokenizer(spec: str) -> Any:
 @functools.cache
 def _resolution(spec: str) -> int:
     return engine.native_resolution(spec)
+
+
+@functools.cache
+def _attention_structure(spec: str) -> Any:
+    return engine.attention_structure(spec)

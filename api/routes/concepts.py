@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.checks.model import fits_model
 from api.checks.uploads import learn_inputs, read_upload
 from api.http.accepted import Accepted, accept, answer, idempotent
 from api.http.deps import SessionDep, StateDep, TenantDep
@@ -103,6 +104,7 @@ def _learn(
     settings = state.settings
     state.check_base_model()  # 503 model_unavailable: a job would only fail
     upload = read_upload(image, masks, names, options, settings, state.resolution())
+    fits_model(upload.config, state.attention_structure())  # 422: layers the model lacks
     events = [e.strip() for e in webhook_events.split(",")] if webhook_events is not None else None
     hook = webhooks.requested_hook(webhook_url, events, settings)
     present = functools.partial(_created, request, session, state=state)

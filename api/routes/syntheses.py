@@ -72,6 +72,7 @@ def _submit(
     checks.limits(body, settings)
     config = checks.config(body)  # 422 before any lookup
     state.check_base_model()  # 503 model_unavailable: a job would only fail
+    checks.fits_model(config, state.attention_structure())  # 422: layers the model lacks
     events: list[str] | None = list(body.webhook_events or []) or None
     hook = webhooks.requested_hook(body.webhook_url, events, settings)
     concept = submissions.ready_concept(session, concept_id, tenant, settings.base_model)
