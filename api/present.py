@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -22,7 +22,7 @@ from api.schemas import (
     QueuePublic,
     TokenPublic,
 )
-from core import queueinfo
+from core import kinds, queueinfo
 from core.auth import sign_link
 from core.models import Artifact, Concept, Job, JobStatus
 
@@ -96,7 +96,7 @@ class Presenter:
             spots = queueinfo.spots(session, [job], pools=self.pools) if session is not None else {}
         return JobPublic(
             id=job.id,
-            kind=job.kind,  # type: ignore[arg-type]
+            kind=job.kind,
             status=job.status,  # type: ignore[arg-type]
             concept_id=job.concept_id,
             progress=ProgressPublic(
@@ -131,10 +131,15 @@ class Presenter:
     def _result(self, job: Job) -> JobResult | None:
         if job.status != "succeeded" or job.result is None:
             return None
-        if job.kind == "learn":
-            if job.concept is None:
-                return JobResult()
-            return JobResult(concept=self.concept(job.concept, job))
+        return RESULTS[kinds.get(job.kind).name](self, job)
+
+    def _learn_result(self, job: Job) -> JobResult:
+        if job.concept is None:
+            return JobResult()
+        return JobResult(concept=self.concept(job.concept, job))
+
+    def _synthesis_result(self, job: Job) -> JobResult:
+        assert job.result is not None
         files = {(a.kind, a.position): self.url(a) for a in job.artifacts}
         return JobResult(
             expired_at=job.result.get("expired_at"),
@@ -152,6 +157,13 @@ class Presenter:
         )
 
 
+# The result of a succeeded job, by its kind (core.kinds; every kind has one: tests/test_kinds.py).
+RESULTS: dict[str, Callable[[Presenter, Job], JobResult]] = {
+    kinds.LEARN.name: Presenter._learn_result,
+    kinds.SYNTHESIZE.name: Presenter._synthesis_result,
+}
+
+
 # Loader options that fetch everything a body needs in a fixed number of queries (no N+1).
 JOB_LOAD = (
     selectinload(Job.artifacts),
@@ -164,7 +176,8 @@ def learn_jobs(session: Session, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.
     """The learning job of each concept, in one query."""
     if not concept_ids:
         return {}
-    rows = session.scalars(select(Job).where(Job.kind == "learn", Job.concept_id.in_(concept_ids)))
+    made = Job.kind.in_(kinds.MAKE_CONCEPTS)
+    rows = session.scalars(select(Job).where(made, Job.concept_id.in_(concept_ids)))
     return {job.concept_id: job for job in rows if job.concept_id is not None}
 
 

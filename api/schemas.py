@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from api.checks.inputs import TEXT_FIX, forbidden_character, options_problem
+from core import kinds
 from core.models import JobStatus
 
-JobKind = Literal["learn", "synthesize"]
+if TYPE_CHECKING:
+    JobKind = str
+else:  # the names of core.kinds, as an enum in the OpenAPI document
+    JobKind = Literal[kinds.NAMES]
 ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
 WebhookEvent = Literal["started", "progress", "completed"]
 

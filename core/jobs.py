@@ -25,10 +25,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import clock, webhooks
+from core import clock, kinds, webhooks
 from core.models import Concept, Job, JobStatus, concept_prefix
 
-KINDS = ("learn", "synthesize")
 STATUSES = tuple(JobStatus)
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
@@ -58,7 +57,7 @@ def create_job(
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
 ) -> Job:
-    assert kind in KINDS
+    kinds.get(kind)  # UnknownKind for a kind this release does not know
     job = Job(
         tenant_id=tenant_id,
         kind=kind,
@@ -83,10 +82,9 @@ class Refused:
 
 
 def output_prefix(kind: str, prefix: str, job_id: uuid.UUID) -> str:
-    """Where a job writes: removed before a retry and after a failure."""
-    if kind == "learn":
-        return f"{prefix}concept/"
-    return f"{prefix}syntheses/{job_id}/"
+    """Where a job of `kind` writes, under its concept's `prefix`: removed before a retry and
+    after a failure (core.kinds); UnknownKind for a kind this release does not know."""
+    return kinds.get(kind).output_folder(prefix, job_id)
 
 
 def attempt_prefix(output: str, attempt: int) -> str:
@@ -120,8 +118,11 @@ def job_output(session: Session, job_id: uuid.UUID) -> str | None:
 
 
 def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:
-    """A learn job that ended without success takes its still-pending concept with it."""
-    concept_id = session.scalar(select(Job.concept_id).where(Job.id == job_id, Job.kind == "learn"))
+    """A job that makes its concept (learning) and ended without success takes its
+    still-pending concept with it."""
+    concept_id = session.scalar(
+        select(Job.concept_id).where(Job.id == job_id, Job.kind.in_(kinds.MAKE_CONCEPTS))
+    )
     if concept_id is None:
         return
     session.execute(
@@ -160,6 +161,7 @@ def claim_unsent(
     rows = session.execute(
         select(Job.id, Job.kind, Job.updated_at)
         .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None), Job.updated_at < cutoff)
+        .where(Job.kind.in_(kinds.NAMES))  # a newer release's kinds are its own to send
         .order_by(Job.updated_at)
         .limit(limit)
     ).all()
@@ -269,7 +271,7 @@ def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> 
     now = clock.now(session)
     rows = session.execute(
         select(Job.id, Job.kind, Job.attempts, Job.losses, Job.cancel_requested)
-        .where(lapsed(now))
+        .where(lapsed(now), Job.kind.in_(kinds.NAMES))  # a newer release's kinds are its own
         .order_by(Job.updated_at)
         .limit(limit)
     ).all()

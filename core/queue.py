@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from core import kinds
 from core.settings import Settings
 
 
@@ -29,8 +30,7 @@ class _NoHostOnDisk(logging.Filter):
 
 logging.getLogger("kombu.connection").addFilter(_NoHostOnDisk())
 
-TASK_LEARN = "mifo.learn"
-TASK_SYNTHESIZE = "mifo.synthesize"
+# The job tasks and their queues are the rows of core.kinds, one queue per kind.
 # Periodic duties (core.duties), sent by celery beat to the small CPU `control` queue.
 TASK_RECONCILE = "mifo.reconcile"
 TASK_WEBHOOKS = "mifo.webhooks"
@@ -38,9 +38,8 @@ TASK_MAINTENANCE = "mifo.maintenance"
 
 BROKER_SOCKET_SECONDS = 5.0
 EXPIRES_SECONDS = 10.0
-JOB_TASKS = {"learn": TASK_LEARN, "synthesize": TASK_SYNTHESIZE}  # each kind has its own queue
 CONTROL = "control"
-QUEUES = ("learn", "synthesize", CONTROL)
+QUEUES = (*kinds.QUEUES, CONTROL)
 
 
 def transport_options(settings: Settings, *, sending: bool = False) -> dict[str, object]:
@@ -98,10 +97,9 @@ def create_celery(settings: Settings, *, sending: bool = False) -> Celery:
     app = Celery("mifo", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
-        task_default_queue="learn",
-        task_routes={
-            TASK_LEARN: {"queue": "learn"},
-            TASK_SYNTHESIZE: {"queue": "synthesize"},
+        task_default_queue=kinds.ALL[0].queue,
+        task_routes={kind.task: {"queue": kind.queue} for kind in kinds.ALL}
+        | {
             TASK_RECONCILE: {"queue": CONTROL},
             TASK_WEBHOOKS: {"queue": CONTROL},
             TASK_MAINTENANCE: {"queue": CONTROL},
@@ -136,8 +134,10 @@ class Broker:
         return cls(create_celery(settings, sending=True))
 
     def send(self, job_id: uuid.UUID, kind: str) -> None:
-        """Ring for a job (raises what the broker raised)."""
-        self.app.send_task(JOB_TASKS[kind], args=[str(job_id)], queue=kind)
+        """Ring for a job of `kind` (raises what the broker raised, UnknownKind for a kind
+        this release does not know)."""
+        row = kinds.get(kind)
+        self.app.send_task(row.task, args=[str(job_id)], queue=row.queue)
 
     def check(self) -> None:
         """Raise unless the broker accepts a connection within a few seconds."""

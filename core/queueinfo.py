@@ -1,7 +1,7 @@
 """Where a queued job stands in the queues, and an estimate of when it starts.
 
 Counted from the job rows (the truth), not the broker. Each kind has a queue of its own
-(core.queue.JOB_TASKS), ordered by creation, and `position` is the place in it. What else is
+(core.kinds), ordered by creation, and `position` is the place in it. What else is
 ahead of a job depends on who serves the queues (Settings.worker_pools):
 
 - shared (`mifo serve`, the default `mifo worker`): every worker takes both kinds, so the
@@ -31,8 +31,8 @@ from statistics import fmean
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from core.kinds import NAMES as KIND_NAMES
 from core.models import Job, JobStatus, utcnow
-from core.queue import JOB_TASKS
 from core.settings import WorkerPools
 
 RECENT = 20  # succeeded jobs of a kind whose mean running time makes the estimate
@@ -77,7 +77,7 @@ def spots(
         return {}
     now = now or utcnow()
     # The kinds whose jobs can be ahead of one of these.
-    kinds = sorted({j.kind for j in queued} | (set(JOB_TASKS) if pools == "shared" else set()))
+    kinds = sorted({j.kind for j in queued} | (set(KIND_NAMES) if pools == "shared" else set()))
     places = _places(session, queued, kinds)
     running = [
         _Running(*row)

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, jobs
+from core import cleanup, jobs, kinds
 from core.db import session_scope
 from core.events import Publisher
 from core.settings import Settings
@@ -107,18 +107,18 @@ def _resend_lost(sessions: sessionmaker[Session], broker: Sender) -> int:
     than the jobs sent (over GRACE_SECONDS ago) and not yet started, all of those are sent
     again; each is re-sent at most once per GRACE_SECONDS, and copies are skipped."""
     resent = 0
-    for kind in jobs.KINDS:
+    for kind, queue in ((k.name, k.queue) for k in kinds.ALL):
         with sessions() as session:
             expected = jobs.count_queued_and_sent(session, kind=kind, older_than=GRACE_SECONDS)
             if expected == 0:
                 continue
-            waiting = broker.depth(kind)
+            waiting = broker.depth(queue)
             if waiting is None or waiting >= expected:
                 continue
             ids = jobs.queued_and_sent(session, kind=kind, older_than=GRACE_SECONDS, limit=BATCH)
         log.warning(
             "queue %s holds %d messages for %d queued jobs: sending them again",
-            kind,
+            queue,
             waiting,
             expected,
         )

@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, clock, jobs
+from core import cleanup, clock, jobs, kinds
 from core.events import Publisher
 from core.models import Artifact, Concept, IdempotencyKey, Job, concept_prefix, utcnow
 from core.settings import Settings
@@ -33,7 +33,7 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
         select(Job.id, Concept.id)
         .join(Concept, Job.concept_id == Concept.id)
         .join(Artifact, Artifact.job_id == Job.id)
-        .where(Job.kind == "synthesize", Job.finished_at < cutoff)
+        .where(Job.kind == kinds.SYNTHESIZE.name, Job.finished_at < cutoff)
         .distinct()
         .limit(BATCH)
     ).all()
@@ -42,7 +42,7 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
     for job_id, concept_id in rows:
         try:
             storage.delete_prefix(
-                jobs.output_prefix("synthesize", concept_prefix(concept_id), job_id)
+                kinds.SYNTHESIZE.output_folder(concept_prefix(concept_id), job_id)
             )
         except StorageError as exc:  # keep the rows: the next run tries again
             log.error("could not expire the images of job %s: %s", job_id, exc)
@@ -68,7 +68,7 @@ def reap_stale_jobs(session: Session, storage: Storage, settings: Settings) -> i
     half-written output, so they stop holding the tenant's active-job slots."""
     reaped = 0
     publisher = Publisher(settings.events_url)
-    for kind in jobs.KINDS:
+    for kind in kinds.NAMES:
         silent = settings.time_limit(kind) + settings.stale_job_grace_seconds
         cutoff = clock.before(session, silent)
         ids = session.scalars(
@@ -116,6 +116,7 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
         select(Job.id, Job.kind, Job.status, Job.attempts, Job.concept_id)
         .where(
             (Job.attempts > 1) | unsuccessful,
+            Job.kind.in_(kinds.NAMES),  # only kinds whose output folder this release knows
             Job.updated_at >= clock.before(session, SWEEP_WINDOW_SECONDS),
         )
         .order_by(Job.updated_at.desc())

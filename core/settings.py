@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import kinds
 from core.engine import DEFAULT_BASE_MODEL
 
 # Whether the workers take jobs of both kinds or each kind has its own (core/queueinfo.py).
@@ -216,7 +217,9 @@ class Settings(BaseSettings):
         return value
 
     def time_limit(self, kind: str) -> float:
-        return self.learn_time_limit if kind == "learn" else self.synthesize_time_limit
+        """The time limit of a job of `kind`, in seconds: its setting named in core.kinds
+        (UnknownKind for a kind this release does not know)."""
+        return float(getattr(self, kinds.get(kind).time_limit))
 
     @property
     def redis_url(self) -> str | None:

@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import cleanup, clock, images, jobs, webhooks
+from core import cleanup, clock, images, jobs, kinds, webhooks
 from core.db import retry_conflicts
 from core.models import Artifact, Concept, Job, Tenant, concept_prefix
 from core.problems import Problem, not_found, unavailable
@@ -104,7 +104,7 @@ def learn(
             job = jobs.create_job(
                 session,
                 tenant_id=tenant_id,
-                kind="learn",
+                kind=kinds.LEARN.name,
                 concept_id=concept.id,
                 params={"options": inputs.options},
                 webhook_url=hook.url,
@@ -130,7 +130,7 @@ def learn(
 
     concept_id, job_id = retry_conflicts(session, accept)
     # 4. The message; a broker that is down takes the request back.
-    _dispatch(session, ctx, job_id, "learn", concept_id=concept_id)
+    _dispatch(session, ctx, job_id, kinds.LEARN.name, concept_id=concept_id)
     return job_id
 
 
@@ -154,7 +154,7 @@ def synthesize(
                 job = jobs.create_job(
                     session,
                     tenant_id=tenant_id,
-                    kind="synthesize",
+                    kind=kinds.SYNTHESIZE.name,
                     concept_id=concept_id,
                     params=params,
                     webhook_url=hook.url,
@@ -170,7 +170,7 @@ def synthesize(
             return job.id
 
     job_id = retry_conflicts(session, accept)
-    _dispatch(session, ctx, job_id, "synthesize")
+    _dispatch(session, ctx, job_id, kinds.SYNTHESIZE.name)
     return job_id
 
 

@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--queues",
-        default="learn,synthesize",
-        help="Comma-separated, of learn, synthesize, control (default: learn,synthesize).",
+        help="Comma-separated: the queues of the job kinds (learn, synthesize, ...) or control "
+        "(default: every job kind's queue).",
     )
     p.add_argument("--concurrency", type=int, default=1, help="Jobs at a time (default 1).")
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
@@ -216,6 +216,7 @@ def _worker(args: argparse.Namespace) -> int:
     level = _logging()
     if rc := _check_db():
         return rc
+    from core.kinds import QUEUES as JOB_QUEUES
     from core.queue import prepare_folders
     from core.settings import get_settings
 
@@ -225,7 +226,7 @@ def _worker(args: argparse.Namespace) -> int:
     argv = [
         "worker",
         "--queues",
-        args.queues,
+        args.queues or ",".join(JOB_QUEUES),
         "--concurrency",
         str(args.concurrency),
         "--pool",

@@ -17,14 +17,14 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core import cleanup, engine, jobs
+from core import cleanup, engine, jobs, kinds
 from core.db import session_scope
 from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
-from worker.progress import ProgressReporter, learn_plan
+from worker.progress import Plan, ProgressReporter, learn_plan
 from worker.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,9 @@ def _run(
         if base.device.type == "cpu":
             threads = engine.use_cpu_threads(base, cpu_threads(ctx.settings.cpu_threads))
             log.info("job %s: %d CPU thread(s)", job_id, threads)
-        if claimed.kind == "learn":
-            _learn(ctx, claimed, base, produced, heartbeat)
-        else:
-            concept = concepts.get(claimed.concept_id, ctx.storage, claimed.concept_files)
-            _synthesize(ctx, claimed, base, concept, produced, heartbeat)
+        RUNNERS[kinds.get(claimed.kind).name](
+            Work(ctx, claimed, base, produced, heartbeat, concepts)
+        )
         if time.monotonic() > claimed.deadline:
             raise TimedOut
         outcome = _recorded(ctx, claimed, "succeeded", produced=produced)
@@ -195,7 +193,7 @@ def _run(
         return _superseded(ctx, claimed)
     except Canceled:
         if time.monotonic() > claimed.deadline:
-            outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
+            outcome = _record(ctx, claimed, "failed", error=_timeout(claimed.kind, limit))
         elif heartbeat.superseded:
             return _superseded(ctx, claimed)
         elif SHUTTING_DOWN.is_set() and not heartbeat.canceled and _release(ctx, claimed):
@@ -203,7 +201,7 @@ def _run(
         else:
             outcome = _record(ctx, claimed, "canceled")
     except (TimedOut, SoftTimeLimitExceeded):
-        outcome = _record(ctx, claimed, "failed", error=_timeout(limit))
+        outcome = _record(ctx, claimed, "failed", error=_timeout(claimed.kind, limit))
     except MifoError as exc:
         outcome = _record(ctx, claimed, "failed", error=(exc.code, str(exc)))
     except OperationalError as exc:  # not the job's fault, and nothing can be recorded now
@@ -308,10 +306,11 @@ def _recorded(ctx: WorkerContext, job: Claimed, status: str, **kw: Any) -> str:
             time.sleep(RECORD_RETRY_SECONDS)
 
 
-def _timeout(limit: float) -> tuple[str, str]:
+def _timeout(kind: str, limit: float) -> tuple[str, str]:
+    """The error of a job of `kind` stopped at its time limit of `limit` seconds."""
     return "timeout", (
         f"The job ran longer than its time limit of {limit:g} s and was stopped; raise "
-        "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps."
+        f"{kinds.get(kind).time_limit_variable} or ask for fewer steps."
     )
 
 
@@ -338,27 +337,44 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
         )
 
 
-def _learn(
-    ctx: WorkerContext, job: Claimed, base: Any, out: Produced, heartbeat: Heartbeat
-) -> None:
+@dataclass(frozen=True)
+class Work:
+    """What a runner gets: the claimed job, the loaded base model, where to put what it
+    produced, the heartbeat its progress reporter asks whether to stop, the concept cache."""
+
+    ctx: WorkerContext
+    job: Claimed
+    base: Any
+    out: Produced
+    heartbeat: Heartbeat
+    concepts: ConceptCache
+
+    def progress(self, plan: Plan = ()) -> ProgressReporter:
+        """The engine's progress callback for this attempt (`plan`: its phases, if known)."""
+        job = self.job
+        return ProgressReporter(
+            self.ctx,
+            job.job_id,
+            plan,
+            attempt=job.attempt,
+            deadline=job.deadline,
+            stop=self.heartbeat.should_stop,
+        )
+
+
+def _learn(work: Work) -> None:
+    ctx, job, out = work.ctx, work.job, work.out
     storage = ctx.storage
     image = storage.get(f"{job.prefix}inputs/image.png")
     masks = [storage.get(key) for key in storage.keys(f"{job.prefix}inputs/masks/")]
     config = LearnConfig.from_mapping(job.params.get("options", {}))
     learned = engine.learn(
-        base,
+        work.base,
         image=image,
         masks=masks,
         names=job.names,
         config=config,
-        progress=ProgressReporter(
-            ctx,
-            job.job_id,
-            learn_plan(config),
-            attempt=job.attempt,
-            deadline=job.deadline,
-            stop=heartbeat.should_stop,
-        ),
+        progress=work.progress(learn_plan(config)),
     )
     out.meta = learned.metadata()
     target = job.files
@@ -374,18 +390,16 @@ def _learn(
     out.result = {"concept_id": str(job.concept_id)}
 
 
-def _synthesize(
-    ctx: WorkerContext, job: Claimed, base: Any, concept: Any, out: Produced, heartbeat: Heartbeat
-) -> None:
+def _synthesize(work: Work) -> None:
+    ctx, job, out = work.ctx, work.job, work.out
+    concept = work.concepts.get(job.concept_id, ctx.storage, job.concept_files)
     made = engine.synthesize(
-        base,
+        work.base,
         concept,
         prompt=job.params["prompt"],
         boxes={token: tuple(box) for token, box in job.params["boxes"].items()},
         config=SynthesisConfig.from_mapping(job.params["config"]),
-        progress=ProgressReporter(
-            ctx, job.job_id, attempt=job.attempt, deadline=job.deadline, stop=heartbeat.should_stop
-        ),
+        progress=work.progress(),
     )
     target = job.files
     with tempfile.TemporaryDirectory(prefix="mifo-synth-") as tmp:
@@ -402,6 +416,14 @@ def _synthesize(
             for i, (seed, shares) in enumerate(zip(made.seeds, made.in_box_share, strict=True))
         ]
     }
+
+
+# What a worker does with a claimed job, by its kind (core.kinds; every kind has one:
+# tests/test_kinds.py). A runner calls the engine, uploads under `job.files` and fills `out`.
+RUNNERS: dict[str, Callable[[Work], None]] = {
+    kinds.LEARN.name: _learn,
+    kinds.SYNTHESIZE.name: _synthesize,
+}
 
 
 def _upload(ctx: WorkerContext, job: Claimed, folder: Path, prefix: str) -> dict[str, int]:
@@ -450,7 +472,7 @@ def _record(
             assert concept is not None and produced is not None
             for values in produced.artifacts:
                 session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
-            if job.kind == "learn":
+            if kinds.get(job.kind).makes_concept:
                 concept.status, concept.meta, concept.files = "ready", produced.meta, job.files
             return "succeeded"
         if status == "succeeded":

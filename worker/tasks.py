@@ -11,9 +11,9 @@ from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_shutting_down
 
-from core import engine
+from core import engine, kinds
 from core.duties import Duties
-from core.queue import TASK_LEARN, TASK_MAINTENANCE, TASK_RECONCILE, TASK_SYNTHESIZE, TASK_WEBHOOKS
+from core.queue import TASK_MAINTENANCE, TASK_RECONCILE, TASK_WEBHOOKS
 from core.settings import get_settings
 from worker.app import celery_app
 from worker.cache import ConceptCache
@@ -75,13 +75,9 @@ class EngineTask(Task):
         if isinstance(exc, TimeLimitExceeded):
             # In the pool's parent: the attempt is unknown, so only a run older than the
             # time limit (the one that was killed, not a newer one) is failed.
-            error = (
-                "timeout",
-                "The job hit the worker's hard time limit and was killed; raise "
-                "MIFO_LEARN_TIME_LIMIT / MIFO_SYNTHESIZE_TIME_LIMIT or ask for fewer steps.",
-            )
-            kind = "learn" if self.name == TASK_LEARN else "synthesize"
-            fence: dict[str, Any] = {"running_for": settings.time_limit(kind)}
+            kind = kinds.by_task(self.name)
+            error = _killed(kind)
+            fence: dict[str, Any] = {"running_for": settings.time_limit(kind.name)}
         else:
             error = ("internal_error", f"The worker failed outside the job: {exc!r}")
             attempt = RUNNING.pop(job, None)
@@ -94,31 +90,39 @@ class EngineTask(Task):
             log.exception("job %s: could not record the failure", job_id)
 
 
+def _killed(kind: kinds.Kind) -> tuple[str, str]:
+    return (
+        "timeout",
+        "The job hit the worker's hard time limit and was killed; raise "
+        f"{kind.time_limit_variable} or ask for fewer steps.",
+    )
+
+
 # The runner stops a job at its time limit between steps; Celery's limits (prefork pool) are
 # the backstop for a job stuck inside one step.
 _settings = get_settings()
 
 
-@celery_app.task(
-    name=TASK_LEARN,
-    base=EngineTask,
-    bind=True,
-    soft_time_limit=_settings.learn_time_limit + 60,
-    time_limit=_settings.learn_time_limit + 120,
-)
-def learn(self: EngineTask, job_id: str) -> str:
-    return self.run_job(job_id)
+def _job_task(kind: kinds.Kind) -> EngineTask:
+    """The task of one kind of job (core.kinds): it runs the job whose id it is given."""
+    limit = _settings.time_limit(kind.name)
+
+    def run(self: EngineTask, job_id: str) -> str:
+        return self.run_job(job_id)
+
+    run.__name__ = run.__qualname__ = kind.name
+    task = celery_app.task(
+        name=kind.task,
+        base=EngineTask,
+        bind=True,
+        soft_time_limit=limit + 60,
+        time_limit=limit + 120,
+    )(run)
+    return task  # type: ignore[no-any-return]
 
 
-@celery_app.task(
-    name=TASK_SYNTHESIZE,
-    base=EngineTask,
-    bind=True,
-    soft_time_limit=_settings.synthesize_time_limit + 60,
-    time_limit=_settings.synthesize_time_limit + 120,
-)
-def synthesize(self: EngineTask, job_id: str) -> str:
-    return self.run_job(job_id)
+# One task per kind, by kind name.
+JOB_TASKS: dict[str, EngineTask] = {kind.name: _job_task(kind) for kind in kinds.ALL}
 
 
 # The periodic duties (core.duties), sent by `mifo beat` to the control queue.

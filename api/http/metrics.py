@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import case, func, select
 
-from core.jobs import KINDS, STATUSES, count_by_kind_status
+from core.jobs import STATUSES, count_by_kind_status
+from core.kinds import NAMES as KINDS
 from core.models import Job
 from core.queue import QUEUES
 

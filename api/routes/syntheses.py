@@ -20,7 +20,7 @@ from api.http.state import AppState
 from api.present import Presenter
 from api.routes.jobs import jobs_page
 from api.schemas import JobPublic, JobsPublic, SynthesisCreate
-from core import submissions, webhooks
+from core import kinds, submissions, webhooks
 from core.models import Concept, Job
 from core.problems import not_found
 
@@ -107,5 +107,9 @@ def list_syntheses(
     concept = session.get(Concept, concept_id)
     if concept is None or concept.tenant_id != tenant:
         raise not_found("concept", concept_id)
-    where = [Job.tenant_id == tenant, Job.concept_id == concept_id, Job.kind == "synthesize"]
+    where = [
+        Job.tenant_id == tenant,
+        Job.concept_id == concept_id,
+        Job.kind == kinds.SYNTHESIZE.name,
+    ]
     return jobs_page(request, session, state, where, limit, offset)

@@ -166,7 +166,7 @@ def _add_jobs(sub: Any, common: Any, progress: Any, files: Any) -> None:
         metavar="STATUS",
         help="queued, running, succeeded, failed or canceled; comma-separated or repeated",
     )
-    p.add_argument("--kind", help="learn or synthesize")
+    p.add_argument("--kind", help="only jobs of this kind: learn, synthesize, ...")
     p.add_argument("--concept", metavar="ID", help="the jobs of one concept")
     p.add_argument("--limit", type=count, default=20, metavar="N", help="at most N (default 20)")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from core.db import make_engine, make_sessionmaker, session_scope, upgrade
-from core.jobs import KINDS, STATUSES
+from core.jobs import STATUSES
+from core.kinds import NAMES as KINDS
 from core.models import Job, Tenant
 from core.settings import Settings
 

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
-from core.jobs import KINDS, STATUSES
+from core.jobs import STATUSES
+from core.kinds import NAMES as KINDS
 from core.queue import QUEUES
 from tests.deploy import jobsdb
 from tests.deploy.manifests import DEPLOY_DOC, ROOT

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from core.engine import DEFAULT_BASE_MODEL
+from core.kinds import QUEUES as JOB_QUEUES
 from core.queue import Broker
 from core.settings import Settings
 from mifo_cli import build_parser
@@ -44,14 +45,14 @@ def _workers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         words = command(item)
         if words[:2] == ["mifo", "worker"] and not item.init:
             queues = build_parser().parse_args(words[1:]).queues.split(",")
-            if len(queues) == 1 and queues[0] in ("learn", "synthesize"):
+            if len(queues) == 1 and queues[0] in JOB_QUEUES:
                 found[queues[0]] = item.workload
     return found
 
 
 def test_each_job_queue_has_a_gpu_deployment_that_never_drops_its_job() -> None:
     workers = _workers(rendered("prod"))
-    assert set(workers) == {"learn", "synthesize"}
+    assert set(workers) == set(JOB_QUEUES), "each kind's queue needs a GPU Deployment of its own"
     for queue, deployment in workers.items():
         pod = deployment["spec"]["template"]
         spec = pod["spec"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from core.kinds import QUEUES as JOB_QUEUES
 from core.settings import Settings
 from mifo_cli import build_parser
 from mifo_engine.sources import BUILTIN_SPECS
@@ -29,7 +30,7 @@ from tests.deploy.manifests import (
 )
 
 # Queues whose jobs need the engine extra (torch): served from the worker image only.
-ENGINE_QUEUES = {"learn", "synthesize"}
+ENGINE_QUEUES = set(JOB_QUEUES)
 
 
 def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -71,7 +72,7 @@ def _check_mifo_command(item: Container, words: list[str], dockerfile: Dockerfil
         raise AssertionError(f"{item.where}: `{' '.join(words)}` is refused") from exc
     if args.command == "worker":
         queues = set(args.queues.split(","))
-        assert queues <= {"learn", "synthesize", "control"}, (item.where, queues)
+        assert queues <= {*JOB_QUEUES, "control"}, (item.where, queues)
         needs = "engine" if queues & ENGINE_QUEUES else "service"
         assert dockerfile.extra == needs, f"{item.where}: {queues} needs the {needs} image"
     elif args.command in ("api", "migrate", "beat"):

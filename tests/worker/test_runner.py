@@ -433,14 +433,14 @@ def test_a_task_failure_outside_the_runner_ends_the_job(
     exc = TimeLimitExceeded(10) if error == "hard_limit" else RuntimeError("boom")
     monkeypatch.setattr(tasks.EngineTask, "ctx", ctx)  # not the one built from the environment
     if error == "hard_limit":  # the parent knows no attempt: it fences on the start time
-        tasks.learn.on_failure(exc, "task-id", (job_id,), {}, None)
+        tasks.JOB_TASKS["learn"].on_failure(exc, "task-id", (job_id,), {}, None)
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # too young
         with session_scope(ctx.sessions) as s:
             then = utcnow() - timedelta(seconds=ctx.settings.learn_time_limit + 1)
             s.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(started_at=then))
     else:
         monkeypatch.setitem(runner.RUNNING, uuid.UUID(job_id), 1)  # attempt 1 ran here
-    tasks.learn.on_failure(exc, "task-id", (job_id,), {}, None)
+    tasks.JOB_TASKS["learn"].on_failure(exc, "task-id", (job_id,), {}, None)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert job["error"]["type"] == ("timeout" if error == "hard_limit" else "internal_error")
@@ -499,7 +499,7 @@ def test_a_failure_of_a_superseded_attempt_never_ends_the_newer_one(
         jobs.start(s, job_id=job_id, lease_seconds=LEASE)
     monkeypatch.setattr(tasks.EngineTask, "ctx", ctx)
     monkeypatch.setitem(runner.RUNNING, job_id, 1)
-    tasks.learn.on_failure(RuntimeError("late"), "task-id", (str(job_id),), {}, None)
+    tasks.JOB_TASKS["learn"].on_failure(RuntimeError("late"), "task-id", (str(job_id),), {}, None)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "running" and job["attempts"] == 2
 

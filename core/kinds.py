@@ -1,0 +1,95 @@
+"""The kinds of job: one row each, the only list of them.
+
+A row says what the rest of the service needs to know of a kind as names and settings: the
+value of `jobs.kind`, the Celery task and the queue its message goes to, the setting of its
+time limit, where its output lies under its concept's prefix, whether the job makes its
+concept (the concept's status follows its end), and the route that creates it. The layers
+above keep their own tables keyed by these names, each checked complete by a test
+(tests/test_kinds.py): the API's result presenters (api.present.RESULTS) and the
+workers' runners (worker.runner.RUNNERS); the workers register one Celery task per row. The
+Python client and `mifo remote` name their method and command after the kind.
+
+An unknown kind is an error (`UnknownKind`), never taken for another one. Code that sweeps
+the job table (the reconciler, the maintenance sweeps) selects only the kinds listed here, so
+a job of a kind that only a newer release knows is left to the processes that know it.
+
+Adding a kind: docs/contributing.md, "Adding a job kind".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAME_CHARS = 16  # jobs.kind is a String(16) column
+
+
+class UnknownKind(ValueError):
+    """A job kind (or the task of one) this release does not know."""
+
+    def __init__(self, name: object, *, what: str = "job kind") -> None:
+        self.name = name
+        super().__init__(f"unknown {what} {name!r}; the known kinds are {', '.join(NAMES)}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the value of jobs.kind; also the client's method and `mifo remote` command
+    task: str  # the Celery task a worker runs it with
+    queue: str  # the broker queue of its messages: one per kind (positions count per queue)
+    time_limit: str  # the Settings field of its time limit, in seconds
+    output: str  # its output folder under the concept's prefix; `{job_id}` is filled in
+    route: str  # the API route that creates it
+    makes_concept: bool = False  # its end settles its concept's status (core.concepts)
+
+    @property
+    def time_limit_variable(self) -> str:
+        """The environment variable of its time limit (docs/configuration.md)."""
+        return f"MIFO_{self.time_limit.upper()}"
+
+    def output_folder(self, concept_prefix: str, job_id: object) -> str:
+        """Where a job of this kind writes: removed before a retry and after a failure."""
+        return concept_prefix + self.output.format(job_id=job_id)
+
+
+LEARN = Kind(
+    name="learn",
+    task="mifo.learn",
+    queue="learn",
+    time_limit="learn_time_limit",
+    output="concept/",
+    route="POST /v1/concepts",
+    makes_concept=True,
+)
+SYNTHESIZE = Kind(
+    name="synthesize",
+    task="mifo.synthesize",
+    queue="synthesize",
+    time_limit="synthesize_time_limit",
+    output="syntheses/{job_id}/",
+    route="POST /v1/concepts/{concept_id}/syntheses",
+)
+
+ALL: tuple[Kind, ...] = (LEARN, SYNTHESIZE)
+NAMES: tuple[str, ...] = tuple(kind.name for kind in ALL)
+QUEUES: tuple[str, ...] = tuple(kind.queue for kind in ALL)
+# The kinds whose end settles their concept (a learning job and the concept it makes).
+MAKE_CONCEPTS: tuple[str, ...] = tuple(kind.name for kind in ALL if kind.makes_concept)
+
+_BY_NAME = {kind.name: kind for kind in ALL}
+_BY_TASK = {kind.task: kind for kind in ALL}
+
+
+def get(name: str) -> Kind:
+    """The kind named `name` (a job row's `kind`); UnknownKind for any other."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise UnknownKind(name) from None
+
+
+def by_task(task: str) -> Kind:
+    """The kind a Celery task name runs; UnknownKind for a task of no kind."""
+    try:
+        return _BY_TASK[task]
+    except (KeyError, TypeError):
+        raise UnknownKind(task, what="job task") from None
