@@ -35,6 +35,12 @@ _LAZY = {
     "SegmentConfig": "segprompts",
     "InstancePrompt": "segprompts",
     "DEFAULT_SEGMENT_MODEL": "sam",
+    "EvaluationConfig": "evalconfig",
+    "evaluate": "evaluation",
+    "score_synthesis": "evaluation",
+    "EvaluationResult": "evaluation",
+    "FeatureModels": "features",
+    "feature_models": "features",
 }
 
 __all__ = [
