@@ -40,8 +40,8 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14@32bd64288804d66eefd0ccbe215a
 DEFAULT_DINO_MODEL = "facebook/dino-vits16@abe3b354cb6a9b6f146096b14a4a9d7eecbcb4bd"
 TINY_FEATURES = "tiny"  # seeded random feature models built in code: tests only
 
-# The colour painted outside an instance's mask: the ImageNet mean, which the DINO and ViT
-# preprocessing normalise to zero (CLIP's own mean is within 4 levels of it).
+# The colour painted outside an instance's mask: the ImageNet mean, which ImageNet
+# normalisation (DINO's) maps to within 0.01 of zero (CLIP's own mean is within 2 levels).
 IMAGENET_MEAN_RGB = (124, 116, 104)
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
