@@ -4,8 +4,15 @@ Counted from the job rows (the truth), not the broker. Each kind has a queue of 
 (core.kinds), ordered by creation, and `position` is the place in it. What else is
 ahead of a job depends on who serves the queues (Settings.worker_pools):
 
-- shared (`mifo serve`, the default `mifo worker`): every worker takes both kinds, so the
-  queued jobs of any kind created before it and the running jobs of any kind are ahead;
+- shared (`mifo serve`, the default `mifo worker`): every worker takes every queue, in turns:
+  the broker hands a worker a job from the queue after the one it took from last (Redis'
+  transport moves the queue it just took from to the end of its list; the file-system
+  transport of the embedded broker cycles through the queues), not the oldest job of all.
+  So a job `position` p of its queue starts in round p of these turns: before it, the p - 1
+  jobs of its own queue and, from each other queue, one job per earlier round (as many as it
+  holds, whenever they were created) plus one in round p when that queue's turn comes first
+  (the round starts after the kind of the job that started last); and the running jobs of
+  every kind. With several workers, each keeps its own turns, so this is the order of one;
 - per-kind (workers started with `--queues learn` and `--queues synthesize`): only the jobs
   of its own kind are.
 
@@ -88,12 +95,19 @@ def spots(
         )
     ]
     means = {kind: _mean_seconds(session, kind) for kind in kinds}
+    turns = (
+        _Turns(_queued_counts(session, kinds), _last_started(running))
+        if pools == "shared"
+        else None
+    )
     found = {}
     for job in queued:
         place = places.get(job.id)
         if place is None:  # deleted meanwhile
             continue
         counted = kinds if pools == "shared" else [job.kind]
+        position = place.before[job.kind] + 1
+        before = turns.ahead(job.kind, position) if turns else {job.kind: position - 1}
         # Not the job itself: one that started since it was read is not ahead of itself.
         busy = [
             _remaining(r, means[r.kind], now)
@@ -101,20 +115,63 @@ def spots(
             if r.kind in counted and r.id != job.id
         ]
         runs = sorted(
-            ((means[k], place.before[k]) for k in counted),
+            ((means[k], before[k]) for k in counted),
             key=lambda run: run[0] or 0.0,
             reverse=True,
         )
         seconds = estimate(busy, runs)
         found[job.id] = Spot(
-            position=place.before[job.kind] + 1,
-            ahead=sum(place.before[k] + place.running[k] for k in counted),
+            position=position,
+            ahead=sum(before[k] + place.running[k] for k in counted),
             start_seconds=None if seconds is None else round(seconds, 1),
             start_at=None
             if seconds is None
             else (now + timedelta(seconds=seconds)).replace(microsecond=0),
         )
     return found
+
+
+@dataclass(frozen=True)
+class _Turns:
+    """Shared workers' turns over the queues (see the module docstring)."""
+
+    queued: dict[str, int]  # kind -> its queued jobs
+    last: str | None  # the kind of the job that started last; None: none runs
+
+    def order(self) -> list[str]:
+        """The kinds in the order of the next round: registry order, after `last`."""
+        names = list(KIND_NAMES)
+        if self.last not in names:
+            return names
+        k = names.index(self.last) + 1
+        return names[k:] + names[:k]
+
+    def ahead(self, kind: str, position: int) -> dict[str, int]:
+        """Of each kind, the queued jobs that start before the job `position` of `kind`."""
+        order = self.order()
+        mine = order.index(kind) if kind in order else 0
+        return {
+            other: position - 1
+            if other == kind
+            else min(self.queued.get(other, 0), position - 1 + (order.index(other) < mine))
+            for other in set(self.queued) | {kind}
+        }
+
+
+def _queued_counts(session: Session, kinds: Sequence[str]) -> dict[str, int]:
+    counts = dict.fromkeys(kinds, 0)
+    rows = session.execute(
+        select(Job.kind, func.count())
+        .where(Job.status == JobStatus.QUEUED, Job.kind.in_(kinds))
+        .group_by(Job.kind)
+    )
+    counts.update({kind: int(n) for kind, n in rows})
+    return counts
+
+
+def _last_started(running: Sequence[_Running]) -> str | None:
+    started = [(r.started_at, r.kind) for r in running if r.started_at is not None]
+    return max(started)[1] if started else None
 
 
 def estimate(

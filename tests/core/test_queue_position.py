@@ -173,16 +173,56 @@ def test_shared_workers_jobs_of_both_kinds_ahead_take_their_own_means(
     session.commit()
 
     # One worker (one running job) free in 30 s; then learning jobs of 100 s, syntheses of 15.
+    # It took a synthesis last, so the learning queue has the next turn, then the syntheses'.
     places = {
         job: (q["position"], q["ahead"], q["estimated_start_seconds"])
         for job, q in ((j, _queue(client, j)) for j in (learn, second_learn, synthesis))
     }
     assert places[learn][:2] == (1, 1)  # the running synthesis
     assert 27.0 <= places[learn][2] <= 30.0
-    assert places[second_learn][:2] == (2, 4)  # + a learning job and two syntheses
-    assert 157.0 <= places[second_learn][2] <= 160.0  # 30 + 100 + 2 x 15
-    assert places[synthesis][:2] == (3, 5)  # + two learning jobs and two syntheses
+    # + a learning job and the synthesis of the first round (not both created before it)
+    assert places[second_learn][:2] == (2, 3)
+    assert 142.0 <= places[second_learn][2] <= 145.0  # 30 + 100 + 15
+    assert places[synthesis][:2] == (3, 5)  # + two syntheses and both learning jobs
     assert 257.0 <= places[synthesis][2] <= 260.0  # 30 + 2 x 100 + 2 x 15
+
+
+def test_shared_workers_take_the_queues_in_turns_not_by_creation(
+    client: TestClient, session: Session
+) -> None:
+    """A synthesis created after a queued learning job starts before it when the worker's
+    last job was a learning job: the broker gives the synthesis queue the next turn."""
+    now = utcnow()
+    at = [now - timedelta(minutes=10 - i) for i in range(6)]
+    concept = make_concept(session)
+    _job(session, concept, "learn", "succeeded", at[0], duration_seconds=100.0)
+    _job(session, concept, "synthesize", "succeeded", at[1], duration_seconds=10.0)
+    running = _job(session, concept, "learn", "running", at[2], eta_seconds=50.0)
+    session.execute(update(Job).where(Job.id == running.id).values(started_at=at[2]))
+    learn = _job(session, concept, "learn", "queued", at[3])
+    synthesis = _job(session, concept, "synthesize", "queued", at[4])
+    later = _job(session, concept, "synthesize", "queued", at[5])
+    session.commit()
+
+    first = _queue(client, synthesis)
+    assert (first["position"], first["ahead"]) == (1, 1)  # only the running learning job
+    assert 47.0 <= first["estimated_start_seconds"] <= 50.0
+    waits = _queue(client, learn)
+    assert (waits["position"], waits["ahead"]) == (1, 2)  # + the synthesis created after it
+    assert 57.0 <= waits["estimated_start_seconds"] <= 60.0
+    second = _queue(client, later)  # after the learning job's turn
+    assert (second["position"], second["ahead"]) == (2, 3)
+    assert 157.0 <= second["estimated_start_seconds"] <= 160.0
+
+
+def test_turns_by_hand() -> None:
+    turns = queueinfo._Turns({"learn": 2, "synthesize": 5}, last="learn")
+    assert turns.order() == ["synthesize", "learn"]
+    assert turns.ahead("learn", 1) == {"learn": 0, "synthesize": 1}
+    assert turns.ahead("learn", 2) == {"learn": 1, "synthesize": 2}
+    assert turns.ahead("synthesize", 4) == {"learn": 2, "synthesize": 3}  # learning ran out
+    idle = queueinfo._Turns({"learn": 1, "synthesize": 1}, last=None)  # in the queues' order
+    assert idle.ahead("synthesize", 1) == {"learn": 1, "synthesize": 0}
 
 
 def test_shared_workers_no_history_of_a_kind_ahead_is_a_null_estimate(
@@ -248,8 +288,10 @@ def test_a_page_costs_a_fixed_number_of_queries(
         places = [j["queue"]["position"] for j in queued if j["kind"] == kind]
         assert places == list(range(1, 13))
     ahead = [j["queue"]["ahead"] for j in queued]
-    if pools == "shared":  # every queued job before it and the running one
-        assert ahead == list(range(1, 25))
+    if pools == "shared":  # in turns after the running synthesis: learning first in each
+        assert ahead == [
+            2 * (j["queue"]["position"] - 1) + (j["kind"] == "synthesize") + 1 for j in queued
+        ]
     else:
         assert ahead == [j["queue"]["position"] - (j["kind"] == "learn") for j in queued]
 
