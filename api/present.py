@@ -24,7 +24,7 @@ from api.schemas import (
 )
 from core import kinds, queueinfo
 from core.auth import sign_link
-from core.models import Artifact, Concept, Job, JobStatus
+from core.models import Artifact, Concept, ConceptStatus, Job, JobStatus
 
 
 class Presenter:
@@ -72,7 +72,7 @@ class Presenter:
             height=concept.height,
             options=concept.options,
             learn_job_id=learn_job.id if learn_job else None,
-            error=_error(learn_job) if learn_job and concept.status != "ready" else None,
+            error=_error(learn_job) if learn_job and concept.status != ConceptStatus.READY else None,
             inputs=inputs,
             created_at=concept.created_at,
             updated_at=concept.updated_at,

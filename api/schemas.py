@@ -11,13 +11,12 @@ from pydantic_core import PydanticCustomError
 
 from api.checks.inputs import TEXT_FIX, forbidden_character, options_problem
 from core import kinds
-from core.models import JobStatus
+from core.models import ConceptStatus, JobStatus
 
 if TYPE_CHECKING:
     JobKind = str
 else:  # the names of core.kinds, as an enum in the OpenAPI document
     JobKind = Literal[kinds.NAMES]
-ConceptStatus = Literal["pending", "ready", "failed", "canceled"]
 WebhookEvent = Literal["started", "progress", "completed"]
 
 _CID = "6f1c2f5e-8d3b-4c39-9a57-1f0e6c2b7a10"

@@ -12,7 +12,9 @@ reconciler racing on the same job cannot both win (e.g. a cancel arriving while 
 records success). Every time here is the database's (core.clock): a host's own clock, which on
 a fleet may be minutes off, never stamps or expires a lease. `attempts` counts starts and
 doubles as a fencing token: an attempt that lost its lease (and so its job) can no longer
-write progress or an outcome. Webhook events are queued in the same transaction as the change they announce (core.webhooks.emit).
+write progress or an outcome. Webhook events are queued in the same transaction as the change
+they announce (core.webhooks.emit), and a learning job that ends without success takes its
+pending concept with it in that transaction too (core.concepts.settle).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import clock, kinds, webhooks
+from core import clock, concepts, kinds, webhooks
 from core.models import Concept, Job, JobStatus, concept_prefix
 
 STATUSES = tuple(JobStatus)
@@ -115,22 +117,6 @@ def job_output(session: Session, job_id: uuid.UUID) -> str | None:
         .where(Job.id == job_id)
     ).one_or_none()
     return None if row is None else output_prefix(row[0], concept_prefix(row[1]), job_id)
-
-
-def settle_concept(session: Session, job_id: uuid.UUID, status: str) -> None:
-    """A job that makes its concept (learning) and ended without success takes its
-    still-pending concept with it."""
-    concept_id = session.scalar(
-        select(Job.concept_id).where(Job.id == job_id, Job.kind.in_(kinds.MAKE_CONCEPTS))
-    )
-    if concept_id is None:
-        return
-    session.execute(
-        update(Concept)
-        .where(Concept.id == concept_id, Concept.status == "pending")
-        .values(status="failed" if status == JobStatus.FAILED else "canceled"),  # concept's
-        execution_options={"synchronize_session": False},
-    )
 
 
 def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> bool:
@@ -305,7 +291,7 @@ def requeue_lapsed(session: Session, *, max_attempts: int, limit: int = 100) -> 
 
 def _ended(session: Session, job_id: uuid.UUID, kind: str, status: str) -> Lapsed:
     webhooks.emit(session, job_id, "completed")
-    settle_concept(session, job_id, status)
+    concepts.settle(session, job_id, status)
     return Lapsed(job_id, kind, status, job_output(session, job_id))
 
 
@@ -351,7 +337,7 @@ def mark_resent(session: Session, job_id: uuid.UUID) -> None:
 
 def _refused(session: Session, job_id: uuid.UUID, status: str) -> Refused:
     webhooks.emit(session, job_id, "completed")
-    settle_concept(session, job_id, status)
+    concepts.settle(session, job_id, status)
     return Refused(job_id, status, job_output(session, job_id))
 
 
@@ -389,7 +375,7 @@ def abandon(
     )
     if done:
         webhooks.emit(session, job_id, "completed")
-        settle_concept(session, job_id, JobStatus.FAILED)
+        concepts.settle(session, job_id, JobStatus.FAILED)
     return done
 
 
@@ -500,7 +486,7 @@ def request_cancel(session: Session, *, job: Job) -> str | None:
     )
     if ended:
         webhooks.emit(session, job.id, "completed")
-        settle_concept(session, job.id, JobStatus.CANCELED)
+        concepts.settle(session, job.id, JobStatus.CANCELED)
     else:  # running, or just put back in the queue: either way it must not go on
         _update(session, job.id, Job.status.in_(ACTIVE), cancel_requested=True)
     output = job_output(session, job.id) if ended else None

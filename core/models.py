@@ -73,6 +73,15 @@ def concept_prefix(concept_id: uuid.UUID) -> str:
     return f"concepts/{concept_id}/"
 
 
+class ConceptStatus(StrEnum):
+    """A concept's state (core/concepts.py moves it): stored as its value."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 class Concept(Base):
     __tablename__ = "concepts"
 
@@ -80,7 +89,7 @@ class Concept(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|ready|failed
+    status: Mapped[str] = mapped_column(String(16), default=ConceptStatus.PENDING)  # ConceptStatus
     base_model: Mapped[str] = mapped_column(String(300))
     names: Mapped[list[Any]] = mapped_column()  # one display name per instance, in mask order
     options: Mapped[dict[str, Any]] = mapped_column()  # LearnConfig fields the client set

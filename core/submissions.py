@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, clock, images, jobs, kinds, webhooks
 from core.db import retry_conflicts
-from core.models import Artifact, Concept, Job, Tenant, concept_prefix
+from core.models import Artifact, Concept, ConceptStatus, Job, Tenant, concept_prefix
 from core.problems import Problem, not_found, unavailable
 from core.queue import Broker
 from core.settings import Settings
@@ -196,7 +196,7 @@ def ready_concept(
             fix="learn the concept again here, or synthesise on a server with its base model "
             "(MIFO_BASE_MODEL)",
         )
-    if concept.status != "ready" or concept.meta is None:
+    if concept.status != ConceptStatus.READY or concept.meta is None:
         raise Problem(
             "concept_not_ready",
             f"Concept {concept_id} is {concept.status}; it must be ready to {to}.",
@@ -269,7 +269,7 @@ def _new_concept(
     concept = Concept(
         id=concept_id,
         tenant_id=tenant_id,
-        status="pending",
+        status=ConceptStatus.PENDING,
         base_model=settings.base_model,
         names=inputs.names or [f"asset{i}" for i in range(len(inputs.masks))],
         options=inputs.options,

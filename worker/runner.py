@@ -17,7 +17,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core import cleanup, engine, jobs, kinds
+from core import cleanup, concepts, engine, jobs, kinds
 from core.db import session_scope
 from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept, Job
@@ -473,7 +473,9 @@ def _record(
             for values in produced.artifacts:
                 session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
             if kinds.get(job.kind).makes_concept:
-                concept.status, concept.meta, concept.files = "ready", produced.meta, job.files
+                assert produced.meta is not None
+                if not concepts.ready(session, concept.id, meta=produced.meta, files=job.files):
+                    log.warning("job %s: its concept was no longer pending", job.job_id)
             return "succeeded"
         if status == "succeeded":
             status = "canceled"
@@ -488,7 +490,7 @@ def _record(
         )
         if not ended:
             return _refused_as(session, job)
-        jobs.settle_concept(session, job.job_id, status)
+        concepts.settle(session, job.job_id, status)
         return status
 
 

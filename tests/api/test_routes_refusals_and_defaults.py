@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from core import jobs
+from core import concepts, jobs
 from core.models import Concept
 from tests.helpers.factories import LEASE, make_concept, make_job
 
@@ -86,7 +86,7 @@ def test_a_failed_concept_carries_its_jobs_error(client: TestClient, session: Se
     jobs.finish(
         session, job_id=job.id, status="failed", error_type="empty_mask", error_message="Mask 1."
     )
-    jobs.settle_concept(session, job.id, "failed")
+    concepts.settle(session, job.id, "failed")
     session.commit()
     body = client.get(f"/v1/concepts/{concept.id}").json()
     assert body["status"] == "failed"
