@@ -358,7 +358,8 @@ def test_leakage_warning_and_boxes_by_mouse(page: Any, open_service: str) -> Non
           const { placeLabels } = await import('./js/box-geometry.js');
           const c = document.querySelector('#box-canvas');
           const ctx = c.getContext('2d');
-          const W = c.width, H = c.height, lh = 18;
+          // a frame of 290 px, where these names collide (the frame on the page is larger)
+          const W = 290, H = 290, lh = 18;
           const item = ([x0, y0, x1, y1], label) => ({ x: x0 * W, y: y0 * H, w: (x1 - x0) * W,
             h: (y1 - y0) * H, lw: ctx.measureText(label).width + 8, lh });
           const items = [item([0.3, 0.25, 0.7, 0.6], '<asset1> orange block'),

@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import SIDE
-from tests.browser.test_console import wait_until
+from tests.browser.conftest import INSTANCES, SIDE
+from tests.browser.test_console import drag, wait_until
+from tests.helpers.wait import wait_until as wait
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,7 @@ def test_file_fields_are_labelled_buttons_with_the_file_name(
     assert outline == "solid", outline
 
 
+NAMES = list(INSTANCES)
 QUICK = {"phase1_steps": 4, "phase2_steps": 2, "reward_steps": 1, "diagnostic_timesteps": [100]}
 
 
@@ -164,3 +167,105 @@ def test_learning_options_as_fields_in_step_with_their_json(
     assert concept["options"] == chosen
     job = read_json(page, f"{open_service}/v1/jobs/{concept['learn_job_id']}")
     assert job["request"]["options"] == chosen
+
+
+def ready_concept(base: str, scene: Path, masks: list[Path]) -> str:
+    """A concept learnt with the quick options through the API; its id once it is ready."""
+    files = [("image", (scene.name, scene.read_bytes(), "image/png"))]
+    files += [("masks", (m.name, m.read_bytes(), "image/png")) for m in masks]
+    form = {"names": ",".join(INSTANCES), "options": json.dumps(QUICK)}
+    made = httpx.post(f"{base}/v1/concepts", files=files, data=form, timeout=30).json()
+    cid = made["concept"]["id"]
+
+    def ready() -> bool:
+        status = httpx.get(f"{base}/v1/concepts/{cid}", timeout=30).json()["status"]
+        assert status in ("pending", "learning", "ready"), status
+        return status == "ready"
+
+    wait(ready, timeout=120, message="the concept did not become ready", interval=0.5)
+    return cid
+
+
+def inside(box: dict[str, float], width: int, height: int) -> bool:
+    return (
+        box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= width
+        and (box["y"] + box["height"] <= height)
+    )
+
+
+def drawn_box(page: Any, token: str) -> list[float]:
+    fields = page.locator(f'[data-token="{token}"] input')
+    return [float(fields.nth(k).input_value()) for k in range(4)]
+
+
+def near(got: list[float], want: list[float], tolerance: float = 0.015) -> bool:
+    return all(abs(g - w) < tolerance for g, w in zip(got, want, strict=True))
+
+
+def test_compose_around_a_large_frame_at_1280x800_and_narrower(
+    page: Any, open_service: str, scene_files: tuple[Path, list[Path]]
+) -> None:
+    cid = ready_concept(open_service, *scene_files)
+    page.goto(f"{open_service}/console/#/concepts/{cid}")
+    canvas = page.locator("#box-canvas")
+    canvas.wait_for()
+    # No synthesis yet: the attention maps are open, in the column beside the composer.
+    page.locator("#attention .map-card img").nth(2).wait_for()
+    assert page.locator("#attention").evaluate("d => d.open")
+    # 1280x800: a frame of 512 px or more, the Synthesise button and the frame on screen.
+    frame = canvas.bounding_box()
+    assert frame["width"] >= 512 and abs(frame["width"] - frame["height"]) < 1, frame
+    assert inside(frame, 1280, 800), frame
+    synthesise = page.get_by_role("button", name="Synthesise")
+    assert inside(synthesise.bounding_box(), 1280, 800), synthesise.bounding_box()
+    assert page.evaluate("scrollY") == 0
+    # The box fields and options sit beside the frame, the maps and results to its right.
+    panel = page.locator(".compose-panel").bounding_box()
+    assert panel["x"] + panel["width"] <= frame["x"]
+    assert page.locator("#attention").bounding_box()["x"] >= frame["x"] + frame["width"]
+    # Boxes are drawn and dragged on the frame; the number fields follow.
+    drag(page, "#box-canvas", [(0.1, 0.2), (0.4, 0.6)])
+    assert near(drawn_box(page, "<asset0>"), [0.1, 0.2, 0.4, 0.6]), drawn_box(page, "<asset0>")
+    page.get_by_label(f"<asset1> {NAMES[1]}", exact=True).check()
+    drag(page, "#box-canvas", [(0.55, 0.3), (0.9, 0.8)])
+    drag(page, "#box-canvas", [(0.7, 0.5), (0.65, 0.45)])  # moved by its inside
+    assert near(drawn_box(page, "<asset1>"), [0.5, 0.25, 0.85, 0.75]), drawn_box(page, "<asset1>")
+    assert near(drawn_box(page, "<asset0>"), [0.1, 0.2, 0.4, 0.6])
+    # A synthesis sent: the maps fold away (seen), its result comes in beside the frame.
+    page.get_by_label("Prompt").fill("a photo of <asset0> and <asset1>")
+    page.get_by_label("Steps").fill("2")
+    synthesise.click()
+    page.locator(".gallery .stack img").first.wait_for()
+    assert not page.locator("#attention").evaluate("d => d.open")
+    assert page.locator("#attention .leak-note").count() == 1
+    results = page.locator("#results").bounding_box()
+    assert results["x"] >= frame["x"] + frame["width"] and results["y"] < 800
+    # Later visits start with the maps folded; their summary opens them.
+    page.reload()
+    page.locator(".gallery .stack img").first.wait_for()
+    assert not page.locator("#attention").evaluate("d => d.open")
+    page.locator("#attention summary").click()
+    assert page.locator("#attention .map-card").first.is_visible()
+    page.locator("#attention summary").click()
+    drag(page, "#box-canvas", [(0.1, 0.2), (0.4, 0.6)])  # a page read afresh has no boxes
+    # Wider and narrower windows: the frame scales with the window and still works.
+    widths = {}
+    for width, height in [(1600, 1000), (1280, 800), (900, 700), (390, 844)]:
+        page.set_viewport_size({"width": width, "height": height})
+        page.evaluate("scrollTo(0, 0)")
+        frame = canvas.bounding_box()
+        widths[width] = frame["width"]
+        assert frame["width"] > 200 and frame["x"] + frame["width"] <= width, (width, frame)
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), width
+        if width >= 900:
+            assert inside(synthesise.bounding_box(), width, height), (width, height)
+        # Drag the red block's box by its inside: the fields follow at this size too.
+        before = drawn_box(page, "<asset0>")
+        drag(page, "#box-canvas", [(0.25, 0.4), (0.3, 0.45)])
+        moved = [v + 0.05 for v in before]
+        assert near(drawn_box(page, "<asset0>"), moved), (width, drawn_box(page, "<asset0>"))
+        drag(page, "#box-canvas", [(0.3, 0.45), (0.25, 0.4)])
+        assert near(drawn_box(page, "<asset0>"), before), (width, drawn_box(page, "<asset0>"))
+    assert widths[1600] > widths[1280] > widths[900] > widths[390], widths

@@ -74,7 +74,12 @@ function boxField(t, on) {
       }),
     ),
   );
-  const remove = { type: "button", class: "quiet", onclick: on.remove };
+  const remove = {
+    type: "button",
+    class: "quiet",
+    "aria-label": `Remove the box of ${t.token}`,
+    onclick: on.remove,
+  };
   return el(
     "div",
     { class: "field box-field", "data-field": `boxes[${t.token}]`, "data-token": t.token },
@@ -83,7 +88,7 @@ function boxField(t, on) {
       { style: `--colour: ${t.colour}` },
       el("legend", {}, `Box of ${label(t)}`),
       ...coords,
-      el("button", remove, `Remove the box of ${t.token}`),
+      el("button", remove, "Remove"),
     ),
     el("p", { class: "problem", role: "alert" }),
   );
@@ -126,7 +131,7 @@ function watchSubmit(form, concept, tokens, submitted) {
       reportProblem(form, {
         field: `boxes[${half.token}]`,
         message: `The box of ${half.token} has only some of x0, y0, x1, y1.`,
-        fix: `give all four numbers, or press "Remove the box of ${half.token}"`,
+        fix: "give all four numbers, or press its Remove button",
       });
       return;
     }

@@ -36,20 +36,32 @@ export function showConcept(main, id) {
     learning(main.querySelector("#learning .job-progress"), concept, stops, () =>
       load().catch(fail),
     );
-    if (concept.status === "ready") {
-      attention(main.querySelector("#attention"), concept);
-      const results = main.querySelector("#results");
-      compose(main.querySelector("#compose"), concept, (job) =>
-        addResult(results, job, stops, true),
-      );
-      listResults(results, concept, stops).catch(fail);
-    }
+    if (concept.status === "ready") showReady(main, concept, stops, fail);
   };
   load().catch(fail);
   return () => {
     stops.left = true;
     stops.list.forEach((stop) => stop());
   };
+}
+
+/** A ready concept: its attention maps, the composer and the results. The maps are what to
+ * look at first: they unfold while the concept has no synthesis, and fold away once seen,
+ * when the first synthesis is sent (on later visits they start folded); a click on their
+ * summary opens them again. */
+function showReady(main, concept, stops, fail) {
+  const maps = main.querySelector("#attention");
+  attention(maps, concept);
+  const results = main.querySelector("#results");
+  let sent = false;
+  compose(main.querySelector("#compose"), concept, (job) => {
+    if (!sent) maps.open = false;
+    sent = true;
+    addResult(results, job, stops, true);
+  });
+  listResults(results, concept, stops).then((count) => {
+    if (count === 0 && !sent) maps.open = true;
+  }, fail);
 }
 
 function learning(box, concept, stops, reload) {
@@ -72,47 +84,17 @@ function learning(box, concept, stops, reload) {
   );
 }
 
+/** Token `t`'s share of attention inside another instance's mask, when reported. */
+function leakage(concept, t) {
+  const others = (concept.diagnostics[t.token] || {}).leakage_into_other_instances;
+  return typeof others === "number" ? others : null;
+}
+
+/** The attention maps (folded or not: showReady decides), with a warning in their summary
+ * naming the tokens that leak, so that it is seen folded too. */
 function attention(section, concept) {
   const list = section.querySelector(".maps");
-  list.replaceChildren(
-    ...concept.tokens.map((t, i) => {
-      const d = concept.diagnostics[t.token] || {};
-      const outside = d.leakage_outside_mask;
-      const others = d.leakage_into_other_instances;
-      const leaks = typeof others === "number" && others >= LEAK_WARN;
-      return el(
-        "li",
-        {
-          class: `map-card${leaks ? " leaks" : ""}`,
-          style: `--colour: ${COLOURS[i % COLOURS.length]}`,
-        },
-        el("h4", {}, `${t.token} ${t.name}`),
-        t.attention_map
-          ? el("img", {
-              src: t.attention_map,
-              alt: `Attention map of ${t.token} (${t.name}) over the input image`,
-              class: "attention-map",
-            })
-          : el("p", { class: "hint" }, "No attention map stored."),
-        el(
-          "dl",
-          {},
-          el("dt", {}, "Outside its mask"),
-          el("dd", {}, typeof outside === "number" ? percent(outside) : "n/a"),
-          el("dt", {}, "Inside other instances"),
-          el("dd", {}, typeof others === "number" ? percent(others) : "n/a"),
-        ),
-        leaks
-          ? el(
-              "p",
-              { class: "warning", role: "note" },
-              `Warning: ${percent(others)} of ${t.token}'s attention falls on another instance; ` +
-                "its images may mix the two. Learn longer or paint tighter masks.",
-            )
-          : null,
-      );
-    }),
-  );
+  list.replaceChildren(...concept.tokens.map((t, i) => mapCard(concept, t, i)));
   if (concept.inputs.image) {
     list.prepend(
       el(
@@ -123,5 +105,46 @@ function attention(section, concept) {
       ),
     );
   }
+  const leaking = concept.tokens.filter((t) => (leakage(concept, t) ?? 0) >= LEAK_WARN);
+  section.querySelector(".leak-note").textContent = leaking.length
+    ? `Warning: ${leaking.map((t) => t.token).join(", ")} may mix with another instance`
+    : "";
   section.hidden = false;
+}
+
+function mapCard(concept, t, i) {
+  const outside = (concept.diagnostics[t.token] || {}).leakage_outside_mask;
+  const others = leakage(concept, t);
+  const leaks = others !== null && others >= LEAK_WARN;
+  return el(
+    "li",
+    {
+      class: `map-card${leaks ? " leaks" : ""}`,
+      style: `--colour: ${COLOURS[i % COLOURS.length]}`,
+    },
+    el("h4", {}, `${t.token} ${t.name}`),
+    t.attention_map
+      ? el("img", {
+          src: t.attention_map,
+          alt: `Attention map of ${t.token} (${t.name}) over the input image`,
+          class: "attention-map",
+        })
+      : el("p", { class: "hint" }, "No attention map stored."),
+    el(
+      "dl",
+      {},
+      el("dt", {}, "Outside its mask"),
+      el("dd", {}, typeof outside === "number" ? percent(outside) : "n/a"),
+      el("dt", {}, "Inside other instances"),
+      el("dd", {}, others !== null ? percent(others) : "n/a"),
+    ),
+    leaks
+      ? el(
+          "p",
+          { class: "warning", role: "note" },
+          `Warning: ${percent(others)} of ${t.token}'s attention falls on another instance; ` +
+            "its images may mix the two. Learn longer or paint tighter masks.",
+        )
+      : null,
+  );
 }

@@ -5,10 +5,12 @@ import { api } from "./api.js";
 import { el, percent, when } from "./dom.js";
 import { trackJob } from "./progress.js";
 
+/** Show the concept's syntheses; returns how many there are. */
 export async function listResults(section, concept, stops) {
   const page = await api(`v1/concepts/${concept.id}/syntheses?limit=20`);
-  if (stops.left) return;
+  if (stops.left) return page.data.length;
   for (const job of page.data.reverse()) addResult(section, job, stops, true);
+  return page.data.length;
 }
 
 export function addResult(section, job, stops, first) {
