@@ -145,7 +145,8 @@ def load_segmenter(
     local_files_only: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Segmenter:
-    """A `Segmenter` on the SAM of `spec` (`tiny`, a local folder, or a hub id[@revision])."""
+    """A `Segmenter` on the SAM of `spec` (`tiny`, a local folder, or a hub id[@revision]),
+    loaded now: ModelLoadError here rather than at the first click."""
     sam = load_sam(
         spec, device=device, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir
     )
@@ -153,19 +154,51 @@ def load_segmenter(
 
 
 class Segmenter:
-    """Masks from prompts and automatic proposals on one loaded SAM, with the embedding cache.
+    """Masks from prompts and automatic proposals on one SAM, with the embedding cache.
 
-    Safe to share between threads: the cache is locked; two threads asking for the same new
-    image may both compute its embedding.
+    `sam` is a loaded model or a spec (`tiny`, a local folder, a hub id[@revision]) loaded on
+    first use with the keyword arguments of `load_sam`; a request refused for its prompts
+    loads nothing. Safe to share between threads: loading and the cache are locked; two
+    threads asking for the same new image may both compute its embedding.
     """
 
-    def __init__(self, sam: LoadedSam, config: SegmentConfig | None = None) -> None:
-        self.sam = sam
+    def __init__(
+        self,
+        sam: LoadedSam | str = DEFAULT_SEGMENT_MODEL,
+        config: SegmentConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        local_files_only: bool = False,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.config = config or SegmentConfig()
+        self.spec = sam.spec if isinstance(sam, LoadedSam) else sam
+        self._sam = sam if isinstance(sam, LoadedSam) else None
+        self._load_args = {
+            "device": device,
+            "dtype": dtype,
+            "local_files_only": local_files_only,
+            "cache_dir": cache_dir,
+        }
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    @property
+    def sam(self) -> LoadedSam:
+        """The model, loaded now if it was not yet (ModelLoadError if it cannot be)."""
+        if self._sam is None:
+            with self._load_lock:
+                if self._sam is None:
+                    self._sam = load_sam(self.spec, **self._load_args)  # type: ignore[arg-type]
+        return self._sam
+
+    @property
+    def loaded(self) -> bool:
+        return self._sam is not None
 
     def embed(self, image: ImageSource) -> Embedding:
         """The image's embedding: from the cache when the same pixels were seen recently."""

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mifo_engine.config import LearnConfig
-from mifo_engine.errors import EmptyMask, InputError
+from mifo_engine.errors import EmptyMask, InputError, ModelLoadError
 from mifo_engine.inputs import check_inputs
 from mifo_engine.maskpost import mask_image, mask_iou
 from mifo_engine.sam import IMAGENET_MEAN, IMAGENET_STD, LoadedSam
@@ -104,6 +104,23 @@ def test_the_cache_keeps_the_most_recent_images(scene) -> None:
     assert [segmenter.cached(i) for i in images] == [True, True, False]
     segmenter.clear_cache()
     assert not any(segmenter.cached(i) for i in images)
+
+
+def test_a_spec_loads_on_first_use_and_a_refused_request_loads_nothing(scene) -> None:
+    lazy = Segmenter("tiny")
+    assert not lazy.loaded and lazy.spec == "tiny"
+    with pytest.raises(InputError):
+        lazy.segment(scene, [{"box": [10, 10, 5, 20]}])
+    assert not lazy.loaded
+    result = lazy.segment(scene, [POINT])
+    assert lazy.loaded and lazy.sam.model_id == "tiny"
+    assert (
+        result.instances[0].mask == load_segmenter("tiny").segment(scene, [POINT]).instances[0].mask
+    ).all()
+    missing = Segmenter("./no/such/sam")
+    with pytest.raises(ModelLoadError) as err:
+        missing.segment(scene, [POINT])
+    assert err.value.field == "segment_model"
 
 
 def test_the_image_key_is_its_pixels() -> None:
