@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -69,6 +70,9 @@ class SynthesisResult:
     concept_base: dict[str, Any]
     versions: dict[str, str]
     guidance_losses: list[float] = field(default_factory=list)  # normalised loss per guided step
+    # per image: subject token -> its refined mask (bool, the refinement layer's side), as the
+    # last refinement left it; empty where no refinement ran
+    refined_masks: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """The content of synthesis.json."""
@@ -156,7 +160,17 @@ def synthesize(
         concept_base=concept.metadata()["base_model"],
         versions=versions(),
         guidance_losses=losses,
+        refined_masks=_refined_masks(controller),
     )
+
+
+def _refined_masks(controller: BoundedController) -> list[dict[str, np.ndarray]]:
+    """Each image's refined subject masks, or none where no refinement ran."""
+    if controller.masks is None:
+        return []
+    masks = controller.masks.detach().cpu().numpy().astype(bool)
+    tokens = [s.token for s in controller.layout.subjects]
+    return [{t: masks[i, k] for k, t in enumerate(tokens)} for i in range(masks.shape[0])]
 
 
 def _previews(images: list[Image.Image], layout: Layout, concept: Concept) -> list[Image.Image]:

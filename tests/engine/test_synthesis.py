@@ -289,11 +289,19 @@ def test_in_and_out_of_box_terms_add_up_to_the_loss(tiny_base, tiny_concept):
 
 def test_mask_refinement_switch(tiny_base, tiny_concept, monkeypatch):
     made = _recording(monkeypatch)
-    synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST.replace(mask_refinement=False))
+    off = FAST.replace(mask_refinement=False)
+    plain = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=off)
     assert made[-1].refinements == [] and made[-1].masks is None
     assert made[-1].sa_maps.count == 0  # nothing was accumulated either
-    synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST)
+    assert plain.refined_masks == []
+    refined = synthesize(tiny_base, tiny_concept, PROMPT, BOXES, config=FAST.replace(num_images=2))
     assert len(made[-1].refinements) == 2 and made[-1].masks is not None  # steps 3 and 5
+    # the result holds each image's masks as the last refinement left them
+    assert [list(m) for m in refined.refined_masks] == [["<asset0>", "<asset1>"]] * 2
+    for i, masks in enumerate(refined.refined_masks):
+        for k, token in enumerate(masks):
+            assert masks[token].dtype == bool
+            assert (masks[token] == made[-1].masks[i, k].numpy()).all()
 
 
 def test_refinement_averages_from_the_first_step_without_reset(
