@@ -231,7 +231,10 @@ def evaluate(
     for k, run in enumerate(runs):
         relay = _relay(progress, k * cfg.steps, total)
         made = synthesize(base, concept, run.prompt, run.boxes, config=synth, progress=relay)
-        scores += score_synthesis(made, concept, models, references=refs, fill=cfg.fill)
+        regions = made.refined_masks or None  # the refined masks where refinement ran
+        scores += score_synthesis(
+            made, concept, models, references=refs, regions=regions, fill=cfg.fill
+        )
         generated += made.images
     report(progress, Progress(PHASE, total, total))
     named = [_with_file(s, n) for n, s in enumerate(scores)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mifo_engine import evaluation as evaluation_mod
 from mifo_engine.config import SynthesisConfig
 from mifo_engine.errors import Canceled, ConceptError, ConfigError
 from mifo_engine.evalconfig import EvaluationConfig
@@ -107,6 +108,33 @@ def test_scores_are_the_metrics_of_the_crops(tiny_base, tiny_concept, features):
     masked = masked_crop(image, region_mask((0.25, 0.2, 0.75, 0.9), image.size, refined), TINY.fill)
     expected = cosine(features.dino_images([masked])[0], refs.embeddings[1])
     assert again[1].subjects[0].sim_d == pytest.approx(expected)
+
+
+def test_evaluate_scores_the_refined_masks_where_refinement_ran(
+    tiny_base, tiny_concept, features, monkeypatch
+):
+    passed = []
+    real = evaluation_mod.score_synthesis
+
+    def recording(made, *args, **kwargs):
+        passed.append((made.refined_masks, kwargs["regions"]))
+        return real(made, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation_mod, "score_synthesis", recording)
+    for refine_start, refined in ((1, True), (5, False)):  # 3 steps: refines at step 1 only
+        evaluate(
+            tiny_base,
+            tiny_concept,
+            prompts=PROMPTS[1:],
+            images_per_prompt=1,
+            steps=3,
+            config=TINY,
+            synthesis=SynthesisConfig(refine_start=refine_start, guidance_steps=1),
+            features=features,
+        )
+        masks, regions = passed[-1]
+        assert bool(masks) is refined
+        assert regions is (masks if refined else None)
 
 
 def test_the_references_are_the_masked_input_instances(tiny_concept, features, scene):
