@@ -146,3 +146,22 @@ def test_the_learning_fields_show_the_engines_defaults() -> None:
     assert set(shown) == {"phase1_steps", "phase2_steps", "seed"}, shown
     defaults = LearnConfig()
     assert shown == {name: str(getattr(defaults, name)) for name in shown}
+
+
+def test_the_screenshots_are_made_shown_and_of_the_window_size() -> None:
+    """What scripts/make_screenshots.py writes is in docs/screenshots/, 1280x800, and shown by
+    the README and docs/console.md."""
+    from PIL import Image
+
+    script = (ROOT / "scripts" / "make_screenshots.py").read_text()
+    listed = re.search(r"^SHOTS = \(([^)]*)\)", script, re.M)
+    assert listed, "make_screenshots.py has no SHOTS"
+    shots = re.findall(r'"([\w.-]+\.png)"', listed.group(1))
+    assert shots == ["console-new-concept.png", "console-compose.png"], shots
+    readme = (ROOT / "README.md").read_text()
+    console = (ROOT / "docs" / "console.md").read_text()
+    for name in shots:
+        with Image.open(ROOT / "docs" / "screenshots" / name) as shot:
+            assert shot.size == (1280, 800), (name, shot.size)
+        assert f"](docs/screenshots/{name})" in readme, name
+        assert f"](screenshots/{name})" in console, name
