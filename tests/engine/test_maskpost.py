@@ -126,3 +126,18 @@ def test_saved_masks_pass_the_learning_input_checks(tmp_path) -> None:
     image = Image.new("RGB", (48, 40), (90, 120, 60))
     shares = check_inputs(image, paths, resolution=40, config=LearnConfig())
     assert len(shares) == 2 and all(0 < s < 0.5 for s in shares)
+
+
+def test_upscale_equals_transformers_sam_post_processing() -> None:
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    processor = SamImageProcessorPil(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}
+    )
+    low = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    theirs = processor.post_process_masks(low[None], [[80, 96]], [[53, 64]], binarize=False)[0]
+    mine = upscale_logits(low, input_size=64, scaled=(53, 64), size=(80, 96))
+    assert torch.allclose(mine, theirs, atol=1e-6)
+    assert torch.equal(
+        threshold(mine), processor.post_process_masks(low[None], [[80, 96]], [[53, 64]])[0]
+    )

@@ -136,3 +136,17 @@ def test_the_spec_check_and_the_prompt_check_need_no_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_pixel_values_equal_transformers_sam_image_processor(tiny) -> None:
+    """The encoder's input as transformers' own SAM processor makes it (PIL back end)."""
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), np.uint8))
+    processor = SamImageProcessorPil(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}
+    )
+    theirs = processor(images=image, return_tensors="pt")
+    pixels, scaled = tiny.pixel_values(image)
+    assert list(scaled) == theirs["reshaped_input_sizes"][0].tolist()
+    assert torch.allclose(pixels, theirs["pixel_values"], atol=1e-6)
