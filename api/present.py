@@ -52,6 +52,7 @@ class Presenter:
     def concept(self, concept: Concept, learn_job: Job | None) -> ConceptPublic:
         """A concept; a failed or canceled one carries its learning job's error."""
         meta = concept.meta or {}
+        ready = concept.status == ConceptStatus.READY
         maps = {a.label: self.url(a) for a in concept.artifacts if a.kind == "attention"}
         names = [t["name"] for t in meta.get("tokens", [])] or list(concept.names)
         tokens = [
@@ -72,7 +73,7 @@ class Presenter:
             height=concept.height,
             options=concept.options,
             learn_job_id=learn_job.id if learn_job else None,
-            error=_error(learn_job) if learn_job and concept.status != ConceptStatus.READY else None,
+            error=_error(learn_job) if learn_job and not ready else None,
             inputs=inputs,
             created_at=concept.created_at,
             updated_at=concept.updated_at,

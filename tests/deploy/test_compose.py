@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from core.kinds import QUEUES as JOB_QUEUES
 from core.settings import Settings
 from mifo_cli import build_parser
 from mifo_engine.models import DEFAULT_BASE_MODEL
@@ -70,6 +71,20 @@ def _settings(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Setti
         return Settings()
 
 
+def _queues(args: Any) -> set[str]:
+    """The queues a `mifo worker` takes (without --queues: every job kind's)."""
+    return set((args.queues or ",".join(JOB_QUEUES)).split(","))
+
+
+def test_every_job_kinds_queue_has_a_worker() -> None:
+    served: set[str] = set()
+    for service in OURS.values():
+        args = build_parser().parse_args(_command(service)[1:])
+        if args.command == "worker":
+            served |= _queues(args)
+    assert set(JOB_QUEUES) <= served, f"no compose worker takes {set(JOB_QUEUES) - served}"
+
+
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_each_service_runs_a_real_command_with_valid_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
@@ -104,7 +119,7 @@ def test_each_service_runs_a_real_command_with_valid_settings(
     if hasattr(args, "port"):  # it listens: on the published port
         published = [str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])]
         assert str(args.port) in published, (args.port, published)
-    if args.command == "worker" and {"learn", "synthesize"} & set(args.queues.split(",")):
+    if args.command == "worker" and set(JOB_QUEUES) & _queues(args):
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert settings.device.startswith("cuda") and "gpu" in devices[0]["capabilities"]
     if settings.storage_url and settings.storage_url.startswith("s3://"):

@@ -71,7 +71,7 @@ def _check_mifo_command(item: Container, words: list[str], dockerfile: Dockerfil
     except SystemExit as exc:  # argparse printed why
         raise AssertionError(f"{item.where}: `{' '.join(words)}` is refused") from exc
     if args.command == "worker":
-        queues = set(args.queues.split(","))
+        queues = set((args.queues or ",".join(JOB_QUEUES)).split(","))
         assert queues <= {*JOB_QUEUES, "control"}, (item.where, queues)
         needs = "engine" if queues & ENGINE_QUEUES else "service"
         assert dockerfile.extra == needs, f"{item.where}: {queues} needs the {needs} image"
@@ -82,6 +82,17 @@ def _check_mifo_command(item: Container, words: list[str], dockerfile: Dockerfil
         assert args.port in ports and args.port in dockerfile.exposed, (item.where, args.port)
         assert args.host == "0.0.0.0", f"{item.where}: listen beyond the pod's loopback"
     return args
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_job_kinds_queue_has_a_worker(overlay: str) -> None:
+    served: set[str] = set()
+    for item in containers(rendered(overlay)):
+        words = command(item)
+        if item.ours and not item.init and words[:2] == ["mifo", "worker"]:
+            queues = build_parser().parse_args(words[1:]).queues
+            served |= set((queues or ",".join(JOB_QUEUES)).split(","))
+    assert set(JOB_QUEUES) <= served, f"{overlay}: no worker takes {set(JOB_QUEUES) - served}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

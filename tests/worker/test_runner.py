@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+from core.kinds import UnknownKind
 from core.models import Job, utcnow
 from core.settings import Settings
-from tests.helpers.factories import LEASE, Doorbell, lose_worker
+from tests.helpers.factories import LEASE, Doorbell, lose_worker, make_concept, make_job
 from tests.helpers.images import encode, make_scene
 from tests.helpers.wait import wait_until
 from worker.cache import ConceptCache
@@ -558,3 +560,23 @@ def test_a_success_whose_commit_answer_was_lost_is_kept(
         concept = s.get(Concept, uuid.UUID(created["concept"]["id"]))
         assert concept is not None and concept.status == "ready" and concept.files
         assert ctx.storage.keys(concept.files)  # its files stayed
+
+
+def test_a_job_of_a_kind_this_worker_does_not_know_is_an_error_and_stays_queued(
+    ctx: WorkerContext, session: Session
+) -> None:
+    """Never run as another kind: the claim is taken back, the job left to a worker that knows
+    its kind (the error goes to the task, which logs it)."""
+    job = make_job(session, make_concept(session), kind="synthesize")
+    session.commit()
+    session.execute(update(Job).where(Job.id == job.id).values(kind="inpaint"))
+    session.commit()
+
+    def no_model() -> Any:
+        raise AssertionError("no model is loaded for a job of an unknown kind")
+
+    with pytest.raises(UnknownKind, match="'inpaint'"):
+        run_job(ctx, job.id, no_model, ConceptCache(1))
+    session.expire_all()
+    row = session.get(Job, job.id)
+    assert row is not None and (row.status, row.attempts) == ("queued", 0)
