@@ -181,6 +181,22 @@ def feature_models(
     return wanted
 
 
+def feature_model_folder(
+    spec: str, field: str, *, local_files_only: bool = False, cache_dir: str | Path | None = None
+) -> tuple[Path | None, Provenance]:
+    """Where a feature model's files are, fetched into the Hugging Face cache first for a hub
+    id that is not there yet (unless downloads are off); None for `tiny`, which is built in
+    code. Nothing is loaded: a deployment fills its model cache with this (torch-free)."""
+    check_feature_spec(spec, field)
+    if spec.strip() == TINY_FEATURES:
+        return None, Provenance(TINY_FEATURES, TINY_FEATURES, None)
+    where = FeatureModels(
+        local_files_only=local_files_only,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )
+    return _folder(spec, where, field)
+
+
 def _key(models: FeatureModels) -> tuple[Any, ...]:
     return (
         models.clip_model,

@@ -125,3 +125,27 @@ def test_feature_models_keeps_the_last_set_it_was_asked_for() -> None:
     assert feature_models("tiny", "tiny") is first
     other = feature_models("tiny", "tiny", device="cpu", local_files_only=True)
     assert other is not first and feature_models("tiny", "tiny") is not first
+
+
+def test_a_models_folder_is_found_without_loading_it(tmp_path: Path) -> None:
+    """What a deployment's fetch step calls: a cached snapshot's folder, `tiny` built in."""
+    from mifo_engine.features import feature_model_folder
+
+    clip, _ = _save_tiny(tmp_path / "saved")
+    snapshot = tmp_path / "cache" / "models--someone--tiny-clip" / "snapshots" / COMMIT
+    snapshot.parent.mkdir(parents=True)
+    clip.rename(snapshot)
+    spec = f"someone/tiny-clip@{COMMIT}"
+    folder, source = feature_model_folder(
+        spec, "clip_model", local_files_only=True, cache_dir=tmp_path / "cache"
+    )
+    assert folder == snapshot and (source.model_id, source.revision) == (
+        "someone/tiny-clip",
+        COMMIT,
+    )
+    assert feature_model_folder("tiny", "dino_model")[0] is None
+    with pytest.raises(ModelLoadError) as caught:
+        feature_model_folder(f"someone/absent@{COMMIT}", "dino_model", local_files_only=True)
+    assert caught.value.field == "dino_model"
+    with pytest.raises(ConfigError):
+        feature_model_folder("someone/tiny-clip@main", "clip_model")
