@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session, selectinload
 
 from api.http.state import AppState
+from api.present_evaluation import evaluation_public
 from api.schemas import (
     ConceptPublic,
     ErrorPublic,
@@ -80,6 +81,7 @@ class Presenter:
             links={
                 "self": self.path("get_concept", concept_id=concept.id),
                 "syntheses": self.path("create_synthesis", concept_id=concept.id),
+                "evaluations": self.path("create_evaluation", concept_id=concept.id),
             },
         )
 
@@ -152,16 +154,21 @@ class Presenter:
                     preview_url=files.get(("preview", img["index"])),
                     # Results recorded before the field was renamed say `diagnostics`.
                     in_box_share=img.get("in_box_share") or img.get("diagnostics") or {},
+                    metrics=img.get("metrics"),
                 )
                 for img in job.result.get("images", [])
             ],
         )
+
+    def _evaluation_result(self, job: Job) -> JobResult:
+        return JobResult(evaluation=evaluation_public(self, job))
 
 
 # The result of a succeeded job, by its kind (core.kinds; every kind has one: tests/test_kinds.py).
 RESULTS: dict[str, Callable[[Presenter, Job], JobResult]] = {
     kinds.LEARN.name: Presenter._learn_result,
     kinds.SYNTHESIZE.name: Presenter._synthesis_result,
+    kinds.EVALUATE.name: Presenter._evaluation_result,
 }
 
 

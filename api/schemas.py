@@ -125,6 +125,9 @@ class ImagePublic(BaseModel):
         "boxes. The CLI's synthesis.json has the same name.",
         examples=[{"<asset0>": 0.82, "<asset1>": 0.77}],
     )
+    metrics: ImageMetricsPublic | None = Field(
+        None, description="SIM-C, and SIM-D, NSIM-D and CS per subject: with `evaluate: true`."
+    )
 
 
 class QueuePublic(BaseModel):
@@ -148,9 +151,76 @@ class QueuePublic(BaseModel):
     )
 
 
+class SubjectMetricsPublic(BaseModel):
+    """One subject (a boxed token) of one generated image (docs/engine-api.md, "Metrics")."""
+
+    sim_d: float = Field(description="Cosine of DINO embeddings: its region vs its instance.")
+    nsim_d: float | None = Field(
+        description="Mean cosine of its region vs every other instance; null with one instance."
+    )
+    cs: float | None = Field(description="SIM-C x SIM-D x (1 - NSIM-D); null without NSIM-D.")
+
+
+class ImageMetricsPublic(BaseModel):
+    """The quality metrics of one generated image."""
+
+    sim_c: float = Field(description="Cosine of CLIP's embeddings of the image and `text`.")
+    text: str = Field(description="The prompt with each token replaced by its instance name.")
+    subjects: dict[str, SubjectMetricsPublic] = Field(
+        default_factory=dict, description="Per boxed token."
+    )
+
+
+class MetricRowPublic(BaseModel):
+    """One token's metrics over the images it appears in (or, `token` "mean", all of them):
+    each metric's mean and population standard deviation; `cs` is the composite of the
+    means, `cs_std` the spread of the per-image composites. Null where nothing was measured
+    (NSIM-D and CS of a concept of one instance)."""
+
+    token: str = Field(examples=["<asset0>"])
+    name: str = Field(examples=["red car"])
+    images: int = Field(description="(image, subject) pairs counted.")
+    sim_c: float | None
+    sim_d: float | None
+    nsim_d: float | None
+    cs: float | None
+    sim_c_std: float | None
+    sim_d_std: float | None
+    nsim_d_std: float | None
+    cs_std: float | None
+
+
+class EvaluatedImagePublic(ImageMetricsPublic):
+    index: int
+    prompt: str = Field(description="The prompt synthesised, with the concept's tokens.")
+    seed: int
+    url: str | None
+
+
+class EvaluationPublic(BaseModel):
+    rows: list[MetricRowPublic] = Field(description="One row per token, in token order.")
+    mean: MetricRowPublic = Field(description="Every (image, subject) pair.")
+    images: list[EvaluatedImagePublic]
+    chart: Link | None = Field(description="PNG: a bar per metric and row, std as error bars.")
+    record: Link | None = Field(description="evaluation.json: everything above and the config.")
+    references: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per token: URL of its masked input instance, as DINO compares it.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="The EvaluationConfig it ran with."
+    )
+    feature_models: dict[str, Any] = Field(
+        default_factory=dict, description="The CLIP and DINO that scored: spec, id, revision."
+    )
+
+
 class JobResult(BaseModel):
     concept: ConceptPublic | None = None
     images: list[ImagePublic] | None = None
+    evaluation: EvaluationPublic | None = Field(
+        None, description="An evaluation's metrics (kind `evaluate`)."
+    )
     expired_at: datetime | None = Field(
         None, description="When the images were deleted (MIFO_SYNTHESIS_RETENTION_SECONDS)."
     )
@@ -262,6 +332,11 @@ class SynthesisCreate(BaseModel):
     )
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0)
     box_control: bool = Field(True, description="False: plain generation, boxes ignored.")
+    evaluate: bool = Field(
+        False,
+        description="True: score each image with the evaluation's metrics (its `metrics`: "
+        "SIM-C, and SIM-D, NSIM-D and CS per boxed subject).",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further SynthesisConfig fields (expert use)."
     )
@@ -287,6 +362,65 @@ class SynthesisCreate(BaseModel):
         if found := options_problem(options):
             raise PydanticCustomError("options_too_large", found[0], {"fix": found[1]})
         return options
+
+
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompts": ["a photo of {token} at the beach", "<asset0> next to <asset1>"],
+                    "images_per_prompt": 2,
+                    "steps": 50,
+                    "seed": 0,
+                }
+            ]
+        },
+    )
+
+    prompts: list[str] | None = Field(
+        None,
+        description="Each a template with `{token}` where one instance goes (synthesised once "
+        "per instance), or a prompt naming the concept's tokens (once, one box per token). "
+        "Leave it out for the paper's ten templates; at most MIFO_MAX_EVALUATION_PROMPTS "
+        "(default 20), each at most MIFO_MAX_PROMPT_CHARS characters.",
+    )
+    images_per_prompt: int = Field(
+        2,
+        ge=1,
+        description="Images of each synthesis; at most MIFO_MAX_IMAGES_PER_SYNTHESIS (default 8).",
+    )
+    steps: int = Field(
+        50, ge=1, description="DDIM steps of each; at most MIFO_MAX_SYNTHESIS_STEPS (default 150)."
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Each synthesis uses seed, seed+1, ...")
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="Receives signed job events (Standard Webhooks)."
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Events to send; default: all of them."
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _some_printable(cls, prompts: list[str] | None) -> list[str] | None:
+        if prompts is not None and not prompts:
+            raise PydanticCustomError(
+                "empty_prompts",
+                "prompts is an empty list",
+                {"fix": "give at least one prompt, or leave prompts out for the ten defaults"},
+            )
+        for i, prompt in enumerate(prompts or []):
+            if found := forbidden_character(prompt):
+                raise PydanticCustomError(
+                    "forbidden_character",
+                    "prompts[{i}] {found}",
+                    {"i": i, "found": found, "fix": TEXT_FIX},
+                )
+        return prompts
 
 
 class Health(BaseModel):

@@ -11,6 +11,8 @@ torch when they are called, in a worker.
 | `attention_structure`, `check_layers` | options against the base model's UNet (api checks; torch-free) |
 | `check_inputs`, `instance_names`, `load_image`, `mask_to_binary`, `to_rgb` | upload checks, stored inputs |
 | `validate_synthesis_request` | synthesis requests |
+| `EvaluationConfig`, `PAPER_PROMPTS`, `plan_runs`, `check_feature_spec`, `DEFAULT_CLIP_MODEL`, `DEFAULT_DINO_MODEL` | evaluation requests and settings (torch-free) |
+| `evaluate`, `score_synthesis`, `feature_models` | the worker's evaluations and scored syntheses |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
 | `export_archive` | concept export (core.export; torch-free) |
 """
@@ -21,6 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from mifo_engine.config import LearnConfig, SynthesisConfig
 from mifo_engine.errors import Canceled, MifoError, ModelLoadError
+from mifo_engine.evalconfig import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_DINO_MODEL,
+    PAPER_PROMPTS,
+    EvaluationConfig,
+    check_feature_spec,
+    plan_runs,
+)
 from mifo_engine.inputs import check_inputs, instance_names, load_image, mask_to_binary, to_rgb
 from mifo_engine.layers import check_layers
 from mifo_engine.layout import validate_synthesis_request
@@ -34,21 +44,30 @@ from mifo_engine.models import (
 
 if TYPE_CHECKING:
     from mifo_engine.concept import Concept
+    from mifo_engine.evaluation import EvaluationResult
+    from mifo_engine.features import FeatureModels
     from mifo_engine.models import LoadedBase
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_DINO_MODEL",
+    "PAPER_PROMPTS",
     "Canceled",
+    "EvaluationConfig",
     "LearnConfig",
     "MifoError",
     "ModelLoadError",
     "SynthesisConfig",
     "attention_structure",
     "check_base_model",
+    "check_feature_spec",
     "check_layers",
     "check_inputs",
+    "evaluate",
     "instance_names",
     "export_archive",
+    "feature_models",
     "learn",
     "load_base_model",
     "load_concept",
@@ -56,6 +75,8 @@ __all__ = [
     "load_tokenizer",
     "mask_to_binary",
     "native_resolution",
+    "plan_runs",
+    "score_synthesis",
     "synthesize",
     "to_rgb",
     "use_cpu_threads",
@@ -93,6 +114,28 @@ def synthesize(base: LoadedBase, concept: Concept, **kwargs: Any) -> Any:
     from mifo_engine.synthesis import synthesize as run
 
     return run(base, concept, **kwargs)
+
+
+def evaluate(base: LoadedBase, concept: Concept, **kwargs: Any) -> EvaluationResult:
+    """mifo_engine.evaluation.evaluate: the concept's quality metrics, its images and chart."""
+    from mifo_engine.evaluation import evaluate as run
+
+    return run(base, concept, **kwargs)
+
+
+def score_synthesis(result: Any, concept: Concept, features: FeatureModels, **kwargs: Any) -> Any:
+    """mifo_engine.evaluation.score_synthesis: the metrics of each image of a synthesis."""
+    from mifo_engine.evaluation import score_synthesis as run
+
+    return run(result, concept, features, **kwargs)
+
+
+def feature_models(clip_model: str, dino_model: str, *, device: str) -> FeatureModels:
+    """mifo_engine.features.feature_models: CLIP and DINO, each loaded on its first use; the
+    set asked for last is kept (a worker scores every job with the one set)."""
+    from mifo_engine.features import feature_models as get
+
+    return get(clip_model, dino_model, device=device)
 
 
 def export_archive(concept_dir: str, archive: str) -> Any:

@@ -68,8 +68,16 @@ SYNTHESIZE = Kind(
     output="syntheses/{job_id}/",
     route="POST /v1/concepts/{concept_id}/syntheses",
 )
+EVALUATE = Kind(
+    name="evaluate",
+    task="mifo.evaluate",
+    queue="evaluate",
+    time_limit="evaluate_time_limit",
+    output="evaluations/{job_id}/",
+    route="POST /v1/concepts/{concept_id}/evaluations",
+)
 
-ALL: tuple[Kind, ...] = (LEARN, SYNTHESIZE)
+ALL: tuple[Kind, ...] = (LEARN, SYNTHESIZE, EVALUATE)
 NAMES: tuple[str, ...] = tuple(kind.name for kind in ALL)
 QUEUES: tuple[str, ...] = tuple(kind.queue for kind in ALL)
 # The kinds whose end settles their concept (a learning job and the concept it makes).

@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import kinds
-from core.engine import DEFAULT_BASE_MODEL
+from core.engine import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_DINO_MODEL,
+    MifoError,
+    check_feature_spec,
+)
 
 # Whether the workers take jobs of both kinds or each kind has its own (core/queueinfo.py).
 WorkerPools = Literal["shared", "per-kind"]
@@ -47,6 +53,14 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(3600, ge=60, description="Lifetime of download URLs (S3).")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="'tiny', a path or hub-id@revision.")
     device: str = Field("auto", description="Worker device: auto, cuda, cuda:1, cpu.")
+    clip_model: str = Field(
+        DEFAULT_CLIP_MODEL,
+        description="Evaluations' CLIP (SIM-C): 'tiny', a local folder or hub-id@commit.",
+    )
+    dino_model: str = Field(
+        DEFAULT_DINO_MODEL,
+        description="Evaluations' DINO (SIM-D, NSIM-D): 'tiny', a local folder or hub-id@commit.",
+    )
     cpu_threads: int = Field(
         0,
         ge=0,
@@ -111,6 +125,10 @@ class Settings(BaseSettings):
     max_synthesis_steps: int = Field(150, ge=1, description="Denoising steps per synthesis.")
     max_learn_steps: int = Field(2000, ge=1, description="phase1_steps and phase2_steps each.")
     max_prompt_chars: int = Field(500, ge=1, description="Prompt length in characters.")
+    max_evaluation_prompts: int = Field(20, ge=1, description="Prompts per evaluation.")
+    max_evaluation_images: int = Field(
+        160, ge=1, description="Images per evaluation: its syntheses x images_per_prompt."
+    )
     max_name_chars: int = Field(100, ge=1, description="Characters per instance name.")
     max_names_chars: int = Field(
         1000, ge=1, description="Characters of the `names` field (all names and commas)."
@@ -140,6 +158,7 @@ class Settings(BaseSettings):
     )
     learn_time_limit: float = Field(4 * 3600, gt=0, description="Seconds per learning job.")
     synthesize_time_limit: float = Field(1800, gt=0, description="Seconds per synthesis job.")
+    evaluate_time_limit: float = Field(3600, gt=0, description="Seconds per evaluation job.")
 
     # Webhooks.
     webhook_max_attempts: int = Field(6, ge=1, description="Tries per webhook delivery.")
@@ -190,6 +209,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("clip_model", "dino_model")
+    @classmethod
+    def _feature_spec(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            check_feature_spec(value, str(info.field_name))
+        except MifoError as exc:
+            raise ValueError(f"{exc.message} Fix: {exc.fix}") from None
+        return value
 
     @field_validator("storage_url")
     @classmethod

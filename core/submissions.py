@@ -174,6 +174,47 @@ def synthesize(
     return job_id
 
 
+def evaluate(
+    session: Session,
+    ctx: Context,
+    *,
+    tenant_id: uuid.UUID,
+    concept_id: uuid.UUID,
+    params: dict[str, Any],
+    hook: webhooks.Hook,
+    attach: Attach,
+) -> uuid.UUID:
+    """Create an evaluation job for a ready concept and send it; the job's id."""
+    kind = kinds.EVALUATE.name
+
+    def accept() -> uuid.UUID:
+        with ctx.creating_job():
+            check_capacity(session, tenant_id, ctx.settings)
+            _keep_concept(session, concept_id, tenant_id)
+            try:
+                job = jobs.create_job(
+                    session,
+                    tenant_id=tenant_id,
+                    kind=kind,
+                    concept_id=concept_id,
+                    params=params,
+                    webhook_url=hook.url,
+                    webhook_events=hook.events,
+                )
+                attach(job.id)
+                session.commit()
+            except IntegrityError as exc:  # the concept was deleted after all (SQLite: no lock)
+                session.rollback()
+                if session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None:
+                    raise not_found("concept", concept_id) from exc
+                raise
+            return job.id
+
+    job_id = retry_conflicts(session, accept)
+    _dispatch(session, ctx, job_id, kind)
+    return job_id
+
+
 def ready_concept(
     session: Session,
     concept_id: uuid.UUID,

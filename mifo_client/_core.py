@@ -179,6 +179,24 @@ class Builder:
             timeout=timeout,
         )
 
+    def evaluate_call(
+        self,
+        concept: ConceptRef,
+        body: dict[str, Any],
+        idempotency_key: str | None,
+        wait: float | None = None,
+    ) -> Call[Job]:
+        body = {k: v for k, v in body.items() if v is not None}
+        seconds, timeout = _wait(wait)
+        return Call(
+            "POST",
+            f"/v1/concepts/{concept_id(concept)}/evaluations",
+            _model(Job),
+            json=body,
+            headers=_post_headers(idempotency_key, seconds),
+            timeout=timeout,
+        )
+
     def job_call(self, job: JobRef) -> Call[Job]:
         return Call("GET", f"/v1/jobs/{job_id(job)}", _model(Job))
 
@@ -222,7 +240,7 @@ class Builder:
 
 def synthesis_body(args: dict[str, Any]) -> dict[str, Any]:
     """The JSON body of a synthesis from the method's arguments (None: the server's default)."""
-    names = ("prompt", "num_images", "seed", "steps", "guidance_scale", "box_control")
+    names = ("prompt", "num_images", "seed", "steps", "guidance_scale", "box_control", "evaluate")
     body = {name: args[name] for name in names}
     boxes = args["boxes"]
     body["boxes"] = {k: list(v) for k, v in (boxes or {}).items()}
@@ -231,6 +249,23 @@ def synthesis_body(args: dict[str, Any]) -> dict[str, Any]:
     events = args["webhook_events"]
     body["webhook_events"] = list(events) if events is not None else None
     return body
+
+
+def evaluation_body(args: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of an evaluation from the method's arguments (None: the server's
+    default; no prompts: the paper's ten templates)."""
+    prompts = args["prompts"]
+    if isinstance(prompts, str):  # one prompt, not its characters
+        prompts = [prompts]
+    events = args["webhook_events"]
+    return {
+        "prompts": list(prompts) if prompts is not None else None,
+        "images_per_prompt": args["images_per_prompt"],
+        "steps": args["steps"],
+        "seed": args["seed"],
+        "webhook_url": args["webhook_url"],
+        "webhook_events": list(events) if events is not None else None,
+    }
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -530,6 +565,22 @@ def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
     for i, token in enumerate(concept.tokens if concept else []):
         if token.attention_map:
             plan.append((token.attention_map, f"{job.id}_attention_{i:02d}.png"))
+    return plan + evaluation_plan(job)
+
+
+def evaluation_plan(job: Job) -> list[tuple[str, str]]:
+    """An evaluation's files: evaluation.json, the chart and the images."""
+    evaluation = job.result.evaluation if job.result else None
+    if evaluation is None:
+        return []
+    plan = [(evaluation.record.url, f"{job.id}_evaluation.json")] if evaluation.record else []
+    if evaluation.chart:
+        plan.append((evaluation.chart.url, f"{job.id}_chart.png"))
+    plan += [
+        (image.url, f"{job.id}_image_{image.index:03d}.png")
+        for image in evaluation.images
+        if image.url
+    ]
     return plan
 
 

@@ -150,6 +150,7 @@ class AsyncClient(_core.Builder):
         steps: int | None = None,
         guidance_scale: float | None = None,
         box_control: bool | None = None,
+        evaluate: bool | None = None,
         options: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | None = None,
@@ -158,10 +159,33 @@ class AsyncClient(_core.Builder):
     ) -> Job:
         """Queue a synthesis of a ready concept: `boxes` maps each token (`<asset0>`) or
         instance name to [x0, y0, x1, y1] as image fractions. Unset options take the
-        server's defaults. `wait=N` (at most 60 s): the answer comes once the job ends (the
-        finished job) or after N seconds (the job as it is then)."""
+        server's defaults. `evaluate=True` scores each image (its `metrics`: SIM-C, and
+        SIM-D, NSIM-D and CS per subject). `wait=N` (at most 60 s): the answer comes once the
+        job ends (the finished job) or after N seconds (the job as it is then)."""
         body = _core.synthesis_body(locals())
         return await self._send(self.synthesize_call(concept, body, idempotency_key, wait))
+
+    async def evaluate(
+        self,
+        concept: ConceptRef,
+        prompts: Iterable[str] | None = None,
+        *,
+        images_per_prompt: int | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Job:
+        """Queue an evaluation of a ready concept: each prompt (a template with `{token}`,
+        run once per instance, or naming the concept's tokens) synthesised with one box per
+        instance, every image scored. No prompts: the paper's ten templates. Unset numbers
+        take the server's defaults (2 images per prompt, 50 steps, seed 0). The finished
+        job's `result.evaluation` holds the metrics per token (SIM-C, SIM-D, NSIM-D, CS)
+        and their mean, each image's scores and the chart; `download` saves the files."""
+        body = _core.evaluation_body(locals())
+        return await self._send(self.evaluate_call(concept, body, idempotency_key, wait))
 
     async def job(self, job: JobRef) -> Job:
         return await self._send(self.job_call(job))
@@ -248,7 +272,9 @@ class AsyncClient(_core.Builder):
     ) -> list[Path]:
         """Save the files of a succeeded job into `folder`: a synthesis' images
         (`<job id>_image_00.png`, ..., and `<job id>_preview_00.png` with `previews`), a
-        learning job's attention maps (`<job id>_attention_00.png`, one per token). With
+        learning job's attention maps (`<job id>_attention_00.png`, one per token), an
+        evaluation's `<job id>_evaluation.json`, `<job id>_chart.png` and images
+        (`<job id>_image_000.png`, ...). With
         `overwrite=False` a file of that name already there raises FileExistsError, before
         anything is fetched."""
         plan = _core.download_plan(await self.job(job), previews)  # fresh links

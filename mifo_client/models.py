@@ -54,6 +54,24 @@ class Progress(_Model):
     losses: dict[str, float] | None = None  # the latest step's loss terms (learning)
 
 
+class SubjectMetrics(_Model):
+    """One subject (a boxed token) of one image: SIM-D, NSIM-D (None with one instance) and
+    CS = SIM-C x SIM-D x (1 - NSIM-D)."""
+
+    sim_d: float
+    nsim_d: float | None = None
+    cs: float | None = None
+
+
+class ImageMetrics(_Model):
+    """The quality metrics of one image: SIM-C against `text` (the prompt with instance
+    names for tokens), and each subject's."""
+
+    sim_c: float
+    text: str = ""
+    subjects: dict[str, SubjectMetrics] = Field(default_factory=dict)
+
+
 class Image(_Model):
     index: int
     seed: int
@@ -64,6 +82,50 @@ class Image(_Model):
     in_box_share: dict[str, float] = Field(
         default_factory=dict, validation_alias=AliasChoices("in_box_share", "diagnostics")
     )
+    metrics: ImageMetrics | None = None  # a synthesis asked for with evaluate=True
+
+
+class MetricRow(_Model):
+    """One token's metrics over its images (token "mean": all of them): each metric's mean
+    and its standard deviation (`*_std`); `cs` is the composite of the means. None where
+    nothing was measured (NSIM-D and CS of a concept of one instance)."""
+
+    token: str
+    name: str = ""
+    images: int = 0
+    sim_c: float | None = None
+    sim_d: float | None = None
+    nsim_d: float | None = None
+    cs: float | None = None
+    sim_c_std: float | None = None
+    sim_d_std: float | None = None
+    nsim_d_std: float | None = None
+    cs_std: float | None = None
+
+
+class EvaluatedImage(ImageMetrics):
+    index: int
+    prompt: str
+    seed: int
+    url: str | None = None
+
+
+class Link(_Model):
+    url: str
+
+
+class Evaluation(_Model):
+    """An evaluation's result: a row per token, the mean row, each image's scores, the chart
+    (PNG) and evaluation.json as links."""
+
+    rows: list[MetricRow] = Field(default_factory=list)
+    mean: MetricRow
+    images: list[EvaluatedImage] = Field(default_factory=list)
+    chart: Link | None = None
+    record: Link | None = None  # evaluation.json
+    references: dict[str, str] = Field(default_factory=dict)  # token -> masked instance URL
+    config: dict[str, Any] = Field(default_factory=dict)
+    feature_models: dict[str, Any] = Field(default_factory=dict)
 
 
 class Queue(_Model):
@@ -79,6 +141,7 @@ class JobResult(_Model):
     concept: Concept | None = None
     images: list[Image] | None = None
     expired_at: datetime | None = None
+    evaluation: Evaluation | None = None  # kind "evaluate"
 
 
 class Job(_Model):

@@ -46,6 +46,8 @@ def settings(db_url: str, tmp_path: Path) -> Iterator[Settings]:
         broker_url="memory://",  # messages are kept in-process; no worker consumes them
         storage_url=(tmp_path / "objects").as_uri(),
         base_model="tiny",  # random test weights: never meaningful images
+        clip_model="tiny",  # the evaluations' feature models, random as well
+        dino_model="tiny",
         rate_limit_per_second=0,  # tests/api/test_limits.py turns it on
         webhook_poll_seconds=0.1,
         webhook_backoff_seconds=0.1,

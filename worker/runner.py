@@ -22,6 +22,7 @@ from core.db import session_scope
 from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
+from worker import evaluation
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import Plan, ProgressReporter, learn_plan
@@ -416,6 +417,21 @@ def _synthesize(work: Work) -> None:
             for i, (seed, shares) in enumerate(zip(made.seeds, made.in_box_share, strict=True))
         ]
     }
+    if job.params.get("evaluate"):  # each image's quality metrics
+        metrics = evaluation.score(made, concept, ctx.settings, work.base.device)
+        for image, scores in zip(out.result["images"], metrics, strict=True):
+            image["metrics"] = scores
+
+
+def _evaluate(work: Work) -> None:
+    ctx, job, out = work.ctx, work.job, work.out
+    concept = work.concepts.get(job.concept_id, ctx.storage, job.concept_files)
+    result = evaluation.run(work.base, concept, job.params, ctx.settings, work.progress())
+    with tempfile.TemporaryDirectory(prefix="mifo-evaluate-") as tmp:
+        result.save(Path(tmp) / "evaluation")
+        sizes = _upload(ctx, job, Path(tmp) / "evaluation", job.files)
+    out.artifacts += evaluation.artifacts(result, job.files, sizes)
+    out.result = evaluation.record(result)
 
 
 # What a worker does with a claimed job, by its kind (core.kinds; every kind has one:
@@ -423,6 +439,7 @@ def _synthesize(work: Work) -> None:
 RUNNERS: dict[str, Callable[[Work], None]] = {
     kinds.LEARN.name: _learn,
     kinds.SYNTHESIZE.name: _synthesize,
+    kinds.EVALUATE.name: _evaluate,
 }
 
 

@@ -36,6 +36,7 @@ def params(
         "boxes": {s.token: list(s.box) for s in layout.subjects},
         "config": _values(body),
         "seeds": config.image_seeds(),
+        "evaluate": body.evaluate,  # each image scored with the evaluation's metrics
     }
 
 

@@ -103,7 +103,25 @@ def synthesize(client: Client, args: argparse.Namespace, console: Console) -> in
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         box_control=False if args.no_box_control else None,
+        evaluate=True if args.evaluate else None,
         options=options,
+        webhook_url=args.webhook_url,
+    )
+    if not (args.wait or args.out):
+        submitted(job, args, console, body(job))
+        return 0
+    return finish(client, follow(client, job.id, args, console), args, console)
+
+
+def evaluate(client: Client, args: argparse.Namespace, console: Console) -> int:
+    if args.out:
+        inputs.out_folder(args.out)
+    job = client.evaluate(
+        args.concept,
+        args.prompt,
+        images_per_prompt=args.images_per_prompt,
+        steps=args.steps,
+        seed=args.seed,
         webhook_url=args.webhook_url,
     )
     if not (args.wait or args.out):

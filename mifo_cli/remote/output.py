@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from mifo_client import Concept, Job, MifoError
+from mifo_client import Concept, Evaluation, ImageMetrics, Job, MifoError
 
 
 def duration(seconds: float | None) -> str:
@@ -95,10 +95,53 @@ def job_lines(job: Job, files: Sequence[Path] = ()) -> list[str]:
     for image in (result.images if result else None) or []:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in image.in_box_share.items())
         inside = f", in its box: {shares}" if shares else ""
-        lines.append(f"  image {image.index}: seed {image.seed}{inside}")
+        lines.append(f"  image {image.index}: seed {image.seed}{inside}{scores(image.metrics)}")
+    if job.succeeded and result is not None and result.evaluation is not None:
+        lines += evaluation_table(result.evaluation)
     if job.error is not None:
         lines.append(f"  error {job.error.type}: {job.error.message}")
     return lines + [str(path) for path in files]
+
+
+def scores(metrics: ImageMetrics | None) -> str:
+    """`, SIM-C 0.271; <asset0> SIM-D 0.612 NSIM-D 0.385 CS 0.102`: an image's metrics."""
+    if metrics is None:
+        return ""
+    parts = [f"SIM-C {metrics.sim_c:.3f}"]
+    for token, s in metrics.subjects.items():
+        rest = "".join(
+            f" {name} {value:.3f}"
+            for name, value in (("NSIM-D", s.nsim_d), ("CS", s.cs))
+            if value is not None
+        )
+        parts.append(f"{token} SIM-D {s.sim_d:.3f}{rest}")
+    return ", " + "; ".join(parts)
+
+
+def evaluation_table(evaluation: Evaluation) -> list[str]:
+    """The metrics per token and their mean (each mean +- std; CS is the composite of the
+    means), and the chart's link."""
+
+    def cell(mean: float | None, std: float | None) -> str:
+        return "-" if mean is None else f"{mean:.4f} +- {std or 0.0:.4f}"
+
+    rows = [
+        (
+            r.token,
+            r.name,
+            str(r.images),
+            cell(r.sim_c, r.sim_c_std),
+            cell(r.sim_d, r.sim_d_std),
+            cell(r.nsim_d, r.nsim_d_std),
+            "-" if r.cs is None else f"{r.cs:.4f}",
+        )
+        for r in [*evaluation.rows, evaluation.mean]
+    ]
+    lines = table(("TOKEN", "NAME", "IMAGES", "SIM-C", "SIM-D", "NSIM-D", "CS"), rows)
+    lines = [f"  {line}" for line in lines]
+    if evaluation.chart is not None:
+        lines.append(f"  chart: {evaluation.chart.url}")
+    return lines
 
 
 def concept_lines(concept: Concept) -> list[str]:

@@ -144,7 +144,43 @@ def _add_synthesize(sub: Any, common: Any, waiting: list[Any]) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps")
     p.add_argument("--guidance-scale", type=finite, metavar="F", help="classifier-free guidance")
     p.add_argument("--no-box-control", action="store_true", help="plain generation, boxes unused")
+    p.add_argument(
+        "--evaluate", action="store_true", help="score each image: SIM-C, SIM-D, NSIM-D, CS"
+    )
     _submit_options(p, "a JSON object of SynthesisConfig fields (--option overrides them)")
+
+
+def _add_evaluate(sub: Any, common: Any, progress: Any) -> None:
+    p = _command(
+        sub,
+        "evaluate",
+        commands.evaluate,
+        [common, progress],
+        help="score a ready concept (SIM-C, SIM-D, NSIM-D, CS): an evaluation job",
+        description="Queue an evaluation of a ready concept: each prompt synthesised with one "
+        "box per instance and every image scored. Waiting (--wait or --out), it prints a table "
+        "of the metrics per token and their mean; --out DIR saves evaluation.json, the chart "
+        "and the images.",
+    )
+    p.add_argument("concept", metavar="CONCEPT", help="the concept id")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        metavar="PROMPT",
+        help="a prompt with {token} where each instance goes (run once per instance), or one "
+        "naming the concept's tokens; repeatable (default: the paper's ten prompts)",
+    )
+    p.add_argument("--images-per-prompt", type=int, metavar="N", help="images of each synthesis")
+    p.add_argument("--steps", type=int, metavar="N", help="sampling steps of each synthesis")
+    p.add_argument("--seed", type=int, help="each synthesis' first image's seed (then seed+1)")
+    p.add_argument("--webhook-url", metavar="URL", help="send the job's events there")
+    p.add_argument("--wait", action="store_true", help="wait for the job, then print the table")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="wait, then save evaluation.json, the chart and the images into DIR (made if missing)",
+    )
+    p.set_defaults(previews=False)
 
 
 def _add_jobs(sub: Any, common: Any, progress: Any, files: Any) -> None:
@@ -188,7 +224,8 @@ def register(sub: Any) -> None:
     """Add `mifo remote` and its commands to the `mifo` command."""
     remote = sub.add_parser(
         "remote",
-        help="Use a running service: learn, synthesize, jobs, concepts, cancel, download.",
+        help="Use a running service: learn, synthesize, evaluate, jobs, concepts, cancel, "
+        "download.",
         description="Drive a MIFO service over HTTP (the Python client): submit jobs, follow "
         "them, download their files.",
         epilog=EPILOG,
@@ -197,5 +234,6 @@ def register(sub: Any) -> None:
     common, progress, files = _common(), _progress(), _files()
     _add_learn(rsub, common, [progress, files])
     _add_synthesize(rsub, common, [progress, files])
+    _add_evaluate(rsub, common, progress)
     _add_jobs(rsub, common, progress, files)
     _add_concepts(rsub, common)

@@ -10,7 +10,8 @@ from typing import Any
 from tests.deploy.manifests import DEPLOY_DOC, documented_secrets, of_kind, rendered
 from tests.deploy.test_scaling import _scaled_objects
 
-ROW = re.compile(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \|", re.M)
+ROW = re.compile(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", re.M)
+QUEUES = ("learn", "synthesize", "evaluate")  # the Scaling table's columns
 
 
 def _number(cell: str) -> int:
@@ -18,14 +19,14 @@ def _number(cell: str) -> int:
 
 
 def test_the_scaling_table_gives_the_manifests_numbers() -> None:
-    rows = {name: (learn, synth) for name, learn, synth in ROW.findall(DEPLOY_DOC.read_text())}
+    rows = {name: tuple(cells) for name, *cells in ROW.findall(DEPLOY_DOC.read_text())}
     scaled = _scaled_objects()
     for field in ("pollingInterval", "cooldownPeriod", "maxReplicaCount"):
         documented = tuple(_number(cell) for cell in rows[field])
-        actual = (scaled["learn"]["spec"][field], scaled["synthesize"]["spec"][field])
+        actual = tuple(scaled[queue]["spec"][field] for queue in QUEUES)
         assert documented == actual, f"docs/deploy.md, Scaling, `{field}`: {documented} {actual}"
     graces = tuple(_number(cell) for cell in rows["terminationGracePeriodSeconds"])
-    targets = [s["spec"]["scaleTargetRef"]["name"] for s in (scaled["learn"], scaled["synthesize"])]
+    targets = [scaled[queue]["spec"]["scaleTargetRef"]["name"] for queue in QUEUES]
     deployments = {d["metadata"]["name"]: d for d in of_kind(rendered("prod"), "Deployment")}
     actual = tuple(
         deployments[t]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] for t in targets

@@ -182,7 +182,7 @@ def test_dev_runs_every_server_and_one_cpu_worker_on_tiny() -> None:
     services = {s["metadata"]["name"] for s in of_kind(docs, "Service")}
     workers = [c for c in containers(docs) if command(c)[:2] == ["mifo", "worker"]]
     (worker,) = [c for c in workers if "control" not in command(c)]
-    assert command(worker)[2:] == ["--queues", "learn,synthesize"]
+    assert command(worker)[2:] == ["--queues", ",".join(JOB_QUEUES)]
     env = environment(docs, worker)
     assert env["MIFO_BASE_MODEL"] == "tiny" and env["MIFO_DEVICE"] == "cpu"
     assert env["MIFO_WORKER_POOLS"] == "shared"

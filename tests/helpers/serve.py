@@ -39,7 +39,9 @@ def serve_process(
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
-    clean |= {"MIFO_DATA_DIR": str(data), "MIFO_PROGRESS_INTERVAL": "0.2", **env}
+    clean |= {"MIFO_DATA_DIR": str(data), "MIFO_PROGRESS_INTERVAL": "0.2"}
+    # The evaluations' feature models: built in and random, like the base model.
+    clean |= {"MIFO_CLIP_MODEL": "tiny", "MIFO_DINO_MODEL": "tiny", **env}
     log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
     # -P: as the `mifo` script runs, without the current folder first on the import path
     command = [sys.executable, "-P", "-m", "mifo_cli", "serve", "--base-model", "tiny"]
