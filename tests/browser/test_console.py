@@ -118,7 +118,7 @@ def test_paint_learn_compose_synthesise_download(
         page, "[...document.querySelectorAll('img.attention-map')].every(i => i.naturalWidth > 0)"
     )
     # Compose: the chips insert the tokens at the cursor.
-    prompt = page.get_by_label("Prompt")
+    prompt = page.get_by_label("Prompt", exact=True)
     prompt.fill("a photo of")
     page.get_by_role("button", name=f"<asset0> {NAMES[0]}").click()
     prompt.press_sequentially(" next to")
@@ -140,9 +140,9 @@ def test_paint_learn_compose_synthesise_download(
     page.keyboard.press("Alt+ArrowRight")  # resizes: the right edge moves, the left stays
     assert abs(float(x1.input_value()) - (right + 0.01)) < 0.002
     assert abs(float(x0.input_value()) - 0.46) < 0.02
-    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Steps", exact=True).fill("2")
     page.get_by_label("Number of images").fill("2")
-    page.get_by_label("Seed").fill("3")
+    page.get_by_label("Seed", exact=True).fill("3")
     page.get_by_role("button", name="Synthesise").click()
     # Results: both images, the layout preview toggled over one, in-box shares, a download.
     images = page.locator(".gallery .stack img:not(.preview)")
@@ -228,7 +228,7 @@ def test_problems_appear_next_to_their_fields(
         )
     page.get_by_role("button", name="Start learning").click()
     page.locator("#compose").wait_for()
-    page.get_by_label("Prompt").fill("a photo of <asset0> and <asset1>")
+    page.get_by_label("Prompt", exact=True).fill("a photo of <asset0> and <asset1>")
     fields = page.locator('[data-token="<asset0>"] input')
     for k, value in enumerate(["0.5", "0.2", "1.3", "0.8"]):  # x1 past the right edge
         fields.nth(k).fill(value)

@@ -243,7 +243,7 @@ def test_partial_box_is_refused_in_the_page(
     page.locator("#compose").wait_for()
     syntheses: list[str] = []
     page.on("request", lambda r: syntheses.append(r.url) if r.method == "POST" else None)
-    page.get_by_label("Prompt").fill("a photo of <asset0>")
+    page.get_by_label("Prompt", exact=True).fill("a photo of <asset0>")
     fields = page.locator('[data-token="<asset0>"] input')
     fields.nth(0).fill("0.1")
     fields.nth(1).fill("0.2")

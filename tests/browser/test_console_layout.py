@@ -234,8 +234,8 @@ def test_compose_around_a_large_frame_at_1280x800_and_narrower(
     assert near(drawn_box(page, "<asset1>"), [0.5, 0.25, 0.85, 0.75]), drawn_box(page, "<asset1>")
     assert near(drawn_box(page, "<asset0>"), [0.1, 0.2, 0.4, 0.6])
     # A synthesis sent: the maps fold away (seen), its result comes in beside the frame.
-    page.get_by_label("Prompt").fill("a photo of <asset0> and <asset1>")
-    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Prompt", exact=True).fill("a photo of <asset0> and <asset1>")
+    page.get_by_label("Steps", exact=True).fill("2")
     synthesise.click()
     page.locator(".gallery .stack img").first.wait_for()
     assert not page.locator("#attention").evaluate("d => d.open")

@@ -1,9 +1,10 @@
-// One concept: its learning job, attention maps and leakage, then compose (compose.js) and
-// the results (results.js).
+// One concept: its learning job, attention maps and leakage, then compose (compose.js), the
+// results (results.js) and the evaluation (evaluation.js).
 
 import { api, isTerminal } from "./api.js";
 import { compose } from "./compose.js";
 import { el, percent, problemText, view } from "./dom.js";
+import { evaluation } from "./evaluation.js";
 import { COLOURS } from "./paint.js";
 import { trackJob } from "./progress.js";
 import { addResult, listResults } from "./results.js";
@@ -62,6 +63,7 @@ function showReady(main, concept, stops, fail) {
   listResults(results, concept, stops).then((count) => {
     if (count === 0 && !sent) maps.open = true;
   }, fail);
+  evaluation(main.querySelector("#evaluation"), concept, stops, fail);
 }
 
 function learning(box, concept, stops, reload) {

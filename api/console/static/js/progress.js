@@ -9,6 +9,7 @@ const PHASES = {
   prior: "Class images",
   diagnostics: "Diagnostics",
   synthesis: "Synthesis",
+  evaluation: "Evaluation: syntheses, each image scored",
 };
 
 /** The parts of a job's box, made once so that updates keep them (and the focus). */
