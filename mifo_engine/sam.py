@@ -214,6 +214,22 @@ def check_sam_model(spec: str, *, cache_dir: str | Path | None = None) -> None:
         _sam_config(directory)
 
 
+def sam_model_folder(
+    spec: str, *, local_files_only: bool = False, cache_dir: str | Path | None = None
+) -> Path | None:
+    """Where the SAM of `spec` is: a local folder as it is, a hub id's snapshot fetched into
+    the Hugging Face cache first unless it is there (or downloads are off); None for `tiny`,
+    which is built in code. Nothing is loaded and no torch imported: a deployment fills its
+    model cache with this. ModelLoadError naming `segment_model` when it cannot."""
+    text = spec.strip()
+    if text == TINY_SAM:
+        return None
+    directory, _, _ = _directory(text, local_files_only, cache_dir)
+    _weight_files(directory)
+    _sam_config(directory)
+    return directory
+
+
 def _directory(
     spec: str, local_files_only: bool, cache_dir: str | Path | None
 ) -> tuple[Path, str, str | None]:

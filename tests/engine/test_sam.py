@@ -19,6 +19,7 @@ from mifo_engine.sam import (
     build_tiny_sam,
     check_sam_model,
     load_sam,
+    sam_model_folder,
     save_sam,
     scaled_size,
 )
@@ -115,6 +116,15 @@ def test_a_hub_id_missing_from_the_cache_is_refused_offline(tmp_path) -> None:
         check_sam_model(DEFAULT_SEGMENT_MODEL, cache_dir=tmp_path)
 
 
+def test_the_model_folder_a_deployment_fills_its_cache_with(tiny, tmp_path) -> None:
+    assert sam_model_folder("tiny") is None  # built in code: nothing to fetch
+    folder = save_sam(tiny, tmp_path / "sam")
+    assert sam_model_folder(str(folder)) == folder.resolve()
+    with pytest.raises(ModelLoadError) as err:  # offline, and not cached
+        sam_model_folder(DEFAULT_SEGMENT_MODEL, local_files_only=True, cache_dir=tmp_path)
+    assert err.value.field == "segment_model"
+
+
 def test_the_parameter_count_of_sam_vit_b() -> None:
     """The default checkpoint's architecture (transformers' SamConfig defaults are ViT-B's)."""
     from transformers import SamConfig, SamModel
@@ -129,9 +139,10 @@ def test_the_spec_check_and_the_prompt_check_need_no_torch() -> None:
     """The HTTP front end checks a segmentation request before any model or torch loads."""
     code = (
         "import sys\n"
-        "from mifo_engine.sam import DEFAULT_SEGMENT_MODEL, check_sam_model\n"
+        "from mifo_engine.sam import DEFAULT_SEGMENT_MODEL, check_sam_model, sam_model_folder\n"
         "from mifo_engine.segprompts import SegmentConfig, check_prompts\n"
         "check_prompts([{'points': [[1, 2]]}], (8, 8), SegmentConfig())\n"
+        "assert sam_model_folder('tiny') is None\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
