@@ -19,7 +19,16 @@ from api import console
 from api.http import problems
 from api.http.bodylimit import BodyLimit
 from api.http.state import AppState
-from api.routes import artifacts, concepts, evaluations, health, jobs, syntheses, tenant
+from api.routes import (
+    artifacts,
+    concepts,
+    evaluations,
+    health,
+    jobs,
+    segmentations,
+    syntheses,
+    tenant,
+)
 from api.routes import export as concept_export
 from core.auth import REFRESH_SECONDS
 from core.settings import Settings, get_settings
@@ -91,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         max_instances=settings.max_instances,
     )
-    for module in (concepts, syntheses, evaluations, jobs, artifacts, tenant, health):
+    routers = (concepts, syntheses, evaluations, segmentations, jobs, artifacts, tenant, health)
+    for module in routers:
         app.include_router(module.router)
     app.include_router(concept_export.router)  # GET /v1/concepts/{id}/export
     console.install(app)  # the web console at /console/, and / redirecting there

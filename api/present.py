@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, object_session, selectinload
 
 from api.http.state import AppState
 from api.present_evaluation import evaluation_public
+from api.present_segmentation import segmentation_public
 from api.schemas import (
     ConceptPublic,
     ErrorPublic,
@@ -163,12 +164,18 @@ class Presenter:
     def _evaluation_result(self, job: Job) -> JobResult:
         return JobResult(evaluation=evaluation_public(self, job))
 
+    def _segmentation_result(self, job: Job) -> JobResult:
+        assert job.result is not None
+        expired = job.result.get("expired_at")
+        return JobResult(segmentation=segmentation_public(self, job), expired_at=expired)
+
 
 # The result of a succeeded job, by its kind (core.kinds; every kind has one: tests/test_kinds.py).
 RESULTS: dict[str, Callable[[Presenter, Job], JobResult]] = {
     kinds.LEARN.name: Presenter._learn_result,
     kinds.SYNTHESIZE.name: Presenter._synthesis_result,
     kinds.EVALUATE.name: Presenter._evaluation_result,
+    kinds.SEGMENT.name: Presenter._segmentation_result,
 }
 
 

@@ -215,14 +215,65 @@ class EvaluationPublic(BaseModel):
     )
 
 
+class SegmentMaskPublic(BaseModel):
+    """One mask of a segmentation: a PNG of the image's size, mode L, 255 on the instance, as
+    POST /v1/concepts takes masks."""
+
+    index: int = Field(description="The instance's place in `prompts` (candidates: the rank).")
+    url: str | None = Field(description="The mask's PNG; null once retention removed it.")
+    score: float = Field(description="SAM's predicted IoU of the mask: its own quality estimate.")
+    area: int = Field(description="Pixels on the instance.")
+    box: list[int] | None = Field(
+        description="[x0, y0, x1, y1] in pixels around the mask (x1, y1 one past it); null "
+        "when the mask is empty."
+    )
+
+
+class SegmentCandidatePublic(SegmentMaskPublic):
+    """An instance found without prompts (mode `proposals`), best first."""
+
+    stability: float = Field(description="IoU of the mask thresholded a little lower and higher.")
+    point: list[float] = Field(description="[x, y]: the grid point that found it.")
+
+
+class SegmentationPublic(BaseModel):
+    """A segmentation's masks (kind `segment`)."""
+
+    mode: Literal["prompts", "proposals"]
+    image_id: uuid.UUID = Field(
+        description="Send it as `image_id` with the next clicks on this image: no upload, and "
+        "the worker reuses the image's embedding."
+    )
+    width: int
+    height: int
+    masks: list[SegmentMaskPublic] = Field(
+        default_factory=list, description="Mode `prompts`: one per instance, in prompt order."
+    )
+    candidates: list[SegmentCandidatePublic] = Field(
+        default_factory=list, description="Mode `proposals`: the instances found, best first."
+    )
+    overlay_url: str | None = Field(
+        description="PNG: the image with each mask tinted in its instance's colour, the clicks "
+        "and boxes drawn."
+    )
+    embedding_reused: bool = Field(
+        description="The worker had the image's embedding already: only the clicks were decoded."
+    )
+
+
 class JobResult(BaseModel):
     concept: ConceptPublic | None = None
     images: list[ImagePublic] | None = None
     evaluation: EvaluationPublic | None = Field(
         None, description="An evaluation's metrics (kind `evaluate`)."
     )
+    segmentation: SegmentationPublic | None = Field(
+        None, description="A segmentation's masks (kind `segment`)."
+    )
     expired_at: datetime | None = Field(
-        None, description="When the images were deleted (MIFO_SYNTHESIS_RETENTION_SECONDS)."
+        None,
+        description="When the images were deleted (MIFO_SYNTHESIS_RETENTION_SECONDS; a "
+        "segmentation's masks: MIFO_SEGMENTATION_RETENTION_SECONDS).",
     )
 
 

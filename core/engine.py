@@ -14,6 +14,8 @@ torch when they are called, in a worker.
 | `EvaluationConfig`, `PAPER_PROMPTS`, `plan_runs`, `check_feature_spec`, `DEFAULT_CLIP_MODEL`, `DEFAULT_DINO_MODEL` | evaluation requests and settings (torch-free) |
 | `evaluate`, `score_synthesis`, `feature_models` | the worker's evaluations and scored syntheses |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
+| `DEFAULT_SEGMENT_MODEL`, `SegmentConfig`, `check_prompts` | segmentation settings and requests (torch-free) |
+| `segmenter` | the worker's segmentations |
 | `export_archive` | concept export (core.export; torch-free) |
 """
 
@@ -41,29 +43,35 @@ from mifo_engine.models import (
     load_tokenizer,
     native_resolution,
 )
+from mifo_engine.sam import DEFAULT_SEGMENT_MODEL
+from mifo_engine.segprompts import SegmentConfig, check_prompts
 
 if TYPE_CHECKING:
     from mifo_engine.concept import Concept
     from mifo_engine.evaluation import EvaluationResult
     from mifo_engine.features import FeatureModels
     from mifo_engine.models import LoadedBase
+    from mifo_engine.segmentation import Segmenter
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "DEFAULT_CLIP_MODEL",
     "DEFAULT_DINO_MODEL",
+    "DEFAULT_SEGMENT_MODEL",
     "PAPER_PROMPTS",
     "Canceled",
     "EvaluationConfig",
     "LearnConfig",
     "MifoError",
     "ModelLoadError",
+    "SegmentConfig",
     "SynthesisConfig",
     "attention_structure",
     "check_base_model",
     "check_feature_spec",
     "check_layers",
     "check_inputs",
+    "check_prompts",
     "evaluate",
     "instance_names",
     "export_archive",
@@ -77,6 +85,7 @@ __all__ = [
     "native_resolution",
     "plan_runs",
     "score_synthesis",
+    "segmenter",
     "synthesize",
     "to_rgb",
     "use_cpu_threads",
@@ -136,6 +145,14 @@ def feature_models(clip_model: str, dino_model: str, *, device: str) -> FeatureM
     from mifo_engine.features import feature_models as get
 
     return get(clip_model, dino_model, device=device)
+
+
+def segmenter(spec: str, *, device: str, config: SegmentConfig | None = None) -> Segmenter:
+    """mifo_engine.segmentation.Segmenter on the SAM of `spec`, loaded on its first request;
+    it keeps the embeddings of the images it saw last (the clicks after the first are cheap)."""
+    from mifo_engine.segmentation import Segmenter
+
+    return Segmenter(spec, config, device=device)
 
 
 def export_archive(concept_dir: str, archive: str) -> Any:

@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import clock, concepts, kinds, webhooks
-from core.models import Concept, Job, JobStatus, concept_prefix
+from core.models import Job, JobStatus, concept_prefix
 
 STATUSES = tuple(JobStatus)
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
@@ -54,7 +54,7 @@ def create_job(
     *,
     tenant_id: uuid.UUID,
     kind: str,
-    concept_id: uuid.UUID,
+    concept_id: uuid.UUID | None,
     params: dict[str, Any],
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
@@ -83,10 +83,13 @@ class Refused:
     output: str | None  # storage prefix a previous attempt may have half-written
 
 
-def output_prefix(kind: str, prefix: str, job_id: uuid.UUID) -> str:
-    """Where a job of `kind` writes, under its concept's `prefix`: removed before a retry and
-    after a failure (core.kinds); UnknownKind for a kind this release does not know."""
-    return kinds.get(kind).output_folder(prefix, job_id)
+def output_prefix(
+    kind: str, prefix: str | None, job_id: uuid.UUID, params: dict[str, Any] | None = None
+) -> str:
+    """Where a job of `kind` writes, under its concept's `prefix` (a tenant's kind: where its
+    `params` say): removed before a retry and after a failure (core.kinds); UnknownKind for a
+    kind this release does not know."""
+    return kinds.get(kind).output_folder(prefix, job_id, params)
 
 
 def attempt_prefix(output: str, attempt: int) -> str:
@@ -111,12 +114,17 @@ def superseded_folders(output: str, keys: list[str], *, live: int | None, newest
 
 
 def job_output(session: Session, job_id: uuid.UUID) -> str | None:
+    """The job's output folder; None when it has none any more (its concept was deleted,
+    with its folder)."""
     row = session.execute(
-        select(Job.kind, Concept.id)
-        .join(Concept, Job.concept_id == Concept.id)
-        .where(Job.id == job_id)
+        select(Job.kind, Job.concept_id, Job.params).where(Job.id == job_id)
     ).one_or_none()
-    return None if row is None else output_prefix(row[0], concept_prefix(row[1]), job_id)
+    if row is None:
+        return None
+    kind, concept_id, params = row
+    if kinds.get(kind).scope == kinds.TENANT:
+        return output_prefix(kind, None, job_id, params)
+    return None if concept_id is None else output_prefix(kind, concept_prefix(concept_id), job_id)
 
 
 def _update(session: Session, job_id: uuid.UUID, where: Any, **values: Any) -> bool:

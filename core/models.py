@@ -116,6 +116,38 @@ class Concept(Base):
         return self.files or f"{self.prefix}concept/"
 
 
+def segment_image_prefix(image_id: uuid.UUID) -> str:
+    """Storage key prefix holding a segmentation image and every mask made on it."""
+    return f"segmentations/{image_id}/"
+
+
+class SegmentImage(Base):
+    """An image uploaded to be segmented: the tenant's, not a concept's. Every segmentation
+    of it (a `segment` job naming it by `image_id`) writes under its prefix; the image and
+    they go together, MIFO_SEGMENTATION_RETENTION_SECONDS after its last use (core.retention)."""
+
+    __tablename__ = "segment_images"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by each segmentation asked of it: retention counts from here.
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    @property
+    def prefix(self) -> str:
+        return segment_image_prefix(self.id)
+
+    @property
+    def key(self) -> str:
+        """The stored image: PNG, upright, as it was uploaded."""
+        return f"{self.prefix}image.png"
+
+
 class JobStatus(StrEnum):
     """A job's state (core/jobs.py moves it): stored as its value."""
 
@@ -134,7 +166,7 @@ class Job(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(16))  # learn|synthesize
+    kind: Mapped[str] = mapped_column(String(16))  # a name of core.kinds
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # JobStatus
     # SET NULL: a job outlives its deleted concept so that its cancellation stays visible.
     concept_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -176,13 +208,18 @@ class Job(Base):
 
 
 class Artifact(Base):
-    """One stored object a client may download (input, attention map, image, preview)."""
+    """One stored object a client may download (input, attention map, image, preview, mask).
+    It belongs to a concept, or to a segmentation image (a segmentation's masks), and goes
+    with it."""
 
     __tablename__ = "artifacts"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    concept_id: Mapped[uuid.UUID] = mapped_column(
+    concept_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("concepts.id", ondelete="CASCADE"), index=True
+    )
+    image_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("segment_images.id", ondelete="CASCADE"), index=True
     )
     job_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
@@ -195,7 +232,7 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    concept: Mapped[Concept] = relationship(back_populates="artifacts")
+    concept: Mapped[Concept | None] = relationship(back_populates="artifacts")
 
 
 class StorageCleanup(Base):

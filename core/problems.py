@@ -63,6 +63,7 @@ TYPES: tuple[ProblemType, ...] = (
     ProblemType("invalid_config", 422, "Invalid option", "fix the named option (docs/configuration.md)"),
     ProblemType("options_too_large", 422, "Options too large or too deep", "send fewer or flatter options"),
     ProblemType("invalid_layout", 422, "Invalid prompt or box layout", "fix the prompt or the named box"),
+    ProblemType("invalid_prompts", 422, "Invalid segmentation prompts", "give points and boxes inside the image, in its pixels"),
     ProblemType("invalid_concept", 422, "Invalid concept", "learn the concept again"),
     ProblemType("mifo_error", 422, "Invalid request", "follow the fix"),
     ProblemType("limit_exceeded", 422, "Over a server limit", "stay within the named limit"),

@@ -1,4 +1,5 @@
-"""Retention and maintenance: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS and
+"""Retention and maintenance: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS,
+segmentation images (with their masks) unused for MIFO_SEGMENTATION_RETENTION_SECONDS and
 expired Idempotency-Keys are removed; jobs still running MIFO_STALE_JOB_GRACE_SECONDS past
 their time limit fail as `timeout` (a worker stuck inside one step, whose heartbeat still
 renews the lease); storage prefixes whose removal failed earlier are tried again
@@ -8,14 +9,24 @@ MIFO_MAINTENANCE_INTERVAL_SECONDS. Workers that are gone are the reconciler's (c
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, clock, jobs, kinds
 from core.events import Publisher
-from core.models import Artifact, Concept, IdempotencyKey, Job, concept_prefix, utcnow
+from core.models import (
+    Artifact,
+    Concept,
+    IdempotencyKey,
+    Job,
+    SegmentImage,
+    concept_prefix,
+    segment_image_prefix,
+    utcnow,
+)
 from core.settings import Settings
 from core.storage import Storage, StorageError
 
@@ -55,6 +66,69 @@ def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> 
         publisher.publish(job_id)
         expired += 1
     return expired
+
+
+def expire_segmentations(session: Session, storage: Storage, settings: Settings) -> int:
+    """Delete the segmentation images last used longer ago than the retention period, with
+    every mask made on them (their artifact rows go with the image's row, their files with
+    its folder); an image a queued or running segmentation names is kept. How many went."""
+    if settings.segmentation_retention_seconds <= 0:
+        return 0
+    cutoff = clock.before(session, settings.segmentation_retention_seconds)
+    stale = session.scalars(
+        select(SegmentImage.id).where(SegmentImage.last_used_at < cutoff).limit(BATCH)
+    ).all()
+    if not stale:
+        return 0
+    busy = {
+        str(params.get("image_id"))
+        for params in session.scalars(
+            select(Job.params).where(Job.kind == kinds.SEGMENT.name, Job.status.in_(jobs.ACTIVE))
+        )
+    }
+    publisher = Publisher(settings.events_url)  # status caches listen
+    expired = 0
+    for image_id in (i for i in stale if str(i) not in busy):
+        made = _expire_image(session, image_id, cutoff)
+        if made is None:  # used again meanwhile: kept
+            continue
+        expired += 1
+        for job_id in made:
+            publisher.publish(job_id)
+        prefix = segment_image_prefix(image_id)
+        try:
+            storage.delete_prefix(prefix)
+        except StorageError as exc:  # no row points there any more: maintenance tries again
+            log.error("could not remove segmentation image %s: %s", image_id, exc)
+            cleanup.defer(session, prefix, str(exc))
+    return expired
+
+
+def _expire_image(
+    session: Session, image_id: uuid.UUID, cutoff: datetime
+) -> list[uuid.UUID] | None:
+    """Delete the image's row (its artifacts go with it) unless it was used since `cutoff`,
+    and mark the results of the segmentations that made them expired; those jobs, or None
+    when the image was kept. Rows first: no answer names a file that is gone."""
+    made = [
+        job_id
+        for job_id in session.scalars(
+            select(Artifact.job_id).where(Artifact.image_id == image_id).distinct()
+        )
+        if job_id is not None
+    ]
+    gone = session.execute(
+        delete(SegmentImage).where(SegmentImage.id == image_id, SegmentImage.last_used_at < cutoff)
+    )
+    if not gone.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    now = utcnow().isoformat()
+    for job in session.scalars(select(Job).where(Job.id.in_(made))):
+        if job.result is not None:
+            job.result = {**job.result, "expired_at": now}
+    session.commit()
+    return made
 
 
 def expire_idempotency_keys(session: Session) -> int:
@@ -113,7 +187,7 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
     last SWEEP_WINDOW_SECONDS that ran more than once or ended without success."""
     unsuccessful = Job.status.in_(("failed", "canceled")) & (Job.attempts >= 1)
     rows = session.execute(
-        select(Job.id, Job.kind, Job.status, Job.attempts, Job.concept_id)
+        select(Job.id, Job.kind, Job.status, Job.attempts, Job.concept_id, Job.params)
         .where(
             (Job.attempts > 1) | unsuccessful,
             Job.kind.in_(kinds.NAMES),  # only kinds whose output folder this release knows
@@ -123,10 +197,13 @@ def sweep_superseded(session: Session, storage: Storage) -> int:
     ).all()
     session.rollback()  # no transaction held open while storage is listed
     removed = 0
-    for job_id, kind, status, attempts, concept_id in rows:
-        if concept_id is None:  # its concept was deleted, with its folder
+    for job_id, kind, status, attempts, concept_id, params in rows:
+        if kinds.get(kind).scope == kinds.TENANT:  # no concept: its params name its folder
+            output = jobs.output_prefix(kind, None, job_id, params)
+        elif concept_id is None:  # its concept was deleted, with its folder
             continue
-        output = jobs.output_prefix(kind, concept_prefix(concept_id), job_id)
+        else:
+            output = jobs.output_prefix(kind, concept_prefix(concept_id), job_id)
         live = attempts if status in ("running", "succeeded") else None
         try:
             removed += cleanup.remove_superseded(storage, output, live=live, newest=attempts)
@@ -143,6 +220,7 @@ def run_maintenance(
     with sessions() as session:
         return {
             "syntheses_expired": expire_syntheses(session, storage, settings),
+            "segmentations_expired": expire_segmentations(session, storage, settings),
             "idempotency_keys_expired": expire_idempotency_keys(session),
             "stale_jobs_failed": reap_stale_jobs(session, storage, settings),
             "storage_cleanups_done": cleanup.retry(session, storage),

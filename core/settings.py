@@ -21,6 +21,7 @@ from core.engine import (
     DEFAULT_BASE_MODEL,
     DEFAULT_CLIP_MODEL,
     DEFAULT_DINO_MODEL,
+    DEFAULT_SEGMENT_MODEL,
     MifoError,
     check_feature_spec,
 )
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(3600, ge=60, description="Lifetime of download URLs (S3).")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="'tiny', a path or hub-id@revision.")
     device: str = Field("auto", description="Worker device: auto, cuda, cuda:1, cpu.")
+    segment_model: str = Field(
+        DEFAULT_SEGMENT_MODEL,
+        description="Segmentations' SAM: 'tiny' (tests), a local folder or hub-id@commit.",
+    )
     clip_model: str = Field(
         DEFAULT_CLIP_MODEL,
         description="Evaluations' CLIP (SIM-C): 'tiny', a local folder or hub-id@commit.",
@@ -159,6 +164,7 @@ class Settings(BaseSettings):
     learn_time_limit: float = Field(4 * 3600, gt=0, description="Seconds per learning job.")
     synthesize_time_limit: float = Field(1800, gt=0, description="Seconds per synthesis job.")
     evaluate_time_limit: float = Field(3600, gt=0, description="Seconds per evaluation job.")
+    segment_time_limit: float = Field(300, gt=0, description="Seconds per segmentation job.")
 
     # Webhooks.
     webhook_max_attempts: int = Field(6, ge=1, description="Tries per webhook delivery.")
@@ -177,6 +183,12 @@ class Settings(BaseSettings):
     # Retention.
     synthesis_retention_seconds: int = Field(
         0, ge=0, description="Delete synthesis images this old; 0 keeps them."
+    )
+    segmentation_retention_seconds: int = Field(
+        24 * 3600,
+        ge=0,
+        description="Delete a segmentation image and its masks this long after its last use; "
+        "0 keeps them.",
     )
     maintenance_interval_seconds: float = Field(
         300, gt=0, description="Period of the retention task."

@@ -16,13 +16,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import cleanup, clock, images, jobs, kinds, webhooks
 from core.db import retry_conflicts
-from core.models import Artifact, Concept, ConceptStatus, Job, Tenant, concept_prefix
+from core.models import (
+    Artifact,
+    Concept,
+    ConceptStatus,
+    Job,
+    SegmentImage,
+    Tenant,
+    concept_prefix,
+    segment_image_prefix,
+)
 from core.problems import Problem, not_found, unavailable
 from core.queue import Broker
 from core.settings import Settings
@@ -213,6 +222,101 @@ def evaluate(
     job_id = retry_conflicts(session, accept)
     _dispatch(session, ctx, job_id, kind)
     return job_id
+
+
+@dataclass(frozen=True)
+class SegmentInputs:
+    """A segmentation request once parsed and checked (api/checks/segmentations.py)."""
+
+    image: bytes | None  # a new image, as PNG; None: `image_id` names one stored already
+    image_id: uuid.UUID | None
+    width: int
+    height: int
+    params: dict[str, Any]  # what the worker runs with: mode, prompts or options
+
+
+def segment(
+    session: Session,
+    ctx: Context,
+    *,
+    tenant_id: uuid.UUID,
+    inputs: SegmentInputs,
+    attach: Attach,
+) -> uuid.UUID:
+    """Store a new image (or mark a stored one used), create the segmentation job, send it;
+    the job's id. It belongs to the tenant: no concept."""
+
+    def accept() -> uuid.UUID:
+        image_id = inputs.image_id or uuid.uuid4()
+        prefix = segment_image_prefix(image_id)
+        if inputs.image is not None:  # removed later unless the commit happens
+            cleanup.pending(ctx.sessions, prefix)
+        with ctx.creating_job():
+            check_capacity(session, tenant_id, ctx.settings)
+            _use_image(session, ctx.settings, tenant_id, image_id, inputs)
+            job = jobs.create_job(
+                session,
+                tenant_id=tenant_id,
+                kind=kinds.SEGMENT.name,
+                concept_id=None,
+                params={**inputs.params, "image_id": str(image_id)},
+            )
+            attach(job.id)
+            try:
+                if inputs.image is not None:
+                    ctx.storage.put(f"{prefix}image.png", inputs.image, "image/png")
+                    cleanup.settle(session, prefix)
+                job.updated_at = clock.now(session)  # the reconciler's re-send grace starts now
+                session.commit()
+            except Exception as exc:
+                session.rollback()
+                if inputs.image is not None and not isinstance(exc, OperationalError):
+                    cleanup.remove(ctx.storage, ctx.sessions, prefix, "a rejected image")
+                if isinstance(exc, StorageError):
+                    raise unavailable("storage", exc) from exc
+                raise
+            return job.id
+
+    job_id = retry_conflicts(session, accept)
+    _dispatch(session, ctx, job_id, kinds.SEGMENT.name)
+    return job_id
+
+
+def _use_image(
+    session: Session,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    image_id: uuid.UUID,
+    inputs: SegmentInputs,
+) -> None:
+    """Add the new image's row, or mark the stored one used now (its retention starts
+    again); 404 naming `image_id` when the tenant has no such image (any more)."""
+    if inputs.image is not None:
+        session.add(
+            SegmentImage(id=image_id, tenant_id=tenant_id, width=inputs.width, height=inputs.height)
+        )
+        session.flush()
+        return
+    touched = session.execute(
+        update(SegmentImage)
+        .where(SegmentImage.id == image_id, SegmentImage.tenant_id == tenant_id)
+        .values(last_used_at=clock.now(session)),
+        execution_options={"synchronize_session": False},
+    )
+    if not touched.rowcount:  # type: ignore[attr-defined]
+        raise unknown_image(image_id, settings)
+
+
+def unknown_image(image_id: object, settings: Settings) -> Problem:
+    """404 for an `image_id` the tenant has no image of: never sent, or removed since."""
+    return Problem(
+        "not_found",
+        f"No segmentation image with id {image_id}.",
+        field="image_id",
+        fix="send the image again as `image` (its answer gives the new image_id); an image is "
+        f"kept {settings.segmentation_retention_seconds} s after its last use "
+        "(MIFO_SEGMENTATION_RETENTION_SECONDS)",
+    )
 
 
 def ready_concept(

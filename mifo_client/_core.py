@@ -15,7 +15,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -34,6 +34,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 VERSION = "0.1.0"
 
 Part = tuple[str, tuple[str, bytes, str]]  # a multipart part: (field, (name, bytes, type))
+FieldPart = tuple[str, tuple[None, bytes]]  # a multipart form field: (field, (None, value))
 JobRef = Job | ConceptCreated | str | uuid.UUID
 ConceptRef = Concept | ConceptCreated | str | uuid.UUID
 
@@ -52,7 +53,7 @@ class Call(Generic[T]):
     params: Mapping[str, Any] | list[tuple[str, Any]] | None = None
     json: Any = None
     data: Mapping[str, str] | None = None
-    files: list[Part] | None = None
+    files: Sequence[Part | FieldPart] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: bool = True  # download links are signed: they go out without the API key
     timeout: float | None = None  # seconds of reading; None: the client's own
@@ -197,6 +198,28 @@ class Builder:
             timeout=timeout,
         )
 
+    def segment_call(
+        self,
+        form: Mapping[str, str],
+        image: Part | None,
+        idempotency_key: str | None,
+        wait: float | None,
+    ) -> Call[Job]:
+        """POST /v1/segmentations: the form fields and the image (None: `image_id` names a
+        stored one), as multipart either way."""
+        parts: list[Part | FieldPart] = [(k, (None, v.encode())) for k, v in form.items()]
+        if image is not None:
+            parts.append(image)
+        seconds, timeout = _wait(wait)
+        return Call(
+            "POST",
+            "/v1/segmentations",
+            _model(Job),
+            files=parts,
+            headers=_post_headers(idempotency_key, seconds),
+            timeout=timeout,
+        )
+
     def job_call(self, job: JobRef) -> Call[Job]:
         return Call("GET", f"/v1/jobs/{job_id(job)}", _model(Job))
 
@@ -266,6 +289,42 @@ def evaluation_body(args: dict[str, Any]) -> dict[str, Any]:
         "webhook_url": args["webhook_url"],
         "webhook_events": list(events) if events is not None else None,
     }
+
+
+Points = Iterable[Iterable[float]]
+
+
+def instance_prompts(
+    points: Iterable[Points | None] | None,
+    labels: Iterable[Iterable[int] | None] | None,
+    boxes: Iterable[Iterable[float] | None] | None,
+) -> list[dict[str, Any]]:
+    """The `prompts` of a segmentation: instance i takes entry i of each list (None, or a
+    shorter list: none of that for it); its points [[x, y], ...], their labels (1 include,
+    0 exclude; all 1 when left out) and its box [x0, y0, x1, y1], in the image's pixels."""
+    columns: list[list[Any]] = [list(c) if c is not None else [] for c in (points, labels, boxes)]
+    prompts: list[dict[str, Any]] = []
+    for i in range(max(len(c) for c in columns)):
+        prompt: dict[str, Any] = {}
+        for name, column in zip(("points", "labels", "box"), columns, strict=True):
+            value = column[i] if i < len(column) else None
+            if value is not None:
+                prompt[name] = [list(p) for p in value] if name == "points" else list(value)
+        prompts.append(prompt)
+    return prompts
+
+
+def segment_form(
+    image_id: str | None, prompts: list[dict[str, Any]] | None, options: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """The form fields of a segmentation: mode `prompts` with `prompts`, else `proposals`."""
+    form = {"image_id": image_id} if image_id is not None else {}
+    if prompts is not None:
+        return form | {"mode": "prompts", "prompts": json.dumps(prompts)}
+    form["mode"] = "proposals"
+    if options is not None:
+        form["options"] = json.dumps(dict(options))
+    return form
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -565,7 +624,7 @@ def download_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
     for i, token in enumerate(concept.tokens if concept else []):
         if token.attention_map:
             plan.append((token.attention_map, f"{job.id}_attention_{i:02d}.png"))
-    return plan + evaluation_plan(job)
+    return plan + evaluation_plan(job) + segmentation_plan(job, previews)
 
 
 def evaluation_plan(job: Job) -> list[tuple[str, str]]:
@@ -581,6 +640,42 @@ def evaluation_plan(job: Job) -> list[tuple[str, str]]:
         for image in evaluation.images
         if image.url
     ]
+    return plan
+
+
+def segmentation_plan(job: Job, previews: bool) -> list[tuple[str, str]]:
+    """A segmentation's masks (`<job id>_mask_00.png`, ...; proposals' `candidate_00`), and
+    its overlay with `previews`."""
+    found = job.result.segmentation if job.result else None
+    if found is None:
+        return []
+    return [(url, f"{job.id}_{name}") for url, name in mask_plan(job, previews)]
+
+
+def mask_plan(job: Job, overlay: bool = False) -> list[tuple[str, str]]:
+    """(url, file name) of each mask of a succeeded segmentation, in order: `mask_00.png`,
+    ... (one per instance), or `candidate_00.png`, ... (proposals, best first): the files
+    `learn` and `mifo learn` take; with `overlay`, then `overlay.png`."""
+    found = job.result.segmentation if job.succeeded and job.result else None
+    if found is None:
+        raise errors.JobNotSucceededError(
+            f"job {job.id} is a {job.kind} job, {job.status}: only a succeeded segmentation "
+            "has masks",
+            title="No masks",
+            fix="segment first, and wait for the job to succeed",
+        )
+    stem, masks = (
+        ("mask", found.masks) if found.mode == "prompts" else ("candidate", found.candidates)
+    )
+    if any(m.url is None for m in masks):
+        raise errors.JobNotSucceededError(
+            f"the masks of job {job.id} were removed (retention)",
+            title="Masks expired",
+            fix="segment the image again",
+        )
+    plan = [(str(m.url), f"{stem}_{m.index:02d}.png") for m in masks]
+    if overlay and found.overlay_url:
+        plan.append((found.overlay_url, "overlay.png"))
     return plan
 
 

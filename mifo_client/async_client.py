@@ -187,6 +187,78 @@ class AsyncClient(_core.Builder):
         body = _core.evaluation_body(locals())
         return await self._send(self.evaluate_call(concept, body, idempotency_key, wait))
 
+    # --- segmentations -------------------------------------------------------------------
+
+    async def segment(
+        self,
+        image: FileInput | None = None,
+        *,
+        image_id: str | None = None,
+        points: Iterable[_core.Points | None] | None = None,
+        labels: Iterable[Iterable[int] | None] | None = None,
+        boxes: Iterable[Iterable[float] | None] | None = None,
+        idempotency_key: str | None = None,
+        wait: float = 30.0,
+        timeout: float | None = None,
+    ) -> Job:
+        """Masks from clicks: one mask per instance, instance i taking entry i of `points`
+        ([[x, y], ...] in the image's pixels), `labels` (1 include, 0 exclude; all 1 when
+        left out) and `boxes` ([x0, y0, x1, y1] in pixels). Give the image (a path, bytes or
+        a binary file) the first time, then `image_id=job.result.segmentation.image_id`:
+        nothing is uploaded again and the service reuses the image's embedding. Returns the
+        finished job: the service answers once it ended (`wait`, at most 60 s), and one still
+        going then is followed to its end (`timeout`). Its `result.segmentation` holds the
+        masks; `download_masks` saves them for `learn`."""
+        prompts = _core.instance_prompts(points, labels, boxes)
+        form = _core.segment_form(image_id, prompts, None)
+        return await self._segmented(image, form, idempotency_key, wait, timeout)
+
+    async def propose(
+        self,
+        image: FileInput | None = None,
+        *,
+        image_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        wait: float = 30.0,
+        timeout: float | None = None,
+    ) -> Job:
+        """Find instances without clicks: the finished job's `result.segmentation.candidates`,
+        best first, each with its mask's `url`, `score` and `box`. `options`: proposal
+        settings (points_per_side, max_proposals, min_predicted_iou, ...). The image or its
+        `image_id`, `wait` and `timeout` as for `segment`."""
+        form = _core.segment_form(image_id, None, options)
+        return await self._segmented(image, form, idempotency_key, wait, timeout)
+
+    async def _segmented(
+        self,
+        image: FileInput | None,
+        form: dict[str, str],
+        idempotency_key: str | None,
+        wait: float,
+        timeout: float | None,
+    ) -> Job:
+        part = None if image is None else _files.upload("image", image, "image")
+        job = await self._send(self.segment_call(form, part, idempotency_key, wait))
+        return job if job.done else await self.wait(job, timeout)
+
+    async def download_masks(
+        self, job: JobRef, folder: str | Path, *, overwrite: bool = True, overlay: bool = False
+    ) -> list[Path]:
+        """Save a succeeded segmentation's masks into `folder` as `mask_00.png`, ... (one per
+        instance, in order; `propose`'s: `candidate_00.png`, ..., best first): the paths, in
+        order, ready for `learn`; with `overlay`, `overlay.png` last. JobNotSucceededError
+        for another job or expired masks; `overwrite` as for `download`."""
+        plan = _core.mask_plan(await self.job(job), overlay)  # fresh links
+        target = _files.folder(folder)
+        if not overwrite:
+            _files.check_free(target, [name for _, name in plan])
+        saved = []
+        for url, name in plan:
+            data = await self._send(self.file_call(url))
+            saved.append(_files.save(target, name, data, overwrite=overwrite))
+        return saved
+
     async def job(self, job: JobRef) -> Job:
         return await self._send(self.job_call(job))
 
@@ -274,7 +346,8 @@ class AsyncClient(_core.Builder):
         (`<job id>_image_00.png`, ..., and `<job id>_preview_00.png` with `previews`), a
         learning job's attention maps (`<job id>_attention_00.png`, one per token), an
         evaluation's `<job id>_evaluation.json`, `<job id>_chart.png` and images
-        (`<job id>_image_000.png`, ...). With
+        (`<job id>_image_000.png`, ...), a segmentation's masks (`<job id>_mask_00.png`, ...,
+        and `<job id>_overlay.png` with `previews`). With
         `overwrite=False` a file of that name already there raises FileExistsError, before
         anything is fetched."""
         plan = _core.download_plan(await self.job(job), previews)  # fresh links

@@ -147,6 +147,7 @@ BY_TYPE: dict[str, type[MifoError]] = {
     "invalid_config": InvalidRequestError,
     "options_too_large": InvalidRequestError,
     "invalid_layout": InvalidRequestError,
+    "invalid_prompts": InvalidRequestError,
     "invalid_concept": InvalidRequestError,
     "mifo_error": InvalidRequestError,
     "limit_exceeded": InvalidRequestError,

@@ -137,11 +137,43 @@ class Queue(_Model):
     estimated_start_seconds: float | None = None
 
 
+class SegmentMask(_Model):
+    """One mask of a segmentation: a PNG of the image's size, 255 on the instance, as
+    `learn` takes masks."""
+
+    index: int  # the instance's place in the prompts (a candidate's: its rank)
+    url: str | None = None  # None once retention removed it
+    score: float = 0.0  # SAM's predicted IoU: its own estimate of the mask's quality
+    area: int = 0  # pixels on the instance
+    box: list[int] | None = None  # [x0, y0, x1, y1] around it, x1 and y1 one past it
+
+
+class SegmentCandidate(SegmentMask):
+    """An instance found without prompts (`propose`), best first."""
+
+    stability: float = 0.0
+    point: list[float] = Field(default_factory=list)  # the grid point that found it
+
+
+class Segmentation(_Model):
+    """A segmentation's result: send `image_id` with the next clicks on the same image."""
+
+    mode: str  # prompts | proposals
+    image_id: str
+    width: int
+    height: int
+    masks: list[SegmentMask] = Field(default_factory=list)  # one per instance, in order
+    candidates: list[SegmentCandidate] = Field(default_factory=list)  # proposals, best first
+    overlay_url: str | None = None
+    embedding_reused: bool = False
+
+
 class JobResult(_Model):
     concept: Concept | None = None
     images: list[Image] | None = None
     expired_at: datetime | None = None
     evaluation: Evaluation | None = None  # kind "evaluate"
+    segmentation: Segmentation | None = None  # kind "segment"
 
 
 class Job(_Model):

@@ -48,6 +48,7 @@ def settings(db_url: str, tmp_path: Path) -> Iterator[Settings]:
         base_model="tiny",  # random test weights: never meaningful images
         clip_model="tiny",  # the evaluations' feature models, random as well
         dino_model="tiny",
+        segment_model="tiny",  # the segmentations' SAM, random too
         rate_limit_per_second=0,  # tests/api/test_limits.py turns it on
         webhook_poll_seconds=0.1,
         webhook_backoff_seconds=0.1,

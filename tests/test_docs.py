@@ -133,6 +133,7 @@ DEFAULT_EXEMPT = {
     "metrics_token": "unset (open)",
     # a hub id pinned to a 40-digit revision: the row names the constant that holds it
     "base_model": "DEFAULT_BASE_MODEL",
+    "segment_model": "DEFAULT_SEGMENT_MODEL",
     # `filesystem://` is the default; the folder it uses (`broker_folder`) is derived
     "broker_url": "in `<data>/broker`",
 }

@@ -18,8 +18,9 @@ HEAVY = ("torch", "diffusers", "peft", "accelerate")  # the engine extra's impor
 
 
 def probe(data_dir: str) -> list[str]:
-    """Build the app on tiny settings, upload a concept, ask for a synthesis (valid and not),
-    run the control duties; returns the heavy modules that were imported (none, if all is well).
+    """Build the app on tiny settings, upload a concept, ask for a synthesis and a segmentation
+    (valid and not), run the control duties; returns the heavy modules that were imported
+    (none, if all is well).
     """
     import uuid
 
@@ -55,6 +56,10 @@ def probe(data_dir: str) -> list[str]:
         assert ok.status_code == 202, ok.text
         unknown = client.post(url, json={"prompt": "a photo of <asset7>", "boxes": boxes})
         assert unknown.status_code == 422, unknown.text
+        for point, status in (([5, 5], 202), ([500, 5], 422)):  # prompts checked without torch
+            clicks = ("prompts", (None, f'[{{"points": [{point}]}}]'))
+            segment = client.post("/v1/segmentations", files=[files[0], clicks])
+            assert segment.status_code == status, segment.text
     duties = Duties.from_settings(settings)
     duties.reconcile()
     duties.webhooks()

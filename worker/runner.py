@@ -22,7 +22,7 @@ from core.db import session_scope
 from core.engine import Canceled, LearnConfig, MifoError, ModelLoadError, SynthesisConfig
 from core.models import Artifact, Concept, Job
 from core.storage import StorageError
-from worker import evaluation
+from worker import evaluation, segmentation
 from worker.cache import ConceptCache
 from worker.context import WorkerContext
 from worker.progress import Plan, ProgressReporter, learn_plan
@@ -93,17 +93,17 @@ class Claimed:
     job_id: uuid.UUID
     kind: str
     params: dict[str, Any]
-    concept_id: uuid.UUID
+    concept_id: uuid.UUID | None  # None: a tenant's job (core.kinds.TENANT), no concept
     names: list[str]
-    prefix: str
-    concept_files: str  # where the learned concept is (synthesis jobs read it)
+    prefix: str | None  # the concept's
+    concept_files: str | None  # where the learned concept is (synthesis jobs read it)
     attempt: int  # fencing token: writes of an older attempt are ignored
     deadline: float  # time.monotonic() past which the job fails as `timeout`
 
     @property
     def output(self) -> str:
         """The job's output: emptied when an attempt starts, removed after a failure."""
-        return jobs.output_prefix(self.kind, self.prefix, self.job_id)
+        return jobs.output_prefix(self.kind, self.prefix, self.job_id, self.params)
 
     @property
     def files(self) -> str:
@@ -176,10 +176,10 @@ def _run(
     try:
         # Earlier attempts may have died half-way through their uploads; never a newer one's.
         _remove_earlier(ctx, claimed)
-        base = _load(load_base)
+        base = None if claimed.kind in OWN_MODEL else _load(load_base)
         if heartbeat.should_stop():  # asked while the model loaded
             raise Canceled("stopped before the first step")
-        if base.device.type == "cpu":
+        if base is not None and base.device.type == "cpu":
             threads = engine.use_cpu_threads(base, cpu_threads(ctx.settings.cpu_threads))
             log.info("job %s: %d CPU thread(s)", job_id, threads)
         RUNNERS[kinds.get(claimed.kind).name](
@@ -321,7 +321,8 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
         if job is None or isinstance(job, jobs.Refused):
             return job
         concept = session.get(Concept, job.concept_id) if job.concept_id else None
-        if concept is None:  # deleted after the job was queued
+        tenants = kinds.get(job.kind).scope == kinds.TENANT  # no concept to have
+        if concept is None and not tenants:  # deleted after the job was queued
             jobs.finish(session, job_id=job_id, status="canceled")
             return None
         deadline = time.monotonic() + ctx.settings.time_limit(job.kind)
@@ -329,10 +330,10 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Claimed | jobs.Refused | No
             job.id,
             job.kind,
             dict(job.params),
-            concept.id,
-            list(concept.names),
-            concept.prefix,
-            concept.files_prefix,
+            concept.id if concept else None,
+            list(concept.names) if concept else [],
+            concept.prefix if concept else None,
+            concept.files_prefix if concept else None,
             job.attempts,
             deadline,
         )
@@ -349,6 +350,12 @@ class Work:
     out: Produced
     heartbeat: Heartbeat
     concepts: ConceptCache
+
+    def concept(self) -> Any:
+        """The job's learned concept, loaded (kept loaded in the process's concept cache)."""
+        job = self.job
+        assert job.concept_id is not None and job.concept_files is not None, job.kind
+        return self.concepts.get(job.concept_id, self.ctx.storage, job.concept_files)
 
     def progress(self, plan: Plan = ()) -> ProgressReporter:
         """The engine's progress callback for this attempt (`plan`: its phases, if known)."""
@@ -393,7 +400,7 @@ def _learn(work: Work) -> None:
 
 def _synthesize(work: Work) -> None:
     ctx, job, out = work.ctx, work.job, work.out
-    concept = work.concepts.get(job.concept_id, ctx.storage, job.concept_files)
+    concept = work.concept()
     made = engine.synthesize(
         work.base,
         concept,
@@ -425,7 +432,7 @@ def _synthesize(work: Work) -> None:
 
 def _evaluate(work: Work) -> None:
     ctx, job, out = work.ctx, work.job, work.out
-    concept = work.concepts.get(job.concept_id, ctx.storage, job.concept_files)
+    concept = work.concept()
     result = evaluation.run(work.base, concept, job.params, ctx.settings, work.progress())
     with tempfile.TemporaryDirectory(prefix="mifo-evaluate-") as tmp:
         result.save(Path(tmp) / "evaluation")
@@ -434,13 +441,26 @@ def _evaluate(work: Work) -> None:
     out.result = evaluation.record(result)
 
 
+def _segment(work: Work) -> None:
+    ctx, job, out = work.ctx, work.job, work.out
+    made = segmentation.run(ctx, job.params, stop=work.heartbeat.should_stop)
+    with tempfile.TemporaryDirectory(prefix="mifo-segment-") as tmp:
+        made.save(Path(tmp))
+        sizes = _upload(ctx, job, Path(tmp), job.files)
+    out.artifacts += made.artifacts(job.files, sizes)
+    out.result = made.record()
+
+
 # What a worker does with a claimed job, by its kind (core.kinds; every kind has one:
 # tests/test_kinds.py). A runner calls the engine, uploads under `job.files` and fills `out`.
 RUNNERS: dict[str, Callable[[Work], None]] = {
     kinds.LEARN.name: _learn,
     kinds.SYNTHESIZE.name: _synthesize,
     kinds.EVALUATE.name: _evaluate,
+    kinds.SEGMENT.name: _segment,
 }
+# Kinds whose runner brings its own model (worker.segmentation: SAM), not the base model.
+OWN_MODEL = frozenset({kinds.SEGMENT.name})
 
 
 def _upload(ctx: WorkerContext, job: Claimed, folder: Path, prefix: str) -> dict[str, int]:
@@ -472,10 +492,13 @@ def _record(
     """Write the terminal state; a cancel or a concept delete that came first wins over success."""
     with session_scope(ctx.sessions) as session:
         # Locks the concept row (PostgreSQL) so a concurrent delete waits for this transaction.
-        concept = session.get(Concept, job.concept_id, with_for_update=True)
+        concept = (
+            session.get(Concept, job.concept_id, with_for_update=True) if job.concept_id else None
+        )
+        owned = concept is not None or job.concept_id is None  # a tenant's job has none
         succeeded = (
             status == "succeeded"
-            and concept is not None
+            and owned
             and produced is not None
             and jobs.finish(
                 session,
@@ -486,11 +509,11 @@ def _record(
             )
         )
         if succeeded:
-            assert concept is not None and produced is not None
+            assert produced is not None
             for values in produced.artifacts:
-                session.add(Artifact(concept_id=concept.id, job_id=job.job_id, **values))
+                session.add(Artifact(concept_id=job.concept_id, job_id=job.job_id, **values))
             if kinds.get(job.kind).makes_concept:
-                assert produced.meta is not None
+                assert concept is not None and produced.meta is not None
                 if not concepts.ready(session, concept.id, meta=produced.meta, files=job.files):
                     log.warning("job %s: its concept was no longer pending", job.job_id)
             return "succeeded"

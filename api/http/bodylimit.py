@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.problems import MEDIA_TYPE, Problem
 
-UPLOAD_PATHS = frozenset({"/v1/concepts"})
+UPLOAD_PATHS = frozenset({"/v1/concepts", "/v1/segmentations"})
 # Multipart part headers and the form fields (names, options, webhook) beside the files.
 FORM_ALLOWANCE = 1 << 20
 # Every other body is JSON of a few KiB (a synthesis request).

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from mifo_cli.remote import commands
+from mifo_cli.remote import commands, segment
 from mifo_cli.remote.run import run
 
 Command = Callable[..., int]
@@ -224,8 +224,8 @@ def register(sub: Any) -> None:
     """Add `mifo remote` and its commands to the `mifo` command."""
     remote = sub.add_parser(
         "remote",
-        help="Use a running service: learn, synthesize, evaluate, jobs, concepts, cancel, "
-        "download.",
+        help="Use a running service: learn, synthesize, evaluate, segment, jobs, concepts, "
+        "cancel, download.",
         description="Drive a MIFO service over HTTP (the Python client): submit jobs, follow "
         "them, download their files.",
         epilog=EPILOG,
@@ -235,5 +235,6 @@ def register(sub: Any) -> None:
     _add_learn(rsub, common, [progress, files])
     _add_synthesize(rsub, common, [progress, files])
     _add_evaluate(rsub, common, progress)
+    segment.add_parser(rsub, [common, progress], run, EPILOG)
     _add_jobs(rsub, common, progress, files)
     _add_concepts(rsub, common)

@@ -57,11 +57,19 @@ def test_each_kind_names_a_time_limit_setting() -> None:
 
 
 def test_each_kind_writes_in_a_folder_of_its_own() -> None:
-    prefix = "concepts/c/"
-    folders = {name: jobs.output_prefix(name, prefix, JOB) for name in kinds.NAMES}
+    prefix, params = "concepts/c/", {"image_id": "i"}
+    owned = [k.name for k in kinds.ALL if k.scope == kinds.CONCEPT]
+    folders = {name: jobs.output_prefix(name, prefix, JOB) for name in owned}
     assert folders["learn"] == "concepts/c/concept/"
     assert folders["synthesize"] == f"concepts/c/syntheses/{JOB}/"
     assert all(f.startswith(prefix) and f.endswith("/") for f in folders.values())
+    # A tenant's kind has no concept: its folder lies outside every concept's.
+    for kind in (k for k in kinds.ALL if k.scope == kinds.TENANT):
+        folders[kind.name] = jobs.output_prefix(kind.name, None, JOB, params)
+        assert not folders[kind.name].startswith("concepts/") and folders[kind.name].endswith("/")
+    assert folders["segment"] == f"segmentations/i/{JOB}/"
+    with pytest.raises(ValueError, match="concept's prefix"):
+        jobs.output_prefix("learn", None, JOB)
     # No kind's folder lies inside another's: removing one job's output keeps the others'.
     assert not [
         (a, b) for a in folders.values() for b in folders.values() if a != b and b.startswith(a)

@@ -32,6 +32,7 @@ TABLES = {
     "webhook_deliveries",
     "webhook_attempts",
     "storage_cleanups",
+    "segment_images",
 }
 
 

@@ -195,3 +195,93 @@ def test_only_object_folders_are_recorded_for_removal(session: Session) -> None:
     for prefix in ("", "/", "concepts/", "concepts"):
         with pytest.raises(ValueError):
             cleanup.defer(session, prefix, "x")
+
+
+def _segmentation(
+    session: Session, settings: Settings, age: float, status: str = "succeeded"
+) -> tuple:
+    """A segmentation image last used `age` seconds ago, with one segmentation of `status`
+    (succeeded: its mask and overlay stored, their rows written)."""
+    from core.models import Artifact, SegmentImage
+
+    storage = storage_from_settings(settings)
+    concept = make_concept(session)  # only for its tenant: a segmentation has no concept
+    image = SegmentImage(tenant_id=concept.tenant_id, width=8, height=8)
+    session.add(image)
+    session.flush()
+    image.last_used_at = utcnow() - timedelta(seconds=age)
+    job = jobs.create_job(
+        session,
+        tenant_id=concept.tenant_id,
+        kind="segment",
+        concept_id=None,
+        params={"mode": "prompts", "image_id": str(image.id), "prompts": []},
+    )
+    storage.put(image.key, b"png")
+    if status == "succeeded":
+        jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+        files = f"{image.prefix}{job.id}/attempt-1/"
+        result = {"mode": "prompts", "image_id": str(image.id), "width": 8, "height": 8}
+        result["masks"] = [{"index": 0, "score": 0.9, "area": 1, "box": [0, 0, 1, 1]}]
+        jobs.finish(session, job_id=job.id, status="succeeded", result=result)
+        for kind, name in (("mask", "mask_00.png"), ("preview", "overlay.png")):
+            storage.put(files + name, b"png")
+            session.add(
+                Artifact(job_id=job.id, image_id=image.id, kind=kind, key=files + name, size=3)
+            )
+    session.commit()
+    return storage, image, job
+
+
+def test_segmentation_images_unused_past_the_retention_go_with_their_masks(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Artifact, SegmentImage
+
+    storage, old, old_job = _segmentation(session, settings, age=120)
+    _, fresh, _ = _segmentation(session, settings, age=1)
+    _, busy, _ = _segmentation(session, settings, age=120, status="queued")
+    (old_id, gone), job_id = (old.id, old.prefix), old_job.id
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    s = settings.model_copy(update={"segmentation_retention_seconds": 60})
+    assert run_maintenance(sessions, storage, s)["segmentations_expired"] == 1
+    assert storage.keys(gone) == []
+    assert storage.keys(fresh.prefix) and storage.keys(busy.prefix)  # recent; asked for
+    session.expire_all()
+    assert session.get(SegmentImage, old_id) is None
+    assert session.get(SegmentImage, busy.id) is not None
+    assert not session.query(Artifact).filter(Artifact.image_id == old_id).count()
+    body = client.get(f"/v1/jobs/{job_id}").json()
+    seg = body["result"]["segmentation"]
+    assert body["result"]["expired_at"] and seg["masks"][0]["url"] is None
+    assert seg["overlay_url"] is None
+    off = settings.model_copy(update={"segmentation_retention_seconds": 0})  # 0 keeps them
+    assert run_maintenance(sessions, storage, off)["segmentations_expired"] == 0
+
+
+def test_a_stale_segmentation_loses_its_output_and_a_superseded_attempt_its_folder(
+    session: Session, settings: Settings
+) -> None:
+    """A tenant's job has no concept: the sweeps find its folder through its parameters."""
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Job
+
+    storage, image, job = _segmentation(session, settings, age=1, status="queued")
+    jobs.start(session, job_id=job.id, lease_seconds=LEASE)
+    silent = settings.segment_time_limit + settings.stale_job_grace_seconds + 60
+    session.get(Job, job.id).started_at = utcnow() - timedelta(seconds=silent)  # type: ignore[union-attr]
+    session.commit()
+    output = f"{image.prefix}{job.id}/"
+    storage.put(f"{output}attempt-1/mask_00.png", b"x")
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    assert run_maintenance(sessions, storage, settings)["stale_jobs_failed"] == 1
+    assert storage.keys(output) == [] and storage.keys(image.prefix) == [image.key]
+
+    _, image, done = _segmentation(session, settings, age=1)
+    session.get(Job, done.id).attempts = 2  # type: ignore[union-attr]  # attempt 1 lost its run
+    session.commit()
+    left = f"{image.prefix}{done.id}/attempt-2/"
+    storage.put(f"{left}mask_00.png", b"x")
+    assert run_maintenance(sessions, storage, settings)["superseded_attempts_removed"] == 1
+    assert storage.keys(f"{image.prefix}{done.id}/") == [f"{left}mask_00.png"]

@@ -10,8 +10,8 @@ from typing import Any
 from tests.deploy.manifests import DEPLOY_DOC, documented_secrets, of_kind, rendered
 from tests.deploy.test_scaling import _scaled_objects
 
-ROW = re.compile(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", re.M)
-QUEUES = ("learn", "synthesize", "evaluate")  # the Scaling table's columns
+ROW = re.compile(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", re.M)
+QUEUES = ("learn", "synthesize", "evaluate", "segment")  # the Scaling table's columns
 
 
 def _number(cell: str) -> int:
@@ -21,7 +21,7 @@ def _number(cell: str) -> int:
 def test_the_scaling_table_gives_the_manifests_numbers() -> None:
     rows = {name: tuple(cells) for name, *cells in ROW.findall(DEPLOY_DOC.read_text())}
     scaled = _scaled_objects()
-    for field in ("pollingInterval", "cooldownPeriod", "maxReplicaCount"):
+    for field in ("pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount"):
         documented = tuple(_number(cell) for cell in rows[field])
         actual = tuple(scaled[queue]["spec"][field] for queue in QUEUES)
         assert documented == actual, f"docs/deploy.md, Scaling, `{field}`: {documented} {actual}"

@@ -164,13 +164,14 @@ def test_the_fetch_model_step_runs(tmp_path: Any) -> None:
     words = command(fetch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
     env |= {"MIFO_BASE_MODEL": "tiny", "MIFO_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    env |= {"MIFO_CLIP_MODEL": "tiny", "MIFO_DINO_MODEL": "tiny"}
+    env |= {"MIFO_CLIP_MODEL": "tiny", "MIFO_DINO_MODEL": "tiny", "MIFO_SEGMENT_MODEL": "tiny"}
     done = subprocess.run(
         [sys.executable, *words[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "tiny: built in" in done.stdout
     assert "clip_model tiny: built in" in done.stdout and "dino_model tiny: built in" in done.stdout
+    assert "segment_model tiny: built in" in done.stdout
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -40,8 +40,10 @@ def serve_process(
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MIFO_")}
     clean |= {"MIFO_DATA_DIR": str(data), "MIFO_PROGRESS_INTERVAL": "0.2"}
-    # The evaluations' feature models: built in and random, like the base model.
-    clean |= {"MIFO_CLIP_MODEL": "tiny", "MIFO_DINO_MODEL": "tiny", **env}
+    # The evaluations' feature models and the segmentations' SAM: built in and random, like
+    # the base model.
+    clean |= {"MIFO_CLIP_MODEL": "tiny", "MIFO_DINO_MODEL": "tiny", "MIFO_SEGMENT_MODEL": "tiny"}
+    clean |= env
     log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
     # -P: as the `mifo` script runs, without the current folder first on the import path
     command = [sys.executable, "-P", "-m", "mifo_cli", "serve", "--base-model", "tiny"]
