@@ -115,7 +115,7 @@ def test_the_console_calls_only_the_public_api() -> None:
     calls = set()
     for text in code.values():
         calls |= set(re.findall(r"""[`"'](v1/[a-z-]+)""", text))
-    assert calls == {"v1/concepts", "v1/jobs"}, calls
+    assert calls == {"v1/concepts", "v1/jobs", "v1/segmentations"}, calls
 
 
 def test_the_console_colours_are_the_layout_previews() -> None:

@@ -63,10 +63,12 @@ function headers(extra = {}) {
   return out;
 }
 
-/** One request; a 401 asks for a key and tries again with it. JSON in, JSON out. */
-export async function api(path, { method = "GET", json, form, signal } = {}) {
+/** One request; a 401 asks for a key and tries again with it. JSON in, JSON out. `prefer`:
+ * the Prefer header (`wait=N`: a job-creating POST answers once the job ended). */
+export async function api(path, { method = "GET", json, form, signal, prefer } = {}) {
   for (;;) {
     const extra = json === undefined ? {} : { "Content-Type": "application/json" };
+    if (prefer) extra.Prefer = prefer;
     const body = json === undefined ? form : JSON.stringify(json);
     let res;
     const used = apiKey.get();

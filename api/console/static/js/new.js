@@ -7,6 +7,7 @@ import { clearProblems, reportProblem, showFileName, showProblem, view } from ".
 import { InstanceList } from "./instances.js";
 import { parseOptions, watchOptions } from "./learn-options.js";
 import { MaskPainter } from "./paint.js";
+import { ClickSegmenter } from "./segment.js";
 
 export function showNew(main) {
   main.append(view("view-new"));
@@ -15,9 +16,11 @@ export function showNew(main) {
   const painter = new MaskPainter(canvas, () => instances.updateCounts());
   const instances = new InstanceList(main.querySelector("#instances"), painter, form);
   const chosen = { image: null }; // the image file, once it reads
+  const clicks = new ClickSegmenter(painter, segmentUi(main), () => chosen.image);
   canvas.hidden = true;
   watchImage(main, form, painter, (file) => {
     chosen.image = file;
+    clicks.newImage();
     instances.updateCounts();
   });
   watchTools(main, painter);
@@ -58,6 +61,19 @@ function watchImage(main, form, painter, onImage) {
     onImage(file);
   });
   input.addEventListener("change", () => showFileName(input));
+}
+
+/** The elements of "Masks from clicks" (segment.js). */
+function segmentUi(main) {
+  const at = (id) => main.querySelector(`#${id}`);
+  return {
+    status: at("segment-status"),
+    problem: at("segment-problem"),
+    accept: at("accept-mask"),
+    clear: at("clear-clicks"),
+    find: at("find-instances"),
+    proposals: at("proposals"),
+  };
 }
 
 /** Put `file` back in `input` (none: empty it), with its name shown. */

@@ -5,6 +5,8 @@ import { brushLine, coverage, floodFill, maskPng, maskSizeProblem, readMask } fr
 import { PaintHistory } from "./paint-history.js";
 
 const UNDO_DEPTH = 30;
+// The tools the painter runs itself; another (segment.js's Click) has listeners of its own.
+const TOOLS = new Set(["brush", "eraser", "fill"]);
 
 /** Instance colours, shared by the masks, the boxes and the chips: the palette of the
  * engine's layout preview (mifo_engine/render.py, PALETTE), taken in token order by both. */
@@ -38,6 +40,7 @@ export class MaskPainter {
     this.size = 12;
     this.history = new PaintHistory(UNDO_DEPTH);
     this.drawing = null;
+    this.decorate = null; // (ctx) => draws over the scene after each render, if set
     this.tint = document.createElement("canvas"); // reused: render runs per move
     canvas.addEventListener("pointerdown", (e) => this.down(e));
     canvas.addEventListener("pointermove", (e) => this.move(e));
@@ -124,7 +127,9 @@ export class MaskPainter {
   // The tools: a press fills, or starts a brush or eraser stroke that follows the pointer.
 
   down(e) {
-    if (!this.image || !this.layers[this.active] || e.button !== 0) return;
+    if (!this.image || !this.layers[this.active] || e.button !== 0 || !TOOLS.has(this.tool)) {
+      return;
+    }
     e.preventDefault();
     const p = imagePoint(this.canvas, e);
     if (this.tool === "fill") {
@@ -163,12 +168,13 @@ export class MaskPainter {
 
   render() {
     drawScene(this.canvas, this.image, this.layers, this.active, this.tint);
+    if (this.decorate && this.image) this.decorate(this.ctx);
   }
 }
 
 /** Where pointer event `e` is on `c`, in the image's pixels; `scale`: image pixels per
  * screen pixel. */
-function imagePoint(c, e) {
+export function imagePoint(c, e) {
   // the content box: the border is not part of the picture
   const r = c.getBoundingClientRect();
   const left = r.left + c.clientLeft;
