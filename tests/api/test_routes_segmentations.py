@@ -37,6 +37,15 @@ CLICKS = [{"points": [[30, 40]]}, {"points": [[66, 40], [30, 40]], "labels": [1,
 LOOSE = {"points_per_side": 4, "min_predicted_iou": 0, "min_stability": 0, "max_proposals": 3}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sam_imported() -> None:
+    """transformers imports lazily and not thread-safely: SAM's classes are imported here,
+    before an app's start-up thread loads its tokenizer while a worker loads SAM."""
+    from mifo_engine.sam import build_tiny_sam
+
+    build_tiny_sam()
+
+
 @pytest.fixture(autouse=True)
 def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "POLL_SECONDS", 0.05)  # no Redis here: waits poll the row

@@ -25,6 +25,15 @@ from worker.runner import run_job
 CLICKS = [{"points": [[30, 40]]}, {"box": [50, 20, 86, 60]}]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sam_imported() -> None:
+    """transformers imports lazily and not thread-safely: SAM's classes are imported here,
+    before an app's start-up thread loads its tokenizer while a worker loads SAM."""
+    from mifo_engine.sam import build_tiny_sam
+
+    build_tiny_sam()
+
+
 def _no_base() -> Any:
     raise AssertionError("a segmentation loads no base model")
 
