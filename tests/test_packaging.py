@@ -86,6 +86,9 @@ def test_the_service_install_leaves_out_the_engine_extra() -> None:
 
 
 if __name__ == "__main__":
+    # Run as a script, its own folder comes first on the path, where tests/worker would stand
+    # in for the service's worker package: drop it.
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
     # After the installed packages, so that an installed copy of the project is the one tried.
     sys.path.append(str(ROOT))
     heavy = probe(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="mifo-probe-"))
