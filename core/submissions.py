@@ -154,33 +154,16 @@ def synthesize(
     attach: Attach,
 ) -> uuid.UUID:
     """Create a synthesis job for a ready concept and send it; the job's id."""
-
-    def accept() -> uuid.UUID:
-        with ctx.creating_job():
-            check_capacity(session, tenant_id, ctx.settings)
-            _keep_concept(session, concept_id, tenant_id)
-            try:
-                job = jobs.create_job(
-                    session,
-                    tenant_id=tenant_id,
-                    kind=kinds.SYNTHESIZE.name,
-                    concept_id=concept_id,
-                    params=params,
-                    webhook_url=hook.url,
-                    webhook_events=hook.events,
-                )
-                attach(job.id)
-                session.commit()
-            except IntegrityError as exc:  # the concept was deleted after all (SQLite: no lock)
-                session.rollback()
-                if session.scalar(select(Concept.id).where(Concept.id == concept_id)) is None:
-                    raise not_found("concept", concept_id) from exc
-                raise
-            return job.id
-
-    job_id = retry_conflicts(session, accept)
-    _dispatch(session, ctx, job_id, kinds.SYNTHESIZE.name)
-    return job_id
+    return on_concept(
+        session,
+        ctx,
+        kinds.SYNTHESIZE,
+        tenant_id=tenant_id,
+        concept_id=concept_id,
+        params=params,
+        hook=hook,
+        attach=attach,
+    )
 
 
 def evaluate(
@@ -194,7 +177,31 @@ def evaluate(
     attach: Attach,
 ) -> uuid.UUID:
     """Create an evaluation job for a ready concept and send it; the job's id."""
-    kind = kinds.EVALUATE.name
+    return on_concept(
+        session,
+        ctx,
+        kinds.EVALUATE,
+        tenant_id=tenant_id,
+        concept_id=concept_id,
+        params=params,
+        hook=hook,
+        attach=attach,
+    )
+
+
+def on_concept(
+    session: Session,
+    ctx: Context,
+    kind: kinds.Kind,
+    *,
+    tenant_id: uuid.UUID,
+    concept_id: uuid.UUID,
+    params: dict[str, Any],
+    hook: webhooks.Hook,
+    attach: Attach,
+) -> uuid.UUID:
+    """Create a job of `kind` on a ready concept (kept from deletion meanwhile) under the
+    tenant's capacity, and send it; the job's id."""
 
     def accept() -> uuid.UUID:
         with ctx.creating_job():
@@ -204,7 +211,7 @@ def evaluate(
                 job = jobs.create_job(
                     session,
                     tenant_id=tenant_id,
-                    kind=kind,
+                    kind=kind.name,
                     concept_id=concept_id,
                     params=params,
                     webhook_url=hook.url,
@@ -220,7 +227,7 @@ def evaluate(
             return job.id
 
     job_id = retry_conflicts(session, accept)
-    _dispatch(session, ctx, job_id, kind)
+    _dispatch(session, ctx, job_id, kind.name)
     return job_id
 
 
