@@ -99,14 +99,17 @@ def score_synthesis(
     references: References | None = None,
     regions: Sequence[Mapping[str, np.ndarray]] | None = None,
     fill: Sequence[int] | None = None,
+    inputs: tuple[ImageSource, Sequence[ImageSource]] | None = None,
 ) -> list[ImageScore]:
     """SIM-C of each image, and SIM-D, NSIM-D and CS of each boxed subject in it.
 
     A subject's region is its box, or its refined mask where `regions` (per image: token ->
-    bool mask at any resolution) holds one; prompt tokens without a box get no SIM-D.
+    bool mask at any resolution) holds one; prompt tokens without a box get no SIM-D. The
+    input instances are the concept's own, or `inputs` (its image and masks) for a concept
+    saved without them.
     """
     fill = tuple(fill) if fill is not None else EvaluationConfig().fill
-    refs = references or instance_references(concept, features, fill)
+    refs = references or instance_references(concept, features, fill, inputs)
     names = {t.token: t.name for t in concept.tokens}
     text = named_text(result.layout.prompt, names)
     sim_c = features.clip_images(result.images) @ features.text([text])[0]

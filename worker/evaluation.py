@@ -41,7 +41,25 @@ def config(params: dict[str, Any], settings: Settings) -> EvaluationConfig:
     )
 
 
-def run(base: Any, concept: Any, params: dict[str, Any], settings: Settings, progress: Any) -> Any:
+def stored_inputs(concept: Any, storage: Any, prefix: str | None) -> tuple[Any, list[Any]] | None:
+    """The image and masks a concept was learned from, from its stored inputs, for a concept
+    saved before concepts kept their masks; None when the concept holds them."""
+    if prefix is None or (
+        concept.input_image is not None and len(concept.input_masks) == len(concept.tokens)
+    ):
+        return None
+    image = storage.get(f"{prefix}inputs/image.png")
+    return image, [storage.get(key) for key in storage.keys(f"{prefix}inputs/masks/")]
+
+
+def run(
+    base: Any,
+    concept: Any,
+    params: dict[str, Any],
+    settings: Settings,
+    progress: Any,
+    inputs: tuple[Any, list[Any]] | None = None,
+) -> Any:
     """The evaluation of an `evaluate` job (mifo_engine.evaluation.EvaluationResult)."""
     with named_settings():
         return engine.evaluate(
@@ -50,15 +68,26 @@ def run(base: Any, concept: Any, params: dict[str, Any], settings: Settings, pro
             config=config(params, settings),
             features=features(settings, base.device),
             progress=progress,
+            inputs=inputs,
         )
 
 
-def score(made: Any, concept: Any, settings: Settings, device: Any) -> list[dict[str, Any]]:
+def score(
+    made: Any,
+    concept: Any,
+    settings: Settings,
+    device: Any,
+    inputs: tuple[Any, list[Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Each image's metrics of a synthesis asked for with `evaluate` (its refined masks as
     the subjects' regions, where refinement made them)."""
     with named_settings():
         scores = engine.score_synthesis(
-            made, concept, features(settings, device), regions=made.refined_masks or None
+            made,
+            concept,
+            features(settings, device),
+            regions=made.refined_masks or None,
+            inputs=inputs,
         )
     return [{k: s.to_dict()[k] for k in ("sim_c", "text", "subjects")} for s in scores]
 

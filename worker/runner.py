@@ -425,7 +425,8 @@ def _synthesize(work: Work) -> None:
         ]
     }
     if job.params.get("evaluate"):  # each image's quality metrics
-        metrics = evaluation.score(made, concept, ctx.settings, work.base.device)
+        inputs = evaluation.stored_inputs(concept, ctx.storage, job.prefix)
+        metrics = evaluation.score(made, concept, ctx.settings, work.base.device, inputs)
         for image, scores in zip(out.result["images"], metrics, strict=True):
             image["metrics"] = scores
 
@@ -433,7 +434,8 @@ def _synthesize(work: Work) -> None:
 def _evaluate(work: Work) -> None:
     ctx, job, out = work.ctx, work.job, work.out
     concept = work.concept()
-    result = evaluation.run(work.base, concept, job.params, ctx.settings, work.progress())
+    inputs = evaluation.stored_inputs(concept, ctx.storage, job.prefix)
+    result = evaluation.run(work.base, concept, job.params, ctx.settings, work.progress(), inputs)
     with tempfile.TemporaryDirectory(prefix="mifo-evaluate-") as tmp:
         result.save(Path(tmp) / "evaluation")
         sizes = _upload(ctx, job, Path(tmp) / "evaluation", job.files)

@@ -3,6 +3,7 @@ models): where the files go, a feature model that cannot be loaded, a cancel mid
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Any
@@ -89,3 +90,32 @@ def test_a_canceled_evaluation_stops_and_leaves_no_files(
     assert outcome == ["canceled"]
     assert client.get(f"/v1/jobs/{job}").json()["status"] == "canceled"
     assert not ctx.storage.keys(f"concepts/{concept}/evaluations/{job}/")
+
+
+def test_a_concept_saved_without_its_masks_is_scored_on_its_stored_inputs(
+    client: TestClient, settings: Settings, base: Any
+) -> None:
+    """Concepts learned before they kept their masks: the evaluation and a synthesis asked
+    for with `evaluate` take the image and masks stored with the learning request."""
+    ctx = _context(settings)
+    concept = _concept(client, ctx, base)
+    stored = ctx.storage.keys(f"concepts/{concept}/concept/")
+    (meta_key,) = [key for key in stored if key.endswith("/concept.json")]
+    meta = json.loads(ctx.storage.get(meta_key))
+    masks = meta["files"].pop("masks")  # as concepts were saved before they kept them
+    ctx.storage.put(meta_key, json.dumps(meta).encode())
+    ctx.storage.delete_prefix(meta_key.removesuffix("concept.json") + "masks/")
+    assert masks and not [key for key in ctx.storage.keys(meta_key[:-12]) if "/masks/" in key]
+    job = _evaluation(client, concept)
+    assert run_job(ctx, uuid.UUID(job), lambda: base, ConceptCache(1)) == "succeeded"
+    rows = client.get(f"/v1/jobs/{job}").json()["result"]["evaluation"]["rows"]
+    assert all(row["sim_d"] is not None for row in rows), rows
+
+    body = {"prompt": "a photo of <asset0>", "boxes": {"<asset0>": [0.1, 0.1, 0.6, 0.6]}}
+    body |= {"steps": 1, "evaluate": True}
+    r = client.post(f"/v1/concepts/{concept}/syntheses", json=body)
+    assert r.status_code == 202, r.text
+    synthesis = r.json()["id"]
+    assert run_job(ctx, uuid.UUID(synthesis), lambda: base, ConceptCache(1)) == "succeeded"
+    images = client.get(f"/v1/jobs/{synthesis}").json()["result"]["images"]
+    assert images[0]["metrics"]["subjects"], images
