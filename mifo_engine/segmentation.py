@@ -200,10 +200,12 @@ class Segmenter:
     def loaded(self) -> bool:
         return self._sam is not None
 
-    def embed(self, image: ImageSource) -> Embedding:
-        """The image's embedding: from the cache when the same pixels were seen recently."""
+    def embed(self, image: ImageSource, *, scope: str = "") -> Embedding:
+        """The image's embedding: from the cache when the same pixels were seen recently
+        under the same `scope` (a caller serving several parties passes each its own, so
+        that one cannot learn from a reused embedding what another segmented)."""
         rgb = to_rgb(load_image(image, field="image"))
-        key = image_key(rgb)
+        key = f"{scope}:{image_key(rgb)}" if scope else image_key(rgb)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -234,16 +236,17 @@ class Segmenter:
         prompts: Sequence[PromptLike],
         *,
         config: SegmentConfig | None = None,
+        scope: str = "",
     ) -> Segmentation:
         """One mask per instance of `prompts` (points [[x, y], ...] with labels 1 include /
         0 exclude, and/or a box [x0, y0, x1, y1], in image pixels); InputError naming the
-        field for a prompt that cannot be used."""
+        field for a prompt that cannot be used. `scope`: see `embed`."""
         import torch
 
         limits = config or self.config
         picture = load_image(image, field="image")
         checked = check_prompts(prompts, picture.size, limits)
-        embedding = self.embed(picture)
+        embedding = self.embed(picture, scope=scope)
         started = time.perf_counter()
         with torch.inference_mode():
             instances = tuple(self._instance(embedding, prompt) for prompt in checked)
@@ -255,15 +258,17 @@ class Segmenter:
             decode_s=time.perf_counter() - started,
         )
 
-    def propose(self, image: ImageSource, *, config: SegmentConfig | None = None) -> Proposals:
+    def propose(
+        self, image: ImageSource, *, config: SegmentConfig | None = None, scope: str = ""
+    ) -> Proposals:
         """Candidate instances without prompts: a grid of points, each point's best mask,
         kept when its predicted IoU, stability and area pass the config's thresholds, then
         de-duplicated by mask IoU (the better-scored kept); best first, at most
-        `max_proposals`."""
+        `max_proposals`. `scope`: see `embed`."""
         import torch
 
         settings = config or self.config
-        embedding = self.embed(image)
+        embedding = self.embed(image, scope=scope)
         started = time.perf_counter()
         grid = grid_points(embedding.size, settings.points_per_side)
         with torch.inference_mode():

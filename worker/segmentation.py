@@ -153,7 +153,8 @@ def _prompts(
     prompts: list[dict[str, Any]],
     config: SegmentConfig,
 ) -> Made:
-    done = found.segment(picture, prompts, config=config)
+    # Embeddings are kept per stored image (each tenant's own), never shared across tenants.
+    done = found.segment(picture, prompts, config=config, scope=str(image_id))
     masks = [m.mask for m in done.instances]
     entries = [
         {"index": i, "score": float(m.score), "area": m.area, "box": mask_box(m.mask)}
@@ -174,7 +175,7 @@ def _prompts(
 def _proposals(
     found: Any, picture: Image.Image, image_id: uuid.UUID, config: SegmentConfig
 ) -> Made:
-    done = found.propose(picture, config=config)
+    done = found.propose(picture, config=config, scope=str(image_id))
     masks = [c.mask for c in done.candidates]
     entries = [
         {

@@ -93,6 +93,14 @@ def test_the_second_click_reuses_the_embedding(tiny, scene) -> None:
     assert not tiny.segment(other, [POINT]).embedding_reused
 
 
+def test_an_embedding_is_reused_only_within_its_scope(tiny, scene) -> None:
+    assert not tiny.segment(scene, [POINT], scope="image-a").embedding_reused
+    assert tiny.segment(scene, [POINT], scope="image-a").embedding_reused
+    assert not tiny.segment(scene, [POINT], scope="image-b").embedding_reused  # same pixels
+    assert not tiny.propose(scene, scope="image-c").embedding_reused
+    assert tiny.propose(scene, scope="image-b").embedding_reused
+
+
 def test_the_cache_keeps_the_most_recent_images(scene) -> None:
     segmenter = load_segmenter("tiny", config=SegmentConfig(embedding_cache_size=2))
     images = [scene.rotate(angle) for angle in (0, 90, 180)]
