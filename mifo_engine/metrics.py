@@ -153,7 +153,7 @@ class MetricRow:
     """The metrics of one token over the images it appears in (or of all, `token` "mean").
 
     `cs` is the composite of the row's means, as the paper's Table 2 gives it; `cs_std` is
-    the spread of the per-image composites."""
+    the spread of the composites of each (image, subject) pair."""
 
     token: str
     name: str
