@@ -175,8 +175,7 @@ class MetricRowPublic(BaseModel):
     """One token's metrics over the images it appears in (or, `token` "mean", all of them):
     each metric's mean and population standard deviation; `cs` is the composite of the
     means, `cs_std` the spread of the composites of each (image, subject) pair. Null where
-    nothing was measured
-    (NSIM-D and CS of a concept of one instance)."""
+    nothing was measured (NSIM-D and CS of a concept of one instance)."""
 
     token: str = Field(examples=["<asset0>"])
     name: str = Field(examples=["red car"])
