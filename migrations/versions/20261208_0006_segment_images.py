@@ -58,8 +58,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # A segmentation's masks have no concept to belong to: they go with their images.
+    # A segmentation's masks have no concept to belong to: they go with their images, and
+    # the segmentation jobs with them (a release before this one knows no such kind). Their
+    # files under `segmentations/` are left to remove by hand (docs/service.md).
     op.execute("DELETE FROM artifacts WHERE concept_id IS NULL")
+    op.execute("DELETE FROM jobs WHERE kind = 'segment'")
     with op.batch_alter_table("artifacts", schema=None) as batch_op:
         batch_op.drop_constraint(
             batch_op.f("fk_artifacts_image_id_segment_images"), type_="foreignkey"

@@ -126,6 +126,41 @@ def test_upgrades_and_downgrades_keep_related_rows(backend: str, tmp_path: Path)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_going_below_segmentations_removes_their_jobs_and_keeps_the_rest(
+    backend: str, tmp_path: Path
+) -> None:
+    """The release before 0006 knows no `segment` kind: its jobs go with the tables."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'segment.db'}"
+        else:
+            url = stack.enter_context(throwaway_postgres())
+        upgrade(url)
+        engine = make_engine(url)
+        ids = {name: uuid.uuid4().hex for name in ("tenant", "learn", "segment")}
+        job = (
+            "INSERT INTO jobs (id, tenant_id, kind, status, params, cancel_requested, attempts, "
+            "losses, created_at, updated_at) VALUES (:{0}, :tenant, '{0}', 'succeeded', '{{}}', "
+            "false, 1, 0, '2025-01-01', '2025-01-01')"
+        )
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name, webhook_secret, created_at) "
+                    "VALUES (:tenant, 't', 's', '2025-01-01')"
+                ),
+                ids,
+            )
+            for kind in ("learn", "segment"):
+                conn.execute(text(job.format(kind)), ids)
+        downgrade(url, "0005")
+        with engine.connect() as conn:
+            kinds = conn.execute(text("SELECT kind FROM jobs")).scalars().all()
+        engine.dispose()
+        assert kinds == ["learn"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_models_match_migrations(request: pytest.FixtureRequest, backend: str) -> None:
     engine = make_engine(request.getfixturevalue(f"{backend}_url"))
     with engine.connect() as conn:
