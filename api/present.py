@@ -162,7 +162,8 @@ class Presenter:
         )
 
     def _evaluation_result(self, job: Job) -> JobResult:
-        return JobResult(evaluation=evaluation_public(self, job))
+        expired = (job.result or {}).get("expired_at")
+        return JobResult(evaluation=evaluation_public(self, job), expired_at=expired)
 
     def _segmentation_result(self, job: Job) -> JobResult:
         assert job.result is not None

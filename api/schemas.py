@@ -272,8 +272,9 @@ class JobResult(BaseModel):
     )
     expired_at: datetime | None = Field(
         None,
-        description="When the images were deleted (MIFO_SYNTHESIS_RETENTION_SECONDS; a "
-        "segmentation's masks: MIFO_SEGMENTATION_RETENTION_SECONDS).",
+        description="When the files were deleted (a synthesis' images, an evaluation's files: "
+        "MIFO_SYNTHESIS_RETENTION_SECONDS; a segmentation's masks: "
+        "MIFO_SEGMENTATION_RETENTION_SECONDS).",
     )
 
 

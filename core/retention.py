@@ -1,6 +1,6 @@
-"""Retention and maintenance: synthesis images past MIFO_SYNTHESIS_RETENTION_SECONDS,
-segmentation images (with their masks) unused for MIFO_SEGMENTATION_RETENTION_SECONDS and
-expired Idempotency-Keys are removed; jobs still running MIFO_STALE_JOB_GRACE_SECONDS past
+"""Retention and maintenance: synthesis images and evaluation files past
+MIFO_SYNTHESIS_RETENTION_SECONDS, segmentation images (with their masks) unused for
+MIFO_SEGMENTATION_RETENTION_SECONDS and expired Idempotency-Keys are removed; jobs still running MIFO_STALE_JOB_GRACE_SECONDS past
 their time limit fail as `timeout` (a worker stuck inside one step, whose heartbeat still
 renews the lease); storage prefixes whose removal failed earlier are tried again
 (core/cleanup.py). One of the periodic duties (core.duties), every
@@ -35,28 +35,31 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
+# The kinds whose files MIFO_SYNTHESIS_RETENTION_SECONDS expires: images made from a concept.
+EXPIRING = (kinds.SYNTHESIZE, kinds.EVALUATE)
+
+
 def expire_syntheses(session: Session, storage: Storage, settings: Settings) -> int:
-    """Delete the files of synthesis jobs finished longer ago than the retention period."""
+    """Delete the files of synthesis and evaluation jobs finished longer ago than the
+    retention period (the job stays, its result marked `expired_at`)."""
     if settings.synthesis_retention_seconds <= 0:
         return 0
     cutoff = utcnow() - timedelta(seconds=settings.synthesis_retention_seconds)
     rows = session.execute(
-        select(Job.id, Concept.id)
+        select(Job.id, Job.kind, Concept.id)
         .join(Concept, Job.concept_id == Concept.id)
         .join(Artifact, Artifact.job_id == Job.id)
-        .where(Job.kind == kinds.SYNTHESIZE.name, Job.finished_at < cutoff)
+        .where(Job.kind.in_([kind.name for kind in EXPIRING]), Job.finished_at < cutoff)
         .distinct()
         .limit(BATCH)
     ).all()
     expired = 0
     publisher = Publisher(settings.events_url if rows else None)  # status caches listen
-    for job_id, concept_id in rows:
+    for job_id, kind, concept_id in rows:
         try:
-            storage.delete_prefix(
-                kinds.SYNTHESIZE.output_folder(concept_prefix(concept_id), job_id)
-            )
+            storage.delete_prefix(kinds.get(kind).output_folder(concept_prefix(concept_id), job_id))
         except StorageError as exc:  # keep the rows: the next run tries again
-            log.error("could not expire the images of job %s: %s", job_id, exc)
+            log.error("could not expire the files of job %s: %s", job_id, exc)
             continue
         session.execute(delete(Artifact).where(Artifact.job_id == job_id))
         job = session.get(Job, job_id)

@@ -57,6 +57,30 @@ def test_old_synthesis_images_expire(
     assert client.get(f"/v1/jobs/{fresh.id}").json()["result"]["images"][0]["url"]
 
 
+def test_old_evaluation_files_expire_and_their_numbers_stay(
+    client: TestClient, session: Session, settings: Settings
+) -> None:
+    storage = storage_from_settings(settings)
+    concept = make_concept(session)
+    job = make_job(session, concept, kind="evaluate", status="running")
+    chart = make_artifact(session, concept, job, "chart", 0)
+    chart.key = f"{concept.prefix}evaluations/{job.id}/attempt-1/chart.png"
+    row = {"token": "mean", "name": "mean", "images": 1, "sim_c": 0.3, "sim_d": 0.5}
+    row |= {"nsim_d": 0.2, "cs": 0.12, "sim_c_std": 0.0, "sim_d_std": 0.0, "nsim_d_std": 0.0}
+    row |= {"cs_std": 0.0}
+    result = {"rows": [], "mean": row, "images": []}
+    jobs.finish(session, job_id=job.id, status="succeeded", result=result)
+    job.finished_at = utcnow() - timedelta(seconds=120)
+    session.commit()
+    storage.put(chart.key, b"png")
+    s = settings.model_copy(update={"synthesis_retention_seconds": 60})
+    assert run_maintenance(client.app.state.mifo.sessions, storage, s)["syntheses_expired"] == 1  # type: ignore[attr-defined]
+    body = client.get(f"/v1/jobs/{job.id}").json()["result"]
+    assert body["expired_at"] and body["evaluation"]["chart"] is None
+    assert body["evaluation"]["mean"]["cs"] == 0.12
+    assert storage.keys(f"{concept.prefix}evaluations/") == []
+
+
 def test_embedded_mode_runs_the_duties_in_process(
     settings: Settings, session: Session, api_key: str
 ) -> None:
