@@ -28,17 +28,6 @@ from core.settings import Settings
 from worker.context import WorkerContext
 from worker.threads import cpu_threads
 
-# The instance colours, in order: the engine's layout previews and the console use the same.
-PALETTE = (
-    (230, 60, 60),
-    (40, 120, 230),
-    (40, 170, 70),
-    (240, 160, 20),
-    (160, 60, 200),
-    (20, 170, 170),
-    (200, 90, 140),
-    (120, 120, 120),
-)
 TINT = 0.5  # a mask's colour over the image in the overlay
 MARK = 4  # radius of a clicked point in the overlay, in pixels of an image 512 px across
 
@@ -212,7 +201,10 @@ def overlay(
     picture: Image.Image, masks: Sequence[np.ndarray], prompts: Sequence[dict[str, Any]]
 ) -> Image.Image:
     """The image with each mask tinted in its instance's colour, and each instance's clicks
-    (a dot: include, a cross: exclude) and box drawn in it."""
+    (a dot: include, a cross: exclude) and box drawn in it, in the colours of the engine's
+    layout previews and the console."""
+    from mifo_engine.render import PALETTE  # a GPU worker's: the engine is installed there
+
     pixels = np.asarray(picture, dtype=np.float32).copy()
     for i, mask in enumerate(masks):
         tint = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)

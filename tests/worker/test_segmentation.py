@@ -100,14 +100,14 @@ def test_a_canceled_segmentation_never_runs(client: TestClient, settings: Settin
 def test_mask_boxes_and_the_overlay() -> None:
     from mifo_engine.render import PALETTE
 
-    assert segmentation.PALETTE == PALETTE  # the instances' colours everywhere
     mask = np.zeros((6, 8), dtype=bool)
     mask[2:4, 3:7] = True
     assert segmentation.mask_box(mask) == [3, 2, 7, 4]
     assert segmentation.mask_box(np.zeros((6, 8), dtype=bool)) is None
     picture = Image.new("RGB", (8, 6), (0, 0, 0))
     drawn = segmentation.overlay(picture, [mask], [])
-    assert drawn.getpixel((4, 2)) == tuple(round(c * segmentation.TINT) for c in (230, 60, 60))
+    # The first instance's colour of the engine's palette (the previews' and the console's).
+    assert drawn.getpixel((4, 2)) == tuple(round(c * segmentation.TINT) for c in PALETTE[0])
     assert drawn.getpixel((0, 0)) == (0, 0, 0)
     prompts = [{"points": [[1, 1], [6, 5]], "labels": [1, 0], "box": [0, 0, 8, 6]}]
     assert segmentation.overlay(picture, [mask], prompts).getpixel((1, 1)) != (0, 0, 0)
