@@ -15,7 +15,7 @@ torch when they are called, in a worker.
 | `evaluate`, `score_synthesis`, `feature_models` | the worker's evaluations and scored syntheses |
 | `load_base_model`, `load_concept`, `learn`, `synthesize`, `use_cpu_threads` | the worker |
 | `DEFAULT_SEGMENT_MODEL`, `SegmentConfig`, `check_prompts` | segmentation settings and requests (torch-free) |
-| `segmenter` | the worker's segmentations |
+| `segmenter`, `palette` | the worker's segmentations (and the colours of their overlays) |
 | `export_archive` | concept export (core.export; torch-free) |
 """
 
@@ -83,6 +83,7 @@ __all__ = [
     "load_tokenizer",
     "mask_to_binary",
     "native_resolution",
+    "palette",
     "plan_runs",
     "score_synthesis",
     "segmenter",
@@ -145,6 +146,13 @@ def feature_models(clip_model: str, dino_model: str, *, device: str) -> FeatureM
     from mifo_engine.features import feature_models as get
 
     return get(clip_model, dino_model, device=device)
+
+
+def palette() -> tuple[tuple[int, int, int], ...]:
+    """mifo_engine.render.PALETTE: the instances' colours, in order (previews, the console)."""
+    from mifo_engine.render import PALETTE
+
+    return PALETTE
 
 
 def segmenter(spec: str, *, device: str, config: SegmentConfig | None = None) -> Segmenter:

@@ -203,17 +203,16 @@ def overlay(
     """The image with each mask tinted in its instance's colour, and each instance's clicks
     (a dot: include, a cross: exclude) and box drawn in it, in the colours of the engine's
     layout previews and the console."""
-    from mifo_engine.render import PALETTE  # a GPU worker's: the engine is installed there
-
+    colours = engine.palette()
     pixels = np.asarray(picture, dtype=np.float32).copy()
     for i, mask in enumerate(masks):
-        tint = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
+        tint = np.array(colours[i % len(colours)], dtype=np.float32)
         pixels[mask] = (1 - TINT) * pixels[mask] + TINT * tint
     out = Image.fromarray(pixels.round().astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(out)
     r = max(2, round(MARK * max(out.size) / 512))
     for i, prompt in enumerate(prompts):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = colours[i % len(colours)]
         if prompt.get("box"):
             draw.rectangle([float(v) for v in prompt["box"]], outline=colour, width=max(1, r // 2))
         points = prompt.get("points") or []
