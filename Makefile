@@ -28,8 +28,10 @@ $(NODE_STAMP): package.json package-lock.json
 serve: install
 	$(BIN)/mifo serve --host $(HOST) --port $(PORT)
 
+# Two processes, a file each at a time (module fixtures stay in one process): the suite
+# waits on real servers and subprocesses much of the time, so two overlap well on 2 cores.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: install $(NODE_STAMP)
 	$(BIN)/ruff check .

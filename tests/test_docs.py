@@ -112,7 +112,9 @@ def test_make_serve_and_make_test_do_what_the_readme_says() -> None:
         re.M,
     )
     assert re.search(r"^HOST \?= 127\.0\.0\.1$", makefile, re.M)  # loopback unless asked
-    assert re.search(r"^test: install\n\t\$\(BIN\)/python -m pytest$", makefile, re.M)
+    assert re.search(
+        r"^test: install\n\t\$\(BIN\)/python -m pytest -n 2 --dist loadfile$", makefile, re.M
+    )
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
