@@ -169,16 +169,7 @@ class Builder:
         idempotency_key: str | None,
         wait: float | None = None,
     ) -> Call[Job]:
-        body = {k: v for k, v in body.items() if v is not None}
-        seconds, timeout = _wait(wait)
-        return Call(
-            "POST",
-            f"/v1/concepts/{concept_id(concept)}/syntheses",
-            _model(Job),
-            json=body,
-            headers=_post_headers(idempotency_key, seconds),
-            timeout=timeout,
-        )
+        return self._concept_job_call(concept, "syntheses", body, idempotency_key, wait)
 
     def evaluate_call(
         self,
@@ -187,13 +178,24 @@ class Builder:
         idempotency_key: str | None,
         wait: float | None = None,
     ) -> Call[Job]:
-        body = {k: v for k, v in body.items() if v is not None}
+        return self._concept_job_call(concept, "evaluations", body, idempotency_key, wait)
+
+    def _concept_job_call(
+        self,
+        concept: ConceptRef,
+        collection: str,
+        body: dict[str, Any],
+        idempotency_key: str | None,
+        wait: float | None,
+    ) -> Call[Job]:
+        """A JSON POST creating a job on a concept (`syntheses`, `evaluations`); fields left
+        None are not sent, so the service's defaults apply."""
         seconds, timeout = _wait(wait)
         return Call(
             "POST",
-            f"/v1/concepts/{concept_id(concept)}/evaluations",
+            f"/v1/concepts/{concept_id(concept)}/{collection}",
             _model(Job),
-            json=body,
+            json={k: v for k, v in body.items() if v is not None},
             headers=_post_headers(idempotency_key, seconds),
             timeout=timeout,
         )
