@@ -30,7 +30,7 @@ from api.schemas import (
     WebhookDeliveryPublic,
 )
 from core import queueinfo, submissions
-from core.models import Job, WebhookDelivery
+from core.models import Concept, Job, WebhookDelivery
 from core.problems import not_found
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -67,6 +67,24 @@ def list_jobs(
         where.append(Job.kind == kind)
     if concept_id:
         where.append(Job.concept_id == concept_id)
+    return jobs_page(request, session, state, where, limit, offset)
+
+
+def concept_jobs_page(
+    request: Request,
+    session: Session,
+    state: AppState,
+    tenant: uuid.UUID,
+    concept_id: uuid.UUID,
+    kind: str,
+    limit: int,
+    offset: int,
+) -> JobsPublic:
+    """One page of a concept's jobs of `kind`, newest first; 404 for another tenant's."""
+    concept = session.get(Concept, concept_id)
+    if concept is None or concept.tenant_id != tenant:
+        raise not_found("concept", concept_id)
+    where = [Job.tenant_id == tenant, Job.concept_id == concept_id, Job.kind == kind]
     return jobs_page(request, session, state, where, limit, offset)
 
 

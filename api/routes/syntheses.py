@@ -18,11 +18,9 @@ from api.http.prefer import WaitDep, finished_response
 from api.http.problems import responses
 from api.http.state import AppState
 from api.present import Presenter
-from api.routes.jobs import jobs_page
+from api.routes.jobs import concept_jobs_page
 from api.schemas import JobPublic, JobsPublic, SynthesisCreate
 from core import kinds, submissions, webhooks
-from core.models import Concept, Job
-from core.problems import not_found
 
 router = APIRouter(prefix="/v1/concepts/{concept_id}/syntheses", tags=["syntheses"])
 ERRORS = responses(404, 409, 413, 422, 429, 503)
@@ -104,12 +102,5 @@ def list_syntheses(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobsPublic:
     """The concept's synthesis jobs, newest first (the concept's `links.syntheses`)."""
-    concept = session.get(Concept, concept_id)
-    if concept is None or concept.tenant_id != tenant:
-        raise not_found("concept", concept_id)
-    where = [
-        Job.tenant_id == tenant,
-        Job.concept_id == concept_id,
-        Job.kind == kinds.SYNTHESIZE.name,
-    ]
-    return jobs_page(request, session, state, where, limit, offset)
+    kind = kinds.SYNTHESIZE.name
+    return concept_jobs_page(request, session, state, tenant, concept_id, kind, limit, offset)
